@@ -1,0 +1,149 @@
+//! `storywire subscribe`: print updates as they arrive, and resume after a dropped connection
+//! from the last sequence printed, with the log_id seen, so nothing is missed or printed twice.
+
+use std::{process::ExitCode, time::Duration};
+
+use tonic::{Code, Status};
+
+use super::{CliError, Connect, describe, format::Narrator, print_json};
+use crate::pb::{self, subscribe_response::Item};
+
+/// The first pause before reconnecting: short, since most drops are a server restart.
+const FIRST_RETRY: Duration = Duration::from_millis(200);
+/// The longest pause between reconnection attempts, so a returning server is found quickly.
+const MAX_RETRY: Duration = Duration::from_secs(5);
+
+/// Arguments of `storywire subscribe`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    connect: Connect,
+    /// Only this story (repeat for several).
+    #[arg(long = "story", value_name = "ID")]
+    stories: Vec<String>,
+    /// Only stories with this tag (repeat for several).
+    #[arg(long = "tag", value_name = "TAG")]
+    tags: Vec<String>,
+    /// Start with the event at this sequence (1: from the start) instead of only new ones.
+    #[arg(long, value_name = "N", conflicts_with = "snapshot")]
+    from: Option<u64>,
+    /// Start with each matching story's current state, then every later update.
+    #[arg(long)]
+    snapshot: bool,
+    /// Print each item as proto3 JSON (a SubscribeResponse), one a line.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Where to pick up after a dropped connection.
+#[derive(Debug)]
+struct Position {
+    /// The next sequence to ask for; `None` until the stream has told us where it stands.
+    from: Option<u64>,
+    /// Whether the next request still asks for a snapshot (until the first one completes).
+    snapshot: bool,
+    /// The log_id the stream reported, so that resuming against another log fails loudly.
+    log_id: String,
+}
+
+/// Subscribes and prints until the server refuses or the process is stopped.
+pub async fn run(args: Args) -> Result<ExitCode, CliError> {
+    let mut client = args.connect.client()?;
+    let mut narrator = Narrator::default();
+    let mut position = Position {
+        from: args.from,
+        snapshot: args.snapshot,
+        log_id: String::new(),
+    };
+    let mut connected_once = false;
+    let mut retry = FIRST_RETRY;
+    loop {
+        let request = pb::SubscribeRequest {
+            story_ids: args.stories.clone(),
+            tags: args.tags.clone(),
+            from_sequence: position.from,
+            snapshot: position.snapshot,
+            log_id: position.log_id.clone(),
+            heartbeat_interval: None,
+        };
+        let lost = match client.subscribe(request).await {
+            Ok(response) => {
+                connected_once = true;
+                let mut stream = response.into_inner();
+                loop {
+                    match stream.message().await {
+                        Ok(Some(item)) => {
+                            retry = FIRST_RETRY;
+                            show(item, &mut position, &mut narrator, args.json)?;
+                        }
+                        Ok(None) => break Status::unavailable("the server ended the stream"),
+                        Err(status) => break status,
+                    }
+                }
+            }
+            Err(status) => status,
+        };
+        if !connected_once || !is_transient(&lost) {
+            return Err(describe(&lost).into());
+        }
+        let resume = position
+            .from
+            .map_or_else(|| "new updates".to_owned(), |from| format!("#{from}"));
+        eprintln!(
+            "connection lost ({}); resuming from {resume} in {retry:?}",
+            describe(&lost)
+        );
+        tokio::time::sleep(retry).await;
+        retry = (retry * 2).min(MAX_RETRY);
+    }
+}
+
+/// Prints one item and moves the resume position past it.
+fn show(
+    item: pb::SubscribeResponse,
+    position: &mut Position,
+    narrator: &mut Narrator,
+    json: bool,
+) -> Result<(), CliError> {
+    if json {
+        print_json(&item)?;
+    }
+    match item.item {
+        Some(Item::Event(event)) => {
+            position.from = Some(event.sequence + 1);
+            if !json {
+                println!("{}", narrator.event(&event));
+            }
+        }
+        Some(Item::Story(story)) if !json => println!("{}", narrator.story(&story)),
+        Some(Item::CaughtUp(caught_up)) => {
+            position.from = Some(caught_up.head_sequence + 1);
+            position.snapshot = false;
+            position.log_id = caught_up.log_id;
+            if !json {
+                println!(
+                    "-- caught up at #{}; live updates follow --",
+                    caught_up.head_sequence
+                );
+            }
+        }
+        Some(Item::Checkpoint(checkpoint)) => {
+            position.from = Some(checkpoint.sequence + 1);
+            position.log_id = checkpoint.log_id;
+        }
+        Some(Item::Story(_)) | None => {}
+    }
+    Ok(())
+}
+
+/// Whether a stream error is the connection's fault (worth resuming) rather than the request's.
+fn is_transient(status: &Status) -> bool {
+    matches!(
+        status.code(),
+        Code::Unavailable
+            | Code::Unknown
+            | Code::Internal
+            | Code::Cancelled
+            | Code::DeadlineExceeded
+    )
+}

@@ -1,0 +1,28 @@
+//! storywire keeps developing news stories as an append-only log of attributed updates and
+//! streams them, in order, to every subscriber over gRPC.
+//!
+//! The modules, in the order an update flows through them:
+//!
+//! - [`pb`]: the generated wire types and gRPC stubs of `storywire.v1`.
+//! - [`validate`]: the shape rules every request must meet, each failure naming its field.
+//! - [`log`]: the event log, the only truth: append, dedupe, read, retention, the head to wait on.
+//! - [`story`]: the projection: a story's state as the fold of its events, and the story rules.
+//! - [`subscription`]: a cursor into the log plus a filter: catch-up, live, checkpoints, the end.
+//! - [`service`]: the StoryService, and the one mapping from domain errors to gRPC status codes.
+//! - [`server`]: the tonic server with health, reflection and graceful shutdown.
+//! - [`clock`]: the one clock timestamps come from, so tests can control it.
+//! - [`demo`]: the seed story and its live replay for `serve --demo`.
+//! - [`cli`]: the `storywire` command: `serve` and the client subcommands.
+
+#![warn(missing_docs)]
+
+pub mod cli;
+pub mod clock;
+pub mod demo;
+pub mod log;
+pub mod pb;
+pub mod server;
+pub mod service;
+pub mod story;
+pub mod subscription;
+pub mod validate;

@@ -1,0 +1,525 @@
+//! The event log: the one source of truth. Every accepted update is appended here with the next
+//! sequence; story state, subscriptions and pages of events are all read from it.
+//!
+//! One `RwLock` guards the log and the projection together, so deduplication, the story rules and
+//! the sequence number are decided atomically for each append, and a snapshot of stories and the
+//! head sequence are read at the same instant. Readers hold the lock only to clone `Arc`s.
+
+use std::{
+    collections::{HashMap, HashSet, VecDeque},
+    sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard},
+};
+
+use pbjson_types::Timestamp;
+use tokio::sync::watch;
+
+use crate::{
+    clock::Clock,
+    pb,
+    story::{Stories, StoryError},
+};
+
+/// How many events the log keeps when nobody says otherwise: about a gigabyte of typical updates,
+/// and far more than a day of a busy newsroom.
+pub const DEFAULT_RETAIN_EVENTS: usize = 1_000_000;
+
+/// Why the log refused a request. The service maps each variant to one gRPC status code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LogError {
+    /// The change breaks a story rule.
+    #[error(transparent)]
+    Story(#[from] StoryError),
+    /// The event_id is in the log for a different request.
+    #[error(
+        "event_id {event_id} was already used for a different request (sequence {sequence}); use a new event_id for a new update"
+    )]
+    EventIdReused {
+        /// The reused id.
+        event_id: String,
+        /// The sequence of the event that holds it.
+        sequence: u64,
+    },
+    /// `expected_version` did not match the story's version.
+    #[error(
+        "expected_version {expected} does not match story {story_id}, which is at version {current}"
+    )]
+    VersionMismatch {
+        /// The story.
+        story_id: String,
+        /// The version the publisher expected.
+        expected: u64,
+        /// The story's version now.
+        current: u64,
+    },
+    /// A read from a sequence that retention has evicted.
+    #[error(
+        "sequence {requested} is no longer retained; the first retained sequence is {first_retained}"
+    )]
+    NotRetained {
+        /// The sequence asked for.
+        requested: u64,
+        /// The oldest sequence still in the log.
+        first_retained: u64,
+    },
+    /// A read from beyond the next sequence to be assigned.
+    #[error("sequence {requested} is beyond the head of the log ({head}); the next event will be {next}", next = head + 1)]
+    BeyondHead {
+        /// The sequence asked for.
+        requested: u64,
+        /// The newest sequence in the log.
+        head: u64,
+    },
+    /// The client's log_id names another incarnation of the log.
+    #[error(
+        "log_id {given} does not match this server's log {actual}: the log was restarted, so sequences from {given} mean nothing here; start again without log_id"
+    )]
+    LogIdMismatch {
+        /// The log_id the client sent.
+        given: String,
+        /// This log's id.
+        actual: String,
+    },
+    /// `as_of_version` beyond the story's version.
+    #[error("as_of_version {requested} is beyond story {story_id}, which is at version {current}")]
+    VersionBeyondStory {
+        /// The story.
+        story_id: String,
+        /// The version asked for.
+        requested: u64,
+        /// The story's version now.
+        current: u64,
+    },
+    /// `as_of_version` of a story whose early events retention has evicted.
+    #[error(
+        "story {story_id} cannot be rebuilt as of version {requested}: its first events are no longer retained"
+    )]
+    HistoryNotRetained {
+        /// The story.
+        story_id: String,
+        /// The version asked for.
+        requested: u64,
+    },
+}
+
+/// One event as the log holds it: the wire event plus what filtering and deduplication need.
+///
+/// Shared by `Arc`: every subscriber reading it clones the pointer, never the event.
+#[derive(Debug)]
+pub struct LoggedEvent {
+    /// The event as subscribers receive it.
+    pub event: pb::UpdateEvent,
+    /// The tags subscribers filter this event by (see [`crate::story::Applied::tags`]).
+    pub tags: Arc<[String]>,
+    /// The request's `expected_version`, kept so a retry can be recognised as the same request.
+    expected_version: Option<u64>,
+    /// The request's `occurred_at` as given (the event's is defaulted when absent).
+    occurred_at_given: Option<Timestamp>,
+}
+
+impl LoggedEvent {
+    /// Whether `request` is the request that produced this event.
+    fn is_same_request(&self, request: &pb::PublishRequest) -> bool {
+        self.event.story_id == request.story_id
+            && self.event.headline == request.headline
+            && self.event.change == request.change
+            && self.expected_version == request.expected_version
+            && self.occurred_at_given == request.occurred_at
+    }
+
+    /// The response Publish gave (or gives again, for a duplicate) for this event.
+    fn receipt(&self, duplicate: bool) -> pb::PublishResponse {
+        pb::PublishResponse {
+            sequence: self.event.sequence,
+            story_version: self.event.story_version,
+            event_id: self.event.event_id.clone(),
+            duplicate,
+            recorded_at: self.event.recorded_at,
+        }
+    }
+}
+
+/// Which events and stories a reader wants. Empty lists match everything; both lists set must
+/// both match.
+#[derive(Debug, Default, Clone)]
+pub struct Filter {
+    /// Only these stories, when not empty.
+    story_ids: HashSet<String>,
+    /// Only stories carrying one of these tags, when not empty.
+    tags: HashSet<String>,
+}
+
+impl Filter {
+    /// A filter on story ids and tags, as Subscribe and ListEvents take them.
+    pub fn new(story_ids: &[String], tags: &[String]) -> Self {
+        Self {
+            story_ids: story_ids.iter().cloned().collect(),
+            tags: tags.iter().cloned().collect(),
+        }
+    }
+
+    fn matches_parts(&self, story_id: &str, tags: &[String]) -> bool {
+        (self.story_ids.is_empty() || self.story_ids.contains(story_id))
+            && (self.tags.is_empty() || tags.iter().any(|tag| self.tags.contains(tag)))
+    }
+
+    /// Whether a logged event passes the filter.
+    pub fn matches(&self, entry: &LoggedEvent) -> bool {
+        self.matches_parts(&entry.event.story_id, &entry.tags)
+    }
+
+    /// Whether a story, as it stands now, passes the filter.
+    pub fn matches_story(&self, story: &pb::Story) -> bool {
+        self.matches_parts(&story.id, &story.tags)
+    }
+}
+
+/// A stretch of the log read by [`EventLog::read_from`].
+#[derive(Debug)]
+pub struct Batch {
+    /// The matching events, in sequence order.
+    pub events: Vec<Arc<LoggedEvent>>,
+    /// One past the last sequence scanned: where the next read starts.
+    pub next: u64,
+    /// The log's head when the batch was read.
+    pub head: u64,
+    /// The oldest retained sequence when the batch was read.
+    pub first_retained: u64,
+}
+
+/// What the lock guards: the retained events, the dedupe index and the projection.
+#[derive(Debug)]
+struct LogState {
+    /// Retained events, oldest first; `entries[i]` has sequence `first_retained + i`.
+    entries: VecDeque<Arc<LoggedEvent>>,
+    /// The sequence of `entries[0]`, or `head + 1` when nothing is retained.
+    first_retained: u64,
+    /// The newest sequence assigned; 0 before the first event.
+    head: u64,
+    /// Retained events by event_id, for idempotent publishing. Shrinks with retention.
+    sequence_by_event_id: HashMap<String, u64>,
+    /// Every story's current state. Kept whatever the retention.
+    stories: Stories,
+}
+
+impl LogState {
+    fn entry(&self, sequence: u64) -> Option<&Arc<LoggedEvent>> {
+        let index = sequence.checked_sub(self.first_retained)?;
+        self.entries.get(usize::try_from(index).ok()?)
+    }
+
+    fn check_position(&self, from: u64) -> Result<(), LogError> {
+        if from < self.first_retained {
+            Err(LogError::NotRetained {
+                requested: from,
+                first_retained: self.first_retained,
+            })
+        } else if from > self.head + 1 {
+            Err(LogError::BeyondHead {
+                requested: from,
+                head: self.head,
+            })
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Drops the oldest events beyond `retain`, and their dedupe and history entries.
+    fn evict(&mut self, retain: usize) {
+        while self.entries.len() > retain {
+            let oldest = self.entries.pop_front().expect("len > retain >= 0");
+            self.first_retained += 1;
+            let event = &oldest.event;
+            if self.sequence_by_event_id.get(&event.event_id) == Some(&event.sequence) {
+                self.sequence_by_event_id.remove(&event.event_id);
+            }
+            self.stories.forget_oldest(&event.story_id);
+        }
+    }
+}
+
+/// The append-only, in-memory event log and the story projection derived from it.
+pub struct EventLog {
+    /// Names this incarnation of the log: random at start-up, so that sequences from a previous
+    /// run are never mistaken for this one's.
+    log_id: String,
+    /// How many events stay readable; older ones are evicted (stories keep their state).
+    retain_events: usize,
+    /// Where `recorded_at` comes from.
+    clock: Arc<dyn Clock>,
+    /// The log itself. Held briefly: appends decide and store one event, reads clone `Arc`s.
+    state: RwLock<LogState>,
+    /// The head sequence, for waking subscribers that wait at the head. Only moves forward.
+    /// Receivers belong to subscriptions; the log keeps the sender for its whole life.
+    head_tx: watch::Sender<u64>,
+}
+
+impl std::fmt::Debug for EventLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventLog")
+            .field("log_id", &self.log_id)
+            .field("retain_events", &self.retain_events)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EventLog {
+    /// An empty log with a new random log_id that keeps the newest `retain_events` events
+    /// (at least 1).
+    pub fn new(retain_events: usize, clock: Arc<dyn Clock>) -> Self {
+        let state = LogState {
+            entries: VecDeque::new(),
+            first_retained: 1,
+            head: 0,
+            sequence_by_event_id: HashMap::new(),
+            stories: Stories::default(),
+        };
+        Self {
+            log_id: uuid::Uuid::new_v4().simple().to_string(),
+            retain_events: retain_events.max(1),
+            clock,
+            state: RwLock::new(state),
+            head_tx: watch::Sender::new(0),
+        }
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, LogState> {
+        self.state.read().expect("log lock poisoned")
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, LogState> {
+        self.state.write().expect("log lock poisoned")
+    }
+
+    /// This incarnation's id.
+    pub fn log_id(&self) -> &str {
+        &self.log_id
+    }
+
+    /// Fails with [`LogError::LogIdMismatch`] when `given` is set and is not this log's id.
+    pub fn check_log_id(&self, given: &str) -> Result<(), LogError> {
+        if given.is_empty() || given == self.log_id {
+            Ok(())
+        } else {
+            Err(LogError::LogIdMismatch {
+                given: given.to_owned(),
+                actual: self.log_id.clone(),
+            })
+        }
+    }
+
+    /// The newest sequence in the log (0 when empty).
+    pub fn head(&self) -> u64 {
+        self.read().head
+    }
+
+    /// The oldest sequence still retained (`head + 1` when none is).
+    pub fn first_retained(&self) -> u64 {
+        self.read().first_retained
+    }
+
+    /// How many subscriptions are open (each holds one head receiver).
+    pub fn subscribers(&self) -> usize {
+        self.head_tx.receiver_count()
+    }
+
+    /// A receiver of the head sequence, to wait for the log to move past a cursor.
+    pub fn watch_head(&self) -> watch::Receiver<u64> {
+        self.head_tx.subscribe()
+    }
+
+    /// Appends one validated request as the next event, or explains why not.
+    ///
+    /// Under the write lock: a retained `event_id` answers with the original receipt (or
+    /// `EventIdReused`), `expected_version` is checked, the story rules are applied, and only then
+    /// is a sequence assigned, so a rejected request leaves no trace.
+    pub fn append(&self, request: pb::PublishRequest) -> Result<pb::PublishResponse, LogError> {
+        let receipt = {
+            let mut state = self.write();
+            if let Some(&sequence) = state.sequence_by_event_id.get(&request.event_id) {
+                let original = state.entry(sequence).expect("indexed events are retained");
+                return if original.is_same_request(&request) {
+                    Ok(original.receipt(true))
+                } else {
+                    Err(LogError::EventIdReused {
+                        event_id: request.event_id,
+                        sequence,
+                    })
+                };
+            }
+
+            let current = state.stories.version(&request.story_id);
+            if let Some(expected) = request.expected_version
+                && expected != current
+            {
+                return Err(LogError::VersionMismatch {
+                    story_id: request.story_id,
+                    expected,
+                    current,
+                });
+            }
+
+            let recorded_at = self.clock.timestamp();
+            let event_id = if request.event_id.is_empty() {
+                uuid::Uuid::new_v4().to_string()
+            } else {
+                request.event_id
+            };
+            let event = pb::UpdateEvent {
+                sequence: state.head + 1,
+                event_id,
+                story_id: request.story_id,
+                story_version: current + 1,
+                headline: request.headline,
+                occurred_at: Some(request.occurred_at.unwrap_or(recorded_at)),
+                recorded_at: Some(recorded_at),
+                change: request.change,
+            };
+            let applied = state.stories.apply(&event)?;
+
+            let entry = Arc::new(LoggedEvent {
+                event,
+                tags: applied.tags,
+                expected_version: request.expected_version,
+                occurred_at_given: request.occurred_at,
+            });
+            state.head = entry.event.sequence;
+            state
+                .sequence_by_event_id
+                .insert(entry.event.event_id.clone(), entry.event.sequence);
+            let receipt = entry.receipt(false);
+            state.entries.push_back(entry);
+            state.evict(self.retain_events);
+            receipt
+        };
+        // Outside the lock; appends can race here, so the head only ever moves forward.
+        self.head_tx.send_if_modified(|head| {
+            let moved = receipt.sequence > *head;
+            *head = (*head).max(receipt.sequence);
+            moved
+        });
+        Ok(receipt)
+    }
+
+    /// Reads up to `max_events` matching events starting at sequence `from`, scanning at most
+    /// `max_scan` events so that a sparse filter cannot hold the lock for long.
+    ///
+    /// `from` may be `head + 1` (nothing to read yet), or 0 for the oldest retained event (no event
+    /// has sequence 0, so "every event from 0 on" is every retained one). Otherwise earlier than
+    /// the first retained event is [`LogError::NotRetained`], later than `head + 1`
+    /// [`LogError::BeyondHead`].
+    pub fn read_from(
+        &self,
+        from: u64,
+        filter: &Filter,
+        max_events: usize,
+        max_scan: usize,
+    ) -> Result<Batch, LogError> {
+        let state = self.read();
+        let from = if from == 0 {
+            state.first_retained
+        } else {
+            from
+        };
+        state.check_position(from)?;
+        let start = usize::try_from(from - state.first_retained).expect("retained fits memory");
+        let mut events = Vec::new();
+        let mut scanned = 0;
+        for entry in state.entries.range(start..).take(max_scan) {
+            scanned += 1;
+            if filter.matches(entry) {
+                events.push(entry.clone());
+                if events.len() == max_events {
+                    break;
+                }
+            }
+        }
+        Ok(Batch {
+            events,
+            next: from + scanned as u64,
+            head: state.head,
+            first_retained: state.first_retained,
+        })
+    }
+
+    /// Checks that `from` is a readable position: retained (or 0, for the oldest retained), and at
+    /// most `head + 1`.
+    pub fn check_position(&self, from: u64) -> Result<(), LogError> {
+        match from {
+            0 => Ok(()),
+            from => self.read().check_position(from),
+        }
+    }
+
+    /// Every story matching `filter`, and the head sequence, read at the same instant: every
+    /// event after the head is newer than every story returned.
+    pub fn snapshot(&self, filter: &Filter) -> (Vec<pb::Story>, u64) {
+        let state = self.read();
+        let stories = state
+            .stories
+            .iter()
+            .filter(|story| filter.matches_story(story))
+            .cloned()
+            .collect();
+        (stories, state.head)
+    }
+
+    /// A story's current state, or with `as_of_version` its state right after that version,
+    /// rebuilt by folding its retained events again.
+    pub fn story(&self, story_id: &str, as_of_version: Option<u64>) -> Result<pb::Story, LogError> {
+        let state = self.read();
+        let current = state
+            .stories
+            .get(story_id)
+            .ok_or_else(|| StoryError::NotFound {
+                story_id: story_id.to_owned(),
+            })?;
+        let Some(version) = as_of_version else {
+            return Ok(current.clone());
+        };
+        if version > current.version {
+            return Err(LogError::VersionBeyondStory {
+                story_id: story_id.to_owned(),
+                requested: version,
+                current: current.version,
+            });
+        }
+        let not_retained = || LogError::HistoryNotRetained {
+            story_id: story_id.to_owned(),
+            requested: version,
+        };
+        let history = state
+            .stories
+            .history(story_id, version)
+            .ok_or_else(not_retained)?;
+        let mut rebuilt = Stories::default();
+        for sequence in history {
+            let entry = state.entry(sequence).ok_or_else(not_retained)?;
+            rebuilt
+                .apply(&entry.event)
+                .expect("an event that applied once applies again to the same history");
+        }
+        Ok(rebuilt
+            .get(story_id)
+            .expect("the history opens the story")
+            .clone())
+    }
+
+    /// Up to `limit` stories with ids after `after` that carry `tag` (when set) and have `status`
+    /// (when not UNSPECIFIED), and whether more such stories follow.
+    pub fn list_stories(
+        &self,
+        after: &str,
+        limit: usize,
+        tag: &str,
+        status: i32,
+    ) -> (Vec<pb::Story>, bool) {
+        let state = self.read();
+        let mut matching = state.stories.after(after).filter(|story| {
+            (tag.is_empty() || story.tags.iter().any(|t| t == tag))
+                && (status == 0 || story.status == status)
+        });
+        let page: Vec<pb::Story> = matching.by_ref().take(limit).cloned().collect();
+        let more = matching.next().is_some();
+        (page, more)
+    }
+}

@@ -1,0 +1,14 @@
+//! The generated wire types and gRPC stubs of `storywire.v1`, with their proto3 JSON mapping.
+//!
+//! Everything that crosses the wire lives here, under `pb::`, so that domain names and wire names
+//! never collide.
+
+#![allow(missing_docs, clippy::all, clippy::pedantic)]
+
+tonic::include_proto!("storywire.v1");
+include!(concat!(env!("OUT_DIR"), "/storywire.v1.serde.rs"));
+
+/// The encoded `FileDescriptorSet` of the storywire protos and their imports, with comments, as
+/// served by gRPC reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/storywire_descriptor.bin"));

@@ -1,0 +1,230 @@
+//! The gRPC face of the log: each RPC validates its request, calls the log, and turns domain
+//! errors into `tonic::Status` in exactly one place ([`status`]).
+//!
+//! The service holds no state of its own beyond handles: cloning it is cheap.
+
+use std::{pin::Pin, sync::Arc};
+
+use futures_util::{Stream, stream};
+use tokio::sync::watch;
+use tonic::{Code, Request, Response, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::{
+    log::{EventLog, Filter, LogError},
+    pb::{self, story_service_server::StoryService},
+    story::StoryError,
+    subscription::{End, Start, Subscription},
+    validate::{self, FieldError},
+};
+
+/// ListStories page size when the request gives none.
+pub const DEFAULT_STORIES_PAGE: usize = 50;
+/// The largest ListStories page: whole stories with their facts are large messages.
+pub const MAX_STORIES_PAGE: usize = 500;
+/// ListEvents page size when the request gives none.
+pub const DEFAULT_EVENTS_PAGE: usize = 100;
+/// The largest ListEvents page: a page must fit comfortably in one gRPC message.
+pub const MAX_EVENTS_PAGE: usize = 1_000;
+/// How many events one ListEvents page may scan for matches, so that a sparse filter over a long
+/// log answers quickly (with `next_sequence` to continue) instead of holding the read lock.
+pub const MAX_EVENTS_SCAN: usize = 100_000;
+
+/// Every failure a client can cause, before it becomes a `Status`.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The request is malformed.
+    #[error(transparent)]
+    Invalid(#[from] FieldError),
+    /// The log refused the request.
+    #[error(transparent)]
+    Log(#[from] LogError),
+    /// A subscription ended.
+    #[error(transparent)]
+    End(#[from] End),
+}
+
+impl From<StoryError> for Error {
+    fn from(error: StoryError) -> Self {
+        Self::Log(error.into())
+    }
+}
+
+/// The one mapping from domain errors to gRPC status codes. The message is the error's own text,
+/// which names the field, id or sequence at fault.
+pub fn status(error: impl Into<Error>) -> Status {
+    // A subscription that ends on a log error reports it like any other log error.
+    let error = match error.into() {
+        Error::End(End::Log(log)) => Error::Log(log),
+        other => other,
+    };
+    let message = error.to_string();
+    let code = match &error {
+        Error::Invalid(field) => {
+            let details = ErrorDetails::with_bad_request_violation(
+                field.field.clone(),
+                field.description.clone(),
+            );
+            return Status::with_error_details(Code::InvalidArgument, message, details);
+        }
+        Error::Log(LogError::Story(story)) => match story {
+            StoryError::AlreadyOpened { .. } => Code::AlreadyExists,
+            StoryError::NotFound { .. } => Code::NotFound,
+            StoryError::UnknownFact { .. }
+            | StoryError::FactAlreadyReported { .. }
+            | StoryError::Withdrawn { .. } => Code::FailedPrecondition,
+            StoryError::NoChange => Code::InvalidArgument,
+        },
+        Error::Log(log) => match log {
+            LogError::Story(_) => unreachable!("matched above"),
+            LogError::EventIdReused { .. } => Code::AlreadyExists,
+            LogError::VersionMismatch { .. } => Code::Aborted,
+            LogError::LogIdMismatch { .. } => Code::FailedPrecondition,
+            LogError::NotRetained { .. }
+            | LogError::BeyondHead { .. }
+            | LogError::VersionBeyondStory { .. }
+            | LogError::HistoryNotRetained { .. } => Code::OutOfRange,
+        },
+        Error::End(End::ShuttingDown) => Code::Unavailable,
+        Error::End(End::Log(_)) => unreachable!("flattened above"),
+    };
+    Status::new(code, message)
+}
+
+/// The StoryService over one shared log.
+#[derive(Debug, Clone)]
+pub struct Service {
+    /// The log every RPC reads or appends to.
+    log: Arc<EventLog>,
+    /// Becomes true when the server starts shutting down; each subscription watches it to flush
+    /// and end. The sender belongs to the server.
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Service {
+    /// A service over `log` whose streams end when `shutdown` turns true.
+    pub fn new(log: Arc<EventLog>, shutdown: watch::Receiver<bool>) -> Self {
+        Self { log, shutdown }
+    }
+}
+
+/// Publishes one request the way the Publish RPC does: validate, then append.
+pub fn publish(log: &EventLog, request: pb::PublishRequest) -> Result<pb::PublishResponse, Error> {
+    validate::publish(&request)?;
+    Ok(log.append(request)?)
+}
+
+/// The stream type Subscribe returns.
+pub type SubscribeStream =
+    Pin<Box<dyn Stream<Item = Result<pb::SubscribeResponse, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl StoryService for Service {
+    async fn publish(
+        &self,
+        request: Request<pb::PublishRequest>,
+    ) -> Result<Response<pb::PublishResponse>, Status> {
+        let receipt = publish(&self.log, request.into_inner()).map_err(status)?;
+        Ok(Response::new(receipt))
+    }
+
+    type SubscribeStream = SubscribeStream;
+
+    async fn subscribe(
+        &self,
+        request: Request<pb::SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let request = request.into_inner();
+        let heartbeat = validate::subscribe(&request).map_err(status)?;
+        self.log.check_log_id(&request.log_id).map_err(status)?;
+        let start = match request.from_sequence {
+            _ if request.snapshot => Start::Snapshot,
+            None => Start::Live,
+            Some(from) => {
+                self.log.check_position(from).map_err(status)?;
+                Start::From(from)
+            }
+        };
+        let filter = Filter::new(&request.story_ids, &request.tags);
+        let subscription = Subscription::new(
+            self.log.clone(),
+            filter,
+            start,
+            heartbeat,
+            self.shutdown.clone(),
+        );
+        let items = stream::unfold(subscription, |mut subscription| async move {
+            let item = subscription.next().await?;
+            Some((item.map_err(status), subscription))
+        });
+        Ok(Response::new(Box::pin(items)))
+    }
+
+    async fn get_story(
+        &self,
+        request: Request<pb::GetStoryRequest>,
+    ) -> Result<Response<pb::GetStoryResponse>, Status> {
+        let request = request.into_inner();
+        validate::get_story(&request).map_err(status)?;
+        let story = self
+            .log
+            .story(&request.story_id, request.as_of_version)
+            .map_err(status)?;
+        Ok(Response::new(pb::GetStoryResponse { story: Some(story) }))
+    }
+
+    async fn list_stories(
+        &self,
+        request: Request<pb::ListStoriesRequest>,
+    ) -> Result<Response<pb::ListStoriesResponse>, Status> {
+        let request = request.into_inner();
+        validate::list_stories(&request).map_err(status)?;
+        let limit = page_size(request.page_size, DEFAULT_STORIES_PAGE, MAX_STORIES_PAGE);
+        let (stories, more) =
+            self.log
+                .list_stories(&request.page_token, limit, &request.tag, request.status);
+        let next_page_token = match stories.last() {
+            Some(last) if more => last.id.clone(),
+            _ => String::new(),
+        };
+        Ok(Response::new(pb::ListStoriesResponse {
+            stories,
+            next_page_token,
+        }))
+    }
+
+    async fn list_events(
+        &self,
+        request: Request<pb::ListEventsRequest>,
+    ) -> Result<Response<pb::ListEventsResponse>, Status> {
+        let request = request.into_inner();
+        validate::filter(&request.story_ids, &request.tags).map_err(status)?;
+        self.log.check_log_id(&request.log_id).map_err(status)?;
+        let limit = page_size(request.page_size, DEFAULT_EVENTS_PAGE, MAX_EVENTS_PAGE);
+        let filter = Filter::new(&request.story_ids, &request.tags);
+        let batch = self
+            .log
+            .read_from(request.from_sequence, &filter, limit, MAX_EVENTS_SCAN)
+            .map_err(status)?;
+        Ok(Response::new(pb::ListEventsResponse {
+            events: batch
+                .events
+                .iter()
+                .map(|entry| entry.event.clone())
+                .collect(),
+            next_sequence: batch.next,
+            head_sequence: batch.head,
+            log_id: self.log.log_id().to_owned(),
+            first_retained_sequence: batch.first_retained,
+        }))
+    }
+}
+
+/// A requested page size: `default` for 0, capped at `max`.
+fn page_size(requested: u32, default: usize, max: usize) -> usize {
+    match usize::try_from(requested) {
+        Ok(0) => default,
+        Ok(size) => size.min(max),
+        Err(_) => max,
+    }
+}

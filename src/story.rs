@@ -1,0 +1,278 @@
+//! The projection: each story's current state as the fold of its events, and the story rules a
+//! change must obey before it is applied.
+//!
+//! [`Stories::apply`] checks first and mutates after, so a rejected change leaves every story as it
+//! was. The log calls it under its write lock, which is what makes "check, then append" atomic.
+
+use std::{
+    collections::{BTreeMap, VecDeque},
+    sync::Arc,
+};
+
+use crate::pb::{self, change::Kind};
+
+/// A change that breaks a story rule. The service maps each variant to one gRPC status code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoryError {
+    /// `story_opened` for a story that already exists.
+    #[error("story {story_id} already exists; it was opened at version 1")]
+    AlreadyOpened {
+        /// The story that exists.
+        story_id: String,
+    },
+    /// Any other change to a story that was never opened.
+    #[error("story {story_id} not found; a story must be opened with story_opened first")]
+    NotFound {
+        /// The story that does not exist.
+        story_id: String,
+    },
+    /// A status change or correction naming a fact the story does not have.
+    #[error("fact {fact_id} not found in story {story_id}; report it with fact_reported first")]
+    UnknownFact {
+        /// The story.
+        story_id: String,
+        /// The fact it does not have.
+        fact_id: String,
+    },
+    /// `fact_reported` with an id the story already has.
+    #[error(
+        "fact {fact_id} is already reported in story {story_id}; use fact_status_changed or fact_corrected"
+    )]
+    FactAlreadyReported {
+        /// The story.
+        story_id: String,
+        /// The fact it already has.
+        fact_id: String,
+    },
+    /// Any change to a withdrawn story.
+    #[error("story {story_id} is withdrawn and takes no more changes")]
+    Withdrawn {
+        /// The withdrawn story.
+        story_id: String,
+    },
+    /// An event without a change. Requests are validated before they reach the projection, so
+    /// this means a caller skipped validation.
+    #[error("change: exactly one kind of change must be set")]
+    NoChange,
+}
+
+/// One story's state and what the log still holds of its history.
+#[derive(Debug)]
+struct StoryRecord {
+    /// The fold of every event applied so far.
+    state: pb::Story,
+    /// The story's tags, shared with every logged event that needs them for filtering, so that
+    /// logging an event costs a reference count rather than a copy of the tags.
+    tags: Arc<[String]>,
+    /// Log sequences of the story's events that retention has not evicted, oldest first. Equal in
+    /// length to `state.version` while the whole history is retained.
+    retained: VecDeque<u64>,
+}
+
+/// Every story's current state, in id order.
+#[derive(Debug, Default)]
+pub struct Stories {
+    /// Stories by id. A `BTreeMap` so that listing pages through ids in order.
+    by_id: BTreeMap<String, StoryRecord>,
+}
+
+/// What applying an event did, as far as the log needs to know.
+#[derive(Debug)]
+pub struct Applied {
+    /// The tags an event of this story is filtered by: the story's tags after the event, plus
+    /// those before it when the event changed them (so a subscriber to a removed tag sees the
+    /// removal).
+    pub tags: Arc<[String]>,
+}
+
+impl Stories {
+    /// The current state of a story, if it was ever opened.
+    pub fn get(&self, story_id: &str) -> Option<&pb::Story> {
+        self.by_id.get(story_id).map(|record| &record.state)
+    }
+
+    /// The story's version: how many of its events have been applied (0 for no story).
+    pub fn version(&self, story_id: &str) -> u64 {
+        self.get(story_id).map_or(0, |story| story.version)
+    }
+
+    /// The story's current tags (empty for no story).
+    pub fn tags(&self, story_id: &str) -> &[String] {
+        self.by_id.get(story_id).map_or(&[], |record| &record.tags)
+    }
+
+    /// Stories with an id greater than `after`, in id order.
+    pub fn after<'a>(&'a self, after: &str) -> impl Iterator<Item = &'a pb::Story> + 'a {
+        use std::ops::Bound::{Excluded, Unbounded};
+        let start = if after.is_empty() {
+            Unbounded
+        } else {
+            Excluded(after.to_owned())
+        };
+        self.by_id
+            .range((start, Unbounded))
+            .map(|(_, record)| &record.state)
+    }
+
+    /// Every story, in id order.
+    pub fn iter(&self) -> impl Iterator<Item = &pb::Story> {
+        self.by_id.values().map(|record| &record.state)
+    }
+
+    /// The log sequences of a story's first `version` events, when all of them are still
+    /// retained; `None` when retention has evicted part of that history.
+    pub fn history(&self, story_id: &str, version: u64) -> Option<Vec<u64>> {
+        let record = self.by_id.get(story_id)?;
+        let evicted = record.state.version - record.retained.len() as u64;
+        (evicted == 0).then(|| {
+            let count = usize::try_from(version).unwrap_or(usize::MAX);
+            record.retained.iter().take(count).copied().collect()
+        })
+    }
+
+    /// Forgets that the oldest retained event of `story_id` is in the log: retention evicted it.
+    /// The story's state is kept.
+    pub fn forget_oldest(&mut self, story_id: &str) {
+        if let Some(record) = self.by_id.get_mut(story_id) {
+            record.retained.pop_front();
+        }
+    }
+
+    /// Checks `event` against the story rules and, when it passes, applies it. On error nothing
+    /// changes. The caller has already set `event.sequence` and `event.story_version`.
+    pub fn apply(&mut self, event: &pb::UpdateEvent) -> Result<Applied, StoryError> {
+        let kind = event
+            .change
+            .as_ref()
+            .and_then(|change| change.kind.as_ref())
+            .ok_or(StoryError::NoChange)?;
+        let story_id = &event.story_id;
+
+        if let Kind::StoryOpened(opened) = kind {
+            if self.by_id.contains_key(story_id) {
+                return Err(StoryError::AlreadyOpened {
+                    story_id: story_id.clone(),
+                });
+            }
+            let tags: Arc<[String]> = opened.tags.clone().into();
+            let state = pb::Story {
+                id: story_id.clone(),
+                headline: opened.headline.clone(),
+                summary: opened.summary.clone(),
+                status: pb::StoryStatus::Developing.into(),
+                tags: opened.tags.clone(),
+                facts: Vec::new(),
+                version: event.story_version,
+                last_sequence: event.sequence,
+                created_at: event.occurred_at,
+                updated_at: event.occurred_at,
+                context: Vec::new(),
+            };
+            let record = StoryRecord {
+                state,
+                tags: tags.clone(),
+                retained: VecDeque::from([event.sequence]),
+            };
+            self.by_id.insert(story_id.clone(), record);
+            return Ok(Applied { tags });
+        }
+
+        let record = self
+            .by_id
+            .get_mut(story_id)
+            .ok_or_else(|| StoryError::NotFound {
+                story_id: story_id.clone(),
+            })?;
+        check(&record.state, kind)?;
+
+        let story = &mut record.state;
+        let mut filter_tags = record.tags.clone();
+        match kind {
+            Kind::StoryOpened(_) => unreachable!("handled above"),
+            Kind::FactReported(reported) => story.facts.push(pb::Fact {
+                id: reported.fact_id.clone(),
+                statement: reported.statement.clone(),
+                status: pb::FactStatus::Reported.into(),
+                attributions: reported.attributions.clone(),
+                reported_at: event.occurred_at,
+                updated_at: event.occurred_at,
+            }),
+            Kind::FactStatusChanged(changed) => {
+                let fact = fact_mut(story, &changed.fact_id);
+                fact.status = changed.status;
+                fact.attributions
+                    .extend(changed.attributions.iter().cloned());
+                fact.updated_at = event.occurred_at;
+            }
+            Kind::FactCorrected(corrected) => {
+                let fact = fact_mut(story, &corrected.fact_id);
+                fact.statement.clone_from(&corrected.statement);
+                fact.updated_at = event.occurred_at;
+            }
+            Kind::StoryRevised(revised) => {
+                if let Some(headline) = &revised.headline {
+                    story.headline.clone_from(headline);
+                }
+                if let Some(summary) = &revised.summary {
+                    story.summary.clone_from(summary);
+                }
+                if let Some(list) = &revised.tags {
+                    story.tags.clone_from(&list.tags);
+                    let before = std::mem::replace(&mut record.tags, list.tags.clone().into());
+                    let mut union: Vec<String> = list.tags.clone();
+                    union.extend(before.iter().filter(|t| !list.tags.contains(t)).cloned());
+                    filter_tags = union.into();
+                }
+            }
+            Kind::StoryStatusChanged(changed) => story.status = changed.status,
+            Kind::ContextAdded(added) => story.context.push(pb::ContextNote {
+                text: added.text.clone(),
+                attributions: added.attributions.clone(),
+                added_at: event.occurred_at,
+            }),
+        }
+        story.version = event.story_version;
+        story.last_sequence = event.sequence;
+        story.updated_at = event.occurred_at;
+        record.retained.push_back(event.sequence);
+        Ok(Applied { tags: filter_tags })
+    }
+}
+
+/// The rules for a change to an existing story, checked before anything is mutated.
+fn check(story: &pb::Story, kind: &Kind) -> Result<(), StoryError> {
+    if story.status == i32::from(pb::StoryStatus::Withdrawn) {
+        return Err(StoryError::Withdrawn {
+            story_id: story.id.clone(),
+        });
+    }
+    let has_fact = |fact_id: &str| story.facts.iter().any(|fact| fact.id == fact_id);
+    let unknown = |fact_id: &str| StoryError::UnknownFact {
+        story_id: story.id.clone(),
+        fact_id: fact_id.to_owned(),
+    };
+    match kind {
+        Kind::FactReported(reported) if has_fact(&reported.fact_id) => {
+            Err(StoryError::FactAlreadyReported {
+                story_id: story.id.clone(),
+                fact_id: reported.fact_id.clone(),
+            })
+        }
+        Kind::FactStatusChanged(changed) if !has_fact(&changed.fact_id) => {
+            Err(unknown(&changed.fact_id))
+        }
+        Kind::FactCorrected(corrected) if !has_fact(&corrected.fact_id) => {
+            Err(unknown(&corrected.fact_id))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The fact with `fact_id`, which [`check`] has already proved exists.
+fn fact_mut<'a>(story: &'a mut pb::Story, fact_id: &str) -> &'a mut pb::Fact {
+    story
+        .facts
+        .iter_mut()
+        .find(|fact| fact.id == fact_id)
+        .expect("checked: the fact exists")
+}

@@ -1,0 +1,192 @@
+//! A subscription: a cursor into the log plus a filter, moved forward by one loop.
+//!
+//! Catch-up and live delivery read the same log through the same cursor, so the hand-over
+//! between them has no seam: the cursor only ever advances past what it has scanned, and waiting
+//! at the head means waiting for the head to pass the cursor. Nothing is queued per subscriber
+//! beyond one batch; a slow reader just reads the log later.
+
+use std::{collections::VecDeque, sync::Arc, time::Duration};
+
+use tokio::{sync::watch, time::Instant};
+
+use crate::{
+    log::{EventLog, Filter, LogError},
+    pb::{self, subscribe_response::Item},
+};
+
+/// How many matching events one read of the log takes: enough to amortise the lock, few enough
+/// that a subscriber holds at most this many events it has not yet sent.
+const READ_BATCH_EVENTS: usize = 256;
+/// How many events one read may scan looking for matches, so that a sparse filter holds the read
+/// lock briefly and yields between reads.
+const READ_BATCH_SCAN: usize = 4_096;
+
+/// Where a subscription starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// Only events appended after the subscription starts.
+    Live,
+    /// Every matching event from this sequence on.
+    From(u64),
+    /// Each matching story's current state, then every later event.
+    Snapshot,
+}
+
+/// How a subscription ends other than by the client going away.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum End {
+    /// The cursor fell behind retention (or started outside the log).
+    #[error(transparent)]
+    Log(#[from] LogError),
+    /// The server is shutting down; every event up to the head was sent first.
+    #[error(
+        "the server is shutting down; resume from the next sequence on another server or after restart"
+    )]
+    ShuttingDown,
+}
+
+/// One subscriber's position and what it still has to send.
+pub struct Subscription {
+    /// The log read from. Shared with the service and every other subscription.
+    log: Arc<EventLog>,
+    /// Which events and stories this subscriber wants.
+    filter: Filter,
+    /// The next sequence to scan. Everything before it has been sent or skipped by the filter.
+    cursor: u64,
+    /// Items read but not yet sent, at most one batch (or one snapshot).
+    ready: VecDeque<pb::SubscribeResponse>,
+    /// Whether `caught_up` has been sent: it is sent once, on first reaching the head.
+    caught_up_sent: bool,
+    /// Wakes this subscription when the log's head moves. The sender is the log's.
+    head: watch::Receiver<u64>,
+    /// Becomes true when the server starts shutting down. The sender is the server's.
+    shutdown: watch::Receiver<bool>,
+    /// A checkpoint is sent when nothing else was sent for this long.
+    heartbeat: Duration,
+    /// When the last item was sent, for the heartbeat.
+    last_sent: Instant,
+    /// Set once the stream has ended, so that it yields nothing more.
+    ended: bool,
+}
+
+impl Subscription {
+    /// A subscription over `log` starting at `start`. The position must already be checked with
+    /// [`EventLog::check_position`]; if it has since been evicted the first item says so.
+    pub fn new(
+        log: Arc<EventLog>,
+        filter: Filter,
+        start: Start,
+        heartbeat: Duration,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
+        let mut ready = VecDeque::new();
+        let cursor = match start {
+            Start::Live => log.head() + 1,
+            Start::From(sequence) => sequence,
+            Start::Snapshot => {
+                let (stories, head) = log.snapshot(&filter);
+                ready.extend(stories.into_iter().map(|story| item(Item::Story(story))));
+                head + 1
+            }
+        };
+        Self {
+            head: log.watch_head(),
+            log,
+            filter,
+            cursor,
+            ready,
+            caught_up_sent: false,
+            shutdown,
+            heartbeat,
+            last_sent: Instant::now(),
+            ended: false,
+        }
+    }
+
+    /// The next item to send, `None` once the stream has ended.
+    pub async fn next(&mut self) -> Option<Result<pb::SubscribeResponse, End>> {
+        loop {
+            if let Some(ready) = self.ready.pop_front() {
+                self.last_sent = Instant::now();
+                return Some(Ok(ready));
+            }
+            if self.ended {
+                return None;
+            }
+            let batch = match self.log.read_from(
+                self.cursor,
+                &self.filter,
+                READ_BATCH_EVENTS,
+                READ_BATCH_SCAN,
+            ) {
+                Ok(batch) => batch,
+                Err(error) => return Some(Err(self.end(error.into()))),
+            };
+            self.cursor = batch.next;
+            let events = batch
+                .events
+                .iter()
+                .map(|entry| item(Item::Event(entry.event.clone())));
+            self.ready.extend(events);
+            if !self.ready.is_empty() {
+                continue;
+            }
+
+            let at_head = self.cursor > batch.head;
+            if !at_head {
+                // A stretch the filter skipped entirely: keep scanning, but let others run, and
+                // keep the heartbeat promise even while skipping.
+                if self.last_sent.elapsed() >= self.heartbeat {
+                    self.ready.push_back(self.checkpoint());
+                }
+                tokio::task::yield_now().await;
+                continue;
+            }
+            if !self.caught_up_sent {
+                self.caught_up_sent = true;
+                self.ready.push_back(item(Item::CaughtUp(pb::CaughtUp {
+                    head_sequence: self.cursor - 1,
+                    log_id: self.log.log_id().to_owned(),
+                })));
+                continue;
+            }
+            if *self.shutdown.borrow() {
+                return Some(Err(self.end(End::ShuttingDown)));
+            }
+            self.wait_at_head().await;
+        }
+    }
+
+    /// Waits until the head passes the cursor, the heartbeat is due (queueing a checkpoint), or
+    /// the server starts shutting down.
+    async fn wait_at_head(&mut self) {
+        let cursor = self.cursor;
+        let heartbeat_due = self.last_sent + self.heartbeat;
+        let heartbeat = tokio::select! {
+            // An error would mean the log dropped its sender, which it never does while a
+            // subscription holds the log; the next read would then simply find nothing new.
+            _ = self.head.wait_for(|head| *head >= cursor) => false,
+            () = tokio::time::sleep_until(heartbeat_due) => true,
+            _ = self.shutdown.wait_for(|stopping| *stopping) => false,
+        };
+        if heartbeat {
+            self.ready.push_back(self.checkpoint());
+        }
+    }
+
+    fn checkpoint(&self) -> pb::SubscribeResponse {
+        item(Item::Checkpoint(pb::Checkpoint {
+            sequence: self.cursor - 1,
+            log_id: self.log.log_id().to_owned(),
+        }))
+    }
+
+    fn end(&mut self, end: End) -> End {
+        self.ended = true;
+        end
+    }
+}
+
+fn item(item: Item) -> pb::SubscribeResponse {
+    pb::SubscribeResponse { item: Some(item) }
+}

@@ -1,0 +1,312 @@
+//! What every test file shares: a real server on 127.0.0.1:0 driven through the generated client,
+//! and builders for the requests the tests publish.
+
+#![allow(dead_code)] // Each test file uses its own part of this module.
+
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+
+use storywire::{
+    clock::{Clock, SystemClock},
+    log::EventLog,
+    pb::{self, change::Kind, story_service_client::StoryServiceClient, subscribe_response::Item},
+    server,
+};
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+use tonic::{Streaming, transport::Channel};
+
+/// The most any single wait in a test may take before the test fails instead of hanging. It bounds
+/// a wait; it never stands in for one.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+/// Awaits `future`, failing the test if it takes longer than [`PATIENCE`].
+pub async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
+    tokio::time::timeout(PATIENCE, future)
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+}
+
+/// A storywire server running in this process on a loopback port.
+pub struct TestServer {
+    /// Where it listens.
+    pub address: SocketAddr,
+    /// The log it serves, shared so that a test can restart a server over the same log.
+    pub log: Arc<EventLog>,
+    /// Completing it starts the graceful shutdown.
+    stop: Option<oneshot::Sender<()>>,
+    /// The server task; its result is the server's.
+    task: Option<JoinHandle<Result<(), server::ServerError>>>,
+}
+
+impl TestServer {
+    /// A server over a fresh log with default retention and the system clock.
+    pub async fn start() -> Self {
+        Self::with_retention(storywire::log::DEFAULT_RETAIN_EVENTS).await
+    }
+
+    /// A server over a fresh log keeping only `retain` events.
+    pub async fn with_retention(retain: usize) -> Self {
+        Self::with_clock(retain, Arc::new(SystemClock)).await
+    }
+
+    /// A server over a fresh log whose timestamps come from `clock`.
+    pub async fn with_clock(retain: usize, clock: Arc<dyn Clock>) -> Self {
+        Self::over(Arc::new(EventLog::new(retain, clock))).await
+    }
+
+    /// A server over an existing log, on a new port.
+    pub async fn over(log: Arc<EventLog>) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
+        Self::serve(listener, log)
+    }
+
+    /// A server over an existing log on a given loopback address (to restart on the same port).
+    pub async fn over_at(log: Arc<EventLog>, address: SocketAddr) -> Self {
+        let listener = TcpListener::bind(address)
+            .await
+            .expect("rebind the same port");
+        Self::serve(listener, log)
+    }
+
+    fn serve(listener: TcpListener, log: Arc<EventLog>) -> Self {
+        let address = listener.local_addr().expect("local address");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let shutdown = async move {
+            let _ = stopped.await;
+        };
+        let task = tokio::spawn(server::run(listener, log.clone(), shutdown));
+        Self {
+            address,
+            log,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// The URL clients connect to.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.address)
+    }
+
+    /// A channel to this server.
+    pub async fn channel(&self) -> Channel {
+        within(
+            "a connection",
+            Channel::from_shared(self.url())
+                .expect("valid url")
+                .connect(),
+        )
+        .await
+        .expect("connect to the test server")
+    }
+
+    /// A generated client connected to this server.
+    pub async fn client(&self) -> StoryServiceClient<Channel> {
+        StoryServiceClient::new(self.channel().await)
+    }
+
+    /// Shuts the server down gracefully and waits until it has stopped.
+    pub async fn stop(mut self) {
+        self.stop_now().await;
+    }
+
+    async fn stop_now(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            within("the server to stop", task)
+                .await
+                .expect("server task")
+                .expect("server ran cleanly");
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// A Publish request for `story_id` with `change`, a headline, and an optional event_id.
+pub fn request(story_id: &str, event_id: &str, headline: &str, kind: Kind) -> pb::PublishRequest {
+    pb::PublishRequest {
+        story_id: story_id.to_owned(),
+        event_id: event_id.to_owned(),
+        expected_version: None,
+        headline: headline.to_owned(),
+        occurred_at: None,
+        change: Some(pb::Change { kind: Some(kind) }),
+    }
+}
+
+/// Opens `story_id` with the given tags.
+pub fn open(story_id: &str, tags: &[&str]) -> pb::PublishRequest {
+    request(
+        story_id,
+        "",
+        "Story opened",
+        Kind::StoryOpened(pb::StoryOpened {
+            headline: format!("The {story_id} story"),
+            summary: String::new(),
+            tags: tags.iter().map(|t| (*t).to_owned()).collect(),
+        }),
+    )
+}
+
+/// A named source of the given kind.
+pub fn source(name: &str, kind: pb::SourceKind, role: &str) -> pb::Source {
+    pb::Source {
+        name: name.to_owned(),
+        kind: kind.into(),
+        role: role.to_owned(),
+    }
+}
+
+/// An attribution of `stance` to a person.
+pub fn said_by(name: &str, role: &str, stance: pb::Stance) -> pb::Attribution {
+    pb::Attribution {
+        source: Some(source(name, pb::SourceKind::Person, role)),
+        stance: stance.into(),
+        ..Default::default()
+    }
+}
+
+/// Reports fact `fact_id` in `story_id`.
+pub fn report(story_id: &str, fact_id: &str) -> pb::PublishRequest {
+    request(
+        story_id,
+        "",
+        &format!("Fact {fact_id} reported"),
+        Kind::FactReported(pb::FactReported {
+            fact_id: fact_id.to_owned(),
+            statement: format!("Statement of {fact_id}."),
+            attributions: vec![said_by(
+                "Kim Min-ki",
+                "South Korean lawmaker",
+                pb::Stance::Asserts,
+            )],
+        }),
+    )
+}
+
+/// Changes the status of fact `fact_id` in `story_id`.
+pub fn set_status(story_id: &str, fact_id: &str, status: pb::FactStatus) -> pb::PublishRequest {
+    request(
+        story_id,
+        "",
+        &format!("Fact {fact_id} is now {}", status.as_str_name()),
+        Kind::FactStatusChanged(pb::FactStatusChanged {
+            fact_id: fact_id.to_owned(),
+            status: status.into(),
+            attributions: vec![said_by(
+                "Enzo Moavero Milanesi",
+                "foreign minister of Italy",
+                pb::Stance::Denies,
+            )],
+            note: String::new(),
+        }),
+    )
+}
+
+/// Adds a line of context to `story_id`: a change that always applies to an open story.
+pub fn note(story_id: &str, text: &str) -> pb::PublishRequest {
+    request(
+        story_id,
+        "",
+        text,
+        Kind::ContextAdded(pb::ContextAdded {
+            text: text.to_owned(),
+            attributions: Vec::new(),
+        }),
+    )
+}
+
+/// A Subscribe request for every story from `from_sequence`.
+pub fn from(from_sequence: u64) -> pb::SubscribeRequest {
+    pb::SubscribeRequest {
+        from_sequence: Some(from_sequence),
+        ..Default::default()
+    }
+}
+
+/// Publishes and expects success.
+pub async fn publish(
+    client: &mut StoryServiceClient<Channel>,
+    request: pb::PublishRequest,
+) -> pb::PublishResponse {
+    within("publish", client.publish(request))
+        .await
+        .expect("publish accepted")
+        .into_inner()
+}
+
+/// Subscribes and expects the stream to open.
+pub async fn subscribe(
+    client: &mut StoryServiceClient<Channel>,
+    request: pb::SubscribeRequest,
+) -> Streaming<pb::SubscribeResponse> {
+    within("subscribe", client.subscribe(request))
+        .await
+        .expect("subscription accepted")
+        .into_inner()
+}
+
+/// The next item of a stream, failing the test if the stream ends or errs.
+pub async fn next_item(stream: &mut Streaming<pb::SubscribeResponse>) -> Item {
+    within("the next stream item", stream.message())
+        .await
+        .expect("stream item, not an error")
+        .expect("stream still open")
+        .item
+        .expect("item set")
+}
+
+/// The next item, which must be an event.
+pub async fn next_event(stream: &mut Streaming<pb::SubscribeResponse>) -> pb::UpdateEvent {
+    match next_item(stream).await {
+        Item::Event(event) => event,
+        other => panic!("expected an event, got {other:?}"),
+    }
+}
+
+/// Reads events until `caught_up`, returning the events and the caught-up marker.
+pub async fn until_caught_up(
+    stream: &mut Streaming<pb::SubscribeResponse>,
+) -> (Vec<pb::UpdateEvent>, pb::CaughtUp) {
+    let mut events = Vec::new();
+    loop {
+        match next_item(stream).await {
+            Item::Event(event) => events.push(event),
+            Item::CaughtUp(caught_up) => return (events, caught_up),
+            other => panic!("expected events then caught_up, got {other:?}"),
+        }
+    }
+}
+
+/// The sequences of some events.
+pub fn sequences(events: &[pb::UpdateEvent]) -> Vec<u64> {
+    events.iter().map(|event| event.sequence).collect()
+}
+
+/// Expects `result` to be a gRPC error with `code` whose message mentions every one of `words`.
+pub fn expect_status<T: std::fmt::Debug>(
+    result: Result<T, tonic::Status>,
+    code: tonic::Code,
+    words: &[&str],
+) -> tonic::Status {
+    let status = result.expect_err("expected an error status");
+    assert_eq!(status.code(), code, "unexpected code: {status:?}");
+    for word in words {
+        assert!(
+            status.message().contains(word),
+            "message {:?} should mention {word:?}",
+            status.message()
+        );
+    }
+    status
+}
