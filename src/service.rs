@@ -7,7 +7,7 @@ use std::{pin::Pin, sync::Arc};
 
 use futures_util::{Stream, stream};
 use tokio::sync::watch;
-use tonic::{Code, Request, Response, Status};
+use tonic::{Code, Request, Response, Status, Streaming};
 use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::{
@@ -114,6 +114,78 @@ pub fn publish(log: &EventLog, request: pb::PublishRequest) -> Result<pb::Publis
     Ok(log.append(request)?)
 }
 
+/// The outcome of one PublishStream message: the receipt, or what Publish would have failed with.
+fn publish_outcome(log: &EventLog, message: pb::PublishStreamRequest) -> pb::PublishStreamResponse {
+    use pb::publish_stream_response::Result as Outcome;
+    let outcome = match message.request {
+        Some(request) => publish(log, request),
+        None => Err(FieldError {
+            field: "request".to_owned(),
+            description: "is required: each message carries one PublishRequest".to_owned(),
+        }
+        .into()),
+    };
+    let result = match outcome {
+        Ok(receipt) => Outcome::Accepted(receipt),
+        Err(error) => {
+            let field = match &error {
+                Error::Invalid(invalid) => invalid.field.clone(),
+                _ => String::new(),
+            };
+            let status = status(error);
+            Outcome::Rejected(pb::PublishError {
+                code: status.code().into(),
+                message: status.message().to_owned(),
+                field,
+            })
+        }
+    };
+    pb::PublishStreamResponse {
+        result: Some(result),
+    }
+}
+
+/// One PublishStream call: its incoming messages, answered in order.
+struct PublishSession {
+    /// The client's messages.
+    requests: Streaming<pb::PublishStreamRequest>,
+    /// The log they are published to.
+    log: Arc<EventLog>,
+    /// Becomes true when the server starts shutting down. The sender belongs to the server.
+    shutdown: watch::Receiver<bool>,
+    /// Set after the stream has ended with an error, so that it yields nothing more.
+    ended: bool,
+}
+
+impl PublishSession {
+    /// The response to the next message; `None` once the client has finished.
+    ///
+    /// At shutdown the session stops taking messages and ends with UNAVAILABLE: every message
+    /// already answered is in the log, and the rest can be resent (safely, with their event_ids)
+    /// once the server is back.
+    async fn next(&mut self) -> Option<Result<pb::PublishStreamResponse, Status>> {
+        if self.ended {
+            return None;
+        }
+        let next = tokio::select! {
+            biased;
+            _ = self.shutdown.wait_for(|stopping| *stopping) => Err(status(End::ShuttingDown)),
+            next = self.requests.message() => next,
+        };
+        let response = match next {
+            Ok(Some(message)) => Ok(publish_outcome(&self.log, message)),
+            Ok(None) => return None,
+            Err(error) => Err(error),
+        };
+        self.ended = response.is_err();
+        Some(response)
+    }
+}
+
+/// The stream type PublishStream returns.
+pub type PublishResponseStream =
+    Pin<Box<dyn Stream<Item = Result<pb::PublishStreamResponse, Status>> + Send + 'static>>;
+
 /// The stream type Subscribe returns.
 pub type SubscribeStream =
     Pin<Box<dyn Stream<Item = Result<pb::SubscribeResponse, Status>> + Send + 'static>>;
@@ -126,6 +198,25 @@ impl StoryService for Service {
     ) -> Result<Response<pb::PublishResponse>, Status> {
         let receipt = publish(&self.log, request.into_inner()).map_err(status)?;
         Ok(Response::new(receipt))
+    }
+
+    type PublishStreamStream = PublishResponseStream;
+
+    async fn publish_stream(
+        &self,
+        request: Request<Streaming<pb::PublishStreamRequest>>,
+    ) -> Result<Response<Self::PublishStreamStream>, Status> {
+        let session = PublishSession {
+            requests: request.into_inner(),
+            log: self.log.clone(),
+            shutdown: self.shutdown.clone(),
+            ended: false,
+        };
+        let responses = stream::unfold(session, |mut session| async move {
+            let response = session.next().await?;
+            Some((response, session))
+        });
+        Ok(Response::new(Box::pin(responses)))
     }
 
     type SubscribeStream = SubscribeStream;

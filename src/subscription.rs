@@ -38,9 +38,9 @@ pub enum End {
     /// The cursor fell behind retention (or started outside the log).
     #[error(transparent)]
     Log(#[from] LogError),
-    /// The server is shutting down; every event up to the head was sent first.
+    /// The server is shutting down. A subscription sends every event up to the head first.
     #[error(
-        "the server is shutting down; resume from the next sequence on another server or after restart"
+        "the server is shutting down; after it restarts, resume subscriptions from the next sequence and resend unanswered publishes with their event_ids"
     )]
     ShuttingDown,
 }
