@@ -1,0 +1,126 @@
+//! The baseline: a bare tonic server as one would write it by hand, with nothing of storywire's
+//! but its wire types. PublishStream stamps a sequence and broadcasts; Subscribe streams every
+//! broadcast event. No log, no story rules, no catch-up, and a subscriber that lags behind the
+//! broadcast buffer silently loses events (the bench counts them as gaps).
+
+use std::{
+    pin::Pin,
+    sync::atomic::{AtomicU64, Ordering},
+};
+
+use futures_util::{Stream, StreamExt};
+use tokio::{net::TcpListener, sync::broadcast};
+use tokio_stream::wrappers::{BroadcastStream, TcpListenerStream};
+use tonic::{Request, Response, Status, Streaming, transport::Server};
+
+use crate::pb::{
+    self, story_service_server::StoryService, story_service_server::StoryServiceServer,
+};
+
+/// Events the broadcast keeps for lagging subscribers before they lose some: large, so that the
+/// baseline drops only under real overload.
+const BROADCAST_CAPACITY: usize = 65_536;
+
+/// The bare server's state.
+struct Bare {
+    /// Fans every published event out to every subscriber; each receiver clones what it takes.
+    events: broadcast::Sender<pb::SubscribeResponse>,
+    /// The last sequence stamped, so subscribers can count gaps.
+    sequence: AtomicU64,
+}
+
+type Boxed<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl StoryService for std::sync::Arc<Bare> {
+    async fn publish(
+        &self,
+        _: Request<pb::PublishRequest>,
+    ) -> Result<Response<pb::PublishResponse>, Status> {
+        Err(Status::unimplemented("the bare server only streams"))
+    }
+
+    type PublishStreamStream = Boxed<pb::PublishStreamResponse>;
+
+    async fn publish_stream(
+        &self,
+        request: Request<Streaming<pb::PublishStreamRequest>>,
+    ) -> Result<Response<Self::PublishStreamStream>, Status> {
+        let bare = self.clone();
+        let responses = request.into_inner().map(move |message| {
+            let request = message?.request.unwrap_or_default();
+            let sequence = bare.sequence.fetch_add(1, Ordering::Relaxed) + 1;
+            let event = pb::UpdateEvent {
+                sequence,
+                event_id: request.event_id.clone(),
+                story_id: request.story_id,
+                story_version: sequence,
+                headline: request.headline,
+                occurred_at: request.occurred_at,
+                recorded_at: request.occurred_at,
+                change: request.change,
+            };
+            let item = pb::subscribe_response::Item::Event(event);
+            // No receivers is fine: nobody is listening yet.
+            let _ = bare.events.send(pb::SubscribeResponse { item: Some(item) });
+            let receipt = pb::PublishResponse {
+                sequence,
+                story_version: sequence,
+                event_id: request.event_id,
+                duplicate: false,
+                recorded_at: None,
+            };
+            Ok(pb::PublishStreamResponse {
+                result: Some(pb::publish_stream_response::Result::Accepted(receipt)),
+            })
+        });
+        Ok(Response::new(Box::pin(responses)))
+    }
+
+    type SubscribeStream = Boxed<pb::SubscribeResponse>;
+
+    async fn subscribe(
+        &self,
+        _: Request<pb::SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let received = BroadcastStream::new(self.events.subscribe());
+        // A lagged receiver skips what it missed, as a bare broadcast server does.
+        let events = received.filter_map(|item| async move { item.ok().map(Ok) });
+        Ok(Response::new(Box::pin(events)))
+    }
+
+    async fn get_story(
+        &self,
+        _: Request<pb::GetStoryRequest>,
+    ) -> Result<Response<pb::GetStoryResponse>, Status> {
+        Err(Status::unimplemented("the bare server only streams"))
+    }
+
+    async fn list_stories(
+        &self,
+        _: Request<pb::ListStoriesRequest>,
+    ) -> Result<Response<pb::ListStoriesResponse>, Status> {
+        Err(Status::unimplemented("the bare server only streams"))
+    }
+
+    async fn list_events(
+        &self,
+        _: Request<pb::ListEventsRequest>,
+    ) -> Result<Response<pb::ListEventsResponse>, Status> {
+        Err(Status::unimplemented("the bare server only streams"))
+    }
+}
+
+/// Serves the bare baseline on `listener` until the process is stopped.
+pub async fn serve(listener: TcpListener) -> Result<(), tonic::transport::Error> {
+    let (events, _) = broadcast::channel(BROADCAST_CAPACITY);
+    let bare = std::sync::Arc::new(Bare {
+        events,
+        sequence: AtomicU64::new(0),
+    });
+    Server::builder()
+        .tcp_nodelay(true)
+        .add_service(StoryServiceServer::new(bare))
+        .serve_with_incoming(TcpListenerStream::new(listener))
+        .await
+}

@@ -1,0 +1,227 @@
+//! The load: subscribers spread over a few HTTP/2 connections, a publisher on PublishStream, and
+//! what each subscriber saw (count, gaps, duplicates, latency).
+
+use std::time::{Duration, SystemTime};
+
+use hdrhistogram::Histogram;
+use prost::Message;
+use tokio::{sync::mpsc, task::JoinSet, time::Instant};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{
+    Streaming,
+    transport::{Channel, Endpoint},
+};
+
+use crate::{
+    clock::to_timestamp,
+    pb::{
+        self, change::Kind, publish_stream_response::Result as Outcome,
+        story_service_client::StoryServiceClient, subscribe_response::Item,
+    },
+};
+
+/// How far apart publishing may fall behind a fixed rate before ticks are bunched: the load is
+/// the rate, not an exact schedule.
+const PUBLISH_QUEUE: usize = 1_024;
+/// The story every bench event belongs to.
+const STORY: &str = "bench";
+
+/// How fast the publisher sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rate {
+    /// As fast as the server acknowledges (PublishStream, pipelined).
+    Max,
+    /// This many events a second.
+    PerSecond(u64),
+}
+
+impl std::fmt::Display for Rate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Max => write!(f, "max"),
+            Self::PerSecond(n) => write!(f, "{n}/s"),
+        }
+    }
+}
+
+/// Connects `count` separate HTTP/2 connections to `url`.
+pub async fn connect(url: &str, count: usize) -> Result<Vec<Channel>, String> {
+    let mut channels = Vec::with_capacity(count);
+    for _ in 0..count {
+        let endpoint = Endpoint::from_shared(url.to_owned()).map_err(|e| e.to_string())?;
+        let channel = endpoint.tcp_nodelay(true).connect().await;
+        channels.push(channel.map_err(|e| format!("connect {url}: {e}"))?);
+    }
+    Ok(channels)
+}
+
+/// The `n`th bench request (1-based): the first opens the story, the rest revise its summary, so
+/// each event is ~200 bytes and the story's own state stays one summary long (the bench measures
+/// the log, not a story that grows without end). Each is stamped with the time it is sent.
+fn bench_request(n: u64) -> pb::PublishRequest {
+    let kind = if n == 1 {
+        Kind::StoryOpened(pb::StoryOpened {
+            headline: "Bench story".into(),
+            summary: String::new(),
+            tags: vec!["bench".into()],
+        })
+    } else {
+        Kind::StoryRevised(pb::StoryRevised {
+            headline: None,
+            summary: Some(format!(
+                "Summary {n:>10}: a sentence of summary about the size of a real one, give or take."
+            )),
+            tags: None,
+        })
+    };
+    pb::PublishRequest {
+        story_id: STORY.into(),
+        event_id: String::new(),
+        expected_version: None,
+        headline: format!("Update {n:>10} on the bench story, one line long"),
+        occurred_at: Some(to_timestamp(SystemTime::now())),
+        change: Some(pb::Change { kind: Some(kind) }),
+    }
+}
+
+/// The encoded size of a typical bench event as the server stores and sends it.
+pub fn typical_event_size() -> usize {
+    let request = bench_request(2);
+    pb::UpdateEvent {
+        sequence: 1_000_000,
+        event_id: uuid::Uuid::new_v4().to_string(),
+        story_id: request.story_id,
+        story_version: 1_000_000,
+        headline: request.headline,
+        occurred_at: request.occurred_at,
+        recorded_at: request.occurred_at,
+        change: request.change,
+    }
+    .encoded_len()
+}
+
+/// Publishes `events` bench events at `rate` on one PublishStream and returns how long it took
+/// from the first send to the last acknowledgement.
+pub async fn publish(channel: Channel, events: u64, rate: Rate) -> Result<Duration, String> {
+    let mut client = StoryServiceClient::new(channel);
+    let (sender, receiver) = mpsc::channel(PUBLISH_QUEUE);
+    let start = Instant::now();
+    let sending = tokio::spawn(async move {
+        let mut ticks = match rate {
+            Rate::Max => None,
+            Rate::PerSecond(per_second) => Some(tokio::time::interval(Duration::from_secs_f64(
+                1.0 / per_second as f64,
+            ))),
+        };
+        for n in 1..=events {
+            if let Some(ticks) = ticks.as_mut() {
+                ticks.tick().await;
+            }
+            let message = pb::PublishStreamRequest {
+                request: Some(bench_request(n)),
+            };
+            if sender.send(message).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut responses = client
+        .publish_stream(ReceiverStream::new(receiver))
+        .await
+        .map_err(|e| format!("publish_stream: {e}"))?
+        .into_inner();
+    for _ in 0..events {
+        match responses.message().await {
+            Ok(Some(pb::PublishStreamResponse {
+                result: Some(Outcome::Accepted(_)),
+            })) => {}
+            other => return Err(format!("publish failed: {other:?}")),
+        }
+    }
+    let elapsed = start.elapsed();
+    sending.abort();
+    Ok(elapsed)
+}
+
+/// What one subscriber saw.
+pub struct Received {
+    /// Events received.
+    pub events: u64,
+    /// Sequences skipped (counted by how far each jump went past the next expected one).
+    pub gaps: u64,
+    /// Events at or below a sequence already seen.
+    pub duplicates: u64,
+    /// End-to-end latency, receipt minus the publisher's send stamp, in microseconds.
+    pub latency: Histogram<u64>,
+    /// When the last event arrived.
+    pub last_at: Option<Instant>,
+}
+
+/// Opens `count` live subscriptions spread over `channels`, waiting until each is registered.
+pub async fn subscribe_many(
+    channels: &[Channel],
+    count: usize,
+    request: &pb::SubscribeRequest,
+) -> Result<Vec<Streaming<pb::SubscribeResponse>>, String> {
+    let mut opening = JoinSet::new();
+    for i in 0..count {
+        let mut client = StoryServiceClient::new(channels[i % channels.len()].clone());
+        let request = request.clone();
+        opening.spawn(async move { client.subscribe(request).await.map(|r| r.into_inner()) });
+    }
+    let mut streams = Vec::with_capacity(count);
+    while let Some(opened) = opening.join_next().await {
+        let stream = opened.map_err(|e| e.to_string())?;
+        streams.push(stream.map_err(|e| format!("subscribe: {e}"))?);
+    }
+    Ok(streams)
+}
+
+/// Reads `stream` until the event with sequence `last` arrives, the stream ends, or `deadline`.
+pub async fn receive(
+    mut stream: Streaming<pb::SubscribeResponse>,
+    last: u64,
+    deadline: Instant,
+) -> Received {
+    let mut received = Received {
+        events: 0,
+        gaps: 0,
+        duplicates: 0,
+        latency: Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid bounds"),
+        last_at: None,
+    };
+    let mut previous = 0;
+    while let Ok(Ok(Some(message))) = tokio::time::timeout_at(deadline, stream.message()).await {
+        let Some(Item::Event(event)) = message.item else {
+            continue;
+        };
+        let now = Instant::now();
+        received.events += 1;
+        received.last_at = Some(now);
+        if event.sequence <= previous {
+            received.duplicates += 1;
+            continue;
+        }
+        received.gaps += event.sequence - previous - 1;
+        previous = event.sequence;
+        if let Some(sent) = event.occurred_at.and_then(|t| {
+            let nanos = u64::try_from(t.nanos).ok()?;
+            let secs = u64::try_from(t.seconds).ok()?;
+            Some(SystemTime::UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_nanos(nanos))
+        }) {
+            let micros = SystemTime::now()
+                .duration_since(sent)
+                .unwrap_or_default()
+                .as_micros();
+            received
+                .latency
+                .saturating_record(u64::try_from(micros).unwrap_or(u64::MAX));
+        }
+        if event.sequence >= last {
+            break;
+        }
+    }
+    // A subscriber that stopped short of `last` missed the rest: those are gaps too.
+    received.gaps += last.saturating_sub(previous);
+    received
+}

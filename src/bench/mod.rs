@@ -1,0 +1,336 @@
+//! `storywire bench`: the load generator behind docs/benchmarks.md.
+//!
+//! Every case starts a fresh server process on loopback (storywire, or the bare tonic baseline in
+//! [`bare`]), drives it over real sockets, reads its CPU time and memory from /proc, and runs
+//! several times; the report gives the median and the spread, and for each storywire figure its
+//! ratio to the baseline measured in the same run.
+
+pub mod bare;
+mod load;
+mod process;
+
+use std::{fmt::Write as _, time::Duration};
+
+use hdrhistogram::Histogram;
+use tokio::time::Instant;
+
+pub use load::Rate;
+use load::{Received, connect, publish, receive, subscribe_many};
+use process::{ServerProcess, Target};
+
+use crate::pb;
+
+/// How long past the expected end of a case the bench waits for stragglers before it counts
+/// what is missing as gaps.
+const GRACE: Duration = Duration::from_secs(60);
+/// The most deliveries (events x subscribers) one max-rate case aims at: enough to run for
+/// seconds, few enough that the whole matrix runs in minutes on two cores.
+const DELIVERIES_PER_CASE: u64 = 2_000_000;
+/// How long a fixed-rate case publishes for, at most.
+const RATE_CASE_SECONDS: u64 = 5;
+
+/// Arguments of `storywire bench`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Subscriber counts to run (comma-separated).
+    #[arg(long, value_delimiter = ',', default_values_t = [1usize, 100, 1000])]
+    subscribers: Vec<usize>,
+    /// HTTP/2 connections the subscribers are spread over.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Publish rates to run: `max` or events per second (comma-separated).
+    #[arg(long, value_delimiter = ',', default_values = ["max", "100", "2000"], value_parser = parse_rate)]
+    rates: Vec<Rate>,
+    /// Runs of each case; the report gives the median and the spread.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Events in the catch-up and retained-memory case (0 skips it).
+    #[arg(long, default_value_t = 1_000_000)]
+    catch_up_events: u64,
+    /// Idle subscribers in the memory case (0 skips it).
+    #[arg(long, default_value_t = 10_000)]
+    idle_subscribers: usize,
+}
+
+fn parse_rate(value: &str) -> Result<Rate, String> {
+    match value {
+        "max" => Ok(Rate::Max),
+        n => n
+            .parse::<u64>()
+            .ok()
+            .filter(|n| *n > 0)
+            .map(Rate::PerSecond)
+            .ok_or_else(|| format!("{n:?} is neither `max` nor a positive rate")),
+    }
+}
+
+/// One fan-out run's FIGURES.
+#[derive(Debug, Clone, Copy, Default)]
+struct FanOut {
+    delivered_per_second: f64,
+    published_per_second: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+    cpu_us_per_delivery: f64,
+    rss_mib: f64,
+    gaps: u64,
+    duplicates: u64,
+}
+
+/// A fan-out figure as the report shows it: how to read it from a run, and its decimals.
+type Figure = (fn(&FanOut) -> f64, usize);
+
+/// The report's fan-out columns, in order.
+const FIGURES: [Figure; 7] = [
+    (|r| r.delivered_per_second, 0),
+    (|r| r.published_per_second, 0),
+    (|r| r.p50_ms, 2),
+    (|r| r.p99_ms, 2),
+    (|r| r.max_ms, 2),
+    (|r| r.cpu_us_per_delivery, 2),
+    (|r| r.rss_mib, 1),
+];
+
+/// How many events a case publishes.
+fn events_for(subscribers: usize, rate: Rate) -> u64 {
+    let by_deliveries = (DELIVERIES_PER_CASE / subscribers.max(1) as u64).clamp(1_000, 200_000);
+    match rate {
+        Rate::Max => by_deliveries,
+        Rate::PerSecond(per_second) => by_deliveries.min(per_second * RATE_CASE_SECONDS).max(100),
+    }
+}
+
+async fn fan_out(
+    target: Target,
+    subscribers: usize,
+    connections: usize,
+    rate: Rate,
+) -> Result<FanOut, String> {
+    let events = events_for(subscribers, rate);
+    let server = ServerProcess::start(target, events as usize + 1).await?;
+    let channels = connect(&server.url(), connections).await?;
+    let streams = subscribe_many(&channels, subscribers, &pb::SubscribeRequest::default()).await?;
+    let expected_seconds = match rate {
+        Rate::Max => 0,
+        Rate::PerSecond(per_second) => events / per_second,
+    };
+    let deadline = Instant::now() + GRACE + Duration::from_secs(expected_seconds);
+    let receivers: Vec<_> = streams
+        .into_iter()
+        .map(|stream| tokio::spawn(receive(stream, events, deadline)))
+        .collect();
+
+    let cpu_before = server.cpu_seconds();
+    let start = Instant::now();
+    let publisher = connect(&server.url(), 1).await?.remove(0);
+    let publish_time = publish(publisher, events, rate).await?;
+    let mut all = Vec::with_capacity(subscribers);
+    for receiver in receivers {
+        all.push(receiver.await.map_err(|e| e.to_string())?);
+    }
+    let cpu = server.cpu_seconds() - cpu_before;
+    let rss = server.rss_bytes();
+    server.stop().await;
+
+    let delivered: u64 = all.iter().map(|r| r.events).sum();
+    let last = all.iter().filter_map(|r| r.last_at).max().unwrap_or(start);
+    let mut latency = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("valid bounds");
+    for received in &all {
+        latency.add(&received.latency).map_err(|e| e.to_string())?;
+    }
+    let ms = |micros: u64| micros as f64 / 1_000.0;
+    Ok(FanOut {
+        delivered_per_second: delivered as f64 / (last - start).as_secs_f64().max(1e-9),
+        published_per_second: events as f64 / publish_time.as_secs_f64().max(1e-9),
+        p50_ms: ms(latency.value_at_quantile(0.5)),
+        p99_ms: ms(latency.value_at_quantile(0.99)),
+        max_ms: ms(latency.max()),
+        cpu_us_per_delivery: cpu * 1e6 / delivered.max(1) as f64,
+        rss_mib: rss as f64 / (1024.0 * 1024.0),
+        gaps: all.iter().map(|r: &Received| r.gaps).sum(),
+        duplicates: all.iter().map(|r| r.duplicates).sum(),
+    })
+}
+
+/// Median and spread of one figure over the runs.
+fn summary(values: &[f64]) -> (f64, f64, f64) {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let median = sorted[sorted.len() / 2];
+    (median, sorted[0], sorted[sorted.len() - 1])
+}
+
+fn cell(values: &[f64], decimals: usize) -> String {
+    let (median, low, high) = summary(values);
+    if values.len() > 1 {
+        format!("{median:.decimals$} ({low:.decimals$}–{high:.decimals$})")
+    } else {
+        format!("{median:.decimals$}")
+    }
+}
+
+fn ratio(ours: &[f64], theirs: &[f64]) -> String {
+    let (ours, _, _) = summary(ours);
+    let (theirs, _, _) = summary(theirs);
+    if theirs == 0.0 {
+        "–".to_owned()
+    } else {
+        format!("{:.2}x", ours / theirs)
+    }
+}
+
+/// Runs the matrix and prints the report as markdown.
+pub async fn run(args: Args) -> Result<(), String> {
+    let runs = args.runs.max(1);
+    let mut report = String::new();
+    let _ = writeln!(
+        report,
+        "Fan-out: live subscribers over {} connections, one PublishStream publisher; median (min–max) of {runs} runs; ratio = storywire / bare tonic (medians).\n",
+        args.connections
+    );
+    let _ = writeln!(
+        report,
+        "| subscribers | rate | events | server | delivered/s | publish/s | p50 ms | p99 ms | max ms | server CPU µs/delivery | server RSS MiB | gaps | dups |"
+    );
+    let _ = writeln!(
+        report,
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    );
+    for &subscribers in &args.subscribers {
+        for &rate in &args.rates {
+            let mut results: [Vec<FanOut>; 2] = [Vec::new(), Vec::new()];
+            for run in 0..runs {
+                // Alternate the order so that neither server always runs on a warmer machine.
+                let order = if run % 2 == 0 {
+                    [Target::Storywire, Target::Bare]
+                } else {
+                    [Target::Bare, Target::Storywire]
+                };
+                for target in order {
+                    let result = fan_out(target, subscribers, args.connections, rate).await?;
+                    eprintln!(
+                        "{subscribers} subscribers, {rate}, {}: {result:?}",
+                        target.name()
+                    );
+                    results[usize::from(target == Target::Bare)].push(result);
+                }
+            }
+            let events = events_for(subscribers, rate);
+            let column = |i: usize, f: fn(&FanOut) -> f64| -> Vec<f64> {
+                results[i].iter().map(f).collect()
+            };
+
+            for (i, target) in [Target::Storywire, Target::Bare].into_iter().enumerate() {
+                let cells: Vec<String> = FIGURES
+                    .iter()
+                    .map(|(f, d)| cell(&column(i, *f), *d))
+                    .collect();
+                let gaps: u64 = results[i].iter().map(|r| r.gaps).sum();
+                let duplicates: u64 = results[i].iter().map(|r| r.duplicates).sum();
+                let _ = writeln!(
+                    report,
+                    "| {subscribers} | {rate} | {events} | {} | {} | {gaps} | {duplicates} |",
+                    target.name(),
+                    cells.join(" | ")
+                );
+            }
+            let ratios: Vec<String> = FIGURES
+                .iter()
+                .map(|(f, _)| ratio(&column(0, *f), &column(1, *f)))
+                .collect();
+            let _ = writeln!(
+                report,
+                "| {subscribers} | {rate} | | ratio | {} | | |",
+                ratios.join(" | ")
+            );
+        }
+    }
+    if args.catch_up_events > 0 {
+        let _ = writeln!(report, "\n{}", catch_up(args.catch_up_events, runs).await?);
+    }
+    if args.idle_subscribers > 0 {
+        let _ = writeln!(
+            report,
+            "\n{}",
+            idle(args.idle_subscribers, args.connections, runs).await?
+        );
+    }
+    println!("{report}");
+    Ok(())
+}
+
+/// Catch-up replay and memory per retained event.
+async fn catch_up(events: u64, runs: usize) -> Result<String, String> {
+    let mut rates = Vec::new();
+    let mut per_event = Vec::new();
+    for _ in 0..runs {
+        let server = ServerProcess::start(Target::Storywire, events as usize).await?;
+        let channel = connect(&server.url(), 1).await?.remove(0);
+        let rss_before = server.rss_bytes();
+        publish(channel.clone(), events, Rate::Max).await?;
+        let rss_after = server.rss_bytes();
+        per_event.push((rss_after.saturating_sub(rss_before)) as f64 / events as f64);
+
+        let request = pb::SubscribeRequest {
+            from_sequence: Some(1),
+            ..Default::default()
+        };
+        let start = Instant::now();
+        let stream = subscribe_many(&[channel], 1, &request).await?.remove(0);
+        let received = receive(stream, events, Instant::now() + GRACE * 5).await;
+        let elapsed = start.elapsed();
+        server.stop().await;
+        if received.gaps + received.duplicates > 0 {
+            return Err(format!(
+                "catch-up: {} gaps, {} duplicates",
+                received.gaps, received.duplicates
+            ));
+        }
+        rates.push(received.events as f64 / elapsed.as_secs_f64());
+        eprintln!(
+            "catch-up of {events}: {:.0} events/s, {:.0} B RSS per retained event",
+            rates[rates.len() - 1],
+            per_event[per_event.len() - 1]
+        );
+    }
+    let encoded = load::typical_event_size() as f64;
+    let (median, _, _) = summary(&per_event);
+    Ok(format!(
+        "| case | figure |\n|---|---|\n| catch-up: 1 subscriber reads {events} retained events from sequence 1 | {} events/s |\n| server RSS per retained event | {} bytes, {:.2}x the {encoded:.0}-byte encoded event |",
+        cell(&rates, 0),
+        cell(&per_event, 0),
+        median / encoded
+    ))
+}
+
+/// Memory per idle subscriber, for both servers.
+async fn idle(subscribers: usize, connections: usize, runs: usize) -> Result<String, String> {
+    let mut per: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    for _ in 0..runs {
+        for (i, target) in [Target::Storywire, Target::Bare].into_iter().enumerate() {
+            let server = ServerProcess::start(target, 1_000).await?;
+            let channels = connect(&server.url(), connections).await?;
+            // One subscriber first, so that per-connection and first-use costs are not counted.
+            let _warm =
+                subscribe_many(&channels, connections, &pb::SubscribeRequest::default()).await?;
+            let rss_before = server.rss_bytes();
+            let _idle =
+                subscribe_many(&channels, subscribers, &pb::SubscribeRequest::default()).await?;
+            let rss_after = server.rss_bytes();
+            server.stop().await;
+            per[i].push(rss_after.saturating_sub(rss_before) as f64 / subscribers as f64 / 1024.0);
+            eprintln!(
+                "{subscribers} idle subscribers, {}: {:.1} KiB each",
+                target.name(),
+                per[i][per[i].len() - 1]
+            );
+        }
+    }
+    Ok(format!(
+        "| case | storywire | bare tonic | ratio |\n|---|---|---|---|\n| server RSS per idle subscriber ({subscribers} over {connections} connections), KiB | {} | {} | {} |",
+        cell(&per[0], 1),
+        cell(&per[1], 1),
+        ratio(&per[0], &per[1])
+    ))
+}

@@ -1,0 +1,133 @@
+//! A server under test, in its own process so that its CPU time and memory can be read from
+//! /proc apart from the load generator's.
+
+use std::{net::SocketAddr, process::Stdio, time::Duration};
+
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    process::{Child, Command},
+};
+
+/// Linux's clock ticks per second for /proc's CPU times (`getconf CLK_TCK`; 100 on every
+/// mainstream Linux build).
+const CLOCK_TICKS_PER_SECOND: f64 = 100.0;
+/// How long a server may take to report its address before the bench gives up.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Which server a case runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// `storywire serve`.
+    Storywire,
+    /// The bare tonic baseline (`storywire bench-bare`).
+    Bare,
+}
+
+impl Target {
+    /// The name used in the report.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Storywire => "storywire",
+            Self::Bare => "bare tonic",
+        }
+    }
+}
+
+/// A running server process on a loopback port. Killed when dropped.
+pub struct ServerProcess {
+    /// The child process; `kill_on_drop` ends it with the bench.
+    child: Child,
+    /// Where it listens.
+    pub address: SocketAddr,
+    /// Its process id, for /proc.
+    pid: u32,
+}
+
+impl ServerProcess {
+    /// Starts `target` on 127.0.0.1 with an ephemeral port and waits until it listens.
+    pub async fn start(target: Target, retain_events: usize) -> Result<Self, String> {
+        let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
+        let mut command = Command::new(exe);
+        match target {
+            Target::Storywire => command.args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--retain-events",
+                &retain_events.to_string(),
+            ]),
+            Target::Bare => command.args(["bench-bare", "--listen", "127.0.0.1:0"]),
+        };
+        command
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = command.spawn().map_err(|e| format!("spawn server: {e}"))?;
+        let pid = child.id().ok_or("server exited at once")?;
+        let stderr = child.stderr.take().ok_or("no stderr")?;
+        let mut lines = BufReader::new(stderr).lines();
+        let address = tokio::time::timeout(START_TIMEOUT, async {
+            while let Some(line) = lines.next_line().await.map_err(|e| e.to_string())? {
+                if let Some(rest) = line.split("listening address=").nth(1) {
+                    let address = rest.split_whitespace().next().unwrap_or_default();
+                    return address.parse::<SocketAddr>().map_err(|e| e.to_string());
+                }
+            }
+            Err("the server exited before listening".to_owned())
+        })
+        .await
+        .map_err(|_| "the server did not report its address".to_owned())??;
+        // Keep draining stderr, so the server never blocks on a full pipe, and pass on what it
+        // says after start-up (warnings, errors, a panic) with the server's name.
+        let name = target.name();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                eprintln!("[{name} server] {line}");
+            }
+        });
+        Ok(Self {
+            child,
+            address,
+            pid,
+        })
+    }
+
+    /// The server's URL.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.address)
+    }
+
+    /// User plus system CPU seconds the server has used so far.
+    pub fn cpu_seconds(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).unwrap_or_default();
+        // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+        let after_name = stat.rsplit(')').next().unwrap_or_default();
+        let fields: Vec<&str> = after_name.split_whitespace().collect();
+        let ticks = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|f| f.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        (ticks(11) + ticks(12)) / CLOCK_TICKS_PER_SECOND
+    }
+
+    /// The server's resident set size in bytes.
+    pub fn rss_bytes(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid)).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|kib| kib.parse::<u64>().ok())
+            .map_or(0, |kib| kib * 1024)
+    }
+
+    /// Stops the server.
+    pub async fn stop(mut self) {
+        let _ = self.child.kill().await;
+    }
+}
