@@ -27,7 +27,7 @@ pub async fn run(args: Args) -> Result<ExitCode, CliError> {
     match client.check(request).await {
         Ok(response) => {
             let status = response.into_inner().status();
-            println!("{}", status.as_str_name());
+            say!("{}", status.as_str_name())?;
             Ok(if status == ServingStatus::Serving {
                 ExitCode::SUCCESS
             } else {

@@ -3,6 +3,15 @@
 //! Each subcommand lives in its own file with its arguments and its `run`. Client subcommands
 //! print for people by default and proto3 JSON with `--json`, one item a line.
 
+/// Prints a line on stdout. Unlike `println!` it returns an error instead of panicking when stdout
+/// is closed (piped into `head`, say); `main` treats that as a quiet end.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)
+    }};
+}
+
 mod format;
 mod health;
 mod publish;
@@ -105,6 +114,13 @@ pub async fn main() -> ExitCode {
         Command::BenchBare { listen } => bench_bare(listen).await,
     };
     outcome.unwrap_or_else(|error| {
+        let closed_stdout = error
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe);
+        if closed_stdout {
+            // The reader went away (`storywire subscribe | head -3`): nothing left to do.
+            return ExitCode::SUCCESS;
+        }
         eprintln!("error: {error}");
         ExitCode::FAILURE
     })
@@ -138,6 +154,6 @@ fn code_name(code: tonic::Code) -> String {
 
 /// Prints a message as one line of proto3 JSON.
 fn print_json<T: serde::Serialize>(message: &T) -> Result<(), CliError> {
-    println!("{}", serde_json::to_string(message)?);
+    say!("{}", serde_json::to_string(message)?)?;
     Ok(())
 }

@@ -25,7 +25,7 @@ pub struct Args {
 
 /// Publishes every line and reports each outcome.
 pub async fn run(args: Args) -> Result<ExitCode, CliError> {
-    let input: Box<dyn AsyncBufRead + Unpin + Send> = match &args.file {
+    let mut input: Box<dyn AsyncBufRead + Unpin + Send> = match &args.file {
         Some(path) if path.as_os_str() != "-" => {
             let file = tokio::fs::File::open(path)
                 .await
@@ -35,15 +35,28 @@ pub async fn run(args: Args) -> Result<ExitCode, CliError> {
         _ => Box::new(BufReader::new(tokio::io::stdin())),
     };
     let mut client = args.connect.client()?;
-    let mut lines = input.lines();
     let mut line_number = 0;
     let mut failed = 0;
-    while let Some(line) = lines.next_line().await? {
+    let mut raw = Vec::new();
+    loop {
+        // Raw bytes, so that a line that is not UTF-8 is one bad line, not the end of the input.
+        raw.clear();
+        if input.read_until(b'\n', &mut raw).await? == 0 {
+            break;
+        }
         line_number += 1;
-        if line.trim().is_empty() {
+        let line = match std::str::from_utf8(&raw) {
+            Ok(line) => line.trim(),
+            Err(error) => {
+                eprintln!("line {line_number}: not UTF-8: {error}");
+                failed += 1;
+                continue;
+            }
+        };
+        if line.is_empty() {
             continue;
         }
-        let request: pb::PublishRequest = match serde_json::from_str(&line) {
+        let request: pb::PublishRequest = match serde_json::from_str(line) {
             Ok(request) => request,
             Err(error) => {
                 eprintln!("line {line_number}: not a PublishRequest in proto3 JSON: {error}");
@@ -63,10 +76,12 @@ pub async fn run(args: Args) -> Result<ExitCode, CliError> {
                     } else {
                         ""
                     };
-                    println!(
+                    say!(
                         "line {line_number}: #{} {story_id} v{} event {}{duplicate}",
-                        receipt.sequence, receipt.story_version, receipt.event_id
-                    );
+                        receipt.sequence,
+                        receipt.story_version,
+                        receipt.event_id
+                    )?;
                 }
             }
             Err(status) => {

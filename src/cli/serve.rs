@@ -37,6 +37,7 @@ pub async fn run(args: Args) -> Result<ExitCode, CliError> {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
 
+    let shutdown = shutdown_signal().map_err(|e| format!("cannot watch SIGINT/SIGTERM: {e}"))?;
     let interval = Duration::try_from_secs_f64(args.demo_interval)
         .map_err(|e| format!("--demo-interval {}: {e}", args.demo_interval))?;
     let retain = args.retain_events;
@@ -63,7 +64,7 @@ pub async fn run(args: Args) -> Result<ExitCode, CliError> {
         None
     };
 
-    server::run(listener, log, shutdown_signal()).await?;
+    server::run(listener, log, shutdown).await?;
     if let Some(replay) = replay {
         replay.abort();
     }
@@ -80,25 +81,18 @@ fn at_least_one(value: &str) -> Result<usize, String> {
     }
 }
 
-/// Completes on SIGINT (Ctrl-C) or SIGTERM (what `docker stop` and systemd send).
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut terminate) => {
-                tokio::select! {
-                    _ = interrupt => {}
-                    _ = terminate.recv() => {}
-                }
-            }
-            Err(error) => {
-                tracing::warn!(%error, "cannot watch SIGTERM; only Ctrl-C stops the server");
-                let _ = interrupt.await;
-            }
+/// A future that completes on SIGINT (Ctrl-C) or SIGTERM (what `docker stop` and systemd send).
+///
+/// Both handlers are installed when this is called, not when the future is first polled, so a
+/// signal that arrives right after the server says it is listening still shuts it down cleanly.
+fn shutdown_signal() -> std::io::Result<impl Future<Output = ()> + Send> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
         }
-    }
-    #[cfg(not(unix))]
-    let _ = interrupt.await;
+    })
 }

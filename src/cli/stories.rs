@@ -36,7 +36,7 @@ pub async fn run_story(args: StoryArgs) -> Result<ExitCode, CliError> {
     if args.json {
         print_json(&story)?;
     } else {
-        println!("{}", format::story_block(&story));
+        say!("{}", format::story_block(&story))?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -84,7 +84,7 @@ pub async fn run_list(args: ListArgs) -> Result<ExitCode, CliError> {
             if args.json {
                 print_json(story)?;
             } else {
-                println!("{}", format::story_line(story));
+                say!("{}", format::story_line(story))?;
             }
         }
         if page.next_page_token.is_empty() {

@@ -112,19 +112,19 @@ fn show(
         Some(Item::Event(event)) => {
             position.from = Some(event.sequence + 1);
             if !json {
-                println!("{}", narrator.event(&event));
+                say!("{}", narrator.event(&event))?;
             }
         }
-        Some(Item::Story(story)) if !json => println!("{}", narrator.story(&story)),
+        Some(Item::Story(story)) if !json => say!("{}", narrator.story(&story))?,
         Some(Item::CaughtUp(caught_up)) => {
             position.from = Some(caught_up.head_sequence + 1);
             position.snapshot = false;
             position.log_id = caught_up.log_id;
             if !json {
-                println!(
+                say!(
                     "-- caught up at #{}; live updates follow --",
                     caught_up.head_sequence
-                );
+                )?;
             }
         }
         Some(Item::Checkpoint(checkpoint)) => {

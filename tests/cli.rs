@@ -1,0 +1,536 @@
+//! The `storywire` command, run as a user runs it: the real binary against a real server on
+//! 127.0.0.1, judged by what it prints and how it exits.
+
+mod process;
+mod support;
+
+use std::{
+    path::PathBuf,
+    sync::atomic::{AtomicUsize, Ordering},
+};
+
+use process::{Pipe, Running, run, run_with_input};
+use storywire::pb::{self, story_service_client::StoryServiceClient};
+use support::*;
+use tokio::process::Command;
+use tonic::transport::Channel;
+
+/// The `storywire` binary with `args`, unaffected by any storywire settings in the environment
+/// the tests run in.
+fn storywire(args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_storywire"));
+    command
+        .args(args)
+        .env_remove("STORYWIRE_SERVER")
+        .env_remove("STORYWIRE_LISTEN")
+        .env_remove("STORYWIRE_RETAIN_EVENTS")
+        .env_remove("RUST_LOG");
+    command
+}
+
+/// A file in the system's temp directory, removed when dropped.
+struct TempFile(PathBuf);
+
+impl TempFile {
+    /// A new file holding `contents`, under a name no other test uses: this process's id (unique
+    /// among running processes) and a count of the files this process has made.
+    fn with(contents: &str) -> Self {
+        static MADE: AtomicUsize = AtomicUsize::new(0);
+        let name = format!(
+            "storywire-cli-{}-{}.jsonl",
+            std::process::id(),
+            MADE.fetch_add(1, Ordering::Relaxed)
+        );
+        let path = std::env::temp_dir().join(name);
+        std::fs::write(&path, contents).expect("write the temp file");
+        Self(path)
+    }
+
+    fn path(&self) -> &str {
+        self.0.to_str().expect("temp paths are UTF-8")
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Requests as JSON Lines of proto3 JSON, as `storywire publish` reads them.
+fn json_lines(requests: &[pb::PublishRequest]) -> String {
+    requests
+        .iter()
+        .map(|r| serde_json::to_string(r).expect("requests serialize") + "\n")
+        .collect()
+}
+
+/// The sequence an event line of `subscribe` starts with (`#12    2019-01-03 ...`), if it is one.
+fn printed_sequence(line: &str) -> Option<u64> {
+    line.strip_prefix('#')?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// An address on 127.0.0.1 where nothing listens: a port the system just handed out and took back.
+fn unused_address() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+    let address = listener.local_addr().expect("local address");
+    format!("http://{address}")
+}
+
+/// Publishes story "story" (tagged italy) with fact asylum-italy, which the desk then marks
+/// DENIED: sequences 1 to 3. Returns the client, to publish more.
+async fn publish_a_denied_fact(server: &TestServer) -> StoryServiceClient<Channel> {
+    let mut client = server.client().await;
+    publish(&mut client, open("story", &["italy"])).await;
+    publish(&mut client, report("story", "asylum-italy")).await;
+    publish(
+        &mut client,
+        set_status("story", "asylum-italy", pb::FactStatus::Denied),
+    )
+    .await;
+    client
+}
+
+/// `storywire subscribe --from 1` against `url`, running.
+fn subscribe_from_the_start(url: &str) -> Running {
+    Running::spawn(storywire(&["subscribe", "--from", "1", "--server", url]))
+}
+
+#[tokio::test]
+async fn publish_reports_each_bad_line_and_sends_the_rest() {
+    let server = TestServer::start().await;
+    // Hand-written proto3 JSON, the way a desk's pipeline would write it. Line 3 is not JSON,
+    // line 4 changes a fact nobody reported, line 5 is blank.
+    let file = TempFile::with(concat!(
+        r#"{"storyId": "nk-diplomat-italy", "eventId": "open", "headline": "Diplomat goes into hiding", "change": {"storyOpened": {"headline": "North Korea's acting ambassador to Italy goes into hiding", "tags": ["italy"]}}}"#,
+        "\n",
+        r#"{"storyId": "nk-diplomat-italy", "eventId": "asylum", "headline": "Jo asked Italy for protection", "change": {"factReported": {"factId": "asylum-italy", "statement": "Jo asked Italian authorities for protection.", "attributions": [{"source": {"name": "Joongang Ilbo", "kind": "SOURCE_KIND_NEWS_MEDIA"}, "stance": "STANCE_ASSERTS"}]}}}"#,
+        "\n",
+        r#"{"storyId": "nk-diplomat-italy", "headline": "#,
+        "\n",
+        r#"{"storyId": "nk-diplomat-italy", "headline": "Nobody reported this", "change": {"factStatusChanged": {"factId": "no-such-fact", "status": "FACT_STATUS_DENIED"}}}"#,
+        "\n",
+        "\n",
+        r#"{"storyId": "nk-diplomat-italy", "eventId": "denied", "headline": "Italy denies asylum request", "change": {"factStatusChanged": {"factId": "asylum-italy", "status": "FACT_STATUS_DENIED"}}}"#,
+        "\n",
+    ));
+
+    let finished = run(storywire(&[
+        "publish",
+        file.path(),
+        "--server",
+        &server.url(),
+    ]))
+    .await;
+
+    let stderr = finished.failure(1);
+    assert_eq!(
+        finished.stdout.lines().collect::<Vec<_>>(),
+        [
+            "line 1: #1 nk-diplomat-italy v1 event open",
+            "line 2: #2 nk-diplomat-italy v2 event asylum",
+            "line 6: #3 nk-diplomat-italy v3 event denied",
+        ],
+        "the good lines are acknowledged, numbered as in the file: {finished}"
+    );
+    let reported: Vec<&str> = stderr.lines().collect();
+    assert_eq!(reported.len(), 3, "{finished}");
+    assert!(
+        reported[0].starts_with("line 3: not a PublishRequest in proto3 JSON"),
+        "{finished}"
+    );
+    assert!(
+        reported[1].starts_with("line 4: FAILED_PRECONDITION: ")
+            && reported[1].contains("no-such-fact"),
+        "{finished}"
+    );
+    assert_eq!(reported[2], "2 of the lines failed");
+    assert_eq!(server.log.head(), 3, "only the good lines were appended");
+}
+
+#[tokio::test]
+async fn publish_json_prints_one_publish_response_a_line() {
+    let server = TestServer::start().await;
+    let file = TempFile::with(&json_lines(&[
+        open("story", &[]),
+        report("story", "asylum-italy"),
+    ]));
+
+    let finished = run(storywire(&[
+        "publish",
+        "--json",
+        file.path(),
+        "--server",
+        &server.url(),
+    ]))
+    .await;
+
+    let lines: Vec<&str> = finished.success().lines().collect();
+    assert_eq!(lines.len(), 2, "{finished}");
+    for (line, sequence) in lines.iter().zip(1..) {
+        let json: serde_json::Value = serde_json::from_str(line).expect("each line is JSON");
+        // proto3 JSON: camelCase names, 64-bit integers as strings.
+        assert_eq!(json["sequence"], sequence.to_string(), "{line}");
+        assert_eq!(json["storyVersion"], sequence.to_string(), "{line}");
+        assert!(json["recordedAt"].is_string(), "{line}");
+        let receipt: pb::PublishResponse =
+            serde_json::from_str(line).expect("each line is a PublishResponse");
+        assert_eq!(receipt.sequence, sequence);
+        assert!(
+            !receipt.event_id.is_empty(),
+            "the server assigns an event_id"
+        );
+    }
+}
+
+#[tokio::test]
+async fn publish_reads_stdin_given_a_dash_and_marks_a_resent_line_duplicate() {
+    let server = TestServer::start().await;
+    let mut opened = open("story", &[]);
+    opened.event_id = "open-once".into();
+    let input = json_lines(&[opened.clone(), opened]);
+
+    let finished = run_with_input(
+        storywire(&["publish", "-", "--server", &server.url()]),
+        Some(&input),
+    )
+    .await;
+
+    assert_eq!(
+        finished.success().lines().collect::<Vec<_>>(),
+        [
+            "line 1: #1 story v1 event open-once",
+            "line 2: #1 story v1 event open-once (duplicate: already published)",
+        ],
+        "{finished}"
+    );
+    assert_eq!(server.log.head(), 1);
+}
+
+#[tokio::test]
+async fn subscribe_prints_each_update_readably_then_caught_up_then_live_ones() {
+    let server = TestServer::start().await;
+    let mut client = publish_a_denied_fact(&server).await;
+
+    let mut subscriber = subscribe_from_the_start(&server.url());
+    let lines = subscriber.read_until(Pipe::Stdout, "caught up").await;
+
+    let sequences: Vec<_> = lines.iter().filter_map(|l| printed_sequence(l)).collect();
+    assert_eq!(sequences, [1, 2, 3], "{lines:#?}");
+    assert!(lines[0].contains("story v1  Story opened  [story opened: "));
+    assert!(
+        lines[1].contains("fact asylum-italy reported: \"Statement of asylum-italy.\" (Kim Min-ki, South Korean lawmaker)"),
+        "{lines:#?}"
+    );
+    assert!(
+        lines[2].contains(
+            "fact asylum-italy: REPORTED -> DENIED (Enzo Moavero Milanesi, foreign minister of Italy"
+        ),
+        "{lines:#?}"
+    );
+    assert_eq!(lines[3], "-- caught up at #3; live updates follow --");
+
+    publish(
+        &mut client,
+        note("story", "Italy says no application was made"),
+    )
+    .await;
+    let live = subscriber.read_until(Pipe::Stdout, "context:").await;
+    assert_eq!(live.len(), 1, "{live:#?}");
+    assert_eq!(printed_sequence(&live[0]), Some(4));
+    assert!(live[0].contains("context: \"Italy says no application was made\""));
+}
+
+#[tokio::test]
+async fn subscribe_json_prints_one_subscribe_response_a_line() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    publish(&mut client, open("story", &[])).await;
+    publish(&mut client, report("story", "asylum-italy")).await;
+
+    // The server comes from the environment, as in a container.
+    let mut command = storywire(&["subscribe", "--from", "1", "--json"]);
+    command.env("STORYWIRE_SERVER", server.url());
+    let mut subscriber = Running::spawn(command);
+    let lines = subscriber.read_until(Pipe::Stdout, "caughtUp").await;
+
+    let items: Vec<serde_json::Value> = lines
+        .iter()
+        .map(|line| serde_json::from_str(line).expect("each line is JSON"))
+        .collect();
+    assert_eq!(items.len(), 3, "{lines:#?}");
+    for (item, sequence) in items[..2].iter().zip(1..) {
+        assert_eq!(item["event"]["sequence"], sequence.to_string(), "{item}");
+        assert_eq!(item["event"]["storyId"], "story", "{item}");
+    }
+    assert_eq!(items[2]["caughtUp"]["headSequence"], "2");
+    assert_eq!(items[2]["caughtUp"]["logId"], server.log.log_id());
+    for line in &lines {
+        let _: pb::SubscribeResponse =
+            serde_json::from_str(line).expect("each line is a SubscribeResponse");
+    }
+}
+
+#[tokio::test]
+async fn subscribe_resumes_after_a_dropped_connection_with_no_gap_and_no_duplicate() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    publish(&mut client, open("story", &[])).await;
+    publish(&mut client, note("story", "Before the restart")).await;
+
+    let mut subscriber = subscribe_from_the_start(&server.url());
+    let mut printed = subscriber.read_until(Pipe::Stdout, "caught up").await;
+
+    let (log, address) = (server.log.clone(), server.address);
+    server.stop().await;
+    let notice = subscriber.read_until(Pipe::Stderr, "connection lost").await;
+    assert!(
+        notice
+            .last()
+            .is_some_and(|n| n.contains("resuming from #3")),
+        "it resumes from the sequence after the last one it printed: {notice:#?}"
+    );
+
+    let server = TestServer::over_at(log, address).await;
+    let mut client = server.client().await;
+    for i in 3..=5 {
+        publish(
+            &mut client,
+            note("story", &format!("After the restart {i}")),
+        )
+        .await;
+    }
+    printed.extend(
+        subscriber
+            .read_until(Pipe::Stdout, "After the restart 5")
+            .await,
+    );
+
+    let sequences: Vec<_> = printed.iter().filter_map(|l| printed_sequence(l)).collect();
+    assert_eq!(sequences, [1, 2, 3, 4, 5], "{printed:#?}");
+}
+
+#[tokio::test]
+async fn story_prints_one_story_for_people_and_as_json() {
+    let server = TestServer::start().await;
+    publish_a_denied_fact(&server).await;
+    let url = server.url();
+
+    let finished = run(storywire(&["story", "story", "--server", &url])).await;
+    let lines: Vec<&str> = finished.success().lines().collect();
+    assert_eq!(
+        lines[0], "story  v3  DEVELOPING  The story story  [italy]",
+        "{finished}"
+    );
+    assert!(lines[1].contains("(last sequence #3)"), "{finished}");
+    assert!(
+        lines[2]
+            .starts_with("  fact asylum-italy [DENIED]: Statement of asylum-italy. (Kim Min-ki"),
+        "{finished}"
+    );
+
+    let finished = run(storywire(&["story", "story", "--json", "--server", &url])).await;
+    let story: pb::Story =
+        serde_json::from_str(finished.success().trim_end()).expect("a Story in proto3 JSON");
+    assert_eq!((story.id.as_str(), story.version), ("story", 3));
+    assert_eq!(story.facts[0].status, i32::from(pb::FactStatus::Denied));
+
+    let finished = run(storywire(&["story", "no-such-story", "--server", &url])).await;
+    let stderr = finished.failure(1);
+    assert!(
+        stderr.starts_with("error: NOT_FOUND: ") && stderr.contains("no-such-story"),
+        "{finished}"
+    );
+}
+
+#[tokio::test]
+async fn stories_lists_every_story_one_a_line_in_id_order() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    publish(&mut client, open("bravo", &["italy"])).await;
+    publish(&mut client, open("alpha", &["korea"])).await;
+    publish(&mut client, note("alpha", "Second")).await;
+
+    let stories = |args: &[&str]| {
+        let mut command = storywire(args);
+        command.env("STORYWIRE_SERVER", server.url());
+        run(command)
+    };
+    let finished = stories(&["stories"]).await;
+    assert_eq!(
+        finished.success().lines().collect::<Vec<_>>(),
+        [
+            "alpha  v2  DEVELOPING  The alpha story  [korea]",
+            "bravo  v1  DEVELOPING  The bravo story  [italy]",
+        ],
+        "{finished}"
+    );
+
+    let finished = stories(&["stories", "--tag", "italy", "--json"]).await;
+    let lines: Vec<&str> = finished.success().lines().collect();
+    assert_eq!(lines.len(), 1, "{finished}");
+    let story: pb::Story = serde_json::from_str(lines[0]).expect("a Story in proto3 JSON");
+    assert_eq!(story.id, "bravo");
+}
+
+#[tokio::test]
+async fn health_exits_zero_printing_serving() {
+    let server = TestServer::start().await;
+
+    let finished = run(storywire(&["health", "--server", &server.url()])).await;
+    assert_eq!(finished.success(), "SERVING\n");
+
+    let mut from_environment = storywire(&["health"]);
+    from_environment.env("STORYWIRE_SERVER", server.url());
+    assert_eq!(run(from_environment).await.success(), "SERVING\n");
+
+    // --server wins over the environment.
+    let mut overridden = storywire(&["health", "--server", &server.url()]);
+    overridden.env("STORYWIRE_SERVER", unused_address());
+    assert_eq!(run(overridden).await.success(), "SERVING\n");
+}
+
+#[tokio::test]
+async fn health_against_a_port_nobody_listens_on_exits_non_zero() {
+    let finished = run(storywire(&["health", "--server", &unused_address()])).await;
+    let stderr = finished.failure(1);
+    assert_eq!(finished.stdout, "", "{finished}");
+    assert!(stderr.starts_with("error: UNAVAILABLE"), "{finished}");
+}
+
+#[tokio::test]
+async fn serve_demo_streams_live_updates_and_exits_zero_on_sigterm() {
+    let mut server = Running::spawn(storywire(&[
+        "serve",
+        "--demo",
+        "--demo-interval",
+        "0.2",
+        "--listen",
+        "127.0.0.1:0",
+    ]));
+    let log = server
+        .read_until(Pipe::Stderr, "storywire listening address=")
+        .await;
+    let listening = log.last().expect("the line read last");
+    assert!(
+        !log.iter().any(|line| line.contains('\u{1b}')),
+        "no ANSI colours when stderr is not a terminal: {log:#?}"
+    );
+    let address: std::net::SocketAddr = listening
+        .split("address=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|address| address.parse().ok())
+        .unwrap_or_else(|| panic!("an address in {listening:?}"));
+    assert!(address.ip().is_loopback() && address.port() != 0);
+
+    let mut subscriber = subscribe_from_the_start(&format!("http://{address}"));
+    let caught_up = subscriber
+        .read_until(Pipe::Stdout, "-- caught up at #")
+        .await;
+    assert!(
+        caught_up.len() > 1 && caught_up.iter().all(|l| !l.contains("Italy denies")),
+        "the seed story comes first, without the live updates: {caught_up:#?}"
+    );
+    let live = subscriber
+        .read_until(Pipe::Stdout, "Italy denies asylum request")
+        .await;
+    assert!(
+        live.last().is_some_and(|line| line.contains(
+            "fact asylum-italy: REPORTED -> DENIED (Enzo Moavero Milanesi, foreign minister of Italy"
+        )),
+        "{live:#?}"
+    );
+    drop(subscriber);
+
+    server.terminate().await;
+    let status = server.wait().await;
+    let rest = server.read_to_end(Pipe::Stderr).await;
+    assert!(status.success(), "exit on SIGTERM: {status}; {rest:#?}");
+    assert!(
+        rest.iter().any(|line| line.contains("storywire stopped")),
+        "{rest:#?}"
+    );
+}
+
+#[tokio::test]
+async fn publish_counts_a_line_that_is_not_utf8_as_one_bad_line() {
+    use tokio::io::AsyncWriteExt;
+    let server = TestServer::start().await;
+    let mut input = json_lines(&[open("story", &[])]).into_bytes();
+    input.extend_from_slice(b"\xff\xfe not text\n");
+    input.extend_from_slice(json_lines(&[note("story", "After the bad line")]).as_bytes());
+
+    let mut command = storywire(&["publish", "--server", &server.url()]);
+    command
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = command.spawn().expect("spawn publish");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(&input).await.expect("write input");
+    drop(stdin);
+    let output = within("publish to finish", child.wait_with_output())
+        .await
+        .expect("publish output");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(stderr.contains("line 2: not UTF-8"), "{stderr}");
+    assert_eq!(stdout.lines().count(), 2, "lines 1 and 3 went: {stdout}");
+    assert_eq!(server.log.head(), 2);
+}
+
+#[tokio::test]
+async fn subscribe_piped_into_a_reader_that_stops_early_exits_quietly() {
+    use tokio::io::AsyncBufReadExt;
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    publish(&mut client, open("story", &[])).await;
+
+    let mut command = storywire(&["subscribe", "--from", "1", "--server", &server.url()]);
+    command
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = command.spawn().expect("spawn subscribe");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let first = within("the first line", lines.next_line()).await;
+    assert!(first.expect("read").expect("a line").starts_with("#1 "));
+    // The reader goes away, like `head -1` does; the next updates hit a closed pipe.
+    drop(lines);
+    for i in 0..3 {
+        publish(
+            &mut client,
+            note("story", &format!("Nobody reads this {i}")),
+        )
+        .await;
+    }
+    let output = within("subscribe to exit", child.wait_with_output())
+        .await
+        .expect("subscribe output");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{:?}: {stderr}", output.status);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[tokio::test]
+async fn serve_stops_cleanly_on_sigterm_sent_the_moment_it_listens() {
+    let mut server = Running::spawn(storywire(&["serve", "--listen", "127.0.0.1:0"]));
+    server.read_until(Pipe::Stderr, "storywire listening").await;
+    // No pause: the signal handlers are in place before the server says it listens.
+    server.terminate().await;
+    let status = server.wait().await;
+    let rest = server.read_to_end(Pipe::Stderr).await;
+    assert!(status.success(), "exit on SIGTERM: {status}; {rest:#?}");
+    assert!(
+        rest.iter().any(|line| line.contains("storywire stopped")),
+        "{rest:#?}"
+    );
+}
