@@ -25,6 +25,23 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .extern_path(".google.protobuf", "::pbjson_types")
         .compile_fds(compiler.file_descriptor_set())?;
 
+    // The server side of StoryService once more, with one difference: Subscribe streams
+    // `EncodedResponse`, which carries each event encoded once and shared by every subscriber.
+    // Every other type is the one generated above; the wire format is the same.
+    let encoded_dir = out_dir.join("encoded");
+    fs::create_dir_all(&encoded_dir)?;
+    tonic_prost_build::configure()
+        .build_client(false)
+        .compile_well_known_types(true)
+        .extern_path(".google.protobuf", "::pbjson_types")
+        .extern_path(
+            ".storywire.v1.SubscribeResponse",
+            "crate::encoded::EncodedResponse",
+        )
+        .extern_path(".storywire.v1", "crate::pb")
+        .out_dir(&encoded_dir)
+        .compile_fds(compiler.file_descriptor_set())?;
+
     pbjson_build::Builder::new()
         .register_descriptors(&descriptor_bytes)?
         .extern_path(".google.protobuf", "::pbjson_types")

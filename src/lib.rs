@@ -7,6 +7,7 @@
 //! - [`validate`]: the shape rules every request must meet, each failure naming its field.
 //! - [`log`]: the event log, the only truth: append, dedupe, read, retention, the head to wait on.
 //! - [`story`]: the projection: a story's state as the fold of its events, and the story rules.
+//! - [`encoded`]: each event encoded once, its bytes shared by every subscriber.
 //! - [`subscription`]: a cursor into the log plus a filter: catch-up, live, checkpoints, the end.
 //! - [`service`]: the StoryService, and the one mapping from domain errors to gRPC status codes.
 //! - [`server`]: the tonic server with health, reflection and graceful shutdown.
@@ -21,6 +22,7 @@ pub mod bench;
 pub mod cli;
 pub mod clock;
 pub mod demo;
+pub mod encoded;
 pub mod log;
 pub mod pb;
 pub mod server;

@@ -10,11 +10,13 @@ use std::{
     sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard},
 };
 
+use bytes::Bytes;
 use pbjson_types::Timestamp;
 use tokio::sync::watch;
 
 use crate::{
     clock::Clock,
+    encoded::{decode_event, encode_event},
     pb,
     story::{Stories, StoryError},
 };
@@ -101,40 +103,63 @@ pub enum LogError {
     },
 }
 
-/// One event as the log holds it: the wire event plus what filtering and deduplication need.
+/// One event as the log holds it: encoded once, plus what filtering needs without decoding.
 ///
-/// Shared by `Arc`: every subscriber reading it clones the pointer, never the event.
+/// Shared by `Arc`, and its bytes by reference count: a thousand subscribers reading it make no
+/// copy of the event.
 #[derive(Debug)]
 pub struct LoggedEvent {
-    /// The event as subscribers receive it.
-    pub event: pb::UpdateEvent,
+    /// The event's position in the log.
+    pub sequence: u64,
+    /// The story it belongs to (shared with the story's record).
+    pub story_id: Arc<str>,
     /// The tags subscribers filter this event by (see [`crate::story::Applied::tags`]).
     pub tags: Arc<[String]>,
-    /// The request's `expected_version`, kept so a retry can be recognised as the same request.
+    /// The publisher's event_id, to drop it from the dedupe index on eviction; `None` when the
+    /// server assigned the id, which it derives from the sequence instead of indexing it.
+    client_event_id: Option<Box<str>>,
+    /// The event as the `SubscribeResponse` subscribers receive, encoded once at append.
+    pub encoded: Bytes,
+}
+
+impl LoggedEvent {
+    /// The event itself, decoded from the shared bytes (for the rarer readers: ListEvents,
+    /// rebuilding a story's history, checking a duplicate).
+    pub fn event(&self) -> pb::UpdateEvent {
+        decode_event(&self.encoded)
+    }
+}
+
+/// What a retained client event_id needs so that a retry can be recognised as the same request.
+#[derive(Debug)]
+struct Idempotency {
+    /// The event that holds the id.
+    sequence: u64,
+    /// The request's `expected_version`.
     expected_version: Option<u64>,
     /// The request's `occurred_at` as given (the event's is defaulted when absent).
     occurred_at_given: Option<Timestamp>,
 }
 
-impl LoggedEvent {
-    /// Whether `request` is the request that produced this event.
-    fn is_same_request(&self, request: &pb::PublishRequest) -> bool {
-        self.event.story_id == request.story_id
-            && self.event.headline == request.headline
-            && self.event.change == request.change
+impl Idempotency {
+    /// Whether `request` is the request that produced `event`.
+    fn is_same_request(&self, event: &pb::UpdateEvent, request: &pb::PublishRequest) -> bool {
+        event.story_id == request.story_id
+            && event.headline == request.headline
+            && event.change == request.change
             && self.expected_version == request.expected_version
             && self.occurred_at_given == request.occurred_at
     }
+}
 
-    /// The response Publish gave (or gives again, for a duplicate) for this event.
-    fn receipt(&self, duplicate: bool) -> pb::PublishResponse {
-        pb::PublishResponse {
-            sequence: self.event.sequence,
-            story_version: self.event.story_version,
-            event_id: self.event.event_id.clone(),
-            duplicate,
-            recorded_at: self.event.recorded_at,
-        }
+/// The response Publish gave (or gives again, for a duplicate) for `event`.
+fn receipt(event: &pb::UpdateEvent, duplicate: bool) -> pb::PublishResponse {
+    pb::PublishResponse {
+        sequence: event.sequence,
+        story_version: event.story_version,
+        event_id: event.event_id.clone(),
+        duplicate,
+        recorded_at: event.recorded_at,
     }
 }
 
@@ -164,7 +189,7 @@ impl Filter {
 
     /// Whether a logged event passes the filter.
     pub fn matches(&self, entry: &LoggedEvent) -> bool {
-        self.matches_parts(&entry.event.story_id, &entry.tags)
+        self.matches_parts(&entry.story_id, &entry.tags)
     }
 
     /// Whether a story, as it stands now, passes the filter.
@@ -195,8 +220,9 @@ struct LogState {
     first_retained: u64,
     /// The newest sequence assigned; 0 before the first event.
     head: u64,
-    /// Retained events by event_id, for idempotent publishing. Shrinks with retention.
-    sequence_by_event_id: HashMap<String, u64>,
+    /// Retained events by the event_id their publisher gave, for idempotent publishing. Shrinks
+    /// with retention. Server-assigned ids are not indexed: they name their sequence.
+    by_client_event_id: HashMap<Box<str>, Idempotency>,
     /// Every story's current state. Kept whatever the retention.
     stories: Stories,
 }
@@ -205,6 +231,16 @@ impl LogState {
     fn entry(&self, sequence: u64) -> Option<&Arc<LoggedEvent>> {
         let index = sequence.checked_sub(self.first_retained)?;
         self.entries.get(usize::try_from(index).ok()?)
+    }
+
+    /// The retained event a publisher's `event_id` names, with what a retry must match.
+    fn find_event_id(&self, log_id: &str, event_id: &str) -> Option<(u64, Option<&Idempotency>)> {
+        if let Some(idempotency) = self.by_client_event_id.get(event_id) {
+            return Some((idempotency.sequence, Some(idempotency)));
+        }
+        let sequence = assigned_sequence(log_id, event_id)?;
+        let entry = self.entry(sequence)?;
+        entry.client_event_id.is_none().then_some((sequence, None))
     }
 
     fn check_position(&self, from: u64) -> Result<(), LogError> {
@@ -223,18 +259,120 @@ impl LogState {
         }
     }
 
+    /// Appends one request as the next event (see [`EventLog::append`]); the caller holds the
+    /// write lock and wakes subscribers afterwards.
+    fn append(
+        &mut self,
+        log_id: &str,
+        clock: &dyn Clock,
+        request: pb::PublishRequest,
+        retain: usize,
+    ) -> Result<pb::PublishResponse, LogError> {
+        if !request.event_id.is_empty()
+            && let Some((sequence, idempotency)) = self.find_event_id(log_id, &request.event_id)
+        {
+            let original = self
+                .entry(sequence)
+                .expect("found events are retained")
+                .event();
+            let same = match idempotency {
+                Some(idempotency) => idempotency.is_same_request(&original, &request),
+                // A server-assigned id sent back: the same update if it says the same thing.
+                // What the first request gave of expected_version is not kept, and its
+                // occurred_at only as the event's.
+                None => {
+                    original.story_id == request.story_id
+                        && original.headline == request.headline
+                        && original.change == request.change
+                        && request
+                            .occurred_at
+                            .is_none_or(|at| Some(at) == original.occurred_at)
+                }
+            };
+            return if same {
+                Ok(receipt(&original, true))
+            } else {
+                Err(LogError::EventIdReused {
+                    event_id: request.event_id,
+                    sequence,
+                })
+            };
+        }
+
+        let current = self.stories.version(&request.story_id);
+        if let Some(expected) = request.expected_version
+            && expected != current
+        {
+            return Err(LogError::VersionMismatch {
+                story_id: request.story_id,
+                expected,
+                current,
+            });
+        }
+
+        let sequence = self.head + 1;
+        let recorded_at = clock.timestamp();
+        let client_event_id = (!request.event_id.is_empty()).then_some(request.event_id);
+        let event = pb::UpdateEvent {
+            sequence,
+            event_id: client_event_id
+                .clone()
+                .unwrap_or_else(|| assigned_event_id(log_id, sequence)),
+            story_id: request.story_id,
+            story_version: current + 1,
+            headline: request.headline,
+            occurred_at: Some(request.occurred_at.unwrap_or(recorded_at)),
+            recorded_at: Some(recorded_at),
+            change: request.change,
+        };
+        let applied = self.stories.apply(&event)?;
+        let receipt = receipt(&event, false);
+
+        let client_event_id = client_event_id.map(String::into_boxed_str);
+        if let Some(event_id) = &client_event_id {
+            let idempotency = Idempotency {
+                sequence,
+                expected_version: request.expected_version,
+                occurred_at_given: request.occurred_at,
+            };
+            self.by_client_event_id
+                .insert(event_id.clone(), idempotency);
+        }
+        self.entries.push_back(Arc::new(LoggedEvent {
+            sequence,
+            story_id: applied.story_id,
+            tags: applied.tags,
+            client_event_id,
+            encoded: encode_event(event),
+        }));
+        self.head = sequence;
+        self.evict(retain);
+        Ok(receipt)
+    }
+
     /// Drops the oldest events beyond `retain`, and their dedupe and history entries.
     fn evict(&mut self, retain: usize) {
         while self.entries.len() > retain {
             let oldest = self.entries.pop_front().expect("len > retain >= 0");
             self.first_retained += 1;
-            let event = &oldest.event;
-            if self.sequence_by_event_id.get(&event.event_id) == Some(&event.sequence) {
-                self.sequence_by_event_id.remove(&event.event_id);
+            if let Some(event_id) = &oldest.client_event_id {
+                self.by_client_event_id.remove(event_id);
             }
-            self.stories.forget_oldest(&event.story_id);
+            self.stories.forget_oldest(&oldest.story_id);
         }
     }
+}
+
+/// The event_id the server gives an event published without one: the log's id and the sequence,
+/// unique across incarnations and derivable, so it needs no index of its own.
+fn assigned_event_id(log_id: &str, sequence: u64) -> String {
+    format!("{log_id}-{sequence}")
+}
+
+/// The sequence an id made by [`assigned_event_id`] names, if it is one.
+fn assigned_sequence(log_id: &str, event_id: &str) -> Option<u64> {
+    let digits = event_id.strip_prefix(log_id)?.strip_prefix('-')?;
+    digits.parse().ok()
 }
 
 /// The append-only, in-memory event log and the story projection derived from it.
@@ -270,7 +408,7 @@ impl EventLog {
             entries: VecDeque::new(),
             first_retained: 1,
             head: 0,
-            sequence_by_event_id: HashMap::new(),
+            by_client_event_id: HashMap::new(),
             stories: Stories::default(),
         };
         Self {
@@ -333,71 +471,55 @@ impl EventLog {
     /// `EventIdReused`), `expected_version` is checked, the story rules are applied, and only then
     /// is a sequence assigned, so a rejected request leaves no trace.
     pub fn append(&self, request: pb::PublishRequest) -> Result<pb::PublishResponse, LogError> {
-        let receipt = {
+        let outcome = self
+            .write()
+            .append(&self.log_id, &*self.clock, request, self.retain_events);
+        if let Ok(receipt) = &outcome {
+            self.announce(receipt.sequence);
+        }
+        outcome
+    }
+
+    /// Appends validated requests in order under one lock and wakes subscribers once, for a
+    /// pipeline's burst. Each request succeeds or fails on its own, exactly as [`Self::append`].
+    pub fn append_all(
+        &self,
+        requests: impl IntoIterator<Item = pb::PublishRequest>,
+    ) -> Vec<Result<pb::PublishResponse, LogError>> {
+        let outcomes: Vec<_> = {
             let mut state = self.write();
-            if let Some(&sequence) = state.sequence_by_event_id.get(&request.event_id) {
-                let original = state.entry(sequence).expect("indexed events are retained");
-                return if original.is_same_request(&request) {
-                    Ok(original.receipt(true))
-                } else {
-                    Err(LogError::EventIdReused {
-                        event_id: request.event_id,
-                        sequence,
-                    })
-                };
-            }
-
-            let current = state.stories.version(&request.story_id);
-            if let Some(expected) = request.expected_version
-                && expected != current
-            {
-                return Err(LogError::VersionMismatch {
-                    story_id: request.story_id,
-                    expected,
-                    current,
-                });
-            }
-
-            let recorded_at = self.clock.timestamp();
-            let event_id = if request.event_id.is_empty() {
-                uuid::Uuid::new_v4().to_string()
-            } else {
-                request.event_id
-            };
-            let event = pb::UpdateEvent {
-                sequence: state.head + 1,
-                event_id,
-                story_id: request.story_id,
-                story_version: current + 1,
-                headline: request.headline,
-                occurred_at: Some(request.occurred_at.unwrap_or(recorded_at)),
-                recorded_at: Some(recorded_at),
-                change: request.change,
-            };
-            let applied = state.stories.apply(&event)?;
-
-            let entry = Arc::new(LoggedEvent {
-                event,
-                tags: applied.tags,
-                expected_version: request.expected_version,
-                occurred_at_given: request.occurred_at,
-            });
-            state.head = entry.event.sequence;
-            state
-                .sequence_by_event_id
-                .insert(entry.event.event_id.clone(), entry.event.sequence);
-            let receipt = entry.receipt(false);
-            state.entries.push_back(entry);
-            state.evict(self.retain_events);
-            receipt
+            requests
+                .into_iter()
+                .map(|request| {
+                    state.append(&self.log_id, &*self.clock, request, self.retain_events)
+                })
+                .collect()
         };
-        // Outside the lock; appends can race here, so the head only ever moves forward.
+        let newest = outcomes
+            .iter()
+            .filter_map(|o| o.as_ref().ok())
+            .map(|r| r.sequence)
+            .max();
+        if let Some(sequence) = newest {
+            self.announce(sequence);
+        }
+        outcomes
+    }
+
+    /// Wakes every waiting subscription without moving the head, so that each looks at its
+    /// server's shutdown flag.
+    pub fn wake_subscribers(&self) {
+        self.head_tx.send_modify(|_| {});
+    }
+
+    /// Wakes subscribers waiting for the head to reach `sequence`. Called outside the lock, where
+    /// appends can race, so the head only ever moves forward.
+    fn announce(&self, sequence: u64) {
         self.head_tx.send_if_modified(|head| {
-            let moved = receipt.sequence > *head;
-            *head = (*head).max(receipt.sequence);
+            let moved = sequence > *head;
+            *head = (*head).max(sequence);
             moved
         });
-        Ok(receipt)
     }
 
     /// Reads up to `max_events` matching events starting at sequence `from`, scanning at most
@@ -495,7 +617,7 @@ impl EventLog {
         for sequence in history {
             let entry = state.entry(sequence).ok_or_else(not_retained)?;
             rebuilt
-                .apply(&entry.event)
+                .apply(&entry.event())
                 .expect("an event that applied once applies again to the same history");
         }
         Ok(rebuilt

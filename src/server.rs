@@ -9,7 +9,7 @@ use tonic::{server::NamedService, transport::Server};
 
 use crate::{
     log::EventLog,
-    pb::{self, story_service_server::StoryServiceServer},
+    pb::{self, server::story_service_server::StoryServiceServer},
     service::Service,
 };
 
@@ -56,7 +56,7 @@ pub async fn run(
 
     // The sender stays here; each subscription holds a receiver and ends when it turns true.
     let (stopping_tx, stopping_rx) = watch::channel(false);
-    let service = Service::new(log, stopping_rx);
+    let service = Service::new(log.clone(), stopping_rx);
 
     let signal = async move {
         shutdown.await;
@@ -67,6 +67,7 @@ pub async fn run(
                 .await;
         }
         stopping_tx.send_replace(true);
+        log.wake_subscribers();
     };
 
     Server::builder()

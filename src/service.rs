@@ -3,16 +3,17 @@
 //!
 //! The service holds no state of its own beyond handles: cloning it is cheap.
 
-use std::{pin::Pin, sync::Arc};
+use std::{collections::VecDeque, pin::Pin, sync::Arc};
 
-use futures_util::{Stream, stream};
+use futures_util::{FutureExt, Stream, stream};
 use tokio::sync::watch;
 use tonic::{Code, Request, Response, Status, Streaming};
 use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::{
+    encoded::EncodedResponse,
     log::{EventLog, Filter, LogError},
-    pb::{self, story_service_server::StoryService},
+    pb::{self, server::story_service_server::StoryService},
     story::StoryError,
     subscription::{End, Start, Subscription},
     validate::{self, FieldError},
@@ -114,17 +115,54 @@ pub fn publish(log: &EventLog, request: pb::PublishRequest) -> Result<pb::Publis
     Ok(log.append(request)?)
 }
 
-/// The outcome of one PublishStream message: the receipt, or what Publish would have failed with.
-fn publish_outcome(log: &EventLog, message: pb::PublishStreamRequest) -> pb::PublishStreamResponse {
-    use pb::publish_stream_response::Result as Outcome;
-    let outcome = match message.request {
-        Some(request) => publish(log, request),
-        None => Err(FieldError {
-            field: "request".to_owned(),
-            description: "is required: each message carries one PublishRequest".to_owned(),
+/// The most PublishStream messages answered together: those already received when the first is
+/// read go into one append under one lock and one wake-up of subscribers. Enough to amortise the
+/// lock at a pipeline's full rate; few enough that one burst holds the lock only briefly.
+pub const PUBLISH_BURST: usize = 256;
+
+/// Publishes a burst of PublishStream messages in order, each accepted or rejected on its own.
+fn publish_burst(
+    log: &EventLog,
+    messages: Vec<pb::PublishStreamRequest>,
+) -> VecDeque<pb::PublishStreamResponse> {
+    // Shape errors are settled first; the valid requests are appended together.
+    let mut checked: Vec<Option<Error>> = Vec::with_capacity(messages.len());
+    let mut valid = Vec::with_capacity(messages.len());
+    for message in messages {
+        let outcome = match message.request {
+            Some(request) => validate::publish(&request).map(|()| request),
+            None => Err(FieldError {
+                field: "request".to_owned(),
+                description: "is required: each message carries one PublishRequest".to_owned(),
+            }),
+        };
+        match outcome {
+            Ok(request) => {
+                valid.push(request);
+                checked.push(None);
+            }
+            Err(invalid) => checked.push(Some(invalid.into())),
         }
-        .into()),
-    };
+    }
+    let mut appended = log.append_all(valid).into_iter();
+    checked
+        .into_iter()
+        .map(|invalid| {
+            let outcome = match invalid {
+                Some(error) => Err(error),
+                None => appended
+                    .next()
+                    .expect("one outcome per valid request")
+                    .map_err(Error::from),
+            };
+            publish_response(outcome)
+        })
+        .collect()
+}
+
+/// A PublishStream response: the receipt, or what Publish would have failed with.
+fn publish_response(outcome: Result<pb::PublishResponse, Error>) -> pb::PublishStreamResponse {
+    use pb::publish_stream_response::Result as Outcome;
     let result = match outcome {
         Ok(receipt) => Outcome::Accepted(receipt),
         Err(error) => {
@@ -153,8 +191,11 @@ struct PublishSession {
     log: Arc<EventLog>,
     /// Becomes true when the server starts shutting down. The sender belongs to the server.
     shutdown: watch::Receiver<bool>,
-    /// Set after the stream has ended with an error, so that it yields nothing more.
-    ended: bool,
+    /// Responses to a burst, not yet sent.
+    answered: VecDeque<pb::PublishStreamResponse>,
+    /// How the stream ends once `answered` is sent: `Some(Err)` with an error, `Some(Ok)` when
+    /// the client finished; `None` while it goes on.
+    end: Option<Result<(), Status>>,
 }
 
 impl PublishSession {
@@ -164,21 +205,45 @@ impl PublishSession {
     /// already answered is in the log, and the rest can be resent (safely, with their event_ids)
     /// once the server is back.
     async fn next(&mut self) -> Option<Result<pb::PublishStreamResponse, Status>> {
-        if self.ended {
-            return None;
+        loop {
+            if let Some(response) = self.answered.pop_front() {
+                return Some(Ok(response));
+            }
+            match self.end.take() {
+                Some(Err(status)) => {
+                    self.end = Some(Ok(()));
+                    return Some(Err(status));
+                }
+                Some(Ok(())) => {
+                    self.end = Some(Ok(()));
+                    return None;
+                }
+                None => {}
+            }
+            let first = tokio::select! {
+                biased;
+                _ = self.shutdown.wait_for(|stopping| *stopping) => Err(status(End::ShuttingDown)),
+                next = self.requests.message() => next,
+            };
+            let mut burst = Vec::new();
+            let mut next = first;
+            loop {
+                match next {
+                    Ok(Some(message)) => burst.push(message),
+                    Ok(None) => self.end = Some(Ok(())),
+                    Err(status) => self.end = Some(Err(status)),
+                }
+                if self.end.is_some() || burst.len() == PUBLISH_BURST {
+                    break;
+                }
+                // Take what has already arrived, without waiting for more.
+                match self.requests.message().now_or_never() {
+                    Some(more) => next = more,
+                    None => break,
+                }
+            }
+            self.answered = publish_burst(&self.log, burst);
         }
-        let next = tokio::select! {
-            biased;
-            _ = self.shutdown.wait_for(|stopping| *stopping) => Err(status(End::ShuttingDown)),
-            next = self.requests.message() => next,
-        };
-        let response = match next {
-            Ok(Some(message)) => Ok(publish_outcome(&self.log, message)),
-            Ok(None) => return None,
-            Err(error) => Err(error),
-        };
-        self.ended = response.is_err();
-        Some(response)
     }
 }
 
@@ -188,7 +253,7 @@ pub type PublishResponseStream =
 
 /// The stream type Subscribe returns.
 pub type SubscribeStream =
-    Pin<Box<dyn Stream<Item = Result<pb::SubscribeResponse, Status>> + Send + 'static>>;
+    Pin<Box<dyn Stream<Item = Result<EncodedResponse, Status>> + Send + 'static>>;
 
 #[tonic::async_trait]
 impl StoryService for Service {
@@ -210,7 +275,8 @@ impl StoryService for Service {
             requests: request.into_inner(),
             log: self.log.clone(),
             shutdown: self.shutdown.clone(),
-            ended: false,
+            answered: VecDeque::new(),
+            end: None,
         };
         let responses = stream::unfold(session, |mut session| async move {
             let response = session.next().await?;
@@ -298,11 +364,7 @@ impl StoryService for Service {
             .read_from(request.from_sequence, &filter, limit, MAX_EVENTS_SCAN)
             .map_err(status)?;
         Ok(Response::new(pb::ListEventsResponse {
-            events: batch
-                .events
-                .iter()
-                .map(|entry| entry.event.clone())
-                .collect(),
+            events: batch.events.iter().map(|entry| entry.event()).collect(),
             next_sequence: batch.next,
             head_sequence: batch.head,
             log_id: self.log.log_id().to_owned(),

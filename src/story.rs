@@ -59,6 +59,8 @@ pub enum StoryError {
 /// One story's state and what the log still holds of its history.
 #[derive(Debug)]
 struct StoryRecord {
+    /// The story's id, shared with every logged event of the story.
+    id: Arc<str>,
     /// The fold of every event applied so far.
     state: pb::Story,
     /// The story's tags, shared with every logged event that needs them for filtering, so that
@@ -79,6 +81,8 @@ pub struct Stories {
 /// What applying an event did, as far as the log needs to know.
 #[derive(Debug)]
 pub struct Applied {
+    /// The story's id, shared rather than copied into the logged event.
+    pub story_id: Arc<str>,
     /// The tags an event of this story is filtered by: the story's tags after the event, plus
     /// those before it when the event changed them (so a subscriber to a removed tag sees the
     /// removal).
@@ -168,13 +172,15 @@ impl Stories {
                 updated_at: event.occurred_at,
                 context: Vec::new(),
             };
+            let id: Arc<str> = story_id.as_str().into();
             let record = StoryRecord {
+                id: id.clone(),
                 state,
                 tags: tags.clone(),
                 retained: VecDeque::from([event.sequence]),
             };
             self.by_id.insert(story_id.clone(), record);
-            return Ok(Applied { tags });
+            return Ok(Applied { story_id: id, tags });
         }
 
         let record = self
@@ -235,7 +241,10 @@ impl Stories {
         story.last_sequence = event.sequence;
         story.updated_at = event.occurred_at;
         record.retained.push_back(event.sequence);
-        Ok(Applied { tags: filter_tags })
+        Ok(Applied {
+            story_id: record.id.clone(),
+            tags: filter_tags,
+        })
     }
 }
 

@@ -5,11 +5,15 @@
 //! at the head means waiting for the head to pass the cursor. Nothing is queued per subscriber
 //! beyond one batch; a slow reader just reads the log later.
 
-use std::{collections::VecDeque, sync::Arc, time::Duration};
+use std::{collections::VecDeque, pin::Pin, sync::Arc, time::Duration};
 
-use tokio::{sync::watch, time::Instant};
+use tokio::{
+    sync::watch,
+    time::{Instant, Sleep},
+};
 
 use crate::{
+    encoded::EncodedResponse,
     log::{EventLog, Filter, LogError},
     pb::{self, subscribe_response::Item},
 };
@@ -53,16 +57,21 @@ pub struct Subscription {
     filter: Filter,
     /// The next sequence to scan. Everything before it has been sent or skipped by the filter.
     cursor: u64,
-    /// Items read but not yet sent, at most one batch (or one snapshot).
-    ready: VecDeque<pb::SubscribeResponse>,
+    /// Items read but not yet sent, at most one batch (or one snapshot). Events are the log's
+    /// shared bytes, not copies.
+    ready: VecDeque<EncodedResponse>,
     /// Whether `caught_up` has been sent: it is sent once, on first reaching the head.
     caught_up_sent: bool,
     /// Wakes this subscription when the log's head moves. The sender is the log's.
     head: watch::Receiver<u64>,
-    /// Becomes true when the server starts shutting down. The sender is the server's.
+    /// Becomes true when the server starts shutting down. The sender is the server's; it then
+    /// wakes every subscription through the log ([`EventLog::wake_subscribers`]), so waiting
+    /// needs only the head.
     shutdown: watch::Receiver<bool>,
     /// A checkpoint is sent when nothing else was sent for this long.
     heartbeat: Duration,
+    /// Fires no earlier than the heartbeat is due; see [`Self::wait_at_head`].
+    heartbeat_timer: Pin<Box<Sleep>>,
     /// When the last item was sent, for the heartbeat.
     last_sent: Instant,
     /// Set once the stream has ended, so that it yields nothing more.
@@ -85,7 +94,7 @@ impl Subscription {
             Start::From(sequence) => sequence,
             Start::Snapshot => {
                 let (stories, head) = log.snapshot(&filter);
-                ready.extend(stories.into_iter().map(|story| item(Item::Story(story))));
+                ready.extend(stories.into_iter().map(|story| Item::Story(story).into()));
                 head + 1
             }
         };
@@ -98,13 +107,14 @@ impl Subscription {
             caught_up_sent: false,
             shutdown,
             heartbeat,
+            heartbeat_timer: Box::pin(tokio::time::sleep(heartbeat)),
             last_sent: Instant::now(),
             ended: false,
         }
     }
 
     /// The next item to send, `None` once the stream has ended.
-    pub async fn next(&mut self) -> Option<Result<pb::SubscribeResponse, End>> {
+    pub async fn next(&mut self) -> Option<Result<EncodedResponse, End>> {
         loop {
             if let Some(ready) = self.ready.pop_front() {
                 self.last_sent = Instant::now();
@@ -112,6 +122,18 @@ impl Subscription {
             }
             if self.ended {
                 return None;
+            }
+            if self.caught_up_sent {
+                // Mark the head seen before looking at it and at the shutdown flag: anything that
+                // happens after this line wakes the wait below.
+                let head = *self.head.borrow_and_update();
+                if *self.shutdown.borrow() && head < self.cursor {
+                    return Some(Err(self.end(End::ShuttingDown)));
+                }
+                if head < self.cursor {
+                    self.wait_at_head().await;
+                    continue;
+                }
             }
             let batch = match self.log.read_from(
                 self.cursor,
@@ -126,67 +148,67 @@ impl Subscription {
             let events = batch
                 .events
                 .iter()
-                .map(|entry| item(Item::Event(entry.event.clone())));
+                .map(|entry| EncodedResponse::Encoded(entry.encoded.clone()));
             self.ready.extend(events);
             if !self.ready.is_empty() {
                 continue;
             }
-
             let at_head = self.cursor > batch.head;
-            if !at_head {
+            if at_head && !self.caught_up_sent {
+                self.caught_up_sent = true;
+                self.ready.push_back(
+                    Item::CaughtUp(pb::CaughtUp {
+                        head_sequence: self.cursor - 1,
+                        log_id: self.log.log_id().to_owned(),
+                    })
+                    .into(),
+                );
+            } else if !at_head {
                 // A stretch the filter skipped entirely: keep scanning, but let others run, and
                 // keep the heartbeat promise even while skipping.
                 if self.last_sent.elapsed() >= self.heartbeat {
                     self.ready.push_back(self.checkpoint());
                 }
                 tokio::task::yield_now().await;
-                continue;
             }
-            if !self.caught_up_sent {
-                self.caught_up_sent = true;
-                self.ready.push_back(item(Item::CaughtUp(pb::CaughtUp {
-                    head_sequence: self.cursor - 1,
-                    log_id: self.log.log_id().to_owned(),
-                })));
-                continue;
-            }
-            if *self.shutdown.borrow() {
-                return Some(Err(self.end(End::ShuttingDown)));
-            }
-            self.wait_at_head().await;
         }
     }
 
-    /// Waits until the head passes the cursor, the heartbeat is due (queueing a checkpoint), or
-    /// the server starts shutting down.
+    /// Waits until the log's head moves (or the server wakes every subscription to shut down),
+    /// or the heartbeat is due, in which case it queues a checkpoint.
+    ///
+    /// The heartbeat timer is reset lazily: sending does not touch it; when it fires early (the
+    /// stream was not idle), it is set to the real due time. So a busy subscription costs the
+    /// timer wheel nothing per event.
     async fn wait_at_head(&mut self) {
-        let cursor = self.cursor;
-        let heartbeat_due = self.last_sent + self.heartbeat;
-        let heartbeat = tokio::select! {
+        let heartbeat_fired = tokio::select! {
             // An error would mean the log dropped its sender, which it never does while a
-            // subscription holds the log; the next read would then simply find nothing new.
-            _ = self.head.wait_for(|head| *head >= cursor) => false,
-            () = tokio::time::sleep_until(heartbeat_due) => true,
-            _ = self.shutdown.wait_for(|stopping| *stopping) => false,
+            // subscription holds the log.
+            _ = self.head.changed() => false,
+            () = &mut self.heartbeat_timer => true,
         };
-        if heartbeat {
-            self.ready.push_back(self.checkpoint());
+        if heartbeat_fired {
+            let due = self.last_sent + self.heartbeat;
+            let now = Instant::now();
+            if now >= due {
+                self.ready.push_back(self.checkpoint());
+                self.heartbeat_timer.as_mut().reset(now + self.heartbeat);
+            } else {
+                self.heartbeat_timer.as_mut().reset(due);
+            }
         }
     }
 
-    fn checkpoint(&self) -> pb::SubscribeResponse {
-        item(Item::Checkpoint(pb::Checkpoint {
+    fn checkpoint(&self) -> EncodedResponse {
+        Item::Checkpoint(pb::Checkpoint {
             sequence: self.cursor - 1,
             log_id: self.log.log_id().to_owned(),
-        }))
+        })
+        .into()
     }
 
     fn end(&mut self, end: End) -> End {
         self.ended = true;
         end
     }
-}
-
-fn item(item: Item) -> pb::SubscribeResponse {
-    pb::SubscribeResponse { item: Some(item) }
 }

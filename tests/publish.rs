@@ -64,6 +64,16 @@ async fn the_server_assigns_distinct_event_ids_when_none_is_given() {
     let replay = publish(&mut client, again).await;
     assert!(replay.duplicate);
     assert_eq!(replay.sequence, noted.sequence);
+
+    // ... and it cannot be taken for a different update.
+    let mut other = note("story", "Something else");
+    other.event_id = noted.event_id.clone();
+    expect_status(
+        client.publish(other).await,
+        Code::AlreadyExists,
+        &[&noted.event_id],
+    );
+    assert_eq!(server.log.head(), 2);
 }
 
 #[tokio::test]

@@ -173,3 +173,58 @@ async fn an_open_publish_stream_ends_unavailable_at_shutdown_and_does_not_hold_i
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     drop(sender);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_pipelines_get_ordered_answers_and_one_gapless_log() {
+    const PER_STREAM: u64 = 500;
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    publish(&mut client, open("story", &[])).await;
+    let mut subscriber = subscribe(&mut client, from(1)).await;
+
+    let mut pipelines = Vec::new();
+    for p in 0..2 {
+        let (sender, mut responses) = open_stream(&server).await;
+        pipelines.push(tokio::spawn(async move {
+            let sending = tokio::spawn(async move {
+                for i in 0..PER_STREAM {
+                    let mut request = note("story", &format!("Pipeline {p} update {i}"));
+                    request.event_id = format!("p{p}-{i}");
+                    sender.send(message(request)).await.expect("stream open");
+                }
+            });
+            let mut sequences = Vec::new();
+            for i in 0..PER_STREAM {
+                let receipt = accepted(next_outcome(&mut responses).await);
+                assert_eq!(
+                    receipt.event_id,
+                    format!("p{p}-{i}"),
+                    "answers come in request order"
+                );
+                sequences.push(receipt.sequence);
+            }
+            sending.await.expect("sender");
+            sequences
+        }));
+    }
+    let mut all = vec![1];
+    for pipeline in pipelines {
+        let sequences = within("a pipeline", pipeline).await.expect("pipeline task");
+        assert!(
+            sequences.windows(2).all(|w| w[0] < w[1]),
+            "one pipeline's events keep their order"
+        );
+        all.extend(sequences);
+    }
+    all.sort_unstable();
+    let total = 1 + 2 * PER_STREAM;
+    assert_eq!(all, (1..=total).collect::<Vec<_>>());
+
+    let mut seen = Vec::new();
+    while seen.len() < total as usize {
+        if let pb::subscribe_response::Item::Event(event) = next_item(&mut subscriber).await {
+            seen.push(event.sequence);
+        }
+    }
+    assert_eq!(seen, (1..=total).collect::<Vec<_>>());
+}
