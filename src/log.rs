@@ -369,10 +369,11 @@ fn assigned_event_id(log_id: &str, sequence: u64) -> String {
     format!("{log_id}-{sequence}")
 }
 
-/// The sequence an id made by [`assigned_event_id`] names, if it is one.
+/// The sequence an id made by [`assigned_event_id`] names, if it is exactly such an id.
 fn assigned_sequence(log_id: &str, event_id: &str) -> Option<u64> {
     let digits = event_id.strip_prefix(log_id)?.strip_prefix('-')?;
-    digits.parse().ok()
+    let sequence: u64 = digits.parse().ok()?;
+    (assigned_event_id(log_id, sequence) == event_id).then_some(sequence)
 }
 
 /// The append-only, in-memory event log and the story projection derived from it.

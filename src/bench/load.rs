@@ -143,6 +143,20 @@ pub async fn publish(channel: Channel, events: u64, rate: Rate) -> Result<Durati
     Ok(elapsed)
 }
 
+/// Publishes `events` bench events with unary Publish, each call awaited before the next, and
+/// returns how long it took.
+pub async fn publish_unary(channel: Channel, events: u64) -> Result<Duration, String> {
+    let mut client = StoryServiceClient::new(channel);
+    let start = Instant::now();
+    for n in 1..=events {
+        client
+            .publish(bench_request(n))
+            .await
+            .map_err(|e| format!("publish: {e}"))?;
+    }
+    Ok(start.elapsed())
+}
+
 /// What one subscriber saw.
 pub struct Received {
     /// Events received.
@@ -157,22 +171,33 @@ pub struct Received {
     pub last_at: Option<Instant>,
 }
 
+/// How many subscriptions are opened at once. h2 counts each small request DATA frame a server
+/// has not yet handed to its handler against a budget (about a hundred frames) and answers a
+/// burst beyond it with GOAWAY ENHANCE_YOUR_CALM ("too_many_data_frames"), closing every stream
+/// on the connection. Opening in waves keeps the bench a well-behaved client.
+const SUBSCRIBE_WAVE: usize = 64;
+
 /// Opens `count` live subscriptions spread over `channels`, waiting until each is registered.
 pub async fn subscribe_many(
     channels: &[Channel],
     count: usize,
     request: &pb::SubscribeRequest,
 ) -> Result<Vec<Streaming<pb::SubscribeResponse>>, String> {
-    let mut opening = JoinSet::new();
-    for i in 0..count {
-        let mut client = StoryServiceClient::new(channels[i % channels.len()].clone());
-        let request = request.clone();
-        opening.spawn(async move { client.subscribe(request).await.map(|r| r.into_inner()) });
-    }
     let mut streams = Vec::with_capacity(count);
-    while let Some(opened) = opening.join_next().await {
-        let stream = opened.map_err(|e| e.to_string())?;
-        streams.push(stream.map_err(|e| format!("subscribe: {e}"))?);
+    let mut opened = 0;
+    while opened < count {
+        let wave = SUBSCRIBE_WAVE.min(count - opened);
+        let mut opening = JoinSet::new();
+        for i in opened..opened + wave {
+            let mut client = StoryServiceClient::new(channels[i % channels.len()].clone());
+            let request = request.clone();
+            opening.spawn(async move { client.subscribe(request).await.map(|r| r.into_inner()) });
+        }
+        while let Some(stream) = opening.join_next().await {
+            let stream = stream.map_err(|e| e.to_string())?;
+            streams.push(stream.map_err(|e| format!("subscribe: {e}"))?);
+        }
+        opened += wave;
     }
     Ok(streams)
 }

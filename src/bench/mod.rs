@@ -9,7 +9,7 @@ pub mod bare;
 mod load;
 mod process;
 
-use std::{fmt::Write as _, time::Duration};
+use std::time::Duration;
 
 use hdrhistogram::Histogram;
 use tokio::time::Instant;
@@ -50,6 +50,10 @@ pub struct Args {
     /// Idle subscribers in the memory case (0 skips it).
     #[arg(long, default_value_t = 10_000)]
     idle_subscribers: usize,
+    /// Events published one unary Publish at a time in the publish-path case (0 skips it); the
+    /// PublishStream side publishes 20 times as many.
+    #[arg(long, default_value_t = 5_000)]
+    unary_events: u64,
 }
 
 fn parse_rate(value: &str) -> Result<Rate, String> {
@@ -183,20 +187,16 @@ fn ratio(ours: &[f64], theirs: &[f64]) -> String {
 /// Runs the matrix and prints the report as markdown.
 pub async fn run(args: Args) -> Result<(), String> {
     let runs = args.runs.max(1);
-    let mut report = String::new();
-    let _ = writeln!(
-        report,
+    // Each table row is printed as soon as its case is done, so a long run that fails late
+    // still leaves what it measured.
+    println!(
         "Fan-out: live subscribers over {} connections, one PublishStream publisher; median (min–max) of {runs} runs; ratio = storywire / bare tonic (medians).\n",
         args.connections
     );
-    let _ = writeln!(
-        report,
+    println!(
         "| subscribers | rate | events | server | delivered/s | publish/s | p50 ms | p99 ms | max ms | server CPU µs/delivery | server RSS MiB | gaps | dups |"
     );
-    let _ = writeln!(
-        report,
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
-    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for &subscribers in &args.subscribers {
         for &rate in &args.rates {
             let mut results: [Vec<FanOut>; 2] = [Vec::new(), Vec::new()];
@@ -228,8 +228,7 @@ pub async fn run(args: Args) -> Result<(), String> {
                     .collect();
                 let gaps: u64 = results[i].iter().map(|r| r.gaps).sum();
                 let duplicates: u64 = results[i].iter().map(|r| r.duplicates).sum();
-                let _ = writeln!(
-                    report,
+                println!(
                     "| {subscribers} | {rate} | {events} | {} | {} | {gaps} | {duplicates} |",
                     target.name(),
                     cells.join(" | ")
@@ -239,25 +238,56 @@ pub async fn run(args: Args) -> Result<(), String> {
                 .iter()
                 .map(|(f, _)| ratio(&column(0, *f), &column(1, *f)))
                 .collect();
-            let _ = writeln!(
-                report,
+            println!(
                 "| {subscribers} | {rate} | | ratio | {} | | |",
                 ratios.join(" | ")
             );
         }
     }
+    if args.unary_events > 0 {
+        println!("\n{}", publish_paths(args.unary_events, runs).await?);
+    }
     if args.catch_up_events > 0 {
-        let _ = writeln!(report, "\n{}", catch_up(args.catch_up_events, runs).await?);
+        println!("\n{}", catch_up(args.catch_up_events, runs).await?);
     }
     if args.idle_subscribers > 0 {
-        let _ = writeln!(
-            report,
+        println!(
             "\n{}",
             idle(args.idle_subscribers, args.connections, runs).await?
         );
     }
-    println!("{report}");
     Ok(())
+}
+
+/// Publish throughput: unary Publish, one call at a time, against PublishStream at full speed.
+async fn publish_paths(unary_events: u64, runs: usize) -> Result<String, String> {
+    let stream_events = unary_events * 20;
+    let mut unary = Vec::new();
+    let mut streamed = Vec::new();
+    for _ in 0..runs {
+        let server = ServerProcess::start(Target::Storywire, 1_000_000).await?;
+        let channel = connect(&server.url(), 1).await?.remove(0);
+        let elapsed = load::publish_unary(channel.clone(), unary_events).await?;
+        unary.push(unary_events as f64 / elapsed.as_secs_f64());
+        server.stop().await;
+
+        let server = ServerProcess::start(Target::Storywire, 1_000_000).await?;
+        let channel = connect(&server.url(), 1).await?.remove(0);
+        let elapsed = publish(channel, stream_events, Rate::Max).await?;
+        streamed.push(stream_events as f64 / elapsed.as_secs_f64());
+        server.stop().await;
+        eprintln!(
+            "publish: unary {:.0}/s, stream {:.0}/s",
+            unary[unary.len() - 1],
+            streamed[streamed.len() - 1]
+        );
+    }
+    Ok(format!(
+        "| publish path (no subscribers) | events/s |\n|---|---|\n| unary Publish, one call at a time ({unary_events} events) | {} |\n| PublishStream, pipelined ({stream_events} events) | {} |\n| ratio | {} |",
+        cell(&unary, 0),
+        cell(&streamed, 0),
+        ratio(&streamed, &unary)
+    ))
 }
 
 /// Catch-up replay and memory per retained event.

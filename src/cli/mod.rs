@@ -128,6 +128,12 @@ pub async fn main() -> ExitCode {
 
 /// Runs the bench's bare baseline server, announcing its address on stderr as `serve` does.
 async fn bench_bare(listen: std::net::SocketAddr) -> Result<ExitCode, CliError> {
+    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_env("STORYWIRE_BARE_LOG") {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let listener = tokio::net::TcpListener::bind(listen).await?;
     eprintln!("bare listening address={}", listener.local_addr()?);
     crate::bench::bare::serve(listener).await?;
