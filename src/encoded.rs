@@ -82,3 +82,24 @@ pub fn decode_event(encoded: &Bytes) -> pb::UpdateEvent {
         other => unreachable!("the log only holds encoded events: {other:?}"),
     }
 }
+
+/// The encoded `UpdateEvent` inside bytes made by [`encode_event`], without copying: what the
+/// write-ahead log stores.
+pub fn event_bytes(encoded: &Bytes) -> Bytes {
+    // A SubscribeResponse holding only an event is its field key (one byte), the event's length
+    // as a varint, then the event.
+    let mut rest = &encoded[1..];
+    let length = prost::encoding::decode_varint(&mut rest).expect("made by encode_event");
+    let start = encoded.len() - rest.len();
+    debug_assert_eq!(length as usize, rest.len());
+    encoded.slice(start..)
+}
+
+/// The inverse of [`event_bytes`]: the `SubscribeResponse` bytes for an encoded `UpdateEvent`.
+pub fn from_event_bytes(event: &[u8]) -> Bytes {
+    let mut encoded = Vec::with_capacity(event.len() + 11);
+    prost::encoding::encode_key(1, WireType::LengthDelimited, &mut encoded);
+    prost::encoding::encode_varint(event.len() as u64, &mut encoded);
+    encoded.extend_from_slice(event);
+    Bytes::from(encoded)
+}

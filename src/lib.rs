@@ -6,6 +6,7 @@
 //! - [`pb`]: the generated wire types and gRPC stubs of `storywire.v1`.
 //! - [`validate`]: the shape rules every request must meet, each failure naming its field.
 //! - [`log`]: the event log, the only truth: append, dedupe, read, retention, the head to wait on.
+//! - [`wal`]: the optional write-ahead log on disk (`serve --data-dir`), and recovery from it.
 //! - [`story`]: the projection: a story's state as the fold of its events, and the story rules.
 //! - [`encoded`]: each event encoded once, its bytes shared by every subscriber.
 //! - [`subscription`]: a cursor into the log plus a filter: catch-up, live, checkpoints, the end.
@@ -30,3 +31,4 @@ pub mod service;
 pub mod story;
 pub mod subscription;
 pub mod validate;
+pub mod wal;

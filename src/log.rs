@@ -12,13 +12,15 @@ use std::{
 
 use bytes::Bytes;
 use pbjson_types::Timestamp;
+use prost::Message;
 use tokio::sync::watch;
 
 use crate::{
     clock::Clock,
-    encoded::{decode_event, encode_event},
+    encoded::{decode_event, encode_event, event_bytes, from_event_bytes},
     pb,
     story::{Stories, StoryError},
+    wal::{self, FsyncMode, Journal, SegmentWriter, WalConfig, WalError, WriterSignal},
 };
 
 /// How many events the log keeps when nobody says otherwise: about a gigabyte of typical updates,
@@ -225,9 +227,22 @@ struct LogState {
     by_client_event_id: HashMap<Box<str>, Idempotency>,
     /// Every story's current state. Kept whatever the retention.
     stories: Stories,
+    /// With a data directory: framed records appended but not yet handed to the writer thread,
+    /// in sequence order. `None` for a log kept only in memory.
+    unwritten: Option<Vec<(u64, Vec<u8>)>>,
 }
 
 impl LogState {
+    fn empty() -> Self {
+        Self {
+            entries: VecDeque::new(),
+            first_retained: 1,
+            head: 0,
+            by_client_event_id: HashMap::new(),
+            stories: Stories::default(),
+            unwritten: None,
+        }
+    }
     fn entry(&self, sequence: u64) -> Option<&Arc<LoggedEvent>> {
         let index = sequence.checked_sub(self.first_retained)?;
         self.entries.get(usize::try_from(index).ok()?)
@@ -243,16 +258,18 @@ impl LogState {
         entry.client_event_id.is_none().then_some((sequence, None))
     }
 
-    fn check_position(&self, from: u64) -> Result<(), LogError> {
+    /// Checks that `from` is retained and at most one past `visible`, the newest sequence
+    /// readers may see.
+    fn check_position(&self, from: u64, visible: u64) -> Result<(), LogError> {
         if from < self.first_retained {
             Err(LogError::NotRetained {
                 requested: from,
                 first_retained: self.first_retained,
             })
-        } else if from > self.head + 1 {
+        } else if from > visible + 1 {
             Err(LogError::BeyondHead {
                 requested: from,
-                head: self.head,
+                head: visible,
             })
         } else {
             Ok(())
@@ -338,16 +355,75 @@ impl LogState {
             self.by_client_event_id
                 .insert(event_id.clone(), idempotency);
         }
+        let encoded = encode_event(event);
+        if let Some(unwritten) = &mut self.unwritten {
+            let record = wal::Record {
+                event: event_bytes(&encoded),
+                expected_version: request.expected_version,
+                occurred_at_given: request.occurred_at,
+                filter_tags: applied.tags.to_vec(),
+            };
+            unwritten.push((sequence, wal::frame(&record)));
+        }
         self.entries.push_back(Arc::new(LoggedEvent {
             sequence,
             story_id: applied.story_id,
             tags: applied.tags,
             client_event_id,
-            encoded: encode_event(event),
+            encoded,
         }));
         self.head = sequence;
         self.evict(retain);
         Ok(receipt)
+    }
+
+    /// Puts back one record read from disk. Records up to `snapshot_head` are already folded into
+    /// the stories (they came with the snapshot); later ones are applied again.
+    fn restore(
+        &mut self,
+        log_id: &str,
+        record: wal::Record,
+        snapshot_head: u64,
+    ) -> Result<(), String> {
+        let event = pb::UpdateEvent::decode(record.event.clone()).map_err(|e| e.to_string())?;
+        let sequence = event.sequence;
+        if sequence != self.head + 1 {
+            return Err(format!("sequence {sequence} follows {}", self.head));
+        }
+        if sequence > snapshot_head {
+            self.stories
+                .apply(&event)
+                .map_err(|e| format!("sequence {sequence}: {e}"))?;
+        } else {
+            self.stories.note_retained(&event.story_id, sequence);
+        }
+        let story_id = self
+            .stories
+            .shared_id(&event.story_id)
+            .ok_or_else(|| format!("sequence {sequence}: story {} is unknown", event.story_id))?;
+        let client_event_id = (event.event_id != assigned_event_id(log_id, sequence))
+            .then(|| event.event_id.clone().into_boxed_str());
+        if let Some(event_id) = &client_event_id {
+            let idempotency = Idempotency {
+                sequence,
+                expected_version: record.expected_version,
+                occurred_at_given: record.occurred_at_given,
+            };
+            self.by_client_event_id
+                .insert(event_id.clone(), idempotency);
+        }
+        if self.entries.is_empty() {
+            self.first_retained = sequence;
+        }
+        self.entries.push_back(Arc::new(LoggedEvent {
+            sequence,
+            story_id,
+            tags: record.filter_tags.into(),
+            client_event_id,
+            encoded: from_event_bytes(&record.event),
+        }));
+        self.head = sequence;
+        Ok(())
     }
 
     /// Drops the oldest events beyond `retain`, and their dedupe and history entries.
@@ -387,9 +463,13 @@ pub struct EventLog {
     clock: Arc<dyn Clock>,
     /// The log itself. Held briefly: appends decide and store one event, reads clone `Arc`s.
     state: RwLock<LogState>,
-    /// The head sequence, for waking subscribers that wait at the head. Only moves forward.
-    /// Receivers belong to subscriptions; the log keeps the sender for its whole life.
+    /// The newest sequence readers may see, for waking subscribers that wait at the head. Only
+    /// moves forward. With a data directory it moves only once an event is on disk, so nobody
+    /// sees an event a crash could take back. Receivers belong to subscriptions and waiting
+    /// publishers; the log keeps the sender for its whole life.
     head_tx: watch::Sender<u64>,
+    /// With a data directory: the writer thread and its wake-up. `None` in memory.
+    journal: Option<Journal>,
 }
 
 impl std::fmt::Debug for EventLog {
@@ -405,20 +485,129 @@ impl EventLog {
     /// An empty log with a new random log_id that keeps the newest `retain_events` events
     /// (at least 1).
     pub fn new(retain_events: usize, clock: Arc<dyn Clock>) -> Self {
-        let state = LogState {
-            entries: VecDeque::new(),
-            first_retained: 1,
-            head: 0,
-            by_client_event_id: HashMap::new(),
-            stories: Stories::default(),
-        };
         Self {
             log_id: uuid::Uuid::new_v4().simple().to_string(),
             retain_events: retain_events.max(1),
             clock,
-            state: RwLock::new(state),
+            state: RwLock::new(LogState::empty()),
             head_tx: watch::Sender::new(0),
+            journal: None,
         }
+    }
+
+    /// The log kept in `config.dir`: recovers what is on disk (same log_id, sequences and story
+    /// states) and starts the writer thread that makes every later event durable before it is
+    /// acknowledged or seen.
+    pub fn open(
+        retain_events: usize,
+        clock: Arc<dyn Clock>,
+        config: &WalConfig,
+    ) -> Result<Arc<Self>, WalError> {
+        let recovery = wal::recover(config)?;
+        let mut state = LogState::empty();
+        let mut snapshot_head = 0;
+        if let Some(snapshot) = recovery.snapshot {
+            snapshot_head = snapshot.head;
+            state.stories.restore(snapshot.stories);
+            state.head = snapshot.head;
+            state.first_retained = snapshot.head + 1;
+        }
+        if let Some(first) = recovery.sequences.first() {
+            // Records the snapshot already covers are kept for reading, not applied again.
+            state.head = first - 1;
+            state.first_retained = *first;
+        }
+        for (record, sequence) in recovery.records.into_iter().zip(recovery.sequences) {
+            state
+                .restore(&recovery.log_id, record, snapshot_head)
+                .map_err(|reason| WalError::Invalid {
+                    path: config.dir.clone(),
+                    reason: format!("replaying sequence {sequence}: {reason}"),
+                })?;
+        }
+        let retain_events = retain_events.max(1);
+        state.evict(retain_events);
+        state.unwritten = Some(Vec::new());
+        let head = state.head;
+        tracing::info!(dir = %config.dir.display(), head, first_retained = state.first_retained,
+            stories = state.stories.iter().count(), "recovered the log from disk");
+
+        let signal = Arc::new(WriterSignal::default());
+        let writer = recovery.writer;
+        let fsync = config.fsync;
+        let interval = config.batch_interval;
+        Ok(Arc::new_cyclic(|log: &std::sync::Weak<Self>| {
+            let log = log.clone();
+            let thread_signal = signal.clone();
+            let thread = std::thread::Builder::new()
+                .name("storywire-wal".to_owned())
+                .spawn(move || write_ahead(log, writer, thread_signal, fsync, interval))
+                .expect("spawn the write-ahead thread");
+            Self {
+                log_id: recovery.log_id,
+                retain_events,
+                clock,
+                state: RwLock::new(state),
+                head_tx: watch::Sender::new(head),
+                journal: Some(Journal {
+                    signal,
+                    thread: std::sync::Mutex::new(Some(thread)),
+                }),
+            }
+        }))
+    }
+
+    /// Writes what is left to disk and stops the writer thread. Appending afterwards is a bug.
+    /// A log kept in memory has nothing to do.
+    pub fn close(&self) {
+        if let Some(journal) = &self.journal {
+            journal.signal.close();
+            let thread = journal.thread.lock().expect("journal lock poisoned").take();
+            if let Some(thread) = thread
+                && thread.join().is_err()
+            {
+                tracing::error!("the write-ahead thread panicked");
+            }
+        }
+    }
+
+    /// Hands framed records to the writer thread: what it writes and syncs next, then the
+    /// sequence of the last one written (or `None`), and the oldest retained sequence.
+    fn take_unwritten(&self) -> (Vec<(u64, Vec<u8>)>, u64) {
+        let mut state = self.write();
+        let unwritten = state
+            .unwritten
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default();
+        (unwritten, state.first_retained)
+    }
+
+    /// Every story as of the newest appended event, and the records not yet written up to it:
+    /// written and synced before the snapshot, they make it cover everything up to its head.
+    fn snapshot_for_compaction(&self) -> (wal::Snapshot, Vec<(u64, Vec<u8>)>, u64) {
+        let mut state = self.write();
+        let unwritten = state
+            .unwritten
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default();
+        let snapshot = wal::Snapshot {
+            log_id: self.log_id.clone(),
+            head: state.head,
+            stories: state.stories.iter().cloned().collect(),
+        };
+        (snapshot, unwritten, state.first_retained)
+    }
+
+    /// Waits until readers may see `sequence`: with a data directory, until it is on disk.
+    pub async fn visible(&self, sequence: u64) {
+        if self.head() >= sequence {
+            return;
+        }
+        let mut head = self.head_tx.subscribe();
+        // The log owns the sender for as long as `self` lives.
+        let _ = head.wait_for(|head| *head >= sequence).await;
     }
 
     fn read(&self) -> RwLockReadGuard<'_, LogState> {
@@ -446,9 +635,10 @@ impl EventLog {
         }
     }
 
-    /// The newest sequence in the log (0 when empty).
+    /// The newest sequence readers may see (0 when empty). With a data directory, the newest on
+    /// disk.
     pub fn head(&self) -> u64 {
-        self.read().head
+        *self.head_tx.borrow()
     }
 
     /// The oldest sequence still retained (`head + 1` when none is).
@@ -476,7 +666,7 @@ impl EventLog {
             .write()
             .append(&self.log_id, &*self.clock, request, self.retain_events);
         if let Ok(receipt) = &outcome {
-            self.announce(receipt.sequence);
+            self.appended(receipt.sequence);
         }
         outcome
     }
@@ -502,9 +692,18 @@ impl EventLog {
             .map(|r| r.sequence)
             .max();
         if let Some(sequence) = newest {
-            self.announce(sequence);
+            self.appended(sequence);
         }
         outcomes
+    }
+
+    /// After an append: in memory the event is visible at once; with a data directory the writer
+    /// thread makes it visible once it is on disk.
+    fn appended(&self, sequence: u64) {
+        match &self.journal {
+            Some(journal) => journal.signal.work(),
+            None => self.announce(sequence),
+        }
     }
 
     /// Wakes every waiting subscription without moving the head, so that each looks at its
@@ -537,17 +736,19 @@ impl EventLog {
         max_events: usize,
         max_scan: usize,
     ) -> Result<Batch, LogError> {
+        let visible = self.head();
         let state = self.read();
         let from = if from == 0 {
             state.first_retained
         } else {
             from
         };
-        state.check_position(from)?;
+        state.check_position(from, visible)?;
         let start = usize::try_from(from - state.first_retained).expect("retained fits memory");
+        let readable = usize::try_from(visible + 1 - from).unwrap_or(usize::MAX);
         let mut events = Vec::new();
         let mut scanned = 0;
-        for entry in state.entries.range(start..).take(max_scan) {
+        for entry in state.entries.range(start..).take(max_scan.min(readable)) {
             scanned += 1;
             if filter.matches(entry) {
                 events.push(entry.clone());
@@ -559,7 +760,7 @@ impl EventLog {
         Ok(Batch {
             events,
             next: from + scanned as u64,
-            head: state.head,
+            head: visible,
             first_retained: state.first_retained,
         })
     }
@@ -569,7 +770,10 @@ impl EventLog {
     pub fn check_position(&self, from: u64) -> Result<(), LogError> {
         match from {
             0 => Ok(()),
-            from => self.read().check_position(from),
+            from => {
+                let visible = self.head();
+                self.read().check_position(from, visible)
+            }
         }
     }
 
@@ -645,4 +849,93 @@ impl EventLog {
         let more = matching.next().is_some();
         (page, more)
     }
+}
+
+impl Drop for EventLog {
+    fn drop(&mut self) {
+        // The writer thread holds only a weak reference: told to close, it syncs what it wrote
+        // and ends. Records appended but never handed over were never acknowledged.
+        if let Some(journal) = &self.journal {
+            journal.signal.close();
+        }
+    }
+}
+
+/// The write-ahead thread: writes appended records in order, syncs as the fsync mode says, then
+/// makes them visible (which acknowledges their publishers); deletes segments that retention
+/// emptied once a snapshot covers them. A failing disk stops the process: no later event may be
+/// acknowledged, and nothing acknowledged was lost.
+fn write_ahead(
+    log: std::sync::Weak<EventLog>,
+    mut writer: SegmentWriter,
+    signal: Arc<WriterSignal>,
+    fsync: FsyncMode,
+    interval: std::time::Duration,
+) {
+    let timeout = (fsync == FsyncMode::Batch).then_some(interval);
+    let mut last_sync = std::time::Instant::now();
+    loop {
+        let closing = signal.wait(timeout);
+        let Some(log) = log.upgrade() else {
+            if let Err(error) = writer.sync() {
+                tracing::error!(%error, "write-ahead log: final sync failed");
+            }
+            return;
+        };
+        if let Err(error) = write_round(&log, &mut writer, fsync, interval, &mut last_sync) {
+            tracing::error!(%error, "write-ahead log: the disk failed; stopping so that nothing unwritten is acknowledged");
+            std::process::abort();
+        }
+        if closing {
+            if let Err(error) = writer.sync() {
+                tracing::error!(%error, "write-ahead log: final sync failed");
+            }
+            return;
+        }
+    }
+}
+
+/// One round of the write-ahead thread.
+fn write_round(
+    log: &EventLog,
+    writer: &mut SegmentWriter,
+    fsync: FsyncMode,
+    interval: std::time::Duration,
+    last_sync: &mut std::time::Instant,
+) -> Result<(), WalError> {
+    let (unwritten, first_retained) = log.take_unwritten();
+    let written = write_records(writer, &unwritten)?;
+    let sync_due = last_sync.elapsed() >= interval;
+    match fsync {
+        FsyncMode::Always => writer.sync()?,
+        FsyncMode::Batch if sync_due && writer.is_dirty() => {
+            writer.sync()?;
+            *last_sync = std::time::Instant::now();
+        }
+        FsyncMode::Batch | FsyncMode::Never => {}
+    }
+    if let Some(sequence) = written {
+        log.announce(sequence);
+    }
+    if writer.has_evicted_segments(first_retained) {
+        let (snapshot, unwritten, first_retained) = log.snapshot_for_compaction();
+        let written = write_records(writer, &unwritten)?;
+        writer.sync()?;
+        if let Some(sequence) = written {
+            log.announce(sequence);
+        }
+        writer.compact(&snapshot, first_retained)?;
+    }
+    Ok(())
+}
+
+/// Writes framed records; returns the last sequence written.
+fn write_records(
+    writer: &mut SegmentWriter,
+    records: &[(u64, Vec<u8>)],
+) -> Result<Option<u64>, WalError> {
+    for (sequence, framed) in records {
+        writer.write(*sequence, framed)?;
+    }
+    Ok(records.last().map(|(sequence, _)| *sequence))
 }

@@ -243,6 +243,19 @@ impl PublishSession {
                 }
             }
             self.answered = publish_burst(&self.log, burst);
+            // With a data directory, acknowledged means on disk: wait for the burst's newest.
+            let newest = self
+                .answered
+                .iter()
+                .filter_map(|response| match &response.result {
+                    Some(pb::publish_stream_response::Result::Accepted(receipt)) => {
+                        Some(receipt.sequence)
+                    }
+                    _ => None,
+                });
+            if let Some(newest) = newest.max() {
+                self.log.visible(newest).await;
+            }
         }
     }
 }
@@ -262,6 +275,8 @@ impl StoryService for Service {
         request: Request<pb::PublishRequest>,
     ) -> Result<Response<pb::PublishResponse>, Status> {
         let receipt = publish(&self.log, request.into_inner()).map_err(status)?;
+        // With a data directory, acknowledged means on disk.
+        self.log.visible(receipt.sequence).await;
         Ok(Response::new(receipt))
     }
 
@@ -327,6 +342,8 @@ impl StoryService for Service {
             .log
             .story(&request.story_id, request.as_of_version)
             .map_err(status)?;
+        // Show no state a crash could take back.
+        self.log.visible(story.last_sequence).await;
         Ok(Response::new(pb::GetStoryResponse { story: Some(story) }))
     }
 
@@ -340,6 +357,9 @@ impl StoryService for Service {
         let (stories, more) =
             self.log
                 .list_stories(&request.page_token, limit, &request.tag, request.status);
+        if let Some(newest) = stories.iter().map(|story| story.last_sequence).max() {
+            self.log.visible(newest).await;
+        }
         let next_page_token = match stories.last() {
             Some(last) if more => last.id.clone(),
             _ => String::new(),

@@ -134,6 +134,33 @@ impl Stories {
         })
     }
 
+    /// The story's id as logged events share it.
+    pub fn shared_id(&self, story_id: &str) -> Option<Arc<str>> {
+        self.by_id.get(story_id).map(|record| record.id.clone())
+    }
+
+    /// Puts back stories from a snapshot, with no history retained yet (see
+    /// [`Self::note_retained`]).
+    pub fn restore(&mut self, stories: impl IntoIterator<Item = pb::Story>) {
+        for state in stories {
+            let record = StoryRecord {
+                id: state.id.as_str().into(),
+                tags: state.tags.clone().into(),
+                retained: VecDeque::new(),
+                state,
+            };
+            self.by_id.insert(record.state.id.clone(), record);
+        }
+    }
+
+    /// Notes that the log holds `sequence`, an event of `story_id` already folded into its state
+    /// (it came with a snapshot).
+    pub fn note_retained(&mut self, story_id: &str, sequence: u64) {
+        if let Some(record) = self.by_id.get_mut(story_id) {
+            record.retained.push_back(sequence);
+        }
+    }
+
     /// Forgets that the oldest retained event of `story_id` is in the log: retention evicted it.
     /// The story's state is kept.
     pub fn forget_oldest(&mut self, story_id: &str) {

@@ -76,6 +76,9 @@ pub struct Subscription {
     last_sent: Instant,
     /// Set once the stream has ended, so that it yields nothing more.
     ended: bool,
+    /// For a snapshot: the head it was read at. Nothing is sent until readers may see that far
+    /// (with a data directory, until it is on disk), so no state a crash could undo goes out.
+    snapshot_head: Option<u64>,
 }
 
 impl Subscription {
@@ -89,12 +92,14 @@ impl Subscription {
         shutdown: watch::Receiver<bool>,
     ) -> Self {
         let mut ready = VecDeque::new();
+        let mut snapshot_head = None;
         let cursor = match start {
             Start::Live => log.head() + 1,
             Start::From(sequence) => sequence,
             Start::Snapshot => {
                 let (stories, head) = log.snapshot(&filter);
                 ready.extend(stories.into_iter().map(|story| Item::Story(story).into()));
+                snapshot_head = Some(head);
                 head + 1
             }
         };
@@ -110,11 +115,16 @@ impl Subscription {
             heartbeat_timer: Box::pin(tokio::time::sleep(heartbeat)),
             last_sent: Instant::now(),
             ended: false,
+            snapshot_head,
         }
     }
 
     /// The next item to send, `None` once the stream has ended.
     pub async fn next(&mut self) -> Option<Result<EncodedResponse, End>> {
+        if let Some(head) = self.snapshot_head.take() {
+            // The log outlives its subscriptions, so the sender is there.
+            let _ = self.head.wait_for(|visible| *visible >= head).await;
+        }
         loop {
             if let Some(ready) = self.ready.pop_front() {
                 self.last_sent = Instant::now();

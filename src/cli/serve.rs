@@ -1,12 +1,20 @@
 //! `storywire serve`: run the server until SIGINT or SIGTERM.
 
-use std::{io::IsTerminal, net::SocketAddr, process::ExitCode, sync::Arc, time::Duration};
+use std::{
+    io::IsTerminal, net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc, time::Duration,
+};
 
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
 use super::CliError;
-use crate::{clock::SystemClock, demo, log::EventLog, server};
+use crate::{
+    clock::SystemClock,
+    demo,
+    log::EventLog,
+    server,
+    wal::{self, FsyncMode, WalConfig},
+};
 
 /// Arguments of `storywire serve`.
 #[derive(Debug, clap::Args)]
@@ -22,6 +30,25 @@ pub struct Args {
     /// Open the demo story at start-up, then publish its later updates one every --demo-interval.
     #[arg(long)]
     demo: bool,
+    /// Keep the log on disk in this directory (a write-ahead log), so that a restart loses
+    /// nothing acknowledged. Without it the log lives in memory only.
+    #[arg(long, env = "STORYWIRE_DATA_DIR", value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// With --data-dir: when a publish is acknowledged. always: after its record is fsynced
+    /// (concurrent publishers share fsyncs); batch: after it is written, fsync every
+    /// --fsync-interval-ms; never: after it is written, never fsynced (tests only).
+    #[arg(long, value_enum, default_value_t = FsyncMode::Always)]
+    fsync: FsyncMode,
+    /// With --fsync batch: milliseconds between fsyncs.
+    #[arg(long, default_value_t = wal::DEFAULT_BATCH_INTERVAL.as_millis() as u64)]
+    fsync_interval_ms: u64,
+    /// With --data-dir: start a new segment file past this many bytes.
+    #[arg(long, default_value_t = wal::DEFAULT_SEGMENT_BYTES, value_parser = clap::value_parser!(u64).range(64..))]
+    segment_bytes: u64,
+    /// With --data-dir: if a record in the middle of the log is damaged, cut the log there (the
+    /// rest is kept in .broken files) instead of refusing to start.
+    #[arg(long)]
+    repair: bool,
     /// Seconds between the demo's live updates.
     #[arg(long, default_value_t = demo::DEFAULT_INTERVAL.as_secs_f64(), requires = "demo")]
     demo_interval: f64,
@@ -41,7 +68,25 @@ pub async fn run(args: Args) -> Result<ExitCode, CliError> {
     let interval = Duration::try_from_secs_f64(args.demo_interval)
         .map_err(|e| format!("--demo-interval {}: {e}", args.demo_interval))?;
     let retain = args.retain_events;
-    let log = Arc::new(EventLog::new(retain, Arc::new(SystemClock)));
+    let log = match &args.data_dir {
+        Some(dir) => {
+            let config = WalConfig {
+                dir: dir.clone(),
+                fsync: args.fsync,
+                batch_interval: Duration::from_millis(args.fsync_interval_ms.max(1)),
+                segment_bytes: args.segment_bytes,
+                repair: args.repair,
+            };
+            EventLog::open(retain, Arc::new(SystemClock), &config)
+                .map_err(|e| format!("cannot open the log in {}: {e}", dir.display()))?
+        }
+        None => {
+            if args.repair {
+                return Err("--repair needs --data-dir".into());
+            }
+            Arc::new(EventLog::new(retain, Arc::new(SystemClock)))
+        }
+    };
     let listener = TcpListener::bind(args.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
@@ -64,7 +109,9 @@ pub async fn run(args: Args) -> Result<ExitCode, CliError> {
         None
     };
 
-    server::run(listener, log, shutdown).await?;
+    server::run(listener, log.clone(), shutdown).await?;
+    // With a data directory: write and sync what is left before exiting.
+    log.close();
     if let Some(replay) = replay {
         replay.abort();
     }

@@ -197,6 +197,12 @@ impl Running {
         run(kill).await.success();
     }
 
+    /// Kills the process with SIGKILL (kill -9: no chance to clean up) and waits for it.
+    pub async fn kill(&mut self) {
+        self.child.start_kill().expect("send SIGKILL");
+        self.wait().await;
+    }
+
     /// Waits for the process to exit.
     pub async fn wait(&mut self) -> ExitStatus {
         let what = format!("{} to exit", self.name);

@@ -1,0 +1,488 @@
+//! Durability with `--data-dir`: nothing acknowledged is lost across a kill -9, a torn tail costs
+//! only the torn record, damage in the middle stops start-up with the segment and offset named,
+//! and retention deletes whole segments while a snapshot keeps every story.
+
+mod process;
+mod support;
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use process::{Pipe, Running};
+use storywire::{
+    clock::SystemClock,
+    log::EventLog,
+    pb,
+    wal::{FsyncMode, SEGMENT_MAGIC, WalConfig, WalError},
+};
+use support::*;
+use tokio::process::Command;
+
+/// A fresh directory under the system's temp directory, removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> Self {
+        static COUNT: AtomicU64 = AtomicU64::new(0);
+        let n = COUNT.fetch_add(1, Ordering::Relaxed);
+        let path =
+            std::env::temp_dir().join(format!("storywire-{name}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).expect("create temp dir");
+        Self(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn config(dir: &Path) -> WalConfig {
+    WalConfig::new(dir, FsyncMode::Always)
+}
+
+fn open_log(config: &WalConfig) -> Arc<EventLog> {
+    EventLog::open(1_000, Arc::new(SystemClock), config).expect("the log opens")
+}
+
+/// Every event in the log, read page by page through ListEvents.
+async fn all_events(server: &TestServer) -> Vec<pb::UpdateEvent> {
+    let mut client = server.client().await;
+    let mut events = Vec::new();
+    let mut from_sequence = 0;
+    loop {
+        let page = client
+            .list_events(pb::ListEventsRequest {
+                from_sequence,
+                page_size: 1_000,
+                ..Default::default()
+            })
+            .await
+            .expect("list events")
+            .into_inner();
+        events.extend(page.events);
+        from_sequence = page.next_sequence;
+        if from_sequence > page.head_sequence {
+            return events;
+        }
+    }
+}
+
+async fn story(server: &TestServer, story_id: &str) -> pb::Story {
+    let mut client = server.client().await;
+    let request = pb::GetStoryRequest {
+        story_id: story_id.into(),
+        as_of_version: None,
+    };
+    client
+        .get_story(request)
+        .await
+        .expect("get story")
+        .into_inner()
+        .story
+        .expect("story set")
+}
+
+#[tokio::test]
+async fn a_restart_keeps_the_log_id_sequences_stories_and_idempotency() {
+    let dir = TempDir::new("restart");
+    let config = config(&dir.0);
+    let server = TestServer::over(open_log(&config)).await;
+    let mut client = server.client().await;
+    let mut opened = open("story", &["italy"]);
+    opened.event_id = "open".into();
+    opened.expected_version = Some(0);
+    publish(&mut client, opened.clone()).await;
+    publish(&mut client, report("story", "asylum-italy")).await;
+    publish(
+        &mut client,
+        set_status("story", "asylum-italy", pb::FactStatus::Denied),
+    )
+    .await;
+    let before_events = all_events(&server).await;
+    let before_story = story(&server, "story").await;
+    let log_id = server.log.log_id().to_owned();
+    let log = server.log.clone();
+    server.stop().await;
+    log.close();
+    drop(log);
+
+    let server = TestServer::over(open_log(&config)).await;
+    assert_eq!(server.log.log_id(), log_id);
+    assert_eq!(all_events(&server).await, before_events);
+    assert_eq!(story(&server, "story").await, before_story);
+
+    let mut client = server.client().await;
+    // A retry from before the restart is still recognised, expected_version and all.
+    let retry = publish(&mut client, opened).await;
+    assert!(retry.duplicate);
+    assert_eq!(retry.sequence, 1);
+    // A subscriber resumes with the old log_id, and sequences go on.
+    let resume = pb::SubscribeRequest {
+        from_sequence: Some(4),
+        log_id,
+        ..Default::default()
+    };
+    let mut stream = subscribe(&mut client, resume).await;
+    let (events, caught_up) = until_caught_up(&mut stream).await;
+    assert!(events.is_empty());
+    assert_eq!(caught_up.head_sequence, 3);
+    assert_eq!(
+        publish(&mut client, note("story", "After the restart"))
+            .await
+            .sequence,
+        4
+    );
+    assert_eq!(next_event(&mut stream).await.sequence, 4);
+}
+
+/// Publishes `count` events to a fresh log in `dir` and closes it; returns the segment's path and
+/// the byte offset where each record starts.
+fn write_log(dir: &Path, count: u64) -> (PathBuf, Vec<u64>) {
+    let log = open_log(&config(dir));
+    storywire::service::publish(&log, open("story", &[])).expect("open");
+    for i in 1..count {
+        storywire::service::publish(&log, note("story", &format!("Update {i}"))).expect("note");
+    }
+    log.close();
+    drop(log);
+    let segment = dir.join(format!("{:020}.wal", 1));
+    let bytes = std::fs::read(&segment).expect("segment");
+    let mut starts = Vec::new();
+    let mut offset = SEGMENT_MAGIC.len();
+    while offset < bytes.len() {
+        starts.push(offset as u64);
+        let length = u32::from_le_bytes(bytes[offset..offset + 4].try_into().expect("4 bytes"));
+        offset += 8 + length as usize;
+    }
+    assert_eq!(offset, bytes.len());
+    assert_eq!(starts.len() as u64, count);
+    (segment, starts)
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    for entry in std::fs::read_dir(from).expect("read dir") {
+        let entry = entry.expect("entry");
+        std::fs::copy(entry.path(), to.join(entry.file_name())).expect("copy");
+    }
+}
+
+#[tokio::test]
+async fn a_torn_tail_at_every_byte_offset_of_the_last_two_records_loses_only_the_torn_record() {
+    const EVENTS: u64 = 10;
+    let original = TempDir::new("torn-original");
+    let (segment, starts) = write_log(&original.0, EVENTS);
+    let full = std::fs::read(&segment).expect("segment");
+    let name = segment.file_name().expect("name").to_owned();
+
+    for cut in starts[EVENTS as usize - 2]..full.len() as u64 {
+        let dir = TempDir::new("torn");
+        copy_dir(&original.0, &dir.0);
+        let torn = dir.0.join(&name);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&torn)
+            .and_then(|f| f.set_len(cut))
+            .expect("truncate");
+
+        let log = open_log(&config(&dir.0));
+        // The records that end at or before the cut survive; the one it went through does not.
+        let end = |i: usize| starts.get(i + 1).copied().unwrap_or(full.len() as u64);
+        let kept = (0..starts.len()).filter(|i| end(*i) <= cut).count() as u64;
+        assert_eq!(log.head(), kept, "cut at byte {cut}");
+        // The cut bytes are kept for a person to look at, never dropped silently.
+        let broken: Vec<_> = std::fs::read_dir(&dir.0)
+            .expect("read dir")
+            .map(|e| e.expect("entry").path())
+            .filter(|p| p.to_string_lossy().ends_with(".broken"))
+            .collect();
+        if starts.contains(&cut) {
+            assert!(
+                broken.is_empty(),
+                "nothing torn at a record boundary ({cut})"
+            );
+        } else {
+            let start = starts[kept as usize] as usize;
+            assert_eq!(broken.len(), 1, "cut at byte {cut}");
+            assert_eq!(
+                std::fs::read(&broken[0]).expect("broken"),
+                full[start..cut as usize]
+            );
+        }
+        // The repaired log takes the next event at the next sequence, and keeps it.
+        let receipt = storywire::service::publish(&log, note("story", "After the tear"))
+            .expect("publish after repair");
+        assert_eq!(receipt.sequence, kept + 1);
+        log.close();
+        drop(log);
+        assert_eq!(
+            open_log(&config(&dir.0)).head(),
+            kept + 1,
+            "cut at byte {cut}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_flipped_bit_in_the_middle_stops_start_up_naming_the_segment_and_offset() {
+    let dir = TempDir::new("bitflip");
+    let (segment, starts) = write_log(&dir.0, 10);
+    let mut bytes = std::fs::read(&segment).expect("segment");
+    let damaged = starts[4];
+    bytes[damaged as usize + 20] ^= 0x10;
+    std::fs::write(&segment, &bytes).expect("write");
+
+    let error = EventLog::open(1_000, Arc::new(SystemClock), &config(&dir.0))
+        .expect_err("start-up refuses");
+    match &error {
+        WalError::Corrupt {
+            segment: s, offset, ..
+        } => {
+            assert_eq!(s, &segment);
+            assert_eq!(*offset, damaged);
+        }
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    let message = error.to_string();
+    assert!(message.contains("00000000000000000001.wal"), "{message}");
+    assert!(message.contains(&format!("offset {damaged}")), "{message}");
+
+    // The binary refuses too, and says where.
+    let mut serve = Running::spawn(storywire_serve(&dir.0, &[]));
+    let status = serve.wait().await;
+    let stderr = serve.read_to_end(Pipe::Stderr).await.join("\n");
+    assert!(!status.success(), "{stderr}");
+    assert!(stderr.contains(&format!("offset {damaged}")), "{stderr}");
+    assert!(stderr.contains("00000000000000000001.wal"), "{stderr}");
+
+    // With --repair the log is cut at the damaged record and the rest kept aside.
+    let mut repaired = config(&dir.0);
+    repaired.repair = true;
+    let log = EventLog::open(1_000, Arc::new(SystemClock), &repaired).expect("repaired");
+    assert_eq!(log.head(), 4);
+    let broken = std::fs::read_dir(&dir.0)
+        .expect("read dir")
+        .filter(|e| {
+            e.as_ref()
+                .expect("entry")
+                .path()
+                .to_string_lossy()
+                .ends_with(".broken")
+        })
+        .count();
+    assert_eq!(broken, 1);
+}
+
+#[tokio::test]
+async fn retention_deletes_whole_segments_and_a_snapshot_keeps_every_story() {
+    let dir = TempDir::new("retention");
+    let mut config = config(&dir.0);
+    config.segment_bytes = 2_048;
+    let log = EventLog::open(20, Arc::new(SystemClock), &config).expect("open");
+    let server = TestServer::over(log).await;
+    let mut client = server.client().await;
+    let stories = ["rome", "seoul", "pyongyang"];
+    for story_id in stories {
+        publish(&mut client, open(story_id, &[story_id])).await;
+    }
+    for i in 0..200 {
+        publish(&mut client, note(stories[i % 3], &format!("Update {i}"))).await;
+    }
+    let mut before = Vec::new();
+    for story_id in stories {
+        before.push(story(&server, story_id).await);
+    }
+    let head = server.log.head();
+    let log = server.log.clone();
+    server.stop().await;
+    log.close();
+    drop(log);
+
+    let files: Vec<String> = std::fs::read_dir(&dir.0)
+        .expect("read dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    let segments = files.iter().filter(|f| f.ends_with(".wal")).count();
+    assert!(files.iter().any(|f| f == "snapshot"), "{files:?}");
+    assert!(
+        !files.iter().any(|f| f == &format!("{:020}.wal", 1)),
+        "the first segment was deleted: {files:?}"
+    );
+    // About 20 retained events of roughly 150 bytes fit in a few 2 KiB segments.
+    assert!(segments <= 4, "{segments} segments left: {files:?}");
+
+    let server =
+        TestServer::over(EventLog::open(20, Arc::new(SystemClock), &config).expect("reopen")).await;
+    assert_eq!(server.log.head(), head);
+    for (story_id, before) in stories.iter().zip(before) {
+        assert_eq!(story(&server, story_id).await, before);
+    }
+    let events = all_events(&server).await;
+    assert_eq!(events.last().expect("events").sequence, head);
+    assert!(events.len() <= 20);
+    let mut client = server.client().await;
+    assert_eq!(
+        publish(&mut client, note("rome", "After")).await.sequence,
+        head + 1
+    );
+}
+
+/// `storywire serve --data-dir DIR` on an ephemeral loopback port, with `extra` arguments.
+fn storywire_serve(dir: &Path, extra: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_storywire"));
+    command
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir)
+        .args(extra)
+        .env_remove("RUST_LOG");
+    command
+}
+
+/// Starts the binary and returns it with its URL.
+async fn start(dir: &Path) -> (Running, String) {
+    let mut serve = Running::spawn(storywire_serve(dir, &["--fsync", "always"]));
+    let lines = serve.read_until(Pipe::Stderr, "storywire listening").await;
+    let line = lines.last().expect("the listening line");
+    let address = line
+        .split("address=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("an address");
+    (serve, format!("http://{address}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_acknowledged_publishes_loses_nothing_acknowledged() {
+    const TRIALS: u64 = 20;
+    const PUBLISHERS: u64 = 4;
+    let dir = TempDir::new("kill9");
+    let mut acknowledged: Vec<(String, u64)> = Vec::new();
+    let mut log_id = String::new();
+    for trial in 0..TRIALS {
+        let (mut serve, url) = start(&dir.0).await;
+        let channel = within(
+            "connect",
+            tonic::transport::Channel::from_shared(url)
+                .expect("url")
+                .connect(),
+        )
+        .await
+        .expect("connect");
+        let mut client = pb::story_service_client::StoryServiceClient::new(channel.clone());
+        if trial == 0 {
+            publish(&mut client, open("story", &[])).await;
+        }
+        let page = client
+            .list_events(pb::ListEventsRequest::default())
+            .await
+            .expect("list")
+            .into_inner();
+        if trial == 0 {
+            log_id = page.log_id.clone();
+        }
+        assert_eq!(page.log_id, log_id, "trial {trial}: the log_id survives");
+
+        // Publishers race each other; the server is killed while they are mid-stream.
+        let (acks_tx, mut acks) = tokio::sync::mpsc::unbounded_channel();
+        let mut publishers = Vec::new();
+        for p in 0..PUBLISHERS {
+            let mut client = pb::story_service_client::StoryServiceClient::new(channel.clone());
+            let acks_tx = acks_tx.clone();
+            publishers.push(tokio::spawn(async move {
+                for i in 0.. {
+                    let mut request =
+                        note("story", &format!("Trial {trial} publisher {p} update {i}"));
+                    request.event_id = format!("t{trial}-p{p}-{i}");
+                    match client.publish(request.clone()).await {
+                        Ok(receipt) => {
+                            if acks_tx
+                                .send((request.event_id, receipt.into_inner().sequence))
+                                .is_err()
+                            {
+                                return;
+                            }
+                        }
+                        Err(_) => return,
+                    }
+                }
+            }));
+        }
+        drop(acks_tx);
+        let kill_after = 10 + (trial * 7) % 40;
+        for _ in 0..kill_after {
+            acknowledged.push(
+                within("an acknowledgement", acks.recv())
+                    .await
+                    .expect("acks flow"),
+            );
+        }
+        serve.kill().await;
+        // Acknowledgements that raced the kill count too: they were sent before it died.
+        while let Some(ack) = within("the publishers to notice", acks.recv()).await {
+            acknowledged.push(ack);
+        }
+        for publisher in publishers {
+            within("a publisher", publisher)
+                .await
+                .expect("publisher task");
+        }
+    }
+
+    let (mut serve, url) = start(&dir.0).await;
+    let server_events = {
+        let channel = within(
+            "connect",
+            tonic::transport::Channel::from_shared(url.clone())
+                .expect("url")
+                .connect(),
+        )
+        .await
+        .expect("connect");
+        let mut client = pb::story_service_client::StoryServiceClient::new(channel);
+        let mut events = Vec::new();
+        let mut from_sequence = 1;
+        loop {
+            let page = client
+                .list_events(pb::ListEventsRequest {
+                    from_sequence,
+                    page_size: 1_000,
+                    log_id: log_id.clone(),
+                    ..Default::default()
+                })
+                .await
+                .expect("list with the old log_id")
+                .into_inner();
+            events.extend(page.events);
+            from_sequence = page.next_sequence;
+            if from_sequence > page.head_sequence {
+                break events;
+            }
+        }
+    };
+    // Sequences are continuous from 1, and no event_id appears twice.
+    let sequences: Vec<u64> = server_events.iter().map(|e| e.sequence).collect();
+    assert_eq!(sequences, (1..=sequences.len() as u64).collect::<Vec<_>>());
+    let mut ids: Vec<&str> = server_events.iter().map(|e| e.event_id.as_str()).collect();
+    ids.sort_unstable();
+    let total = ids.len();
+    ids.dedup();
+    assert_eq!(ids.len(), total, "no event is there twice");
+    // Every acknowledged event is there, at the sequence it was acknowledged with.
+    for (event_id, sequence) in &acknowledged {
+        let event = &server_events[*sequence as usize - 1];
+        assert_eq!(
+            &event.event_id, event_id,
+            "acknowledged {event_id} at {sequence}"
+        );
+    }
+    assert!(acknowledged.len() as u64 >= TRIALS * 10);
+    serve.terminate().await;
+    assert!(serve.wait().await.success());
+}
