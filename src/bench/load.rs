@@ -100,9 +100,23 @@ pub fn typical_event_size() -> usize {
     .encoded_len()
 }
 
-/// Publishes `events` bench events at `rate` on one PublishStream and returns how long it took
-/// from the first send to the last acknowledgement.
+/// Publishes `events` bench events at `rate` on one PublishStream, the first opening the story,
+/// and returns how long it took from the first send to the last acknowledgement.
 pub async fn publish(channel: Channel, events: u64, rate: Rate) -> Result<Duration, String> {
+    publish_from(channel, 1, events, rate).await
+}
+
+/// Like [`publish`] at full speed, to a story already opened.
+pub async fn publish_more(channel: Channel, events: u64) -> Result<Duration, String> {
+    publish_from(channel, 2, events, Rate::Max).await
+}
+
+async fn publish_from(
+    channel: Channel,
+    first: u64,
+    events: u64,
+    rate: Rate,
+) -> Result<Duration, String> {
     let mut client = StoryServiceClient::new(channel);
     let (sender, receiver) = mpsc::channel(PUBLISH_QUEUE);
     let start = Instant::now();
@@ -113,7 +127,7 @@ pub async fn publish(channel: Channel, events: u64, rate: Rate) -> Result<Durati
                 1.0 / per_second as f64,
             ))),
         };
-        for n in 1..=events {
+        for n in first..first + events {
             if let Some(ticks) = ticks.as_mut() {
                 ticks.tick().await;
             }
@@ -146,9 +160,18 @@ pub async fn publish(channel: Channel, events: u64, rate: Rate) -> Result<Durati
 /// Publishes `events` bench events with unary Publish, each call awaited before the next, and
 /// returns how long it took.
 pub async fn publish_unary(channel: Channel, events: u64) -> Result<Duration, String> {
+    unary_from(channel, 1, events).await
+}
+
+/// Like [`publish_unary`], to a story already opened.
+pub async fn publish_unary_more(channel: Channel, events: u64) -> Result<Duration, String> {
+    unary_from(channel, 2, events).await
+}
+
+async fn unary_from(channel: Channel, first: u64, events: u64) -> Result<Duration, String> {
     let mut client = StoryServiceClient::new(channel);
     let start = Instant::now();
-    for n in 1..=events {
+    for n in first..first + events {
         client
             .publish(bench_request(n))
             .await

@@ -54,6 +54,10 @@ pub struct Args {
     /// PublishStream side publishes 20 times as many.
     #[arg(long, default_value_t = 5_000)]
     unary_events: u64,
+    /// Events published on PublishStream in the durability case, for each fsync mode, and then
+    /// replayed at start-up (0 skips it).
+    #[arg(long, default_value_t = 100_000)]
+    durability_events: u64,
 }
 
 fn parse_rate(value: &str) -> Result<Rate, String> {
@@ -247,6 +251,9 @@ pub async fn run(args: Args) -> Result<(), String> {
     if args.unary_events > 0 {
         println!("\n{}", publish_paths(args.unary_events, runs).await?);
     }
+    if args.durability_events > 0 {
+        durability(args.durability_events, runs).await?;
+    }
     if args.catch_up_events > 0 {
         println!("\n{}", catch_up(args.catch_up_events, runs).await?);
     }
@@ -288,6 +295,84 @@ async fn publish_paths(unary_events: u64, runs: usize) -> Result<String, String>
         cell(&streamed, 0),
         ratio(&streamed, &unary)
     ))
+}
+
+/// Unary publishers that each publish one event at a time.
+const DURABILITY_CLIENTS: u64 = 16;
+/// Events each unary publisher publishes in the durability case.
+const DURABILITY_UNARY_EVENTS: u64 = 200;
+
+/// Publish throughput with each fsync mode (and in memory), and start-up time with the events on
+/// disk.
+async fn durability(events: u64, runs: usize) -> Result<(), String> {
+    println!(
+        "\n| log | unary publish/s, 1 client | unary publish/s, {DURABILITY_CLIENTS} clients | PublishStream events/s | start-up with {} events on disk, ms |",
+        events + 1 + DURABILITY_UNARY_EVENTS * (DURABILITY_CLIENTS + 1)
+    );
+    println!("|---|---|---|---|---|");
+    for mode in [None, Some("always"), Some("batch"), Some("never")] {
+        let mut one = Vec::new();
+        let mut many = Vec::new();
+        let mut streamed = Vec::new();
+        let mut startup = Vec::new();
+        for run in 0..runs {
+            let dir =
+                std::env::temp_dir().join(format!("storywire-bench-{}-{run}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            let extra: Vec<String> = match mode {
+                None => Vec::new(),
+                Some(fsync) => vec![
+                    "--data-dir".into(),
+                    dir.display().to_string(),
+                    "--fsync".into(),
+                    fsync.into(),
+                ],
+            };
+            let server = ServerProcess::start_with(Target::Storywire, 10_000_000, &extra).await?;
+            let channel = connect(&server.url(), 1).await?.remove(0);
+            let elapsed = load::publish_unary(channel.clone(), DURABILITY_UNARY_EVENTS).await?;
+            one.push(DURABILITY_UNARY_EVENTS as f64 / elapsed.as_secs_f64());
+            let start = Instant::now();
+            let mut clients = Vec::new();
+            for _ in 0..DURABILITY_CLIENTS {
+                clients.push(tokio::spawn(load::publish_unary_more(
+                    channel.clone(),
+                    DURABILITY_UNARY_EVENTS,
+                )));
+            }
+            for client in clients {
+                client.await.map_err(|e| e.to_string())??;
+            }
+            many.push(
+                (DURABILITY_CLIENTS * DURABILITY_UNARY_EVENTS) as f64
+                    / start.elapsed().as_secs_f64(),
+            );
+            let elapsed = load::publish_more(channel, events).await?;
+            streamed.push(events as f64 / elapsed.as_secs_f64());
+            server.stop().await;
+            if mode.is_some() {
+                let start = Instant::now();
+                let server =
+                    ServerProcess::start_with(Target::Storywire, 10_000_000, &extra).await?;
+                startup.push(start.elapsed().as_secs_f64() * 1_000.0);
+                server.stop().await;
+            }
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        let startup = if startup.is_empty() {
+            "–".to_owned()
+        } else {
+            cell(&startup, 0)
+        };
+        println!(
+            "| {} | {} | {} | {} | {startup} |",
+            mode.map_or("in memory".to_owned(), |m| format!("--fsync {m}")),
+            cell(&one, 0),
+            cell(&many, 0),
+            cell(&streamed, 0)
+        );
+    }
+    Ok(())
 }
 
 /// Catch-up replay and memory per retained event.

@@ -46,6 +46,15 @@ pub struct ServerProcess {
 impl ServerProcess {
     /// Starts `target` on 127.0.0.1 with an ephemeral port and waits until it listens.
     pub async fn start(target: Target, retain_events: usize) -> Result<Self, String> {
+        Self::start_with(target, retain_events, &[]).await
+    }
+
+    /// Like [`Self::start`], with more arguments for `serve`.
+    pub async fn start_with(
+        target: Target,
+        retain_events: usize,
+        extra: &[String],
+    ) -> Result<Self, String> {
         let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
         let mut command = Command::new(exe);
         match target {
@@ -58,6 +67,7 @@ impl ServerProcess {
             ]),
             Target::Bare => command.args(["bench-bare", "--listen", "127.0.0.1:0"]),
         };
+        command.args(extra);
         command
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
