@@ -308,12 +308,18 @@ pub fn recover(config: &WalConfig) -> Result<Recovery, WalError> {
             let torn = is_last && problem.reaches_end;
             if torn || config.repair {
                 let broken = keep_broken(&segment.path, offset, &bytes[offset as usize..])?;
-                let file = OpenOptions::new()
-                    .write(true)
-                    .open(&segment.path)
-                    .map_err(io_error(&segment.path))?;
-                file.set_len(offset).map_err(io_error(&segment.path))?;
-                file.sync_all().map_err(io_error(&segment.path))?;
+                if offset < SEGMENT_MAGIC.len() as u64 {
+                    // Torn before its header was complete: the segment never held a record.
+                    // Without it the writer starts a fresh one with the same name.
+                    fs::remove_file(&segment.path).map_err(io_error(&segment.path))?;
+                } else {
+                    let file = OpenOptions::new()
+                        .write(true)
+                        .open(&segment.path)
+                        .map_err(io_error(&segment.path))?;
+                    file.set_len(offset).map_err(io_error(&segment.path))?;
+                    file.sync_all().map_err(io_error(&segment.path))?;
+                }
                 if torn {
                     tracing::warn!(segment = %segment.path.display(), offset, reason = %problem.reason, broken = %broken.display(),
                         "recovery: truncated a torn write at the end of the log");
@@ -350,6 +356,7 @@ pub fn recover(config: &WalConfig) -> Result<Recovery, WalError> {
             ),
         });
     }
+    segments.retain(|segment| segment.path.exists());
     let next = expected
         .or(snapshot.as_ref().map(|s| s.head + 1))
         .unwrap_or(1);

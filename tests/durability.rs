@@ -486,3 +486,32 @@ async fn kill_9_during_acknowledged_publishes_loses_nothing_acknowledged() {
     serve.terminate().await;
     assert!(serve.wait().await.success());
 }
+
+#[tokio::test]
+async fn a_segment_torn_inside_its_header_is_set_aside_and_writing_goes_on() {
+    let dir = TempDir::new("torn-header");
+    write_log(&dir.0, 10);
+    // A crash while rolling over: the next segment got only part of its header.
+    let next = dir.0.join(format!("{:020}.wal", 11));
+    std::fs::write(&next, &SEGMENT_MAGIC[..3]).expect("write");
+
+    let log = open_log(&config(&dir.0));
+    assert_eq!(log.head(), 10);
+    let receipt =
+        storywire::service::publish(&log, note("story", "After the torn roll")).expect("publish");
+    assert_eq!(receipt.sequence, 11);
+    log.close();
+    drop(log);
+    assert_eq!(open_log(&config(&dir.0)).head(), 11);
+    let broken = std::fs::read_dir(&dir.0)
+        .expect("read dir")
+        .filter(|e| {
+            e.as_ref()
+                .expect("entry")
+                .path()
+                .to_string_lossy()
+                .ends_with(".broken")
+        })
+        .count();
+    assert_eq!(broken, 1, "the torn header is kept for inspection");
+}
