@@ -346,15 +346,14 @@ impl LogState {
         let receipt = receipt(&event, false);
 
         let client_event_id = client_event_id.map(String::into_boxed_str);
-        if let Some(event_id) = &client_event_id {
-            let idempotency = Idempotency {
+        self.index_event_id(
+            client_event_id.as_deref(),
+            Idempotency {
                 sequence,
                 expected_version: request.expected_version,
                 occurred_at_given: request.occurred_at,
-            };
-            self.by_client_event_id
-                .insert(event_id.clone(), idempotency);
-        }
+            },
+        );
         let encoded = encode_event(event);
         if let Some(unwritten) = &mut self.unwritten {
             let record = wal::Record {
@@ -375,6 +374,13 @@ impl LogState {
         self.head = sequence;
         self.evict(retain);
         Ok(receipt)
+    }
+
+    /// Indexes a publisher's event_id for idempotent retries (server-assigned ids need none).
+    fn index_event_id(&mut self, event_id: Option<&str>, idempotency: Idempotency) {
+        if let Some(event_id) = event_id {
+            self.by_client_event_id.insert(event_id.into(), idempotency);
+        }
     }
 
     /// Puts back one record read from disk. Records up to `snapshot_head` are already folded into
@@ -403,15 +409,14 @@ impl LogState {
             .ok_or_else(|| format!("sequence {sequence}: story {} is unknown", event.story_id))?;
         let client_event_id = (event.event_id != assigned_event_id(log_id, sequence))
             .then(|| event.event_id.clone().into_boxed_str());
-        if let Some(event_id) = &client_event_id {
-            let idempotency = Idempotency {
+        self.index_event_id(
+            client_event_id.as_deref(),
+            Idempotency {
                 sequence,
                 expected_version: record.expected_version,
                 occurred_at_given: record.occurred_at_given,
-            };
-            self.by_client_event_id
-                .insert(event_id.clone(), idempotency);
-        }
+            },
+        );
         if self.entries.is_empty() {
             self.first_retained = sequence;
         }

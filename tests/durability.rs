@@ -52,42 +52,14 @@ fn open_log(config: &WalConfig) -> Arc<EventLog> {
     EventLog::open(1_000, Arc::new(SystemClock), config).expect("the log opens")
 }
 
-/// Every event in the log, read page by page through ListEvents.
-async fn all_events(server: &TestServer) -> Vec<pb::UpdateEvent> {
-    let mut client = server.client().await;
-    let mut events = Vec::new();
-    let mut from_sequence = 0;
-    loop {
-        let page = client
-            .list_events(pb::ListEventsRequest {
-                from_sequence,
-                page_size: 1_000,
-                ..Default::default()
-            })
-            .await
-            .expect("list events")
-            .into_inner();
-        events.extend(page.events);
-        from_sequence = page.next_sequence;
-        if from_sequence > page.head_sequence {
-            return events;
-        }
-    }
+/// Every event a server's log holds.
+async fn events_of(server: &TestServer) -> Vec<pb::UpdateEvent> {
+    all_events(&mut server.client().await, "").await
 }
 
+/// A story's current state on a server.
 async fn story(server: &TestServer, story_id: &str) -> pb::Story {
-    let mut client = server.client().await;
-    let request = pb::GetStoryRequest {
-        story_id: story_id.into(),
-        as_of_version: None,
-    };
-    client
-        .get_story(request)
-        .await
-        .expect("get story")
-        .into_inner()
-        .story
-        .expect("story set")
+    get_story(&mut server.client().await, story_id, None).await
 }
 
 #[tokio::test]
@@ -106,7 +78,7 @@ async fn a_restart_keeps_the_log_id_sequences_stories_and_idempotency() {
         set_status("story", "asylum-italy", pb::FactStatus::Denied),
     )
     .await;
-    let before_events = all_events(&server).await;
+    let before_events = events_of(&server).await;
     let before_story = story(&server, "story").await;
     let log_id = server.log.log_id().to_owned();
     let log = server.log.clone();
@@ -116,7 +88,7 @@ async fn a_restart_keeps_the_log_id_sequences_stories_and_idempotency() {
 
     let server = TestServer::over(open_log(&config)).await;
     assert_eq!(server.log.log_id(), log_id);
-    assert_eq!(all_events(&server).await, before_events);
+    assert_eq!(events_of(&server).await, before_events);
     assert_eq!(story(&server, "story").await, before_story);
 
     let mut client = server.client().await;
@@ -324,7 +296,7 @@ async fn retention_deletes_whole_segments_and_a_snapshot_keeps_every_story() {
     for (story_id, before) in stories.iter().zip(before) {
         assert_eq!(story(&server, story_id).await, before);
     }
-    let events = all_events(&server).await;
+    let events = events_of(&server).await;
     assert_eq!(events.last().expect("events").sequence, head);
     assert!(events.len() <= 20);
     let mut client = server.client().await;
@@ -436,36 +408,16 @@ async fn kill_9_during_acknowledged_publishes_loses_nothing_acknowledged() {
     }
 
     let (mut serve, url) = start(&dir.0).await;
-    let server_events = {
-        let channel = within(
-            "connect",
-            tonic::transport::Channel::from_shared(url.clone())
-                .expect("url")
-                .connect(),
-        )
-        .await
-        .expect("connect");
-        let mut client = pb::story_service_client::StoryServiceClient::new(channel);
-        let mut events = Vec::new();
-        let mut from_sequence = 1;
-        loop {
-            let page = client
-                .list_events(pb::ListEventsRequest {
-                    from_sequence,
-                    page_size: 1_000,
-                    log_id: log_id.clone(),
-                    ..Default::default()
-                })
-                .await
-                .expect("list with the old log_id")
-                .into_inner();
-            events.extend(page.events);
-            from_sequence = page.next_sequence;
-            if from_sequence > page.head_sequence {
-                break events;
-            }
-        }
-    };
+    let channel = within(
+        "connect",
+        tonic::transport::Channel::from_shared(url)
+            .expect("url")
+            .connect(),
+    )
+    .await
+    .expect("connect");
+    let mut client = pb::story_service_client::StoryServiceClient::new(channel);
+    let server_events = all_events(&mut client, &log_id).await;
     // Sequences are continuous from 1, and no event_id appears twice.
     let sequences: Vec<u64> = server_events.iter().map(|e| e.sequence).collect();
     assert_eq!(sequences, (1..=sequences.len() as u64).collect::<Vec<_>>());

@@ -32,16 +32,7 @@ async fn sequences_start_at_one_and_grow_by_one_across_stories() {
     assert_eq!(versions, [1, 1, 2, 2, 3]);
     assert!(receipts.iter().all(|r| !r.duplicate));
 
-    let story = client
-        .get_story(pb::GetStoryRequest {
-            story_id: "first".into(),
-            as_of_version: None,
-        })
-        .await
-        .expect("story")
-        .into_inner()
-        .story
-        .expect("story set");
+    let story = get_story(&mut client, "first", None).await;
     assert_eq!(story.version, 3);
     assert_eq!(story.last_sequence, 5);
     let fact_ids: Vec<&str> = story.facts.iter().map(|f| f.id.as_str()).collect();
@@ -252,16 +243,7 @@ async fn status_changes_and_corrections_fold_into_the_story() {
     )
     .await;
 
-    let story = client
-        .get_story(pb::GetStoryRequest {
-            story_id: "story".into(),
-            as_of_version: None,
-        })
-        .await
-        .expect("story")
-        .into_inner()
-        .story
-        .expect("story set");
+    let story = get_story(&mut client, "story", None).await;
     assert_eq!(story.version, 7);
     assert_eq!(story.status, i32::from(pb::StoryStatus::Concluded));
     assert_eq!(story.summary, "Italy denies.");

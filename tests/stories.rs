@@ -6,24 +6,6 @@ mod support;
 use storywire::pb::{self, change::Kind};
 use support::*;
 
-async fn get(
-    client: &mut pb::story_service_client::StoryServiceClient<tonic::transport::Channel>,
-    story_id: &str,
-    as_of_version: Option<u64>,
-) -> pb::Story {
-    let request = pb::GetStoryRequest {
-        story_id: story_id.into(),
-        as_of_version,
-    };
-    client
-        .get_story(request)
-        .await
-        .expect("get_story")
-        .into_inner()
-        .story
-        .expect("story set")
-}
-
 #[tokio::test]
 async fn as_of_version_rebuilds_the_state_right_after_that_version() {
     let server = TestServer::start().await;
@@ -37,12 +19,12 @@ async fn as_of_version_rebuilds_the_state_right_after_that_version() {
     )
     .await;
 
-    let v1 = get(&mut client, "story", Some(1)).await;
+    let v1 = get_story(&mut client, "story", Some(1)).await;
     assert_eq!((v1.version, v1.last_sequence, v1.facts.len()), (1, 1, 0));
-    let v2 = get(&mut client, "story", Some(2)).await;
+    let v2 = get_story(&mut client, "story", Some(2)).await;
     assert_eq!(v2.facts[0].status, i32::from(pb::FactStatus::Reported));
-    let v3 = get(&mut client, "story", Some(3)).await;
-    assert_eq!(v3, get(&mut client, "story", None).await);
+    let v3 = get_story(&mut client, "story", Some(3)).await;
+    assert_eq!(v3, get_story(&mut client, "story", None).await);
     assert_eq!(v3.facts[0].status, i32::from(pb::FactStatus::Denied));
 }
 

@@ -245,6 +245,50 @@ pub async fn publish(
         .into_inner()
 }
 
+/// A story's state (now, or as of a version), which must exist.
+pub async fn get_story(
+    client: &mut StoryServiceClient<Channel>,
+    story_id: &str,
+    as_of_version: Option<u64>,
+) -> pb::Story {
+    let request = pb::GetStoryRequest {
+        story_id: story_id.to_owned(),
+        as_of_version,
+    };
+    within("get_story", client.get_story(request))
+        .await
+        .expect("get_story")
+        .into_inner()
+        .story
+        .expect("story set")
+}
+
+/// Every retained event, read page by page through ListEvents (checking `log_id` when set).
+pub async fn all_events(
+    client: &mut StoryServiceClient<Channel>,
+    log_id: &str,
+) -> Vec<pb::UpdateEvent> {
+    let mut events = Vec::new();
+    let mut from_sequence = 0;
+    loop {
+        let request = pb::ListEventsRequest {
+            from_sequence,
+            page_size: 1_000,
+            log_id: log_id.to_owned(),
+            ..Default::default()
+        };
+        let page = within("list_events", client.list_events(request))
+            .await
+            .expect("list_events")
+            .into_inner();
+        events.extend(page.events);
+        from_sequence = page.next_sequence;
+        if from_sequence > page.head_sequence {
+            return events;
+        }
+    }
+}
+
 /// Subscribes and expects the stream to open.
 pub async fn subscribe(
     client: &mut StoryServiceClient<Channel>,
