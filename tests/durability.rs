@@ -139,6 +139,15 @@ fn write_log(dir: &Path, count: u64) -> (PathBuf, Vec<u64>) {
     (segment, starts)
 }
 
+/// The `.broken` files recovery left in `dir`.
+fn broken_files(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .expect("read dir")
+        .map(|entry| entry.expect("entry").path())
+        .filter(|path| path.to_string_lossy().ends_with(".broken"))
+        .collect()
+}
+
 fn copy_dir(from: &Path, to: &Path) {
     for entry in std::fs::read_dir(from).expect("read dir") {
         let entry = entry.expect("entry");
@@ -170,11 +179,7 @@ async fn a_torn_tail_at_every_byte_offset_of_the_last_two_records_loses_only_the
         let kept = (0..starts.len()).filter(|i| end(*i) <= cut).count() as u64;
         assert_eq!(log.head(), kept, "cut at byte {cut}");
         // The cut bytes are kept for a person to look at, never dropped silently.
-        let broken: Vec<_> = std::fs::read_dir(&dir.0)
-            .expect("read dir")
-            .map(|e| e.expect("entry").path())
-            .filter(|p| p.to_string_lossy().ends_with(".broken"))
-            .collect();
+        let broken = broken_files(&dir.0);
         if starts.contains(&cut) {
             assert!(
                 broken.is_empty(),
@@ -239,16 +244,7 @@ async fn a_flipped_bit_in_the_middle_stops_start_up_naming_the_segment_and_offse
     repaired.repair = true;
     let log = EventLog::open(1_000, Arc::new(SystemClock), &repaired).expect("repaired");
     assert_eq!(log.head(), 4);
-    let broken = std::fs::read_dir(&dir.0)
-        .expect("read dir")
-        .filter(|e| {
-            e.as_ref()
-                .expect("entry")
-                .path()
-                .to_string_lossy()
-                .ends_with(".broken")
-        })
-        .count();
+    let broken = broken_files(&dir.0).len();
     assert_eq!(broken, 1);
 }
 
@@ -455,15 +451,6 @@ async fn a_segment_torn_inside_its_header_is_set_aside_and_writing_goes_on() {
     log.close();
     drop(log);
     assert_eq!(open_log(&config(&dir.0)).head(), 11);
-    let broken = std::fs::read_dir(&dir.0)
-        .expect("read dir")
-        .filter(|e| {
-            e.as_ref()
-                .expect("entry")
-                .path()
-                .to_string_lossy()
-                .ends_with(".broken")
-        })
-        .count();
+    let broken = broken_files(&dir.0).len();
     assert_eq!(broken, 1, "the torn header is kept for inspection");
 }
