@@ -12,7 +12,9 @@ FROM debian:bookworm-slim
 RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin storywire
 COPY --from=build /src/target/release/storywire /usr/local/bin/storywire
 USER storywire
-# Inside a container the server must listen beyond loopback to be reachable through -p.
+# Inside a container the server must listen beyond loopback to be reachable through -p, and so it
+# refuses to start without a tokens file (STORYWIRE_TOKENS, e.g. a mounted secret) unless it is
+# run with --allow-anonymous. See SECURITY.md.
 ENV STORYWIRE_LISTEN=0.0.0.0:50051
 EXPOSE 50051
 HEALTHCHECK --interval=10s --timeout=5s --start-period=5s --retries=3 CMD ["storywire", "health"]

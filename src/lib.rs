@@ -11,6 +11,7 @@
 //! - [`encoded`]: each event encoded once, its bytes shared by every subscriber.
 //! - [`subscription`]: a cursor into the log plus a filter: catch-up, live, checkpoints, the end.
 //! - [`service`]: the StoryService, and the one mapping from domain errors to gRPC status codes.
+//! - [`auth`]: bearer tokens with roles, checked before any StoryService method runs.
 //! - [`server`]: the tonic server with health, reflection and graceful shutdown.
 //! - [`clock`]: the one clock timestamps come from, so tests can control it.
 //! - [`demo`]: the seed story and its live replay for `serve --demo`.
@@ -19,6 +20,7 @@
 
 #![warn(missing_docs)]
 
+pub mod auth;
 pub mod bench;
 pub mod cli;
 pub mod clock;

@@ -8,6 +8,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{server::NamedService, transport::Server};
 
 use crate::{
+    auth::{Authorized, Tokens},
     log::EventLog,
     pb::{self, server::story_service_server::StoryServiceServer},
     service::Service,
@@ -30,6 +31,13 @@ pub enum ServerError {
     Transport(#[from] tonic::transport::Error),
 }
 
+/// How the server guards and limits what clients may do.
+#[derive(Debug, Clone, Default)]
+pub struct ServerOptions {
+    /// The tokens allowed to call the StoryService; `None` lets anyone call it.
+    pub tokens: Option<Arc<Tokens>>,
+}
+
 /// Serves `log` on `listener` until `shutdown` completes.
 ///
 /// On shutdown the health status turns NOT_SERVING, every open Subscribe stream sends the events
@@ -38,6 +46,7 @@ pub enum ServerError {
 pub async fn run(
     listener: TcpListener,
     log: Arc<EventLog>,
+    options: ServerOptions,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -74,7 +83,10 @@ pub async fn run(
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
-        .add_service(StoryServiceServer::new(service))
+        .add_service(Authorized::new(
+            StoryServiceServer::new(service),
+            options.tokens,
+        ))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

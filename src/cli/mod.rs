@@ -24,6 +24,7 @@ use std::{process::ExitCode, time::Duration};
 use clap::{Parser, Subcommand};
 use tonic::{
     Status,
+    service::interceptor::InterceptedService,
     transport::{Channel, Endpoint},
 };
 
@@ -73,12 +74,47 @@ pub enum Command {
     },
 }
 
-/// Where a client subcommand connects.
+/// Where a client subcommand connects, and as whom.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Connect {
     /// The server's address.
     #[arg(long, env = "STORYWIRE_SERVER", default_value = DEFAULT_SERVER)]
     pub server: String,
+    /// The bearer token to send, for a server started with --tokens.
+    #[arg(long, env = "STORYWIRE_TOKEN", hide_env_values = true)]
+    pub token: Option<Secret>,
+}
+
+/// A secret given on the command line: its Debug output never shows it.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        Ok(Self(value.to_owned()))
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+/// Adds `authorization: Bearer <token>` to every call, when there is a token.
+#[derive(Clone)]
+pub struct BearerToken(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for BearerToken {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
 }
 
 impl Connect {
@@ -91,9 +127,22 @@ impl Connect {
         Ok(endpoint.connect_lazy())
     }
 
-    /// A StoryService client for the server.
-    fn client(&self) -> Result<StoryServiceClient<Channel>, CliError> {
-        Ok(StoryServiceClient::new(self.channel()?))
+    /// A StoryService client for the server, sending the token if there is one.
+    fn client(
+        &self,
+    ) -> Result<StoryServiceClient<InterceptedService<Channel, BearerToken>>, CliError> {
+        let token = match &self.token {
+            Some(Secret(token)) => Some(
+                format!("Bearer {token}")
+                    .parse()
+                    .map_err(|_| "--token: a token must be printable ASCII")?,
+            ),
+            None => None,
+        };
+        Ok(StoryServiceClient::with_interceptor(
+            self.channel()?,
+            BearerToken(token),
+        ))
     }
 }
 

@@ -9,10 +9,11 @@ use tracing_subscriber::EnvFilter;
 
 use super::CliError;
 use crate::{
+    auth::Tokens,
     clock::SystemClock,
     demo,
     log::EventLog,
-    server,
+    server::{self, ServerOptions},
     wal::{self, FsyncMode, WalConfig},
 };
 
@@ -30,6 +31,14 @@ pub struct Args {
     /// Open the demo story at start-up, then publish its later updates one every --demo-interval.
     #[arg(long)]
     demo: bool,
+    /// Require a bearer token with the right role for every StoryService call; the file has one
+    /// `NAME ROLES TOKEN` a line (roles: publish, subscribe, admin; TOKEN may be sha256:HEX).
+    #[arg(long, env = "STORYWIRE_TOKENS", value_name = "FILE")]
+    tokens: Option<PathBuf>,
+    /// Serve without --tokens on an address beyond loopback, where anyone who can reach it could
+    /// publish. Without this flag the server refuses to.
+    #[arg(long)]
+    allow_anonymous: bool,
     /// Keep the log on disk in this directory (a write-ahead log), so that a restart loses
     /// nothing acknowledged. Without it the log lives in memory only.
     #[arg(long, env = "STORYWIRE_DATA_DIR", value_name = "DIR")]
@@ -65,6 +74,11 @@ pub async fn run(args: Args) -> Result<ExitCode, CliError> {
         .init();
 
     let shutdown = shutdown_signal().map_err(|e| format!("cannot watch SIGINT/SIGTERM: {e}"))?;
+    let tokens = match &args.tokens {
+        Some(path) => Some(Arc::new(Tokens::load(path)?)),
+        None => None,
+    };
+    check_exposure(args.listen, tokens.is_some(), args.allow_anonymous)?;
     let interval = Duration::try_from_secs_f64(args.demo_interval)
         .map_err(|e| format!("--demo-interval {}: {e}", args.demo_interval))?;
     let retain = args.retain_events;
@@ -109,7 +123,8 @@ pub async fn run(args: Args) -> Result<ExitCode, CliError> {
         None
     };
 
-    server::run(listener, log.clone(), shutdown).await?;
+    let options = ServerOptions { tokens };
+    server::run(listener, log.clone(), options, shutdown).await?;
     // With a data directory: write and sync what is left before exiting.
     log.close();
     if let Some(replay) = replay {
@@ -117,6 +132,23 @@ pub async fn run(args: Args) -> Result<ExitCode, CliError> {
     }
     tracing::info!("storywire stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Refuses to serve anonymously beyond loopback unless told to: a forged update on a live story
+/// is worse than an outage.
+fn check_exposure(listen: SocketAddr, tokens: bool, allow_anonymous: bool) -> Result<(), String> {
+    if tokens {
+        tracing::info!("StoryService calls need a bearer token");
+    } else if listen.ip().is_loopback() {
+        tracing::info!("no --tokens: anyone on this machine may call the StoryService");
+    } else if allow_anonymous {
+        tracing::warn!(%listen, "no --tokens and --allow-anonymous: anyone who can reach this address may publish");
+    } else {
+        return Err(format!(
+            "refusing to listen on {listen} without --tokens: anyone who can reach it could publish. Give --tokens FILE, listen on loopback, or pass --allow-anonymous to accept that"
+        ));
+    }
+    Ok(())
 }
 
 /// Parses a count that must be at least 1.

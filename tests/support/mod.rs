@@ -53,12 +53,24 @@ impl TestServer {
         Self::over(Arc::new(EventLog::new(retain, clock))).await
     }
 
+    /// A server over a fresh log with `options` (tokens, limits).
+    pub async fn with_options(options: server::ServerOptions) -> Self {
+        let log = Arc::new(EventLog::new(
+            storywire::log::DEFAULT_RETAIN_EVENTS,
+            Arc::new(SystemClock),
+        ));
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
+        Self::serve(listener, log, options)
+    }
+
     /// A server over an existing log, on a new port.
     pub async fn over(log: Arc<EventLog>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind loopback");
-        Self::serve(listener, log)
+        Self::serve(listener, log, server::ServerOptions::default())
     }
 
     /// A server over an existing log on a given loopback address (to restart on the same port).
@@ -66,16 +78,16 @@ impl TestServer {
         let listener = TcpListener::bind(address)
             .await
             .expect("rebind the same port");
-        Self::serve(listener, log)
+        Self::serve(listener, log, server::ServerOptions::default())
     }
 
-    fn serve(listener: TcpListener, log: Arc<EventLog>) -> Self {
+    fn serve(listener: TcpListener, log: Arc<EventLog>, options: server::ServerOptions) -> Self {
         let address = listener.local_addr().expect("local address");
         let (stop, stopped) = oneshot::channel::<()>();
         let shutdown = async move {
             let _ = stopped.await;
         };
-        let task = tokio::spawn(server::run(listener, log.clone(), shutdown));
+        let task = tokio::spawn(server::run(listener, log.clone(), options, shutdown));
         Self {
             address,
             log,
