@@ -9,6 +9,7 @@
 
 use std::{path::Path, sync::Arc, task::Poll};
 
+use crate::limits::Caller;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tonic::{
@@ -77,8 +78,8 @@ pub enum TokensError {
 /// One known token.
 #[derive(Debug)]
 struct Token {
-    /// Who holds it, for messages and logs.
-    name: String,
+    /// Who holds it, for messages, logs and per-token limits.
+    name: Arc<str>,
     /// SHA-256 of the secret.
     digest: [u8; 32],
     /// What it allows.
@@ -138,14 +139,14 @@ impl Tokens {
                 }
                 None => Sha256::digest(secret.as_bytes()).into(),
             };
-            if tokens.iter().any(|t| t.name == name) {
+            if tokens.iter().any(|t| &*t.name == name) {
                 return Err(error(format!("{name} is named twice")));
             }
             if tokens.iter().any(|t| bool::from(t.digest.ct_eq(&digest))) {
                 return Err(error(format!("the token of {name} is already another's")));
             }
             tokens.push(Token {
-                name: name.to_owned(),
+                name: name.into(),
                 digest,
                 roles,
             });
@@ -169,14 +170,15 @@ impl Tokens {
         found
     }
 
-    /// Checks a request's `authorization` header for `path`; `Ok` lets it through.
+    /// Checks a request's `authorization` header for `path`; `Ok` lets it through, naming the
+    /// caller when a token was needed.
     pub fn check(
         &self,
         path: &str,
         authorization: Option<&http::HeaderValue>,
-    ) -> Result<(), Status> {
+    ) -> Result<Option<Caller>, Status> {
         let Some(needed) = required_role(path) else {
-            return Ok(());
+            return Ok(None);
         };
         let secret = authorization
             .and_then(|value| value.to_str().ok())
@@ -193,7 +195,9 @@ impl Tokens {
             .find(secret)
             .ok_or_else(|| Status::unauthenticated("authorization: unknown token"))?;
         if token.roles.contains(&needed) || token.roles.contains(&Role::Admin) {
-            Ok(())
+            Ok(Some(Caller {
+                name: token.name.clone(),
+            }))
         } else {
             let method = path.rsplit('/').next().unwrap_or(path);
             let held: Vec<&str> = token.roles.iter().map(|r| r.name()).collect();
@@ -267,16 +271,21 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
         let verdict = match &self.tokens {
             Some(tokens) => tokens.check(
                 request.uri().path(),
                 request.headers().get(http::header::AUTHORIZATION),
             ),
-            None => Ok(()),
+            None => Ok(None),
         };
         match verdict {
-            Ok(()) => Box::pin(self.inner.call(request)),
+            Ok(caller) => {
+                if let Some(caller) = caller {
+                    request.extensions_mut().insert(caller);
+                }
+                Box::pin(self.inner.call(request))
+            }
             Err(status) => Box::pin(async move { Ok(status.into_http()) }),
         }
     }

@@ -12,6 +12,8 @@
 //! - [`subscription`]: a cursor into the log plus a filter: catch-up, live, checkpoints, the end.
 //! - [`service`]: the StoryService, and the one mapping from domain errors to gRPC status codes.
 //! - [`auth`]: bearer tokens with roles, checked before any StoryService method runs.
+//! - [`tls`]: the server's TLS and mutual TLS from PEM files.
+//! - [`limits`]: what one client may take, and the subscriber slots that enforce it.
 //! - [`server`]: the tonic server with health, reflection and graceful shutdown.
 //! - [`clock`]: the one clock timestamps come from, so tests can control it.
 //! - [`demo`]: the seed story and its live replay for `serve --demo`.
@@ -26,11 +28,13 @@ pub mod cli;
 pub mod clock;
 pub mod demo;
 pub mod encoded;
+pub mod limits;
 pub mod log;
 pub mod pb;
 pub mod server;
 pub mod service;
 pub mod story;
 pub mod subscription;
+pub mod tls;
 pub mod validate;
 pub mod wal;

@@ -1,7 +1,7 @@
 //! Building and running the gRPC server: the StoryService, gRPC health, server reflection (v1 and
 //! v1alpha), and a graceful shutdown that lets every stream flush before it ends.
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{future::Future, sync::Arc};
 
 use tokio::{net::TcpListener, sync::watch};
 use tokio_stream::wrappers::TcpListenerStream;
@@ -9,16 +9,12 @@ use tonic::{server::NamedService, transport::Server};
 
 use crate::{
     auth::{Authorized, Tokens},
+    limits::{Limits, SubscriberSlots},
     log::EventLog,
     pb::{self, server::story_service_server::StoryServiceServer},
     service::Service,
+    tls::TlsFiles,
 };
-
-/// How often an idle HTTP/2 connection is pinged, so that a peer that vanished without closing
-/// (a laptop lid, a dropped NAT entry) is noticed and its streams are freed.
-pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
-/// How long a keepalive ping may go unanswered before the connection is closed.
-pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The failures that stop the server.
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +22,9 @@ pub enum ServerError {
     /// The descriptor set for reflection could not be loaded (a build problem).
     #[error("building gRPC reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    /// The TLS files could not be read.
+    #[error("TLS: {0}")]
+    TlsFiles(#[from] crate::tls::TlsError),
     /// The transport failed while serving.
     #[error("serving gRPC: {0}")]
     Transport(#[from] tonic::transport::Error),
@@ -36,6 +35,10 @@ pub enum ServerError {
 pub struct ServerOptions {
     /// The tokens allowed to call the StoryService; `None` lets anyone call it.
     pub tokens: Option<Arc<Tokens>>,
+    /// Serve TLS (and require client certificates, with a client CA); `None`: plaintext.
+    pub tls: Option<TlsFiles>,
+    /// What one client may take.
+    pub limits: Limits,
 }
 
 /// Serves `log` on `listener` until `shutdown` completes.
@@ -65,7 +68,12 @@ pub async fn run(
 
     // The sender stays here; each subscription holds a receiver and ends when it turns true.
     let (stopping_tx, stopping_rx) = watch::channel(false);
-    let service = Service::new(log.clone(), stopping_rx);
+    let limits = options.limits;
+    let slots = SubscriberSlots::new(limits.max_subscribers, limits.max_subscribers_per_token);
+    let service = Service::new(log.clone(), stopping_rx, slots);
+    let story_service = StoryServiceServer::new(service)
+        .max_decoding_message_size(limits.max_request_bytes)
+        .max_encoding_message_size(limits.max_response_bytes);
 
     let signal = async move {
         shutdown.await;
@@ -79,14 +87,22 @@ pub async fn run(
         log.wake_subscribers();
     };
 
-    Server::builder()
+    let mut builder = Server::builder()
         .tcp_nodelay(true)
-        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
-        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
-        .add_service(Authorized::new(
-            StoryServiceServer::new(service),
-            options.tokens,
-        ))
+        .http2_keepalive_interval(Some(limits.keepalive_interval))
+        .http2_keepalive_timeout(Some(limits.keepalive_timeout))
+        .max_concurrent_streams(limits.max_streams_per_connection)
+        .timeout(limits.request_timeout)
+        .http2_max_pending_accept_reset_streams(Some(limits.max_pending_accept_reset_streams))
+        .http2_max_local_error_reset_streams(Some(limits.max_local_error_reset_streams));
+    if let Some(age) = limits.max_connection_age {
+        builder = builder.max_connection_age(age);
+    }
+    if let Some(tls) = &options.tls {
+        builder = builder.tls_config(tls.server_config()?)?;
+    }
+    builder
+        .add_service(Authorized::new(story_service, options.tokens))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

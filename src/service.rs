@@ -12,6 +12,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::{
     encoded::EncodedResponse,
+    limits::{Caller, SubscriberSlots},
     log::{EventLog, Filter, LogError},
     pb::{self, server::story_service_server::StoryService},
     story::StoryError,
@@ -100,12 +101,23 @@ pub struct Service {
     /// Becomes true when the server starts shutting down; each subscription watches it to flush
     /// and end. The sender belongs to the server.
     shutdown: watch::Receiver<bool>,
+    /// Open subscriptions against their limits; each stream holds a slot until it ends.
+    slots: Arc<SubscriberSlots>,
 }
 
 impl Service {
-    /// A service over `log` whose streams end when `shutdown` turns true.
-    pub fn new(log: Arc<EventLog>, shutdown: watch::Receiver<bool>) -> Self {
-        Self { log, shutdown }
+    /// A service over `log` whose streams end when `shutdown` turns true, holding at most what
+    /// `slots` allows.
+    pub fn new(
+        log: Arc<EventLog>,
+        shutdown: watch::Receiver<bool>,
+        slots: Arc<SubscriberSlots>,
+    ) -> Self {
+        Self {
+            log,
+            shutdown,
+            slots,
+        }
     }
 }
 
@@ -306,6 +318,7 @@ impl StoryService for Service {
         &self,
         request: Request<pb::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let slot = self.slots.take(request.extensions().get::<Caller>())?;
         let request = request.into_inner();
         let heartbeat = validate::subscribe(&request).map_err(status)?;
         self.log.check_log_id(&request.log_id).map_err(status)?;
@@ -325,10 +338,14 @@ impl StoryService for Service {
             heartbeat,
             self.shutdown.clone(),
         );
-        let items = stream::unfold(subscription, |mut subscription| async move {
-            let item = subscription.next().await?;
-            Some((item.map_err(status), subscription))
-        });
+        // The slot lives as long as the stream.
+        let items = stream::unfold(
+            (subscription, slot),
+            |(mut subscription, slot)| async move {
+                let item = subscription.next().await?;
+                Some((item.map_err(status), (subscription, slot)))
+            },
+        );
         Ok(Response::new(Box::pin(items)))
     }
 

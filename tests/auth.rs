@@ -43,6 +43,7 @@ fn tokens() -> Tokens {
 async fn guarded_server() -> TestServer {
     let options = ServerOptions {
         tokens: Some(Arc::new(tokens())),
+        ..Default::default()
     };
     let server = TestServer::with_options(options).await;
     // A story to read, published with the operator's token.

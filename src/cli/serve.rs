@@ -12,8 +12,10 @@ use crate::{
     auth::Tokens,
     clock::SystemClock,
     demo,
+    limits::Limits,
     log::EventLog,
     server::{self, ServerOptions},
+    tls::TlsFiles,
     wal::{self, FsyncMode, WalConfig},
 };
 
@@ -39,6 +41,17 @@ pub struct Args {
     /// publish. Without this flag the server refuses to.
     #[arg(long)]
     allow_anonymous: bool,
+    /// Serve TLS with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// With TLS: require client certificates signed by this CA (mutual TLS).
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
+    #[command(flatten)]
+    limits: LimitArgs,
     /// Keep the log on disk in this directory (a write-ahead log), so that a restart loses
     /// nothing acknowledged. Without it the log lives in memory only.
     #[arg(long, env = "STORYWIRE_DATA_DIR", value_name = "DIR")]
@@ -123,7 +136,19 @@ pub async fn run(args: Args) -> Result<ExitCode, CliError> {
         None
     };
 
-    let options = ServerOptions { tokens };
+    let tls = match (args.tls_cert, args.tls_key) {
+        (Some(cert), Some(key)) => Some(TlsFiles {
+            cert,
+            key,
+            client_ca: args.tls_client_ca,
+        }),
+        _ => None,
+    };
+    let options = ServerOptions {
+        tokens,
+        tls,
+        limits: args.limits.into(),
+    };
     server::run(listener, log.clone(), options, shutdown).await?;
     // With a data directory: write and sync what is left before exiting.
     log.close();
@@ -132,6 +157,63 @@ pub async fn run(args: Args) -> Result<ExitCode, CliError> {
     }
     tracing::info!("storywire stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// The limits on what one client may take (see [`Limits`] for why each default).
+#[derive(Debug, clap::Args)]
+struct LimitArgs {
+    /// The largest request message accepted, in bytes (RESOURCE_EXHAUSTED beyond).
+    #[arg(long, default_value_t = Limits::default().max_request_bytes)]
+    max_request_bytes: usize,
+    /// The largest response message sent, in bytes.
+    #[arg(long, default_value_t = Limits::default().max_response_bytes)]
+    max_response_bytes: usize,
+    /// Streams one HTTP/2 connection may hold open at once.
+    #[arg(long, default_value_t = Limits::default().max_streams_per_connection)]
+    max_streams_per_connection: u32,
+    /// Open subscriptions in total (RESOURCE_EXHAUSTED beyond).
+    #[arg(long, default_value_t = Limits::default().max_subscribers)]
+    max_subscribers: usize,
+    /// Open subscriptions per token, with --tokens (RESOURCE_EXHAUSTED beyond).
+    #[arg(long, default_value_t = Limits::default().max_subscribers_per_token)]
+    max_subscribers_per_token: usize,
+    /// Seconds between keepalive pings on an idle connection.
+    #[arg(long, default_value_t = Limits::default().keepalive_interval.as_secs())]
+    keepalive_interval_secs: u64,
+    /// Seconds a keepalive ping may go unanswered before the connection is closed.
+    #[arg(long, default_value_t = Limits::default().keepalive_timeout.as_secs())]
+    keepalive_timeout_secs: u64,
+    /// Seconds a call may take to produce its response (streams: to open).
+    #[arg(long, default_value_t = Limits::default().request_timeout.as_secs())]
+    request_timeout_secs: u64,
+    /// Close connections older than this many seconds, gracefully; 0: never.
+    #[arg(long, default_value_t = 0)]
+    max_connection_age_secs: u64,
+    /// Streams a client may open and reset before the server reads them.
+    #[arg(long, default_value_t = Limits::default().max_pending_accept_reset_streams)]
+    max_pending_accept_reset_streams: usize,
+    /// Streams the server may reset for a client's errors before it closes the connection.
+    #[arg(long, default_value_t = Limits::default().max_local_error_reset_streams)]
+    max_local_error_reset_streams: usize,
+}
+
+impl From<LimitArgs> for Limits {
+    fn from(args: LimitArgs) -> Self {
+        Self {
+            max_request_bytes: args.max_request_bytes,
+            max_response_bytes: args.max_response_bytes,
+            max_streams_per_connection: args.max_streams_per_connection,
+            max_subscribers: args.max_subscribers,
+            max_subscribers_per_token: args.max_subscribers_per_token,
+            keepalive_interval: Duration::from_secs(args.keepalive_interval_secs.max(1)),
+            keepalive_timeout: Duration::from_secs(args.keepalive_timeout_secs.max(1)),
+            request_timeout: Duration::from_secs(args.request_timeout_secs.max(1)),
+            max_connection_age: (args.max_connection_age_secs > 0)
+                .then(|| Duration::from_secs(args.max_connection_age_secs)),
+            max_pending_accept_reset_streams: args.max_pending_accept_reset_streams,
+            max_local_error_reset_streams: args.max_local_error_reset_streams,
+        }
+    }
 }
 
 /// Refuses to serve anonymously beyond loopback unless told to: a forged update on a live story

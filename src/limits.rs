@@ -1,0 +1,137 @@
+//! The numbers that bound what one client can take from the server, with their defaults, and the
+//! subscriber slots that enforce two of them.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use tonic::Status;
+
+/// What the server lets clients take. Each has a `serve` flag; the defaults are documented there
+/// and in SECURITY.md.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// The largest request message accepted, in bytes: well above any valid request (a headline is
+    /// 200 characters, a statement 2,000, 50 attributions), far below what could strain memory.
+    pub max_request_bytes: usize,
+    /// The largest response message sent, in bytes: a page of whole stories stays far below it.
+    pub max_response_bytes: usize,
+    /// Streams one HTTP/2 connection may hold open at once.
+    pub max_streams_per_connection: u32,
+    /// Open subscriptions in total: at about 7 KiB each, the default is about 350 MiB.
+    pub max_subscribers: usize,
+    /// Open subscriptions per token (with `--tokens`), so one client cannot take every slot.
+    pub max_subscribers_per_token: usize,
+    /// How often idle connections are pinged, so dead peers are noticed.
+    pub keepalive_interval: Duration,
+    /// How long a ping may go unanswered before the connection is closed.
+    pub keepalive_timeout: Duration,
+    /// How long a call may take to produce its response (for streams: to open).
+    pub request_timeout: Duration,
+    /// Connections older than this are closed gracefully; `None`: never.
+    pub max_connection_age: Option<Duration>,
+    /// Streams a client may open and reset before the server reads them (hyper's guard against
+    /// rapid reset floods).
+    pub max_pending_accept_reset_streams: usize,
+    /// Streams the server may reset for a client's protocol errors before closing the connection.
+    pub max_local_error_reset_streams: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_request_bytes: 1024 * 1024,
+            max_response_bytes: 16 * 1024 * 1024,
+            max_streams_per_connection: 4_096,
+            max_subscribers: 50_000,
+            max_subscribers_per_token: 10_000,
+            keepalive_interval: Duration::from_secs(30),
+            keepalive_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            max_connection_age: None,
+            max_pending_accept_reset_streams: 20,
+            max_local_error_reset_streams: 1_024,
+        }
+    }
+}
+
+/// Who is calling, as the authorization check found: put in the request's extensions.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// The token's name.
+    pub name: Arc<str>,
+}
+
+/// Counts open subscriptions against the limits. Shared by every Subscribe call.
+#[derive(Debug)]
+pub struct SubscriberSlots {
+    /// The limit in total.
+    max_total: usize,
+    /// The limit per token.
+    max_per_token: usize,
+    /// Open subscriptions: in total, and by token name.
+    open: Mutex<(usize, HashMap<Arc<str>, usize>)>,
+}
+
+/// One taken slot; dropping it (when the stream ends) gives it back.
+#[derive(Debug)]
+pub struct Slot {
+    /// The slots it came from.
+    slots: Arc<SubscriberSlots>,
+    /// The token it counts against, if any.
+    caller: Option<Arc<str>>,
+}
+
+impl SubscriberSlots {
+    /// Slots for at most `max_total` subscriptions, `max_per_token` for each token.
+    pub fn new(max_total: usize, max_per_token: usize) -> Arc<Self> {
+        Arc::new(Self {
+            max_total,
+            max_per_token,
+            open: Mutex::new((0, HashMap::new())),
+        })
+    }
+
+    /// Takes a slot for `caller`, or says which limit is reached (RESOURCE_EXHAUSTED).
+    pub fn take(self: &Arc<Self>, caller: Option<&Caller>) -> Result<Slot, Status> {
+        let mut open = self.open.lock().expect("slots lock poisoned");
+        if open.0 >= self.max_total {
+            return Err(Status::resource_exhausted(format!(
+                "the server already holds its limit of {} subscriptions; try again later",
+                self.max_total
+            )));
+        }
+        if let Some(caller) = caller {
+            let held = open.1.get(&caller.name).copied().unwrap_or(0);
+            if held >= self.max_per_token {
+                return Err(Status::resource_exhausted(format!(
+                    "token {} already holds its limit of {} subscriptions",
+                    caller.name, self.max_per_token
+                )));
+            }
+            *open.1.entry(caller.name.clone()).or_insert(0) += 1;
+        }
+        open.0 += 1;
+        Ok(Slot {
+            slots: self.clone(),
+            caller: caller.map(|c| c.name.clone()),
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut open = self.slots.open.lock().expect("slots lock poisoned");
+        open.0 -= 1;
+        if let Some(name) = &self.caller
+            && let Some(held) = open.1.get_mut(name)
+        {
+            *held -= 1;
+            if *held == 0 {
+                open.1.remove(name);
+            }
+        }
+    }
+}
