@@ -162,7 +162,7 @@ pub async fn run(args: Args) -> Result<ExitCode, CliError> {
 /// The limits on what one client may take (see [`Limits`] for why each default).
 #[derive(Debug, clap::Args)]
 struct LimitArgs {
-    /// The largest request message accepted, in bytes (RESOURCE_EXHAUSTED beyond).
+    /// The largest request message accepted, in bytes (beyond: OUT_OF_RANGE, as tonic reports it).
     #[arg(long, default_value_t = Limits::default().max_request_bytes)]
     max_request_bytes: usize,
     /// The largest response message sent, in bytes.

@@ -1,0 +1,204 @@
+//! Limits hold, and a client over one gets a clear error while everyone else carries on.
+
+mod support;
+
+use std::{sync::Arc, time::Duration};
+
+use storywire::{
+    auth::Tokens,
+    limits::Limits,
+    pb::{self, change::Kind, subscribe_response::Item},
+    server::ServerOptions,
+};
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tonic::{Code, Request};
+
+async fn server_with(limits: Limits, tokens: Option<Tokens>) -> TestServer {
+    let options = ServerOptions {
+        tokens: tokens.map(Arc::new),
+        limits,
+        ..Default::default()
+    };
+    TestServer::with_options(options).await
+}
+
+#[tokio::test]
+async fn a_request_over_the_size_limit_is_refused_and_nothing_is_lost() {
+    let limits = Limits {
+        max_request_bytes: 16 * 1024,
+        ..Limits::default()
+    };
+    let server = server_with(limits, None).await;
+    let mut client = server.client().await;
+    publish(&mut client, open("story", &[])).await;
+
+    let quote = "q".repeat(2_000);
+    let attributions = (0..20)
+        .map(|_| pb::Attribution {
+            quote: quote.clone(),
+            ..said_by("Kim Min-ki", "South Korean lawmaker", pb::Stance::Asserts)
+        })
+        .collect();
+    let huge = request(
+        "story",
+        "",
+        "Too big to take",
+        Kind::FactReported(pb::FactReported {
+            fact_id: "fact".into(),
+            statement: "A statement.".into(),
+            attributions,
+        }),
+    );
+    let status = expect_status(client.publish(huge).await, Code::OutOfRange, &["too large"]);
+    assert!(status.message().contains("16384"), "{status:?}");
+    assert_eq!(server.log.head(), 1);
+    assert_eq!(
+        publish(&mut client, note("story", "Still serving"))
+            .await
+            .sequence,
+        2
+    );
+}
+
+#[tokio::test]
+async fn subscriptions_beyond_the_total_are_resource_exhausted_until_one_ends() {
+    let limits = Limits {
+        max_subscribers: 2,
+        ..Limits::default()
+    };
+    let server = server_with(limits, None).await;
+    let mut client = server.client().await;
+    publish(&mut client, open("story", &[])).await;
+    let mut first = subscribe(&mut client, from(1)).await;
+    let second = subscribe(&mut client, from(1)).await;
+
+    expect_status(
+        client.subscribe(from(1)).await,
+        Code::ResourceExhausted,
+        &["limit of 2 subscriptions"],
+    );
+    // Those already in keep receiving.
+    until_caught_up(&mut first).await;
+    publish(&mut client, note("story", "For the subscribers in")).await;
+    assert_eq!(next_event(&mut first).await.sequence, 2);
+
+    drop(second);
+    // The slot comes back once the server sees the stream go; a new subscriber then gets in.
+    let third = within("a slot to free up", async {
+        loop {
+            match client.subscribe(from(1)).await {
+                Ok(stream) => break stream,
+                Err(status) => {
+                    assert_eq!(status.code(), Code::ResourceExhausted);
+                    tokio::task::yield_now().await;
+                }
+            }
+        }
+    })
+    .await;
+    drop(third);
+}
+
+#[tokio::test]
+async fn one_token_cannot_take_every_subscription() {
+    let tokens = Tokens::parse(
+        "greedy subscribe greedy-token-0123456789\nother subscribe other-token-0123456789\n",
+    )
+    .expect("tokens");
+    let limits = Limits {
+        max_subscribers_per_token: 2,
+        ..Limits::default()
+    };
+    let server = server_with(limits, Some(tokens)).await;
+    let mut client = server.client().await;
+    let as_token = |token: &str| {
+        let mut request = Request::new(from(0));
+        let value = format!("Bearer {token}").parse().expect("ascii");
+        request.metadata_mut().insert("authorization", value);
+        request
+    };
+    let _a = client
+        .subscribe(as_token("greedy-token-0123456789"))
+        .await
+        .expect("first");
+    let _b = client
+        .subscribe(as_token("greedy-token-0123456789"))
+        .await
+        .expect("second");
+    let refused = client.subscribe(as_token("greedy-token-0123456789")).await;
+    expect_status(
+        refused,
+        Code::ResourceExhausted,
+        &["token greedy", "limit of 2"],
+    );
+    client
+        .subscribe(as_token("other-token-0123456789"))
+        .await
+        .expect("another token is unaffected");
+}
+
+#[tokio::test]
+async fn a_connection_holds_at_most_its_stream_limit_and_others_are_unaffected() {
+    let limits = Limits {
+        max_streams_per_connection: 2,
+        ..Limits::default()
+    };
+    let server = server_with(limits, None).await;
+    let mut client = server.client().await;
+    let first = subscribe(&mut client, pb::SubscribeRequest::default()).await;
+    let _second = subscribe(&mut client, pb::SubscribeRequest::default()).await;
+
+    // A third stream on the same connection waits for a free one (HTTP/2 flow, not an error)...
+    let mut waiting_client = client.clone();
+    let mut third = tokio::spawn(async move {
+        waiting_client
+            .subscribe(pb::SubscribeRequest::default())
+            .await
+            .map(|r| r.into_inner())
+    });
+    let waited = tokio::time::timeout(Duration::from_millis(300), &mut third).await;
+    assert!(
+        waited.is_err(),
+        "the third stream must wait while two are open"
+    );
+    // ... while another connection is served at once.
+    let mut other = server.client().await;
+    let mut stream = subscribe(&mut other, pb::SubscribeRequest::default()).await;
+    assert!(matches!(next_item(&mut stream).await, Item::CaughtUp(_)));
+    // When one ends, the waiting stream opens.
+    drop(first);
+    within("the third stream", third)
+        .await
+        .expect("task")
+        .expect("opens once a stream is free");
+}
+
+#[tokio::test]
+async fn a_peer_that_stops_answering_pings_is_disconnected() {
+    let limits = Limits {
+        keepalive_interval: Duration::from_millis(200),
+        keepalive_timeout: Duration::from_millis(200),
+        ..Limits::default()
+    };
+    let server = server_with(limits, None).await;
+    // An HTTP/2 client that says hello and then never reads or answers again.
+    let mut socket = tokio::net::TcpStream::connect(server.address)
+        .await
+        .expect("connect");
+    socket
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .expect("preface");
+    // The server's pings go unanswered, so it closes the connection: reading reaches the end.
+    let mut buffer = vec![0; 4096];
+    within("the server to hang up", async {
+        loop {
+            match socket.read(&mut buffer).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+}
