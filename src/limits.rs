@@ -7,7 +7,24 @@ use std::{
     time::Duration,
 };
 
-use tonic::Status;
+/// A limit a new subscription would break. The service maps both to RESOURCE_EXHAUSTED.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LimitError {
+    /// The server holds its limit of subscriptions.
+    #[error("the server already holds its limit of {max} subscriptions; try again later")]
+    Subscribers {
+        /// The limit.
+        max: usize,
+    },
+    /// The caller's token holds its limit of subscriptions.
+    #[error("token {name} already holds its limit of {max} subscriptions")]
+    SubscribersPerToken {
+        /// The token's name.
+        name: Arc<str>,
+        /// The limit.
+        max: usize,
+    },
+}
 
 /// What the server lets clients take. Each has a `serve` flag; the defaults are documented there
 /// and in SECURITY.md.
@@ -94,22 +111,21 @@ impl SubscriberSlots {
         })
     }
 
-    /// Takes a slot for `caller`, or says which limit is reached (RESOURCE_EXHAUSTED).
-    pub fn take(self: &Arc<Self>, caller: Option<&Caller>) -> Result<Slot, Status> {
+    /// Takes a slot for `caller`, or says which limit is reached.
+    pub fn take(self: &Arc<Self>, caller: Option<&Caller>) -> Result<Slot, LimitError> {
         let mut open = self.open.lock().expect("slots lock poisoned");
         if open.0 >= self.max_total {
-            return Err(Status::resource_exhausted(format!(
-                "the server already holds its limit of {} subscriptions; try again later",
-                self.max_total
-            )));
+            return Err(LimitError::Subscribers {
+                max: self.max_total,
+            });
         }
         if let Some(caller) = caller {
             let held = open.1.get(&caller.name).copied().unwrap_or(0);
             if held >= self.max_per_token {
-                return Err(Status::resource_exhausted(format!(
-                    "token {} already holds its limit of {} subscriptions",
-                    caller.name, self.max_per_token
-                )));
+                return Err(LimitError::SubscribersPerToken {
+                    name: caller.name.clone(),
+                    max: self.max_per_token,
+                });
             }
             *open.1.entry(caller.name.clone()).or_insert(0) += 1;
         }

@@ -12,7 +12,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::{
     encoded::EncodedResponse,
-    limits::{Caller, SubscriberSlots},
+    limits::{Caller, LimitError, SubscriberSlots},
     log::{EventLog, Filter, LogError},
     pb::{self, server::story_service_server::StoryService},
     story::StoryError,
@@ -44,6 +44,9 @@ pub enum Error {
     /// A subscription ended.
     #[error(transparent)]
     End(#[from] End),
+    /// A limit on what one client may take.
+    #[error(transparent)]
+    Limit(#[from] LimitError),
 }
 
 impl From<StoryError> for Error {
@@ -88,6 +91,7 @@ pub fn status(error: impl Into<Error>) -> Status {
             | LogError::HistoryNotRetained { .. } => Code::OutOfRange,
         },
         Error::End(End::ShuttingDown) => Code::Unavailable,
+        Error::Limit(_) => Code::ResourceExhausted,
         Error::End(End::Log(_)) => unreachable!("flattened above"),
     };
     Status::new(code, message)
@@ -318,7 +322,10 @@ impl StoryService for Service {
         &self,
         request: Request<pb::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
-        let slot = self.slots.take(request.extensions().get::<Caller>())?;
+        let slot = self
+            .slots
+            .take(request.extensions().get::<Caller>())
+            .map_err(status)?;
         let request = request.into_inner();
         let heartbeat = validate::subscribe(&request).map_err(status)?;
         self.log.check_log_id(&request.log_id).map_err(status)?;
