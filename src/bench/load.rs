@@ -111,7 +111,7 @@ pub async fn publish_more(channel: Channel, events: u64) -> Result<Duration, Str
     publish_from(channel, 2, events, Rate::Max).await
 }
 
-async fn publish_from(
+pub async fn publish_from(
     channel: Channel,
     first: u64,
     events: u64,
@@ -225,9 +225,11 @@ pub async fn subscribe_many(
     Ok(streams)
 }
 
-/// Reads `stream` until the event with sequence `last` arrives, the stream ends, or `deadline`.
+/// Reads `stream`, whose events should run from `first` to `last`, until `last` arrives, the
+/// stream ends, or `deadline`.
 pub async fn receive(
     mut stream: Streaming<pb::SubscribeResponse>,
+    first: u64,
     last: u64,
     deadline: Instant,
 ) -> Received {
@@ -238,7 +240,7 @@ pub async fn receive(
         latency: Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid bounds"),
         last_at: None,
     };
-    let mut previous = 0;
+    let mut previous = first - 1;
     while let Ok(Ok(Some(message))) = tokio::time::timeout_at(deadline, stream.message()).await {
         let Some(Item::Event(event)) = message.item else {
             continue;

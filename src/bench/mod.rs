@@ -5,6 +5,7 @@
 //! several times; the report gives the median and the spread, and for each storywire figure its
 //! ratio to the baseline measured in the same run.
 
+mod abuse;
 pub mod bare;
 mod load;
 mod process;
@@ -58,6 +59,10 @@ pub struct Args {
     /// replayed at start-up (0 skips it).
     #[arg(long, default_value_t = 100_000)]
     durability_events: u64,
+    /// Also run the abuse phases: misbehaving clients against a server while a well-behaved one
+    /// measures its p99.
+    #[arg(long)]
+    abuse: bool,
 }
 
 fn parse_rate(value: &str) -> Result<Rate, String> {
@@ -126,7 +131,7 @@ async fn fan_out(
     let deadline = Instant::now() + GRACE + Duration::from_secs(expected_seconds);
     let receivers: Vec<_> = streams
         .into_iter()
-        .map(|stream| tokio::spawn(receive(stream, events, deadline)))
+        .map(|stream| tokio::spawn(receive(stream, 1, events, deadline)))
         .collect();
 
     let cpu_before = server.cpu_seconds();
@@ -250,6 +255,9 @@ pub async fn run(args: Args) -> Result<(), String> {
     }
     if args.unary_events > 0 {
         println!("\n{}", publish_paths(args.unary_events, runs).await?);
+    }
+    if args.abuse {
+        abuse::run(runs).await?;
     }
     if args.durability_events > 0 {
         durability(args.durability_events, runs).await?;
@@ -393,7 +401,7 @@ async fn catch_up(events: u64, runs: usize) -> Result<String, String> {
         };
         let start = Instant::now();
         let stream = subscribe_many(&[channel], 1, &request).await?.remove(0);
-        let received = receive(stream, events, Instant::now() + GRACE * 5).await;
+        let received = receive(stream, 1, events, Instant::now() + GRACE * 5).await;
         let elapsed = start.elapsed();
         server.stop().await;
         if received.gaps + received.duplicates > 0 {
