@@ -18,16 +18,19 @@ pub struct TlsFiles {
 
 /// A PEM file that could not be read.
 #[derive(Debug, thiserror::Error)]
-#[error("{path}: {source}")]
+#[error("{flag} {path}: {source}")]
 pub struct TlsError {
+    /// The flag that named the file.
+    pub flag: &'static str,
     /// The file.
     pub path: String,
     /// What failed.
     pub source: std::io::Error,
 }
 
-fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
+fn read(flag: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
     std::fs::read(path).map_err(|source| TlsError {
+        flag,
         path: path.display().to_string(),
         source,
     })
@@ -36,10 +39,13 @@ fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
 impl TlsFiles {
     /// The server's TLS configuration from the files.
     pub fn server_config(&self) -> Result<ServerTlsConfig, TlsError> {
-        let identity = Identity::from_pem(read(&self.cert)?, read(&self.key)?);
+        let identity = Identity::from_pem(
+            read("--tls-cert", &self.cert)?,
+            read("--tls-key", &self.key)?,
+        );
         let mut config = ServerTlsConfig::new().identity(identity);
         if let Some(ca) = &self.client_ca {
-            config = config.client_ca_root(Certificate::from_pem(read(ca)?));
+            config = config.client_ca_root(Certificate::from_pem(read("--tls-client-ca", ca)?));
         }
         Ok(config)
     }

@@ -19,13 +19,17 @@ mod serve;
 mod stories;
 mod subscribe;
 
-use std::{process::ExitCode, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+    time::Duration,
+};
 
 use clap::{Parser, Subcommand};
 use tonic::{
     Status,
     service::interceptor::InterceptedService,
-    transport::{Channel, Endpoint},
+    transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity},
 };
 
 use crate::pb::story_service_client::StoryServiceClient;
@@ -35,6 +39,9 @@ use crate::pb::story_service_client::StoryServiceClient;
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:50051";
 /// How long a client waits for a connection before it reports the server unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How a PEM certificate begins; a --ca file without one holds nothing to trust.
+const PEM_CERTIFICATE: &[u8] = b"-----BEGIN CERTIFICATE-----";
 
 /// What a subcommand can fail with: printed once, at the edge, with exit code 1.
 type CliError = Box<dyn std::error::Error + Send + Sync>;
@@ -83,6 +90,17 @@ pub struct Connect {
     /// The bearer token to send, for a server started with --tokens.
     #[arg(long, env = "STORYWIRE_TOKEN", hide_env_values = true)]
     pub token: Option<Secret>,
+    /// For an https:// server: the CA certificate (PEM) that signed the server's certificate.
+    /// Required with https://, since this build trusts no platform roots.
+    #[arg(long, env = "STORYWIRE_CA", value_name = "PEM")]
+    pub ca: Option<PathBuf>,
+    /// For an https:// server that requires client certificates (mutual TLS): this client's
+    /// certificate chain (PEM); needs --key.
+    #[arg(long, env = "STORYWIRE_CERT", value_name = "PEM", requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// The private key (PEM) of --cert.
+    #[arg(long, env = "STORYWIRE_KEY", value_name = "PEM", requires = "cert")]
+    pub key: Option<PathBuf>,
 }
 
 /// A secret given on the command line: its Debug output never shows it.
@@ -118,13 +136,71 @@ impl tonic::service::Interceptor for BearerToken {
 }
 
 impl Connect {
-    /// A channel to the server. Connects lazily: the first call reports an unreachable server.
+    /// A channel to the server, over TLS for an https:// URL. Connects lazily: the first call
+    /// reports an unreachable server or a failed handshake; a missing or unreadable PEM file is
+    /// reported here.
     fn channel(&self) -> Result<Channel, CliError> {
-        let endpoint = Endpoint::from_shared(self.server.clone())
+        let mut endpoint = Endpoint::from_shared(self.server.clone())
             .map_err(|e| format!("--server {:?} is not a valid URL: {e}", self.server))?
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true);
+        if let Some(tls) = self.tls_config(&endpoint)? {
+            // tonic's error says only "transport error"; the reason (a key rustls cannot parse,
+            // say) is its source.
+            endpoint = endpoint.tls_config(tls).map_err(|e| {
+                let reason = std::error::Error::source(&e).map_or(e.to_string(), |s| s.to_string());
+                format!("the PEM files of --ca, --cert, --key: {reason}")
+            })?;
+        }
         Ok(endpoint.connect_lazy())
+    }
+
+    /// The TLS settings for `endpoint`: `None` for http://, which must then have no TLS flags.
+    fn tls_config(&self, endpoint: &Endpoint) -> Result<Option<ClientTlsConfig>, CliError> {
+        let uri = endpoint.uri();
+        let flags = [
+            ("--ca", &self.ca),
+            ("--cert", &self.cert),
+            ("--key", &self.key),
+        ];
+        if uri.scheme_str() != Some("https") {
+            if let Some((flag, _)) = flags.iter().find(|(_, path)| path.is_some()) {
+                return Err(format!("{flag} needs an https:// server, not {}", self.server).into());
+            }
+            return Ok(None);
+        }
+        // tonic finds platform roots only with a feature this build leaves out (tls-native-roots),
+        // so the CA must be named: without it every certificate would be refused, less clearly.
+        let ca_path = self.ca.as_deref().ok_or_else(|| {
+            format!(
+                "--server {} needs --ca PEM (or STORYWIRE_CA): the CA certificate that signed \
+                 the server's certificate (this build does not read the platform's roots)",
+                self.server
+            )
+        })?;
+        let ca = read_pem("--ca", ca_path)?;
+        // rustls skips what it cannot parse, which would leave nothing to trust and a handshake
+        // failing with "unknown issuer"; say what is wrong instead.
+        if !ca
+            .windows(PEM_CERTIFICATE.len())
+            .any(|w| w == PEM_CERTIFICATE)
+        {
+            return Err(format!("--ca {}: no PEM certificate in it", ca_path.display()).into());
+        }
+        // Strip the brackets of an IPv6 literal: the name checked is the address itself.
+        let host = uri.host().unwrap_or_default();
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let mut tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(ca))
+            .domain_name(host)
+            .timeout(CONNECT_TIMEOUT);
+        if let (Some(cert), Some(key)) = (&self.cert, &self.key) {
+            tls = tls.identity(Identity::from_pem(
+                read_pem("--cert", cert)?,
+                read_pem("--key", key)?,
+            ));
+        }
+        Ok(Some(tls))
     }
 
     /// A StoryService client for the server, sending the token if there is one.
@@ -144,6 +220,11 @@ impl Connect {
             BearerToken(token),
         ))
     }
+}
+
+/// The contents of the PEM file given as `flag`; an error names the flag and the path.
+fn read_pem(flag: &str, path: &Path) -> Result<Vec<u8>, CliError> {
+    std::fs::read(path).map_err(|e| format!("{flag} {}: {e}", path.display()).into())
 }
 
 /// Parses the command line and runs it. Returns the process's exit code.
@@ -170,7 +251,7 @@ pub async fn main() -> ExitCode {
             // The reader went away (`storywire subscribe | head -3`): nothing left to do.
             return ExitCode::SUCCESS;
         }
-        eprintln!("error: {error}");
+        eprintln!("error: {}", with_causes(error.as_ref()));
         ExitCode::FAILURE
     })
 }
@@ -189,9 +270,30 @@ async fn bench_bare(listen: std::net::SocketAddr) -> Result<ExitCode, CliError> 
     Ok(ExitCode::SUCCESS)
 }
 
-/// A status as a person reads it: `NOT_FOUND: story x not found; ...`.
+/// A status as a person reads it: `NOT_FOUND: story x not found; ...`, with the transport's
+/// reason when it has one ("transport error" alone says nothing).
 fn describe(status: &Status) -> String {
-    format!("{}: {}", code_name(status.code()), status.message())
+    let mut text = format!("{}: {}", code_name(status.code()), status.message());
+    let mut cause = std::error::Error::source(status);
+    while let Some(error) = cause {
+        text.push_str(&format!(": {error}"));
+        cause = error.source();
+    }
+    text
+}
+
+/// An error and the chain of its causes, as one line.
+fn with_causes(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(error) = cause {
+        let more = error.to_string();
+        if !text.contains(&more) {
+            text.push_str(&format!(": {more}"));
+        }
+        cause = error.source();
+    }
+    text
 }
 
 /// The canonical upper-case name of a gRPC code, as grpcurl and the gRPC docs print it.

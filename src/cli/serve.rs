@@ -92,6 +92,26 @@ pub async fn run(args: Args) -> Result<ExitCode, CliError> {
         None => None,
     };
     check_exposure(args.listen, tokens.is_some(), args.allow_anonymous)?;
+    let tls = match (args.tls_cert, args.tls_key) {
+        (Some(cert), Some(key)) => Some(TlsFiles {
+            cert,
+            key,
+            client_ca: args.tls_client_ca,
+        }),
+        _ => None,
+    };
+    let options = ServerOptions {
+        tokens,
+        tls,
+        limits: args.limits.into(),
+    };
+    // Read the TLS files now, so that a bad one stops start-up before it says it listens.
+    if let Some(tls) = &options.tls {
+        let config = tls.server_config()?;
+        tonic::transport::Server::builder()
+            .tls_config(config)
+            .map_err(|e| format!("--tls-cert/--tls-key: {}", with_source(&e)))?;
+    }
     let interval = Duration::try_from_secs_f64(args.demo_interval)
         .map_err(|e| format!("--demo-interval {}: {e}", args.demo_interval))?;
     let retain = args.retain_events;
@@ -136,19 +156,6 @@ pub async fn run(args: Args) -> Result<ExitCode, CliError> {
         None
     };
 
-    let tls = match (args.tls_cert, args.tls_key) {
-        (Some(cert), Some(key)) => Some(TlsFiles {
-            cert,
-            key,
-            client_ca: args.tls_client_ca,
-        }),
-        _ => None,
-    };
-    let options = ServerOptions {
-        tokens,
-        tls,
-        limits: args.limits.into(),
-    };
     server::run(listener, log.clone(), options, shutdown).await?;
     // With a data directory: write and sync what is left before exiting.
     log.close();
@@ -231,6 +238,14 @@ fn check_exposure(listen: SocketAddr, tokens: bool, allow_anonymous: bool) -> Re
         ));
     }
     Ok(())
+}
+
+/// An error's text with its first cause: tonic's transport errors say only "transport error".
+fn with_source(error: &dyn std::error::Error) -> String {
+    match error.source() {
+        Some(source) => format!("{error}: {source}"),
+        None => error.to_string(),
+    }
 }
 
 /// Parses a count that must be at least 1.
