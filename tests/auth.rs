@@ -7,14 +7,13 @@ mod support;
 
 use std::sync::Arc;
 
-use process::run;
+use process::{run, storywire};
 use storywire::{
     auth::Tokens,
     pb::{self, story_service_client::StoryServiceClient},
     server::ServerOptions,
 };
 use support::*;
-use tokio::process::Command;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Status, transport::Channel};
 
@@ -179,16 +178,6 @@ async fn health_and_reflection_stay_open() {
         .await
         .expect("health needs no token");
     assert_eq!(reply.into_inner().status, 1, "SERVING");
-}
-
-fn storywire(args: &[&str]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_storywire"));
-    command
-        .args(args)
-        .env_remove("STORYWIRE_SERVER")
-        .env_remove("STORYWIRE_TOKEN")
-        .env_remove("STORYWIRE_TOKENS");
-    command
 }
 
 #[tokio::test]

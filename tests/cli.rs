@@ -9,24 +9,10 @@ use std::{
     sync::atomic::{AtomicUsize, Ordering},
 };
 
-use process::{Pipe, Running, run, run_with_input};
+use process::{Pipe, Running, run, run_with_input, storywire};
 use storywire::pb::{self, story_service_client::StoryServiceClient};
 use support::*;
-use tokio::process::Command;
 use tonic::transport::Channel;
-
-/// The `storywire` binary with `args`, unaffected by any storywire settings in the environment
-/// the tests run in.
-fn storywire(args: &[&str]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_storywire"));
-    command
-        .args(args)
-        .env_remove("STORYWIRE_SERVER")
-        .env_remove("STORYWIRE_LISTEN")
-        .env_remove("STORYWIRE_RETAIN_EVENTS")
-        .env_remove("RUST_LOG");
-    command
-}
 
 /// A file in the system's temp directory, removed when dropped.
 struct TempFile(PathBuf);
@@ -447,14 +433,7 @@ async fn serve_demo_streams_live_updates_and_exits_zero_on_sigterm() {
     );
     drop(subscriber);
 
-    server.terminate().await;
-    let status = server.wait().await;
-    let rest = server.read_to_end(Pipe::Stderr).await;
-    assert!(status.success(), "exit on SIGTERM: {status}; {rest:#?}");
-    assert!(
-        rest.iter().any(|line| line.contains("storywire stopped")),
-        "{rest:#?}"
-    );
+    server.stop_cleanly().await;
 }
 
 #[tokio::test]
@@ -525,12 +504,5 @@ async fn serve_stops_cleanly_on_sigterm_sent_the_moment_it_listens() {
     let mut server = Running::spawn(storywire(&["serve", "--listen", "127.0.0.1:0"]));
     server.read_until(Pipe::Stderr, "storywire listening").await;
     // No pause: the signal handlers are in place before the server says it listens.
-    server.terminate().await;
-    let status = server.wait().await;
-    let rest = server.read_to_end(Pipe::Stderr).await;
-    assert!(status.success(), "exit on SIGTERM: {status}; {rest:#?}");
-    assert!(
-        rest.iter().any(|line| line.contains("storywire stopped")),
-        "{rest:#?}"
-    );
+    server.stop_cleanly().await;
 }

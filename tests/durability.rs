@@ -304,12 +304,8 @@ async fn retention_deletes_whole_segments_and_a_snapshot_keeps_every_story() {
 
 /// `storywire serve --data-dir DIR` on an ephemeral loopback port, with `extra` arguments.
 fn storywire_serve(dir: &Path, extra: &[&str]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_storywire"));
-    command
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir)
-        .args(extra)
-        .env_remove("RUST_LOG");
+    let mut command = process::storywire(&["serve", "--listen", "127.0.0.1:0", "--data-dir"]);
+    command.arg(dir).args(extra);
     command
 }
 

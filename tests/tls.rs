@@ -11,7 +11,7 @@ use std::{
     sync::atomic::{AtomicUsize, Ordering},
 };
 
-use process::{Pipe, Running, run};
+use process::{Pipe, Running, run, storywire};
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, KeyUsagePurpose,
@@ -22,7 +22,6 @@ use storywire::{
     tls::TlsFiles,
 };
 use support::*;
-use tokio::process::Command;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 /// A CA and what it signed, as PEM files in a directory of their own, removed when dropped.
@@ -211,26 +210,6 @@ async fn tls_client(url: String, tls: ClientTlsConfig) -> StoryServiceClient<Cha
         .await
         .expect("connect over TLS");
     StoryServiceClient::new(channel)
-}
-
-/// The `storywire` binary with `args`, unaffected by any storywire settings in the environment
-/// the tests run in.
-fn storywire(args: &[&str]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_storywire"));
-    command.args(args).env_remove("RUST_LOG");
-    for name in [
-        "STORYWIRE_SERVER",
-        "STORYWIRE_TOKEN",
-        "STORYWIRE_CA",
-        "STORYWIRE_CERT",
-        "STORYWIRE_KEY",
-        "STORYWIRE_LISTEN",
-        "STORYWIRE_TOKENS",
-        "STORYWIRE_DATA_DIR",
-    ] {
-        command.env_remove(name);
-    }
-    command
 }
 
 #[tokio::test]
@@ -511,14 +490,7 @@ async fn serve_with_tls_answers_the_cli_over_https_and_exits_zero_on_sigterm() {
     // A TLS alert where HTTP/2 frames were expected: h2 says INTERNAL rather than UNAVAILABLE.
     assert!(plaintext.failure(1).starts_with("error: "), "{plaintext}");
 
-    server.terminate().await;
-    let status = server.wait().await;
-    let rest = server.read_to_end(Pipe::Stderr).await;
-    assert!(status.success(), "exit on SIGTERM: {status}; {rest:#?}");
-    assert!(
-        rest.iter().any(|line| line.contains("storywire stopped")),
-        "{rest:#?}"
-    );
+    server.stop_cleanly().await;
 }
 
 #[tokio::test]

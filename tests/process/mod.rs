@@ -70,6 +70,19 @@ impl fmt::Display for Finished {
     }
 }
 
+/// The `storywire` binary with `args`, in an environment without any `STORYWIRE_*` setting or
+/// `RUST_LOG` of the caller's, so that only what the test says counts.
+pub fn storywire(args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_storywire"));
+    command.args(args).env_remove("RUST_LOG");
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("STORYWIRE_") {
+            command.env_remove(name);
+        }
+    }
+    command
+}
+
 /// Runs `command` to its end with nothing on stdin.
 pub async fn run(command: Command) -> Finished {
     run_with_input(command, None).await
@@ -201,6 +214,18 @@ impl Running {
     pub async fn kill(&mut self) {
         self.child.start_kill().expect("send SIGKILL");
         self.wait().await;
+    }
+
+    /// Sends SIGTERM and expects a clean exit: status 0 and `storywire stopped` in the log.
+    pub async fn stop_cleanly(&mut self) {
+        self.terminate().await;
+        let status = self.wait().await;
+        let rest = self.read_to_end(Pipe::Stderr).await;
+        assert!(status.success(), "exit on SIGTERM: {status}; {rest:#?}");
+        assert!(
+            rest.iter().any(|line| line.contains("storywire stopped")),
+            "{rest:#?}"
+        );
     }
 
     /// Waits for the process to exit.
