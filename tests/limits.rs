@@ -202,3 +202,35 @@ async fn a_peer_that_stops_answering_pings_is_disconnected() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_response_over_the_size_limit_fails_the_call_not_the_server() {
+    let limits = Limits {
+        max_response_bytes: 256,
+        ..Limits::default()
+    };
+    let server = server_with(limits, None).await;
+    let mut client = server.client().await;
+    publish(&mut client, open("story", &[])).await;
+    for i in 0..5 {
+        publish(&mut client, report("story", &format!("fact-{i}"))).await;
+    }
+    let request = pb::GetStoryRequest {
+        story_id: "story".into(),
+        as_of_version: None,
+    };
+    expect_status(
+        client.get_story(request).await,
+        Code::OutOfRange,
+        &["too large"],
+    );
+    // Small answers still go out.
+    let page = client
+        .list_events(pb::ListEventsRequest {
+            page_size: 1,
+            ..Default::default()
+        })
+        .await
+        .expect("a small page fits");
+    assert_eq!(page.into_inner().events.len(), 1);
+}
