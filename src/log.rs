@@ -376,6 +376,14 @@ impl LogState {
         Ok(receipt)
     }
 
+    /// The framed records appended since the writer thread last took them (none in memory).
+    fn take_unwritten(&mut self) -> Vec<(u64, Vec<u8>)> {
+        self.unwritten
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+
     /// Indexes a publisher's event_id for idempotent retries (server-assigned ids need none).
     fn index_event_id(&mut self, event_id: Option<&str>, idempotency: Idempotency) {
         if let Some(event_id) = event_id {
@@ -576,27 +584,18 @@ impl EventLog {
         }
     }
 
-    /// Hands framed records to the writer thread: what it writes and syncs next, then the
-    /// sequence of the last one written (or `None`), and the oldest retained sequence.
+    /// Hands the writer thread the framed records appended since it last looked, and the oldest
+    /// retained sequence.
     fn take_unwritten(&self) -> (Vec<(u64, Vec<u8>)>, u64) {
         let mut state = self.write();
-        let unwritten = state
-            .unwritten
-            .as_mut()
-            .map(std::mem::take)
-            .unwrap_or_default();
-        (unwritten, state.first_retained)
+        (state.take_unwritten(), state.first_retained)
     }
 
     /// Every story as of the newest appended event, and the records not yet written up to it:
     /// written and synced before the snapshot, they make it cover everything up to its head.
     fn snapshot_for_compaction(&self) -> (wal::Snapshot, Vec<(u64, Vec<u8>)>, u64) {
         let mut state = self.write();
-        let unwritten = state
-            .unwritten
-            .as_mut()
-            .map(std::mem::take)
-            .unwrap_or_default();
+        let unwritten = state.take_unwritten();
         let snapshot = wal::Snapshot {
             log_id: self.log_id.clone(),
             head: state.head,

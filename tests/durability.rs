@@ -331,15 +331,7 @@ async fn kill_9_during_acknowledged_publishes_loses_nothing_acknowledged() {
     let mut log_id = String::new();
     for trial in 0..TRIALS {
         let (mut serve, url) = start(&dir.0).await;
-        let channel = within(
-            "connect",
-            tonic::transport::Channel::from_shared(url)
-                .expect("url")
-                .connect(),
-        )
-        .await
-        .expect("connect");
-        let mut client = pb::story_service_client::StoryServiceClient::new(channel.clone());
+        let mut client = client_at(&url).await;
         if trial == 0 {
             publish(&mut client, open("story", &[])).await;
         }
@@ -357,7 +349,7 @@ async fn kill_9_during_acknowledged_publishes_loses_nothing_acknowledged() {
         let (acks_tx, mut acks) = tokio::sync::mpsc::unbounded_channel();
         let mut publishers = Vec::new();
         for p in 0..PUBLISHERS {
-            let mut client = pb::story_service_client::StoryServiceClient::new(channel.clone());
+            let mut client = client.clone();
             let acks_tx = acks_tx.clone();
             publishers.push(tokio::spawn(async move {
                 for i in 0.. {
@@ -400,15 +392,7 @@ async fn kill_9_during_acknowledged_publishes_loses_nothing_acknowledged() {
     }
 
     let (mut serve, url) = start(&dir.0).await;
-    let channel = within(
-        "connect",
-        tonic::transport::Channel::from_shared(url)
-            .expect("url")
-            .connect(),
-    )
-    .await
-    .expect("connect");
-    let mut client = pb::story_service_client::StoryServiceClient::new(channel);
+    let mut client = client_at(&url).await;
     let server_events = all_events(&mut client, &log_id).await;
     // Sequences are continuous from 1, and no event_id appears twice.
     let sequences: Vec<u64> = server_events.iter().map(|e| e.sequence).collect();

@@ -144,6 +144,13 @@ impl Drop for TestServer {
     }
 }
 
+/// A generated client connected to `url`, a server this test started some other way.
+pub async fn client_at(url: &str) -> StoryServiceClient<Channel> {
+    let endpoint = Channel::from_shared(url.to_owned()).expect("valid url");
+    let channel = within("a connection", endpoint.connect()).await;
+    StoryServiceClient::new(channel.expect("connect"))
+}
+
 /// A Publish request for `story_id` with `change`, a headline, and an optional event_id.
 pub fn request(story_id: &str, event_id: &str, headline: &str, kind: Kind) -> pb::PublishRequest {
     pb::PublishRequest {
