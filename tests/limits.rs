@@ -234,3 +234,126 @@ async fn a_response_over_the_size_limit_fails_the_call_not_the_server() {
         .expect("a small page fits");
     assert_eq!(page.into_inner().events.len(), 1);
 }
+
+/// An HTTP/2 connection opened by hand: the client preface and an empty SETTINGS frame.
+async fn raw_http2(server: &TestServer) -> tokio::net::TcpStream {
+    let mut socket = tokio::net::TcpStream::connect(server.address)
+        .await
+        .expect("connect");
+    socket
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .expect("preface");
+    socket
+}
+
+#[tokio::test]
+async fn a_connection_older_than_the_age_limit_is_closed() {
+    let limits = Limits {
+        max_connection_age: Some(Duration::from_millis(300)),
+        ..Limits::default()
+    };
+    let server = server_with(limits, None).await;
+    // A well-behaved idle peer: it acknowledges SETTINGS and answers PINGs, so keepalive (every
+    // 30 s here) has no reason to act, and only the age limit can end the connection in time.
+    let mut socket = raw_http2(&server).await;
+    let mut received = Vec::new();
+    let mut buffer = vec![0; 4096];
+    within("the server to close the old connection", async {
+        loop {
+            let read = match socket.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(read) => read,
+            };
+            received.extend_from_slice(&buffer[..read]);
+            while received.len() >= 9 {
+                let length =
+                    u32::from_be_bytes([0, received[0], received[1], received[2]]) as usize;
+                if received.len() < 9 + length {
+                    break;
+                }
+                let (kind, flags) = (received[3], received[4]);
+                let acknowledged = flags & 0x01 != 0;
+                let reply = match kind {
+                    0x04 if !acknowledged => Some(vec![0, 0, 0, 0x04, 0x01, 0, 0, 0, 0]),
+                    0x06 if !acknowledged => {
+                        let mut pong = vec![0, 0, 8, 0x06, 0x01, 0, 0, 0, 0];
+                        pong.extend_from_slice(&received[9..17]);
+                        Some(pong)
+                    }
+                    _ => None,
+                };
+                if let Some(reply) = reply {
+                    let _ = socket.write_all(&reply).await;
+                }
+                received.drain(..9 + length);
+            }
+        }
+    })
+    .await;
+}
+
+/// A HEADERS frame (END_HEADERS, not END_STREAM) opening stream 1 as a unary call to `path`,
+/// in HPACK literals without Huffman coding: a request whose body never comes.
+fn headers_without_body(path: &str) -> Vec<u8> {
+    let mut block = Vec::new();
+    for (name, value) in [
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":path", path),
+        (":authority", "127.0.0.1"),
+        ("content-type", "application/grpc"),
+        ("te", "trailers"),
+    ] {
+        block.push(0x00); // literal header field without indexing, new name
+        block.push(name.len() as u8);
+        block.extend_from_slice(name.as_bytes());
+        block.push(value.len() as u8);
+        block.extend_from_slice(value.as_bytes());
+    }
+    let length = block.len() as u32;
+    let mut frame = length.to_be_bytes()[1..].to_vec();
+    frame.extend_from_slice(&[0x01, 0x04, 0, 0, 0, 1]); // HEADERS, END_HEADERS, stream 1
+    frame.extend_from_slice(&block);
+    frame
+}
+
+#[tokio::test]
+async fn a_call_that_does_not_finish_in_time_is_answered_by_the_request_timeout() {
+    let limits = Limits {
+        request_timeout: Duration::from_millis(300),
+        ..Limits::default()
+    };
+    let server = server_with(limits, None).await;
+    let mut socket = raw_http2(&server).await;
+    socket
+        .write_all(&headers_without_body("/storywire.v1.StoryService/GetStory"))
+        .await
+        .expect("headers");
+    // The request never completes, so only the timeout can make the server answer on stream 1
+    // (a HEADERS frame with the status, or a RST_STREAM).
+    let mut received = Vec::new();
+    let mut buffer = vec![0; 4096];
+    within("the server to answer stream 1", async {
+        loop {
+            let read = socket.read(&mut buffer).await.expect("read");
+            assert!(read > 0, "the connection closed without an answer");
+            received.extend_from_slice(&buffer[..read]);
+            let mut at = 0;
+            while received.len() >= at + 9 {
+                let length =
+                    u32::from_be_bytes([0, received[at], received[at + 1], received[at + 2]])
+                        as usize;
+                let kind = received[at + 3];
+                let stream =
+                    u32::from_be_bytes(received[at + 5..at + 9].try_into().expect("4 bytes"))
+                        & 0x7fff_ffff;
+                if stream == 1 && (kind == 0x01 || kind == 0x03) {
+                    return;
+                }
+                at += 9 + length;
+            }
+        }
+    })
+    .await;
+}
