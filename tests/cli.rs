@@ -398,21 +398,11 @@ async fn serve_demo_streams_live_updates_and_exits_zero_on_sigterm() {
         "--listen",
         "127.0.0.1:0",
     ]));
-    let log = server
-        .read_until(Pipe::Stderr, "storywire listening address=")
-        .await;
-    let listening = log.last().expect("the line read last");
+    let (address, log) = server.listening_address().await;
     assert!(
         !log.iter().any(|line| line.contains('\u{1b}')),
         "no ANSI colours when stderr is not a terminal: {log:#?}"
     );
-    let address: std::net::SocketAddr = listening
-        .split("address=")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|address| address.parse().ok())
-        .unwrap_or_else(|| panic!("an address in {listening:?}"));
-    assert!(address.ip().is_loopback() && address.port() != 0);
 
     let mut subscriber = subscribe_from_the_start(&format!("http://{address}"));
     let caught_up = subscriber

@@ -312,13 +312,7 @@ fn storywire_serve(dir: &Path, extra: &[&str]) -> Command {
 /// Starts the binary and returns it with its URL.
 async fn start(dir: &Path) -> (Running, String) {
     let mut serve = Running::spawn(storywire_serve(dir, &["--fsync", "always"]));
-    let lines = serve.read_until(Pipe::Stderr, "storywire listening").await;
-    let line = lines.last().expect("the listening line");
-    let address = line
-        .split("address=")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .expect("an address");
+    let (address, _) = serve.listening_address().await;
     (serve, format!("http://{address}"))
 }
 

@@ -11,7 +11,7 @@ use std::{
     sync::atomic::{AtomicUsize, Ordering},
 };
 
-use process::{Pipe, Running, run, storywire};
+use process::{Running, run, storywire};
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, KeyUsagePurpose,
@@ -465,17 +465,7 @@ async fn serve_with_tls_answers_the_cli_over_https_and_exits_zero_on_sigterm() {
         "--tls-key",
         &key,
     ]));
-    let log = server
-        .read_until(Pipe::Stderr, "storywire listening address=")
-        .await;
-    let listening = log.last().expect("the line read last");
-    let address: std::net::SocketAddr = listening
-        .split("address=")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|address| address.parse().ok())
-        .unwrap_or_else(|| panic!("an address in {listening:?}"));
-    assert!(address.ip().is_loopback() && address.port() != 0);
+    let (address, _) = server.listening_address().await;
 
     let url = format!("https://localhost:{}", address.port());
     let ca = certificates.arg("ca.pem");

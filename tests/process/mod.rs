@@ -193,6 +193,23 @@ impl Running {
         }
     }
 
+    /// Reads a `storywire serve` process's stderr up to its `storywire listening address=` line;
+    /// returns the loopback address it announced and the lines read.
+    pub async fn listening_address(&mut self) -> (std::net::SocketAddr, Vec<String>) {
+        let lines = self
+            .read_until(Pipe::Stderr, "storywire listening address=")
+            .await;
+        let listening = lines.last().expect("the line read last");
+        let address: std::net::SocketAddr = listening
+            .split("address=")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|address| address.parse().ok())
+            .unwrap_or_else(|| panic!("an address in {listening:?}"));
+        assert!(address.ip().is_loopback() && address.port() != 0);
+        (address, lines)
+    }
+
     /// The rest of `pipe`'s lines, once the process has closed it.
     pub async fn read_to_end(&mut self, pipe: Pipe) -> Vec<String> {
         let mut lines = Vec::new();
