@@ -10,8 +10,10 @@ use storywire::{
     pb::{self, change::Kind, subscribe_response::Item},
     server::ServerOptions,
 };
-use support::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use support::{
+    http2::{self, RawPeer},
+    *,
+};
 use tonic::{Code, Request};
 
 async fn server_with(limits: Limits, tokens: Option<Tokens>) -> TestServer {
@@ -182,23 +184,11 @@ async fn a_peer_that_stops_answering_pings_is_disconnected() {
         ..Limits::default()
     };
     let server = server_with(limits, None).await;
-    // An HTTP/2 client that says hello and then never reads or answers again.
-    let mut socket = tokio::net::TcpStream::connect(server.address)
-        .await
-        .expect("connect");
-    socket
-        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
-        .await
-        .expect("preface");
-    // The server's pings go unanswered, so it closes the connection: reading reaches the end.
-    let mut buffer = vec![0; 4096];
+    // An HTTP/2 client that says hello and then never answers again.
+    let mut peer = RawPeer::connect(server.address).await;
+    // The server's pings go unanswered, so it closes the connection.
     within("the server to hang up", async {
-        loop {
-            match socket.read(&mut buffer).await {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {}
-            }
-        }
+        while peer.next_frame().await.is_some() {}
     })
     .await;
 }
@@ -235,18 +225,6 @@ async fn a_response_over_the_size_limit_fails_the_call_not_the_server() {
     assert_eq!(page.into_inner().events.len(), 1);
 }
 
-/// An HTTP/2 connection opened by hand: the client preface and an empty SETTINGS frame.
-async fn raw_http2(server: &TestServer) -> tokio::net::TcpStream {
-    let mut socket = tokio::net::TcpStream::connect(server.address)
-        .await
-        .expect("connect");
-    socket
-        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
-        .await
-        .expect("preface");
-    socket
-}
-
 #[tokio::test]
 async fn a_connection_older_than_the_age_limit_is_closed() {
     let limits = Limits {
@@ -256,66 +234,13 @@ async fn a_connection_older_than_the_age_limit_is_closed() {
     let server = server_with(limits, None).await;
     // A well-behaved idle peer: it acknowledges SETTINGS and answers PINGs, so keepalive (every
     // 30 s here) has no reason to act, and only the age limit can end the connection in time.
-    let mut socket = raw_http2(&server).await;
-    let mut received = Vec::new();
-    let mut buffer = vec![0; 4096];
+    let mut peer = RawPeer::connect(server.address).await;
     within("the server to close the old connection", async {
-        loop {
-            let read = match socket.read(&mut buffer).await {
-                Ok(0) | Err(_) => return,
-                Ok(read) => read,
-            };
-            received.extend_from_slice(&buffer[..read]);
-            while received.len() >= 9 {
-                let length =
-                    u32::from_be_bytes([0, received[0], received[1], received[2]]) as usize;
-                if received.len() < 9 + length {
-                    break;
-                }
-                let (kind, flags) = (received[3], received[4]);
-                let acknowledged = flags & 0x01 != 0;
-                let reply = match kind {
-                    0x04 if !acknowledged => Some(vec![0, 0, 0, 0x04, 0x01, 0, 0, 0, 0]),
-                    0x06 if !acknowledged => {
-                        let mut pong = vec![0, 0, 8, 0x06, 0x01, 0, 0, 0, 0];
-                        pong.extend_from_slice(&received[9..17]);
-                        Some(pong)
-                    }
-                    _ => None,
-                };
-                if let Some(reply) = reply {
-                    let _ = socket.write_all(&reply).await;
-                }
-                received.drain(..9 + length);
-            }
+        while let Some(frame) = peer.next_frame().await {
+            peer.answer(&frame).await;
         }
     })
     .await;
-}
-
-/// A HEADERS frame (END_HEADERS, not END_STREAM) opening stream 1 as a unary call to `path`,
-/// in HPACK literals without Huffman coding: a request whose body never comes.
-fn headers_without_body(path: &str) -> Vec<u8> {
-    let mut block = Vec::new();
-    for (name, value) in [
-        (":method", "POST"),
-        (":scheme", "http"),
-        (":path", path),
-        (":authority", "127.0.0.1"),
-        ("content-type", "application/grpc"),
-        ("te", "trailers"),
-    ] {
-        block.push(0x00); // literal header field without indexing, new name
-        block.push(name.len() as u8);
-        block.extend_from_slice(name.as_bytes());
-        block.push(value.len() as u8);
-        block.extend_from_slice(value.as_bytes());
-    }
-    let length = block.len() as u32;
-    let mut frame = length.to_be_bytes()[1..].to_vec();
-    frame.extend_from_slice(&[0x01, 0x04, 0, 0, 0, 1]); // HEADERS, END_HEADERS, stream 1
-    frame.extend_from_slice(&block);
-    frame
 }
 
 #[tokio::test]
@@ -325,35 +250,147 @@ async fn a_call_that_does_not_finish_in_time_is_answered_by_the_request_timeout(
         ..Limits::default()
     };
     let server = server_with(limits, None).await;
-    let mut socket = raw_http2(&server).await;
-    socket
-        .write_all(&headers_without_body("/storywire.v1.StoryService/GetStory"))
-        .await
-        .expect("headers");
+    let mut peer = RawPeer::connect(server.address).await;
+    peer.send(&http2::grpc_call(1, "/storywire.v1.StoryService/GetStory"))
+        .await;
     // The request never completes, so only the timeout can make the server answer on stream 1
     // (a HEADERS frame with the status, or a RST_STREAM).
-    let mut received = Vec::new();
-    let mut buffer = vec![0; 4096];
     within("the server to answer stream 1", async {
         loop {
-            let read = socket.read(&mut buffer).await.expect("read");
-            assert!(read > 0, "the connection closed without an answer");
-            received.extend_from_slice(&buffer[..read]);
-            let mut at = 0;
-            while received.len() >= at + 9 {
-                let length =
-                    u32::from_be_bytes([0, received[at], received[at + 1], received[at + 2]])
-                        as usize;
-                let kind = received[at + 3];
-                let stream =
-                    u32::from_be_bytes(received[at + 5..at + 9].try_into().expect("4 bytes"))
-                        & 0x7fff_ffff;
-                if stream == 1 && (kind == 0x01 || kind == 0x03) {
-                    return;
-                }
-                at += 9 + length;
+            let frame = peer
+                .next_frame()
+                .await
+                .expect("the connection closed without an answer");
+            if frame.stream == 1
+                && (frame.kind == http2::HEADERS || frame.kind == http2::RST_STREAM)
+            {
+                return;
             }
         }
     })
     .await;
+}
+
+/// What a server said to a burst of frames followed by a PING: a GOAWAY (with its code), or the
+/// PING's acknowledgement, meaning the connection lives on; and the codes of the streams it reset.
+#[derive(Debug)]
+struct AfterBurst {
+    goaway: Option<u32>,
+    resets: Vec<u32>,
+}
+
+/// Sends `burst` and a PING in one write, then reads until a GOAWAY, or until the PING is
+/// acknowledged and `resets` streams have been reset (h2 sends a PING's answer ahead of resets).
+async fn send_burst(server: &TestServer, mut burst: Vec<u8>, resets: usize) -> AfterBurst {
+    let expected_resets = resets;
+    let mut peer = RawPeer::connect(server.address).await;
+    burst.extend(http2::ping(*b"burst ok"));
+    peer.send(&burst).await;
+    within("the server's answer to the burst", async {
+        let mut resets = Vec::new();
+        let mut acknowledged = false;
+        loop {
+            if acknowledged && resets.len() >= expected_resets {
+                return AfterBurst {
+                    goaway: None,
+                    resets,
+                };
+            }
+            let frame = peer
+                .next_frame()
+                .await
+                .expect("the server hung up without a GOAWAY");
+            match frame.kind {
+                http2::RST_STREAM => resets.push(frame.error_code()),
+                http2::GOAWAY => {
+                    let goaway = Some(frame.error_code());
+                    return AfterBurst { goaway, resets };
+                }
+                http2::PING if frame.flags & http2::ACK != 0 => acknowledged = true,
+                _ => peer.answer(&frame).await,
+            }
+        }
+    })
+    .await
+}
+
+/// `count` gRPC calls, each reset by the client right after opening it, all in one write: the
+/// "rapid reset" pattern (CVE-2023-44487), where the server never gets to read the streams.
+fn opened_and_reset(count: u32) -> Vec<u8> {
+    (0..count)
+        .flat_map(|i| {
+            let stream = 2 * i + 1;
+            let call = http2::grpc_call(stream, "/storywire.v1.StoryService/GetStory");
+            [call, http2::reset(stream, http2::CANCEL)].concat()
+        })
+        .collect()
+}
+
+/// `count` streams whose headers lack `:method`: malformed requests the server must reset itself.
+fn malformed(count: u32) -> Vec<u8> {
+    (0..count)
+        .flat_map(|i| {
+            http2::headers(
+                2 * i + 1,
+                &[
+                    (":scheme", "http"),
+                    (":path", "/storywire.v1.StoryService/GetStory"),
+                    (":authority", "127.0.0.1"),
+                ],
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_burst_of_streams_reset_before_they_are_read_closes_only_that_connection() {
+    let limits = Limits::default();
+    assert_eq!(limits.max_pending_accept_reset_streams, 20);
+    let server = server_with(limits, None).await;
+    let mut client = server.client().await;
+    let after = send_burst(&server, opened_and_reset(50), 0).await;
+    assert_eq!(after.goaway, Some(http2::ENHANCE_YOUR_CALM), "{after:?}");
+    // Everyone else carries on.
+    publish(&mut client, open("story", &[])).await;
+}
+
+#[tokio::test]
+async fn the_same_reset_burst_is_tolerated_with_the_pending_reset_limit_raised() {
+    let limits = Limits {
+        max_pending_accept_reset_streams: 1_000,
+        ..Limits::default()
+    };
+    let server = server_with(limits, None).await;
+    let after = send_burst(&server, opened_and_reset(50), 0).await;
+    assert_eq!(after.goaway, None, "{after:?}");
+}
+
+#[tokio::test]
+async fn a_client_whose_streams_the_server_must_keep_resetting_is_cut_off_at_the_limit() {
+    let limits = Limits::default();
+    assert_eq!(limits.max_local_error_reset_streams, 1_024);
+    let server = server_with(limits, None).await;
+    let mut client = server.client().await;
+    let after = send_burst(&server, malformed(1_100), 1_100).await;
+    assert_eq!(after.goaway, Some(http2::ENHANCE_YOUR_CALM), "{after:?}");
+    assert!(after.resets.len() <= 1_024, "{} resets", after.resets.len());
+    publish(&mut client, open("story", &[])).await;
+}
+
+#[tokio::test]
+async fn with_the_local_reset_limit_raised_each_malformed_stream_is_only_reset() {
+    let limits = Limits {
+        max_local_error_reset_streams: 2_000,
+        ..Limits::default()
+    };
+    let server = server_with(limits, None).await;
+    let after = send_burst(&server, malformed(1_100), 1_100).await;
+    assert_eq!(after.goaway, None, "{after:?}");
+    assert_eq!(after.resets.len(), 1_100);
+    assert!(
+        after
+            .resets
+            .iter()
+            .all(|&code| code == http2::PROTOCOL_ERROR)
+    );
 }

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)] // Each test file uses its own part of this module.
 
+pub mod http2;
+
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use storywire::{
