@@ -1,8 +1,12 @@
 //! Abuse: misbehaving clients against one server while a well-behaved one measures what it feels.
 //!
-//! Each phase starts a fresh server, opens a live subscriber and publishes 100 events a second
-//! for a few seconds (the victim), while one kind of abuser runs on its own connections. Every
-//! abuser is bounded in count and stops when the phase ends; all traffic stays on 127.0.0.1.
+//! Each phase starts a fresh server and fills its log with a few thousand events. Then one kind
+//! of abuser sets itself up on its own connections, and only once it is in place does the victim
+//! open a live subscription and publish 100 events a second for a few seconds, measuring each
+//! event from send to receipt. The abuser runs on a runtime and thread of its own, so its
+//! client-side work shares the machine's cores with the victim but never the victim's runtime.
+//! Every abuser is bounded in count and stops when the phase ends; all traffic stays on
+//! 127.0.0.1.
 
 use std::{
     sync::{
@@ -13,7 +17,7 @@ use std::{
 };
 
 use bytes::{Buf, BufMut};
-use tokio::time::Instant;
+use tokio::{sync::oneshot, time::Instant};
 use tonic::{
     Status,
     codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder},
@@ -30,6 +34,11 @@ use crate::pb::{self, story_service_client::StoryServiceClient};
 /// How long the victim publishes in each phase, and at what rate.
 const PHASE_EVENTS: u64 = 400;
 const PHASE_RATE: u64 = 100;
+/// Events in the log before the abuse starts: about 500 KiB, so that a subscription from sequence
+/// 1 fills any HTTP/2 window a non-reading client could offer while it catches up.
+const PREFILL_EVENTS: u64 = 2_000;
+/// The size of each oversized publish: twice the server's default request limit.
+const OVERSIZED_BYTES: usize = 2 * 1024 * 1024;
 /// The most operations one abuser performs in a phase, whatever the time.
 const MAX_ABUSES: u64 = 200_000;
 
@@ -94,11 +103,20 @@ impl Decoder for RawCodec {
     }
 }
 
-/// Runs one abuser until `stop`, returning how many abusive operations it made.
-async fn abuse(kind: Abuse, url: String, stop: Arc<AtomicBool>) -> Result<u64, String> {
+/// Runs one abuser until `stop`, returning how many abusive operations it made. It completes
+/// `ready` once it is in place: its streams open, or its first abusive operation made.
+async fn abuse(
+    kind: Abuse,
+    url: String,
+    stop: Arc<AtomicBool>,
+    ready: oneshot::Sender<()>,
+) -> Result<u64, String> {
     let done = Arc::new(AtomicU64::new(0));
+    let mut ready = Some(ready);
     match kind {
-        Abuse::Quiet => {}
+        Abuse::Quiet => {
+            let _ = ready.take().map(|ready| ready.send(()));
+        }
         Abuse::Stallers => {
             // The smallest HTTP/2 windows, so that not reading really stalls each stream.
             let mut channels = Vec::new();
@@ -115,6 +133,7 @@ async fn abuse(kind: Abuse, url: String, stop: Arc<AtomicBool>) -> Result<u64, S
             };
             let streams = subscribe_many(&channels, 1_000, &request).await?;
             done.fetch_add(streams.len() as u64, Ordering::Relaxed);
+            let _ = ready.take().map(|ready| ready.send(()));
             while !stop.load(Ordering::Relaxed) {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
@@ -122,6 +141,7 @@ async fn abuse(kind: Abuse, url: String, stop: Arc<AtomicBool>) -> Result<u64, S
         }
         Abuse::Resetters => {
             let channels = connect(&url, 4).await?;
+            let _ = ready.take().map(|ready| ready.send(()));
             let mut tasks = Vec::new();
             for channel in channels {
                 let (stop, done) = (stop.clone(), done.clone());
@@ -144,22 +164,29 @@ async fn abuse(kind: Abuse, url: String, stop: Arc<AtomicBool>) -> Result<u64, S
         Abuse::Oversized | Abuse::Garbage => {
             let channel = connect(&url, 1).await?.remove(0);
             let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
-            while !stop.load(Ordering::Relaxed) && done.load(Ordering::Relaxed) < MAX_ABUSES {
-                let size = if matches!(kind, Abuse::Oversized) {
-                    2 * 1024 * 1024
-                } else {
-                    (seed % 512) as usize + 1
-                };
-                let body: Vec<u8> = (0..size)
+            let mut random_bytes = |size: usize| -> Vec<u8> {
+                (0..size)
                     .map(|_| {
                         seed ^= seed << 13;
                         seed ^= seed >> 7;
                         seed ^= seed << 17;
                         seed as u8
                     })
-                    .collect();
+                    .collect()
+            };
+            // One oversized body, sent again and again: what the server receives is the same,
+            // and the abuser spends its CPU on sending rather than on making up 2 MiB each time.
+            let oversized = random_bytes(OVERSIZED_BYTES);
+            while !stop.load(Ordering::Relaxed) && done.load(Ordering::Relaxed) < MAX_ABUSES {
+                let body = if matches!(kind, Abuse::Oversized) {
+                    oversized.clone()
+                } else {
+                    let size = random_bytes(1)[0] as usize * 2 + 1;
+                    random_bytes(size)
+                };
                 send_raw(channel.clone(), body).await;
                 done.fetch_add(1, Ordering::Relaxed);
+                let _ = ready.take().map(|ready| ready.send(()));
             }
         }
     }
@@ -191,44 +218,114 @@ async fn serving(channel: Channel) -> bool {
 /// What the victim saw in one phase.
 struct Phase {
     p99_ms: f64,
+    /// The server's CPU time over the victim's measurement, per second of it (2.0 is both cores).
+    server_cpu: f64,
     lost: u64,
     peak_rss_mib: f64,
     abuses: u64,
     healthy: bool,
 }
 
-async fn phase(kind: Abuse) -> Result<Phase, String> {
+/// The abuser's scheduling priority against the server and the victim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Priority {
+    /// The same as everyone's: on two cores the abuser's own client-side work then takes CPU from
+    /// the server and the victim alike, which no server setting can prevent.
+    Same,
+    /// Nice 19: the abuser gets whatever CPU the server and the victim leave, standing in for an
+    /// abuser on another machine, whose client-side work costs this one nothing.
+    Background,
+}
+
+impl Priority {
+    fn describe(self) -> &'static str {
+        match self {
+            Self::Same => "the abuser at the same priority as the server and the victim",
+            Self::Background => "the abuser at nice 19, as if on another machine",
+        }
+    }
+}
+
+/// Runs `kind` on a current-thread runtime on a thread of its own, so that the abuser's
+/// client-side work (making and sending requests, holding streams) never delays a task of the
+/// victim's on the bench's runtime. The two still share the machine's cores, as the server does,
+/// unless `priority` puts the abuser behind them.
+fn spawn_abuser(
+    kind: Abuse,
+    priority: Priority,
+    url: String,
+    stop: Arc<AtomicBool>,
+    ready: oneshot::Sender<()>,
+) -> std::thread::JoinHandle<Result<u64, String>> {
+    std::thread::spawn(move || {
+        if priority == Priority::Background {
+            // SAFETY: setpriority and gettid only read their integer arguments; on Linux a thread
+            // id given as PRIO_PROCESS sets that one thread's nice value.
+            let set = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as u32, 19) };
+            if set != 0 {
+                return Err(format!(
+                    "setting the abuser's nice value: {}",
+                    std::io::Error::last_os_error()
+                ));
+            }
+        }
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("abuser runtime: {e}"))?
+            .block_on(abuse(kind, url, stop, ready))
+    })
+}
+
+/// Waits for the abuser's thread to end and returns what it counted.
+async fn join_abuser(abuser: std::thread::JoinHandle<Result<u64, String>>) -> Result<u64, String> {
+    tokio::task::spawn_blocking(move || abuser.join())
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|_| "the abuser panicked".to_owned())?
+}
+
+async fn phase(kind: Abuse, priority: Priority) -> Result<Phase, String> {
     let server = ServerProcess::start(Target::Storywire, 1_000_000).await?;
     let url = server.url();
     let victim = connect(&url, 2).await?;
     publish_unary(victim[0].clone(), 1).await?;
+    publish_from(victim[0].clone(), 2, PREFILL_EVENTS, Rate::Max).await?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ready, in_place) = oneshot::channel();
+    let abuser = spawn_abuser(kind, priority, url.clone(), stop.clone(), ready);
+    if in_place.await.is_err() {
+        // The abuser ended before it was in place: its result says why.
+        return Err(match join_abuser(abuser).await {
+            Err(error) => error,
+            Ok(_) => format!("the {kind:?} abuser ended before it was in place"),
+        });
+    }
     let stream = subscribe_many(&victim[1..], 1, &pb::SubscribeRequest::default())
         .await?
         .remove(0);
-    let stop = Arc::new(AtomicBool::new(false));
-    let abuser = tokio::spawn(abuse(kind, url.clone(), stop.clone()));
-    // Let the abuse get going before the victim measures.
-    if !matches!(kind, Abuse::Quiet) {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    let last = 1 + PHASE_EVENTS;
+    let first = 2 + PREFILL_EVENTS;
+    let last = first + PHASE_EVENTS - 1;
     let deadline = Instant::now() + Duration::from_secs(PHASE_EVENTS / PHASE_RATE + 60);
-    let receiving = tokio::spawn(receive(stream, 2, last, deadline));
+    let receiving = tokio::spawn(receive(stream, first, last, deadline));
+    let (cpu_before, started) = (server.cpu_seconds(), Instant::now());
     publish_from(
         victim[0].clone(),
-        2,
+        first,
         PHASE_EVENTS,
         Rate::PerSecond(PHASE_RATE),
     )
     .await?;
     let received = receiving.await.map_err(|e| e.to_string())?;
+    let server_cpu = (server.cpu_seconds() - cpu_before) / started.elapsed().as_secs_f64();
     stop.store(true, Ordering::Relaxed);
-    let abuses = abuser.await.map_err(|e| e.to_string())??;
+    let abuses = join_abuser(abuser).await?;
     let healthy = serving(victim[0].clone()).await;
     let peak = server.peak_rss_bytes();
     server.stop().await;
     Ok(Phase {
         p99_ms: received.latency.value_at_quantile(0.99) as f64 / 1_000.0,
+        server_cpu,
         lost: received.gaps,
         peak_rss_mib: peak as f64 / (1024.0 * 1024.0),
         abuses,
@@ -236,12 +333,20 @@ async fn phase(kind: Abuse) -> Result<Phase, String> {
     })
 }
 
-/// Runs every phase `runs` times and prints the table.
+/// Runs every phase `runs` times at each priority and prints a table for each.
 pub async fn run(runs: usize) -> Result<(), String> {
+    for priority in [Priority::Same, Priority::Background] {
+        table(runs, priority).await?;
+    }
+    Ok(())
+}
+
+async fn table(runs: usize, priority: Priority) -> Result<(), String> {
+    println!("\n{}:", priority.describe());
     println!(
-        "\n| abuse while a client publishes {PHASE_RATE}/s and subscribes | victim p99 ms | ratio to quiet | events lost | server peak RSS MiB | abusive operations | server healthy after |"
+        "\n| abuse while a client publishes {PHASE_RATE}/s and subscribes | victim p99 ms | ratio to quiet | server CPU, cores | events lost | server peak RSS MiB | abusive operations | server healthy after |"
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|");
     let mut quiet_p99 = 0.0;
     for kind in [
         Abuse::Quiet,
@@ -252,10 +357,10 @@ pub async fn run(runs: usize) -> Result<(), String> {
     ] {
         let mut results = Vec::new();
         for _ in 0..runs {
-            let result = phase(kind).await?;
+            let result = phase(kind, priority).await?;
             eprintln!(
-                "abuse {kind:?}: p99 {:.2} ms, lost {}, peak RSS {:.1} MiB, {} operations",
-                result.p99_ms, result.lost, result.peak_rss_mib, result.abuses
+                "abuse {kind:?} ({priority:?}): p99 {:.2} ms, server CPU {:.2} cores, lost {}, peak RSS {:.1} MiB, {} operations",
+                result.p99_ms, result.server_cpu, result.lost, result.peak_rss_mib, result.abuses
             );
             results.push(result);
         }
@@ -264,13 +369,15 @@ pub async fn run(runs: usize) -> Result<(), String> {
         if matches!(kind, Abuse::Quiet) {
             quiet_p99 = median;
         }
+        let cpu: Vec<f64> = results.iter().map(|r| r.server_cpu).collect();
         let rss: Vec<f64> = results.iter().map(|r| r.peak_rss_mib).collect();
         let abuses: Vec<f64> = results.iter().map(|r| r.abuses as f64).collect();
         println!(
-            "| {} | {} | {:.2}x | {} | {} | {} | {} |",
+            "| {} | {} | {:.2}x | {} | {} | {} | {} | {} |",
             kind.describe(),
             cell(&p99, 2),
             median / quiet_p99.max(1e-9),
+            cell(&cpu, 2),
             results.iter().map(|r| r.lost).sum::<u64>(),
             cell(&rss, 1),
             cell(&abuses, 0),
