@@ -25,13 +25,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .extern_path(".google.protobuf", "::pbjson_types")
         .compile_fds(compiler.file_descriptor_set())?;
 
-    // The server side of StoryService once more, with one difference: Subscribe streams
-    // `EncodedResponse`, which carries each event encoded once and shared by every subscriber.
-    // Every other type is the one generated above; the wire format is the same.
+    // The server side of StoryService once more, with two differences: Subscribe streams
+    // `EncodedResponse`, which carries each event encoded once and shared by every subscriber,
+    // and the codec is `ServerCodec`, which hands HTTP/2 smaller chunks. Every other type is the
+    // one generated above; the wire format is the same.
     let encoded_dir = out_dir.join("encoded");
     fs::create_dir_all(&encoded_dir)?;
     tonic_prost_build::configure()
         .build_client(false)
+        .codec_path("crate::encoded::ServerCodec")
         .compile_well_known_types(true)
         .extern_path(".google.protobuf", "::pbjson_types")
         .extern_path(

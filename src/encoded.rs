@@ -3,13 +3,18 @@
 //! HTTP/2 buffer), instead of cloning and encoding the event once per subscriber.
 //!
 //! [`EncodedResponse`] stands in for `pb::SubscribeResponse` on the server side of Subscribe
-//! (see `build.rs`): the bytes on the wire are identical, so clients see no difference.
+//! (see `build.rs`): the bytes on the wire are identical, so clients see no difference. The
+//! server side also encodes with [`ServerCodec`], which hands HTTP/2 smaller chunks.
+
+use std::marker::PhantomData;
 
 use bytes::{Buf, BufMut, Bytes};
 use prost::{
     DecodeError, Message,
     encoding::{DecodeContext, WireType, skip_field},
 };
+use tonic::codec::{BufferSettings, Codec};
+use tonic_prost::{ProstCodec, ProstDecoder, ProstEncoder};
 
 use crate::pb::{self, subscribe_response::Item};
 
@@ -18,19 +23,21 @@ use crate::pb::{self, subscribe_response::Item};
 pub enum EncodedResponse {
     /// A `SubscribeResponse` carrying an event, encoded when the event was appended.
     Encoded(Bytes),
-    /// Any other response (a story, caught_up, a checkpoint), encoded as it is sent.
-    Message(pb::SubscribeResponse),
+    /// Any other response (a story, caught_up, a checkpoint), encoded as it is sent. Boxed, so
+    /// that a response is the size of `Bytes` (32 bytes, not 224): a subscription holds up to a
+    /// batch of 256 of them.
+    Message(Box<pb::SubscribeResponse>),
 }
 
 impl Default for EncodedResponse {
     fn default() -> Self {
-        Self::Message(pb::SubscribeResponse::default())
+        Self::Message(Box::default())
     }
 }
 
 impl From<Item> for EncodedResponse {
     fn from(item: Item) -> Self {
-        Self::Message(pb::SubscribeResponse { item: Some(item) })
+        Self::Message(Box::new(pb::SubscribeResponse { item: Some(item) }))
     }
 }
 
@@ -62,6 +69,44 @@ impl Message for EncodedResponse {
 
     fn clear(&mut self) {
         *self = Self::default();
+    }
+}
+
+/// How many bytes of responses the server gathers before handing them to HTTP/2 as one chunk
+/// (tonic's default is 32 KiB). A subscriber that stops reading leaves about two chunks behind
+/// (one queued in HTTP/2, one waiting for window), in one allocation of about twice this size,
+/// so this bounds what a stalled subscription holds: about 30 KiB in all, not about 100 KiB.
+/// One chunk still fills an HTTP/2 DATA frame of 8 KiB or more, and responses that are ready are
+/// still gathered, so a busy stream sends as few frames and system calls as before.
+pub const SERVER_CHUNK_BYTES: usize = 8 * 1024;
+
+/// The codec of the generated server: prost's decoder, and prost's encoder with
+/// [`SERVER_CHUNK_BYTES`] chunks.
+#[derive(Debug, Clone, Copy)]
+pub struct ServerCodec<T, U>(PhantomData<(T, U)>);
+
+impl<T, U> Default for ServerCodec<T, U> {
+    fn default() -> Self {
+        Self(PhantomData)
+    }
+}
+
+impl<T, U> Codec for ServerCodec<T, U>
+where
+    T: Message + Send + 'static,
+    U: Message + Default + Send + 'static,
+{
+    type Encode = T;
+    type Decode = U;
+    type Encoder = ProstEncoder<T>;
+    type Decoder = ProstDecoder<U>;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        ProstEncoder::new(BufferSettings::new(SERVER_CHUNK_BYTES, SERVER_CHUNK_BYTES))
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        ProstCodec::<T, U>::default().decoder()
     }
 }
 
