@@ -43,6 +43,18 @@ pub enum LogError {
         /// The sequence of the event that holds it.
         sequence: u64,
     },
+    /// The event_id has the form of an id the server assigns (`<log_id>-<sequence>`) for a
+    /// sequence the log has not reached: accepting it would give two events the same id once the
+    /// server assigns that one.
+    #[error(
+        "event_id {event_id} has the form of an id this server assigns ({log_id}-<sequence>) for a sequence it has not reached; leave event_id empty to have one assigned, or choose another"
+    )]
+    ReservedEventId {
+        /// The refused id.
+        event_id: String,
+        /// The log whose id it borrows.
+        log_id: String,
+    },
     /// `expected_version` did not match the story's version.
     #[error(
         "expected_version {expected} does not match story {story_id}, which is at version {current}"
@@ -314,6 +326,14 @@ impl LogState {
                     sequence,
                 })
             };
+        }
+
+        if assigned_sequence(log_id, &request.event_id).is_some_and(|sequence| sequence > self.head)
+        {
+            return Err(LogError::ReservedEventId {
+                event_id: request.event_id,
+                log_id: log_id.to_owned(),
+            });
         }
 
         let current = self.stories.version(&request.story_id);

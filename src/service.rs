@@ -72,6 +72,10 @@ pub fn status(error: impl Into<Error>) -> Status {
             );
             return Status::with_error_details(Code::InvalidArgument, message, details);
         }
+        Error::Log(LogError::ReservedEventId { .. }) => {
+            let details = ErrorDetails::with_bad_request_violation("event_id", message.clone());
+            return Status::with_error_details(Code::InvalidArgument, message, details);
+        }
         Error::Log(LogError::Story(story)) => match story {
             StoryError::AlreadyOpened { .. } => Code::AlreadyExists,
             StoryError::NotFound { .. } => Code::NotFound,
@@ -81,7 +85,9 @@ pub fn status(error: impl Into<Error>) -> Status {
             StoryError::NoChange => Code::InvalidArgument,
         },
         Error::Log(log) => match log {
-            LogError::Story(_) => unreachable!("matched above"),
+            LogError::Story(_) | LogError::ReservedEventId { .. } => {
+                unreachable!("matched above")
+            }
             LogError::EventIdReused { .. } => Code::AlreadyExists,
             LogError::VersionMismatch { .. } => Code::Aborted,
             LogError::LogIdMismatch { .. } => Code::FailedPrecondition,
@@ -184,6 +190,7 @@ fn publish_response(outcome: Result<pb::PublishResponse, Error>) -> pb::PublishS
         Err(error) => {
             let field = match &error {
                 Error::Invalid(invalid) => invalid.field.clone(),
+                Error::Log(LogError::ReservedEventId { .. }) => "event_id".to_owned(),
                 _ => String::new(),
             };
             let status = status(error);

@@ -460,3 +460,56 @@ async fn open_streams_end_unavailable_at_shutdown_after_their_events() {
     assert_eq!(end.code(), Code::Unavailable, "{end:?}");
     assert!(end.message().contains("shutting down"), "{end:?}");
 }
+
+#[tokio::test]
+async fn an_event_id_the_server_has_yet_to_assign_cannot_be_claimed() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    publish(&mut client, open("story", &[])).await;
+    let log_id = server.log.log_id().to_owned();
+
+    // Sequence 3 is not reached: its server-assigned id belongs to whatever event reaches it.
+    let mut claim = note("story", "Claims an id ahead of the server");
+    claim.event_id = format!("{log_id}-3");
+    let status = expect_status(
+        client.publish(claim.clone()).await,
+        Code::InvalidArgument,
+        &[&claim.event_id, "assigns"],
+    );
+    assert_eq!(violated_field(&status), "event_id");
+    let mut stream = client
+        .publish_stream(tokio_stream::iter([pb::PublishStreamRequest {
+            request: Some(claim),
+        }]))
+        .await
+        .expect("stream opens")
+        .into_inner();
+    match stream.message().await.expect("an answer").expect("one") {
+        pb::PublishStreamResponse {
+            result: Some(pb::publish_stream_response::Result::Rejected(rejected)),
+        } => {
+            assert_eq!(rejected.code, i32::from(Code::InvalidArgument));
+            assert_eq!(rejected.field, "event_id");
+        }
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+    assert_eq!(server.log.head(), 1, "nothing appended");
+
+    // So every event keeps an id of its own when the server reaches sequence 3.
+    for text in ["Second", "Third"] {
+        publish(&mut client, note("story", text)).await;
+    }
+    let ids: Vec<String> = all_events(&mut client, &log_id)
+        .await
+        .into_iter()
+        .map(|event| event.event_id)
+        .collect();
+    assert_eq!(ids[2], format!("{log_id}-3"));
+    let unique: std::collections::HashSet<_> = ids.iter().collect();
+    assert_eq!(unique.len(), ids.len(), "{ids:?}");
+
+    // An id the server has assigned is still the way to retry that event.
+    let mut retry = note("story", "Third");
+    retry.event_id = format!("{log_id}-3");
+    assert!(publish(&mut client, retry).await.duplicate);
+}
