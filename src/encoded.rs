@@ -75,9 +75,9 @@ impl Message for EncodedResponse {
 /// How many bytes of responses the server gathers before handing them to HTTP/2 as one chunk
 /// (tonic's default is 32 KiB). A subscriber that stops reading leaves about two chunks behind
 /// (one queued in HTTP/2, one waiting for window), in one allocation of about twice this size,
-/// so this bounds what a stalled subscription holds: about 30 KiB in all, not about 100 KiB.
-/// One chunk still fills an HTTP/2 DATA frame of 8 KiB or more, and responses that are ready are
-/// still gathered, so a busy stream sends as few frames and system calls as before.
+/// so this bounds what a stalled subscription holds: about 25 KiB in all, not about 100 KiB. A
+/// busy stream sends DATA frames of about 8 KiB instead of 16 KiB; the fan-out figures in
+/// docs/benchmarks.md are measured with it.
 pub const SERVER_CHUNK_BYTES: usize = 8 * 1024;
 
 /// The codec of the generated server: prost's decoder, and prost's encoder with

@@ -37,7 +37,8 @@ pub struct Limits {
     pub max_response_bytes: usize,
     /// Streams one HTTP/2 connection may hold open at once.
     pub max_streams_per_connection: u32,
-    /// Open subscriptions in total: at about 7 KiB each, the default is about 350 MiB.
+    /// Open subscriptions in total: about 7 KiB each while idle and about 25 KiB for one whose
+    /// reader has stopped (docs/benchmarks.md), so the default holds at most about 1.2 GiB.
     pub max_subscribers: usize,
     /// Open subscriptions per token (with `--tokens`), so one client cannot take every slot.
     pub max_subscribers_per_token: usize,

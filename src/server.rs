@@ -89,13 +89,6 @@ pub async fn run(
 
     let mut builder = Server::builder()
         .tcp_nodelay(true)
-        // HTTP/2 windows sized by hyper from each connection's measured bandwidth-delay product,
-        // starting at 64 KiB, instead of a fixed 1 MiB: a request over the size limit is refused
-        // after its first frame, and the window is what the client may push on it meanwhile, so
-        // an abuser sending oversized requests makes the server read and discard far less (the
-        // abuse bench: 0.62 cores of server CPU down to 0.37). A distant client that needs a
-        // bigger window for throughput gets it as the estimate grows.
-        .http2_adaptive_window(Some(true))
         .http2_keepalive_interval(Some(limits.keepalive_interval))
         .http2_keepalive_timeout(Some(limits.keepalive_timeout))
         .max_concurrent_streams(limits.max_streams_per_connection)
