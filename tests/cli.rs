@@ -10,9 +10,8 @@ use std::{
 };
 
 use process::{Pipe, Running, run, run_with_input, storywire};
-use storywire::pb::{self, story_service_client::StoryServiceClient};
+use storywire::pb;
 use support::*;
-use tonic::transport::Channel;
 
 /// A file in the system's temp directory, removed when dropped.
 struct TempFile(PathBuf);
@@ -65,20 +64,6 @@ fn unused_address() -> String {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
     let address = listener.local_addr().expect("local address");
     format!("http://{address}")
-}
-
-/// Publishes story "story" (tagged italy) with fact asylum-italy, which the desk then marks
-/// DENIED: sequences 1 to 3. Returns the client, to publish more.
-async fn publish_a_denied_fact(server: &TestServer) -> StoryServiceClient<Channel> {
-    let mut client = server.client().await;
-    publish(&mut client, open("story", &["italy"])).await;
-    publish(&mut client, report("story", "asylum-italy")).await;
-    publish(
-        &mut client,
-        set_status("story", "asylum-italy", pb::FactStatus::Denied),
-    )
-    .await;
-    client
 }
 
 /// `storywire subscribe --from 1` against `url`, running.

@@ -281,8 +281,7 @@ struct AfterBurst {
 
 /// Sends `burst` and a PING in one write, then reads until a GOAWAY, or until the PING is
 /// acknowledged and `resets` streams have been reset (h2 sends a PING's answer ahead of resets).
-async fn send_burst(server: &TestServer, mut burst: Vec<u8>, resets: usize) -> AfterBurst {
-    let expected_resets = resets;
+async fn send_burst(server: &TestServer, mut burst: Vec<u8>, expected_resets: usize) -> AfterBurst {
     let mut peer = RawPeer::connect(server.address).await;
     burst.extend(http2::ping(*b"burst ok"));
     peer.send(&burst).await;

@@ -186,14 +186,7 @@ async fn timestamps_come_from_the_server_clock_and_occurred_at_defaults_to_recor
 #[tokio::test]
 async fn status_changes_and_corrections_fold_into_the_story() {
     let server = TestServer::start().await;
-    let mut client = server.client().await;
-    publish(&mut client, open("story", &["italy"])).await;
-    publish(&mut client, report("story", "asylum-italy")).await;
-    publish(
-        &mut client,
-        set_status("story", "asylum-italy", pb::FactStatus::Denied),
-    )
-    .await;
+    let mut client = publish_a_denied_fact(&server).await;
     publish(
         &mut client,
         request(

@@ -103,6 +103,11 @@ impl Certificates {
         ClientTlsConfig::new().ca_certificate(Certificate::from_pem(self.read(ca)))
     }
 
+    /// Client settings that trust `ca.pem` and present the identity `name` (for mutual TLS).
+    fn presenting(&self, name: &str) -> ClientTlsConfig {
+        self.trusting("ca.pem").identity(self.identity(name))
+    }
+
     fn write(&self, name: &str, pem: &str) {
         std::fs::write(self.path(name), pem).expect("write a certificate file");
     }
@@ -268,9 +273,7 @@ async fn mutual_tls_admits_only_client_certificates_the_ca_signed() {
     let server = tls_server(&certificates, Some("ca.pem")).await;
     let url = https_url(&server, "localhost");
 
-    let signed = certificates
-        .trusting("ca.pem")
-        .identity(certificates.identity("client"));
+    let signed = certificates.presenting("client");
     let admitted = list_stories(url.clone(), Some(signed)).await;
     assert_eq!(
         admitted.expect("a CA-signed client is admitted"),
@@ -283,9 +286,7 @@ async fn mutual_tls_admits_only_client_certificates_the_ca_signed() {
         "no client certificate got through: {anonymous:?}"
     );
 
-    let stranger = certificates
-        .trusting("ca.pem")
-        .identity(certificates.identity("stranger"));
+    let stranger = certificates.presenting("stranger");
     let stranger = list_stories(url, Some(stranger)).await;
     assert!(
         stranger.is_err(),
@@ -409,9 +410,7 @@ async fn the_cli_presents_its_client_certificate_for_mutual_tls() {
     let certificates = Certificates::new();
     let server = tls_server(&certificates, Some("ca.pem")).await;
     let url = https_url(&server, "localhost");
-    let signed = certificates
-        .trusting("ca.pem")
-        .identity(certificates.identity("client"));
+    let signed = certificates.presenting("client");
     let mut publisher = tls_client(url.clone(), signed).await;
     publish(&mut publisher, open("election", &["politics"])).await;
     let ca = certificates.arg("ca.pem");

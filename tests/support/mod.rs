@@ -247,6 +247,20 @@ pub fn note(story_id: &str, text: &str) -> pb::PublishRequest {
     )
 }
 
+/// Publishes story "story" (tagged italy) with fact asylum-italy, which the desk then marks
+/// DENIED: sequences 1 to 3. Returns the client, to publish more.
+pub async fn publish_a_denied_fact(server: &TestServer) -> StoryServiceClient<Channel> {
+    let mut client = server.client().await;
+    publish(&mut client, open("story", &["italy"])).await;
+    publish(&mut client, report("story", "asylum-italy")).await;
+    publish(
+        &mut client,
+        set_status("story", "asylum-italy", pb::FactStatus::Denied),
+    )
+    .await;
+    client
+}
+
 /// A Subscribe request for every story from `from_sequence`.
 pub fn from(from_sequence: u64) -> pb::SubscribeRequest {
     pb::SubscribeRequest {
