@@ -49,6 +49,21 @@ pub enum Error {
     Limit(#[from] LimitError),
 }
 
+impl Error {
+    /// The request field at fault and what is wrong with it, for the errors that are the
+    /// request's own (INVALID_ARGUMENT): the BadRequest detail of Publish and the `field` of a
+    /// PublishStream rejection both come from here.
+    fn violation(&self) -> Option<(String, String)> {
+        match self {
+            Self::Invalid(invalid) => Some((invalid.field.clone(), invalid.description.clone())),
+            Self::Log(LogError::ReservedEventId { .. }) => {
+                Some(("event_id".to_owned(), self.to_string()))
+            }
+            _ => None,
+        }
+    }
+}
+
 impl From<StoryError> for Error {
     fn from(error: StoryError) -> Self {
         Self::Log(error.into())
@@ -64,17 +79,13 @@ pub fn status(error: impl Into<Error>) -> Status {
         other => other,
     };
     let message = error.to_string();
+    if let Some((field, description)) = error.violation() {
+        let details = ErrorDetails::with_bad_request_violation(field, description);
+        return Status::with_error_details(Code::InvalidArgument, message, details);
+    }
     let code = match &error {
-        Error::Invalid(field) => {
-            let details = ErrorDetails::with_bad_request_violation(
-                field.field.clone(),
-                field.description.clone(),
-            );
-            return Status::with_error_details(Code::InvalidArgument, message, details);
-        }
-        Error::Log(LogError::ReservedEventId { .. }) => {
-            let details = ErrorDetails::with_bad_request_violation("event_id", message.clone());
-            return Status::with_error_details(Code::InvalidArgument, message, details);
+        Error::Invalid(_) | Error::Log(LogError::ReservedEventId { .. }) => {
+            unreachable!("a violation, answered above")
         }
         Error::Log(LogError::Story(story)) => match story {
             StoryError::AlreadyOpened { .. } => Code::AlreadyExists,
@@ -188,11 +199,10 @@ fn publish_response(outcome: Result<pb::PublishResponse, Error>) -> pb::PublishS
     let result = match outcome {
         Ok(receipt) => Outcome::Accepted(receipt),
         Err(error) => {
-            let field = match &error {
-                Error::Invalid(invalid) => invalid.field.clone(),
-                Error::Log(LogError::ReservedEventId { .. }) => "event_id".to_owned(),
-                _ => String::new(),
-            };
+            let field = error
+                .violation()
+                .map(|(field, _)| field)
+                .unwrap_or_default();
             let status = status(error);
             Outcome::Rejected(pb::PublishError {
                 code: status.code().into(),

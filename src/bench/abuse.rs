@@ -104,6 +104,14 @@ impl Decoder for RawCodec {
     }
 }
 
+/// Tells the phase the abuser is in place, the first time it is called.
+fn say_in_place(ready: &mut Option<oneshot::Sender<()>>) {
+    if let Some(ready) = ready.take() {
+        // The phase stops waiting only by ending; then nobody needs to hear it.
+        let _ = ready.send(());
+    }
+}
+
 /// Runs one abuser until `stop`, returning how many abusive operations it made. It completes
 /// `ready` once it is in place: its streams open, or its first abusive operation made.
 async fn abuse(
@@ -116,7 +124,7 @@ async fn abuse(
     let mut ready = Some(ready);
     match kind {
         Abuse::Quiet => {
-            let _ = ready.take().map(|ready| ready.send(()));
+            say_in_place(&mut ready);
         }
         Abuse::Stallers => {
             // The smallest HTTP/2 windows, so that not reading really stalls each stream.
@@ -134,7 +142,7 @@ async fn abuse(
             };
             let streams = subscribe_many(&channels, 1_000, &request).await?;
             done.fetch_add(streams.len() as u64, Ordering::Relaxed);
-            let _ = ready.take().map(|ready| ready.send(()));
+            say_in_place(&mut ready);
             while !stop.load(Ordering::Relaxed) {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
@@ -142,7 +150,7 @@ async fn abuse(
         }
         Abuse::Resetters => {
             let channels = connect(&url, 4).await?;
-            let _ = ready.take().map(|ready| ready.send(()));
+            say_in_place(&mut ready);
             let mut tasks = Vec::new();
             for channel in channels {
                 let (stop, done) = (stop.clone(), done.clone());
@@ -187,7 +195,7 @@ async fn abuse(
                 };
                 send_raw(channel.clone(), body).await;
                 done.fetch_add(1, Ordering::Relaxed);
-                let _ = ready.take().map(|ready| ready.send(()));
+                say_in_place(&mut ready);
             }
         }
     }
