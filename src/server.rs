@@ -4,7 +4,7 @@
 use std::{future::Future, sync::Arc};
 
 use tokio::{net::TcpListener, sync::watch};
-use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::{StreamExt as _, wrappers::TcpListenerStream};
 use tonic::{server::NamedService, transport::Server};
 
 use crate::{
@@ -13,6 +13,7 @@ use crate::{
     log::EventLog,
     pb::{self, server::story_service_server::StoryServiceServer},
     service::Service,
+    throttle::{PeerBudgets, WasteLayer},
     tls::TlsFiles,
 };
 
@@ -87,6 +88,21 @@ pub async fn run(
         log.wake_subscribers();
     };
 
+    // Every connection reads only while its peer is within its budget of wasted streams.
+    let budgets = PeerBudgets::new(
+        limits.wasted_streams_per_second,
+        limits.wasted_streams_burst,
+    );
+    let incoming = {
+        let budgets = budgets.clone();
+        TcpListenerStream::new(listener).map(move |accepted| {
+            accepted.map(|tcp| {
+                let address = tcp.peer_addr().ok().map(|address| address.ip());
+                budgets.throttle(tcp, address)
+            })
+        })
+    };
+
     let mut builder = Server::builder()
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(limits.keepalive_interval))
@@ -102,11 +118,12 @@ pub async fn run(
         builder = builder.tls_config(tls.server_config()?)?;
     }
     builder
+        .layer(WasteLayer::new(budgets))
         .add_service(Authorized::new(story_service, options.tokens))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal)
+        .serve_with_incoming_shutdown(incoming, signal)
         .await?;
     Ok(())
 }

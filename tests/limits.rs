@@ -2,7 +2,14 @@
 
 mod support;
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 
 use storywire::{
     auth::Tokens,
@@ -392,4 +399,149 @@ async fn with_the_local_reset_limit_raised_each_malformed_stream_is_only_reset()
             .iter()
             .all(|&code| code == http2::PROTOCOL_ERROR)
     );
+}
+
+/// The loopback address the wasteful peer connects from; the well-behaved one uses 127.0.0.1.
+const WASTEFUL_PEER: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
+
+/// A budget of `burst` wasted streams per peer that, in effect, never refills during a test.
+fn waste_budget(burst: u32) -> Limits {
+    Limits {
+        wasted_streams_per_second: 0.001,
+        wasted_streams_burst: burst,
+        ..Limits::default()
+    }
+}
+
+/// A Publish the server refuses for the request's own fault (it names no story).
+fn refused() -> pb::PublishRequest {
+    pb::PublishRequest {
+        story_id: String::new(),
+        ..note("story", "no story")
+    }
+}
+
+/// Publishes `count` events as a well-behaved peer would, one after another, and checks each
+/// landed: proof the server went on serving while the wasteful peer waited.
+async fn carry_on_publishing(
+    client: &mut pb::story_service_client::StoryServiceClient<tonic::transport::Channel>,
+    count: usize,
+) {
+    for n in 0..count {
+        let receipt = publish(client, note("story", &format!("Update {n}"))).await;
+        assert!(receipt.sequence > 0);
+    }
+}
+
+#[tokio::test]
+async fn a_peer_past_its_budget_of_refused_requests_waits_while_other_peers_are_served() {
+    let server = server_with(waste_budget(5), None).await;
+    let mut neighbour = server.client().await;
+    publish(&mut neighbour, open("story", &[])).await;
+
+    let mut wasteful = server.client_from(WASTEFUL_PEER).await;
+    // The budget's burst: refused, and answered at once.
+    for _ in 0..6 {
+        expect_status(
+            wasteful.publish(refused()).await,
+            Code::InvalidArgument,
+            &["story_id"],
+        );
+    }
+    // One past it: the server no longer reads from this peer, so even a valid publish waits...
+    let mut waiting = wasteful.clone();
+    let pending = tokio::spawn(async move {
+        waiting
+            .publish(note("story", "From the wasteful peer"))
+            .await
+    });
+    // ... while another peer publishes and reads as usual.
+    carry_on_publishing(&mut neighbour, 20).await;
+    let mut stream = subscribe(&mut neighbour, from(1)).await;
+    let (events, _) = until_caught_up(&mut stream).await;
+    assert_eq!(sequences(&events), (1..=21).collect::<Vec<u64>>());
+    assert!(
+        !pending.is_finished(),
+        "the paused peer's publish must still wait"
+    );
+    assert_eq!(server.log.head(), 21);
+    pending.abort();
+}
+
+#[tokio::test]
+async fn a_paused_peer_is_read_again_once_its_budget_refills_and_loses_nothing() {
+    let limits = Limits {
+        wasted_streams_per_second: 20.0,
+        wasted_streams_burst: 2,
+        ..Limits::default()
+    };
+    let server = server_with(limits, None).await;
+    let mut client = server.client_from(WASTEFUL_PEER).await;
+    publish(&mut client, open("story", &[])).await;
+    for _ in 0..3 {
+        expect_status(
+            client.publish(refused()).await,
+            Code::InvalidArgument,
+            &["story_id"],
+        );
+    }
+    // Paused for about 50 ms (one wasted stream at 20 a second); then read, and accepted.
+    let receipt = publish(&mut client, note("story", "After the pause")).await;
+    assert_eq!(receipt.sequence, 2);
+    assert_eq!(server.log.head(), 2);
+}
+
+#[tokio::test]
+async fn streams_a_peer_cancels_right_after_opening_count_against_its_budget() {
+    let server = server_with(waste_budget(5), None).await;
+    let mut neighbour = server.client().await;
+    publish(&mut neighbour, open("story", &[])).await;
+
+    // Open a subscription and cancel it at once, in a loop, counting those the server opened.
+    let opened = Arc::new(AtomicUsize::new(0));
+    let mut wasteful = server.client_from(WASTEFUL_PEER).await;
+    let resetting = {
+        let opened = opened.clone();
+        tokio::spawn(async move {
+            for _ in 0..1_000 {
+                let stream = wasteful.subscribe(pb::SubscribeRequest::default()).await;
+                drop(stream.expect("subscribe"));
+                opened.fetch_add(1, Ordering::SeqCst);
+            }
+        })
+    };
+    // The neighbour's 50 round trips are ample time for 1,000 unthrottled resets...
+    carry_on_publishing(&mut neighbour, 50).await;
+    // ... but past the burst of 5, the server stopped reading the resetting peer. A cancel is
+    // counted once the server has dropped the stream, which may let a next one or two in first.
+    let got_through = opened.load(Ordering::SeqCst);
+    assert!(
+        !resetting.is_finished(),
+        "the resetting peer must be paused"
+    );
+    assert!(
+        (5..=8).contains(&got_through),
+        "{got_through} streams got through"
+    );
+    resetting.abort();
+}
+
+#[tokio::test]
+async fn with_the_budget_off_a_peer_may_waste_as_much_as_it_likes() {
+    let limits = Limits {
+        wasted_streams_per_second: 0.0,
+        wasted_streams_burst: 0,
+        ..Limits::default()
+    };
+    let server = server_with(limits, None).await;
+    let mut client = server.client_from(WASTEFUL_PEER).await;
+    publish(&mut client, open("story", &[])).await;
+    for _ in 0..200 {
+        expect_status(
+            client.publish(refused()).await,
+            Code::InvalidArgument,
+            &["story_id"],
+        );
+    }
+    publish(&mut client, note("story", "Still read")).await;
 }

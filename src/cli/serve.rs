@@ -202,6 +202,16 @@ struct LimitArgs {
     /// Streams the server may reset for a client's errors before it closes the connection.
     #[arg(long, default_value_t = Limits::default().max_local_error_reset_streams)]
     max_local_error_reset_streams: usize,
+    /// Streams one peer (IPv4 address or IPv6 /64) may waste per second: reset within a second
+    /// of opening, or refused as invalid, too large or unauthorized. Past the budget the server
+    /// stops reading from that peer until it refills. 0: no limit (e.g. behind a proxy, where all
+    /// clients share its address).
+    #[arg(long, default_value_t = Limits::default().wasted_streams_per_second,
+          value_parser = per_second)]
+    max_wasted_streams_per_second: f64,
+    /// Streams one peer may waste at once before --max-wasted-streams-per-second applies.
+    #[arg(long, default_value_t = Limits::default().wasted_streams_burst)]
+    wasted_streams_burst: u32,
 }
 
 impl From<LimitArgs> for Limits {
@@ -219,6 +229,8 @@ impl From<LimitArgs> for Limits {
                 .then(|| Duration::from_secs(args.max_connection_age_secs)),
             max_pending_accept_reset_streams: args.max_pending_accept_reset_streams,
             max_local_error_reset_streams: args.max_local_error_reset_streams,
+            wasted_streams_per_second: args.max_wasted_streams_per_second,
+            wasted_streams_burst: args.wasted_streams_burst,
         }
     }
 }
@@ -253,6 +265,15 @@ fn at_least_one(value: &str) -> Result<usize, String> {
     match value.parse::<usize>() {
         Ok(0) => Err("must be at least 1".to_owned()),
         Ok(count) => Ok(count),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Parses a rate: 0 (off), or from one a day (0.0000116) up.
+fn per_second(value: &str) -> Result<f64, String> {
+    match value.parse::<f64>() {
+        Ok(rate) if rate == 0.0 || (rate.is_finite() && rate >= 1.0 / 86_400.0) => Ok(rate),
+        Ok(_) => Err("must be 0 (no limit) or at least one a day (0.0000116)".to_owned()),
         Err(e) => Err(e.to_string()),
     }
 }

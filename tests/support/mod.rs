@@ -5,7 +5,12 @@
 
 pub mod http2;
 
-use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    future::Future,
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+    time::Duration,
+};
 
 use storywire::{
     clock::{Clock, SystemClock},
@@ -118,6 +123,16 @@ impl TestServer {
     /// A generated client connected to this server.
     pub async fn client(&self) -> StoryServiceClient<Channel> {
         StoryServiceClient::new(self.channel().await)
+    }
+
+    /// A generated client whose connection comes from `local`, another loopback address (all of
+    /// 127.0.0.0/8 is loopback on Linux): to the server, a peer of its own.
+    pub async fn client_from(&self, local: IpAddr) -> StoryServiceClient<Channel> {
+        let endpoint = Channel::from_shared(self.url())
+            .expect("valid url")
+            .local_address(Some(local));
+        let channel = within("a connection", endpoint.connect()).await;
+        StoryServiceClient::new(channel.expect("connect from another loopback address"))
     }
 
     /// Shuts the server down gracefully and waits until it has stopped.
