@@ -2,8 +2,9 @@
 //!
 //! Every stream costs the server work in HTTP/2 and in the call, whether or not it leads
 //! anywhere. A stream is *wasted* when the client resets it within [`YOUNG`] of opening, before
-//! its response has ended (a client opening and cancelling streams in a loop), or when the server
-//! refuses it for the request's own fault ([`wasteful`]: too large, invalid, unauthenticated...).
+//! the server sent any of its response (a client opening and cancelling streams in a loop), or
+//! when the server refuses it for the request's own fault ([`wasteful`]: too large, invalid,
+//! unauthenticated...).
 //! Each peer (an IPv4 address, or an IPv6 /64 network) has a budget of wasted streams: a burst,
 //! refilled at a steady rate. A peer past its budget is refused nothing: the server stops reading
 //! from its connections until the budget allows another wasted stream. Its requests wait in its
@@ -35,9 +36,10 @@ use tonic::{
     transport::server::{Connected, TcpConnectInfo, TlsConnectInfo},
 };
 
-/// A stream reset by its client this soon after it opened counts as wasted. Abusive resets come
-/// within microseconds; a subscriber that goes away after reading for a while is not wasting
-/// anything, and neither is one whose connection drops.
+/// A stream its client resets this soon after it opened, before the server sent any of its
+/// response, counts as wasted. Abusive resets come within microseconds; a caller that goes away
+/// after waiting a while for an answer is not wasting anything, and a subscriber that cancels
+/// after reading what it wanted (the first message comes at once) never counts.
 pub const YOUNG: Duration = Duration::from_secs(1);
 /// The longest a peer's reads are paused at once, however far past its budget it went: its
 /// connections then read again (and are paused again if it keeps on).
@@ -326,12 +328,15 @@ impl<IO: Connected> Connected for Throttled<IO> {
 }
 
 /// Whether a response with this status refuses the request for the request's own fault, so that
-/// sending it again unchanged would be refused again. Conflicts (FAILED_PRECONDITION), misses
-/// (NOT_FOUND) and the server's own failures are not the client's waste.
+/// sending it again unchanged would be refused again. INTERNAL is among them because this
+/// server's own code never answers it: only tonic does, for a request body it cannot decode or
+/// that ends (or is reset) before its message. Conflicts (ABORTED, FAILED_PRECONDITION), misses
+/// (NOT_FOUND) and UNAVAILABLE are not the client's waste.
 pub fn wasteful(code: Code) -> bool {
     matches!(
         code,
         Code::InvalidArgument
+            | Code::Internal
             | Code::OutOfRange
             | Code::ResourceExhausted
             | Code::Unauthenticated
@@ -451,10 +456,13 @@ struct Watch {
 }
 
 impl Watch {
-    /// Settles the call: wasted if `status` says the request was at fault.
+    /// Settles the call: wasted if `status` says the request was at fault, or that the client
+    /// cancelled it (tonic answers CANCELLED when a reset cuts off a request it is reading) while
+    /// it was young, as if it had been dropped.
     fn settle(mut self, status: Option<Code>) {
         self.open = false;
-        if status.is_some_and(wasteful) {
+        let cancelled_young = status == Some(Code::Cancelled) && self.opened.elapsed() < YOUNG;
+        if status.is_some_and(wasteful) || cancelled_young {
             self.budgets.waste(self.address);
         }
     }
@@ -468,8 +476,9 @@ impl Drop for Watch {
     }
 }
 
-/// A response body that settles its call's watch when it ends: with its trailers' status, or
-/// (dropped unfinished) as reset by the client.
+/// A response body that settles its call's watch with its first frame: a message (no waste),
+/// or trailers (waste if their status says so). Dropped before either, it was reset by the
+/// client before the call did anything for it.
 #[derive(Debug)]
 pub struct Watched<B> {
     body: B,
@@ -486,20 +495,16 @@ impl<B: Body + Unpin> Body for Watched<B> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let frame = ready!(Pin::new(&mut self.body).poll_frame(cx));
-        let status = match &frame {
-            Some(Ok(frame)) => match frame.trailers_ref() {
-                Some(trailers) => Some(grpc_status(trailers)),
-                // hyper may stop polling a body that says it has ended.
-                None if self.body.is_end_stream() => Some(None),
-                None => None,
-            },
-            // Ended, or failed on the server's side: not the client's waste.
-            None | Some(Err(_)) => Some(None),
-        };
-        if let Some(status) = status
-            && let Some(watch) = self.watch.take()
-        {
-            watch.settle(status);
+        if let Some(watch) = self.watch.take() {
+            watch.settle(match &frame {
+                // Trailers: refused or not, by their status.
+                Some(Ok(frame)) if frame.is_trailers() => {
+                    frame.trailers_ref().and_then(grpc_status)
+                }
+                // A message: the call did something for the client, whatever comes later.
+                // Otherwise it ended, or failed on the server's side: no waste either.
+                _ => None,
+            });
         }
         Poll::Ready(frame)
     }

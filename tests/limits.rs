@@ -440,7 +440,8 @@ async fn a_peer_past_its_budget_of_refused_requests_waits_while_other_peers_are_
     publish(&mut neighbour, open("story", &[])).await;
 
     let mut wasteful = server.client_from(WASTEFUL_PEER).await;
-    // The budget's burst: refused, and answered at once.
+    // The burst of 5 and one more: each refused and answered at once; the sixth puts the peer
+    // past its budget.
     for _ in 0..6 {
         expect_status(
             wasteful.publish(refused()).await,
@@ -492,38 +493,68 @@ async fn a_paused_peer_is_read_again_once_its_budget_refills_and_loses_nothing()
 }
 
 #[tokio::test]
-async fn streams_a_peer_cancels_right_after_opening_count_against_its_budget() {
+async fn calls_a_peer_cancels_before_any_answer_count_against_its_budget() {
     let server = server_with(waste_budget(5), None).await;
     let mut neighbour = server.client().await;
     publish(&mut neighbour, open("story", &[])).await;
 
-    // Open a subscription and cancel it at once, in a loop, counting those the server opened.
-    let opened = Arc::new(AtomicUsize::new(0));
-    let mut wasteful = server.client_from(WASTEFUL_PEER).await;
-    let resetting = {
-        let opened = opened.clone();
+    // In a loop: open a Publish whose request never comes, wait until the server has read it
+    // (it answers a PING sent after it), then cancel it. Count the rounds the server took part in.
+    let rounds = Arc::new(AtomicUsize::new(0));
+    let mut peer = RawPeer::connect_from(server.address, WASTEFUL_PEER).await;
+    let cancelling = {
+        let rounds = rounds.clone();
         tokio::spawn(async move {
-            for _ in 0..1_000 {
-                let stream = wasteful.subscribe(pb::SubscribeRequest::default()).await;
-                drop(stream.expect("subscribe"));
-                opened.fetch_add(1, Ordering::SeqCst);
+            for round in 0..1_000_u32 {
+                let stream = 2 * round + 1;
+                let mut call = http2::grpc_call(stream, "/storywire.v1.StoryService/Publish");
+                call.extend(http2::ping(u64::from(round).to_be_bytes()));
+                peer.send(&call).await;
+                loop {
+                    let frame = peer.next_frame().await.expect("the connection stays open");
+                    if frame.kind == http2::PING && frame.flags & http2::ACK != 0 {
+                        break;
+                    }
+                    peer.answer(&frame).await;
+                }
+                peer.send(&http2::reset(stream, http2::CANCEL)).await;
+                rounds.fetch_add(1, Ordering::SeqCst);
             }
         })
     };
-    // The neighbour's 50 round trips are ample time for 1,000 unthrottled resets...
+    // The neighbour's 50 round trips are ample time for 1,000 unthrottled rounds...
     carry_on_publishing(&mut neighbour, 50).await;
-    // ... but past the burst of 5, the server stopped reading the resetting peer. A cancel is
-    // counted once the server has dropped the stream, which may let a next one or two in first.
-    let got_through = opened.load(Ordering::SeqCst);
+    // ... but past the burst of 5, the server stopped reading the cancelling peer. A cancel is
+    // counted once the server has dropped the call, which may let a next few in first.
+    let got_through = rounds.load(Ordering::SeqCst);
     assert!(
-        !resetting.is_finished(),
-        "the resetting peer must be paused"
+        !cancelling.is_finished(),
+        "the cancelling peer must be paused"
     );
     assert!(
-        (5..=8).contains(&got_through),
-        "{got_through} streams got through"
+        (5..=10).contains(&got_through),
+        "{got_through} cancelled calls got through"
     );
-    resetting.abort();
+    cancelling.abort();
+}
+
+#[tokio::test]
+async fn a_subscriber_that_reads_and_then_cancels_wastes_nothing() {
+    // No burst at all: the first wasted stream would pause the peer.
+    let server = server_with(waste_budget(0), None).await;
+    let mut neighbour = server.client().await;
+    publish(&mut neighbour, open("story", &[])).await;
+    let mut reader = server.client_from(WASTEFUL_PEER).await;
+    for _ in 0..30 {
+        let mut stream = subscribe(&mut reader, from(1)).await;
+        until_caught_up(&mut stream).await;
+        drop(stream);
+    }
+    // Still read: its publish is answered while the neighbour makes its round trips.
+    let pending = tokio::spawn(async move { reader.publish(note("story", "Still read")).await });
+    carry_on_publishing(&mut neighbour, 50).await;
+    assert!(pending.is_finished(), "the reader must not be paused");
+    pending.await.expect("task").expect("publish accepted");
 }
 
 #[tokio::test]

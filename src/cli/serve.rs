@@ -203,9 +203,9 @@ struct LimitArgs {
     #[arg(long, default_value_t = Limits::default().max_local_error_reset_streams)]
     max_local_error_reset_streams: usize,
     /// Streams one peer (IPv4 address or IPv6 /64) may waste per second: reset within a second
-    /// of opening, or refused as invalid, too large or unauthorized. Past the budget the server
-    /// stops reading from that peer until it refills. 0: no limit (e.g. behind a proxy, where all
-    /// clients share its address).
+    /// of opening before any answer, or refused as invalid, undecodable, too large or
+    /// unauthorized. Past the budget the server stops reading from that peer until it refills.
+    /// 0: no limit (e.g. behind a proxy, where all clients share its address).
     #[arg(long, default_value_t = Limits::default().wasted_streams_per_second,
           value_parser = per_second)]
     max_wasted_streams_per_second: f64,

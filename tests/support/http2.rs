@@ -3,11 +3,11 @@
 //! headers, or stop answering pings. Header blocks use HPACK literals without Huffman coding, so
 //! no encoder state is needed.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpStream,
+    net::{TcpSocket, TcpStream},
 };
 
 /// Frame types (RFC 9113, section 6).
@@ -54,7 +54,23 @@ impl RawPeer {
     /// Connects and says hello: the client preface and an empty SETTINGS frame. It acknowledges
     /// nothing by itself; see [`RawPeer::answer`].
     pub async fn connect(address: SocketAddr) -> Self {
-        let socket = TcpStream::connect(address).await.expect("connect");
+        Self::say_hello(TcpStream::connect(address).await.expect("connect")).await
+    }
+
+    /// Like [`RawPeer::connect`], from `local`, another loopback address: to the server, a peer
+    /// of its own.
+    pub async fn connect_from(address: SocketAddr, local: IpAddr) -> Self {
+        let socket = TcpSocket::new_v4().expect("socket");
+        socket
+            .bind(SocketAddr::new(local, 0))
+            .expect("bind a loopback address");
+        Self::say_hello(socket.connect(address).await.expect("connect")).await
+    }
+
+    async fn say_hello(socket: TcpStream) -> Self {
+        // Each write goes out at once: Nagle's algorithm would hold a small write back until
+        // the server's delayed ACK of the one before (40 ms).
+        socket.set_nodelay(true).expect("TCP_NODELAY");
         let mut peer = Self {
             socket,
             received: Vec::new(),
