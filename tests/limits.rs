@@ -421,6 +421,20 @@ fn refused() -> pb::PublishRequest {
     }
 }
 
+/// Sends `count` requests the server refuses (each answered at once), wasting as many streams.
+async fn waste_by_refusals(
+    client: &mut pb::story_service_client::StoryServiceClient<tonic::transport::Channel>,
+    count: usize,
+) {
+    for _ in 0..count {
+        expect_status(
+            client.publish(refused()).await,
+            Code::InvalidArgument,
+            &["story_id"],
+        );
+    }
+}
+
 /// Publishes `count` events as a well-behaved peer would, one after another, and checks each
 /// landed: proof the server went on serving while the wasteful peer waited.
 async fn carry_on_publishing(
@@ -442,14 +456,8 @@ async fn a_peer_past_its_budget_of_refused_requests_waits_while_other_peers_are_
     let mut wasteful = server.client_from(WASTEFUL_PEER).await;
     // The burst of 5 and one more: each refused and answered at once; the sixth puts the peer
     // past its budget.
-    for _ in 0..6 {
-        expect_status(
-            wasteful.publish(refused()).await,
-            Code::InvalidArgument,
-            &["story_id"],
-        );
-    }
-    // One past it: the server no longer reads from this peer, so even a valid publish waits...
+    waste_by_refusals(&mut wasteful, 6).await;
+    // Now the server no longer reads from this peer, so even a valid publish waits...
     let mut waiting = wasteful.clone();
     let pending = tokio::spawn(async move {
         waiting
@@ -479,13 +487,7 @@ async fn a_paused_peer_is_read_again_once_its_budget_refills_and_loses_nothing()
     let server = server_with(limits, None).await;
     let mut client = server.client_from(WASTEFUL_PEER).await;
     publish(&mut client, open("story", &[])).await;
-    for _ in 0..3 {
-        expect_status(
-            client.publish(refused()).await,
-            Code::InvalidArgument,
-            &["story_id"],
-        );
-    }
+    waste_by_refusals(&mut client, 3).await;
     // Paused for about 50 ms (one wasted stream at 20 a second); then read, and accepted.
     let receipt = publish(&mut client, note("story", "After the pause")).await;
     assert_eq!(receipt.sequence, 2);
@@ -567,12 +569,6 @@ async fn with_the_budget_off_a_peer_may_waste_as_much_as_it_likes() {
     let server = server_with(limits, None).await;
     let mut client = server.client_from(WASTEFUL_PEER).await;
     publish(&mut client, open("story", &[])).await;
-    for _ in 0..200 {
-        expect_status(
-            client.publish(refused()).await,
-            Code::InvalidArgument,
-            &["story_id"],
-        );
-    }
+    waste_by_refusals(&mut client, 200).await;
     publish(&mut client, note("story", "Still read")).await;
 }
