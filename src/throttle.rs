@@ -33,7 +33,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tonic::{
     Code,
     codegen::http,
-    transport::server::{Connected, TcpConnectInfo, TlsConnectInfo},
+    transport::server::{Connected, TcpConnectInfo},
 };
 
 /// A stream its client resets this soon after it opened, before the server sent any of its
@@ -426,18 +426,11 @@ where
     }
 }
 
-/// The peer's address, as tonic recorded it for the connection the request came on.
+/// The peer's address, as tonic recorded it for the connection the request came on (under TLS
+/// too: tonic then records the TCP connection's info beside the TLS one).
 fn remote_ip<B>(request: &http::Request<B>) -> Option<IpAddr> {
-    let extensions = request.extensions();
-    extensions
-        .get::<TcpConnectInfo>()
-        .or_else(|| {
-            extensions
-                .get::<TlsConnectInfo<TcpConnectInfo>>()
-                .map(|info| info.get_ref())
-        })
-        .and_then(TcpConnectInfo::remote_addr)
-        .map(|address| address.ip())
+    let info = request.extensions().get::<TcpConnectInfo>()?;
+    info.remote_addr().map(|address| address.ip())
 }
 
 fn grpc_status(headers: &http::HeaderMap) -> Option<Code> {

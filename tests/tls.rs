@@ -7,6 +7,7 @@ mod process;
 mod support;
 
 use std::{
+    net::{IpAddr, Ipv4Addr},
     path::PathBuf,
     sync::atomic::{AtomicUsize, Ordering},
 };
@@ -17,6 +18,7 @@ use rcgen::{
     KeyPair, KeyUsagePurpose,
 };
 use storywire::{
+    limits::Limits,
     pb::{self, story_service_client::StoryServiceClient},
     server::ServerOptions,
     tls::TlsFiles,
@@ -207,10 +209,20 @@ fn with_causes(error: &(dyn std::error::Error + 'static)) -> String {
 
 /// Connects over TLS with `tls`, expecting it to work.
 async fn tls_client(url: String, tls: ClientTlsConfig) -> StoryServiceClient<Channel> {
+    tls_client_from(url, tls, None).await
+}
+
+/// Like [`tls_client`], connecting from `local` (another loopback address) when given.
+async fn tls_client_from(
+    url: String,
+    tls: ClientTlsConfig,
+    local: Option<IpAddr>,
+) -> StoryServiceClient<Channel> {
     let endpoint = Endpoint::from_shared(url)
         .expect("a valid URL")
         .tls_config(tls)
-        .expect("valid TLS settings");
+        .expect("valid TLS settings")
+        .local_address(local);
     let channel = within("a TLS connection", endpoint.connect())
         .await
         .expect("connect over TLS");
@@ -235,6 +247,45 @@ async fn a_client_trusting_the_ca_publishes_and_subscribes_over_tls() {
 
     drop(stream);
     server.stop().await;
+}
+
+#[tokio::test]
+async fn over_tls_a_peer_past_its_budget_of_wasted_streams_waits_and_others_do_not() {
+    let certificates = Certificates::new();
+    let server = TestServer::with_options(ServerOptions {
+        tls: Some(certificates.server_files(None)),
+        limits: Limits {
+            wasted_streams_per_second: 0.001,
+            wasted_streams_burst: 2,
+            ..Limits::default()
+        },
+        ..Default::default()
+    })
+    .await;
+    let url = https_url(&server, "127.0.0.1");
+    let mut neighbour = tls_client(url.clone(), certificates.trusting("ca.pem")).await;
+    publish(&mut neighbour, open("story", &[])).await;
+    let other_peer = Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)));
+    let mut wasteful = tls_client_from(url, certificates.trusting("ca.pem"), other_peer).await;
+    // Three refused requests: past a burst of 2, so the server stops reading this peer.
+    for _ in 0..3 {
+        let nameless = pb::PublishRequest {
+            story_id: String::new(),
+            ..note("story", "no story")
+        };
+        let refused = wasteful.publish(nameless).await;
+        expect_status(refused, tonic::Code::InvalidArgument, &["story_id"]);
+    }
+    let pending = tokio::spawn(async move { wasteful.publish(note("story", "Waits")).await });
+    for n in 0..20 {
+        publish(&mut neighbour, note("story", &format!("Update {n}"))).await;
+    }
+    assert!(
+        !pending.is_finished(),
+        "the paused peer's publish must still wait"
+    );
+    assert_eq!(server.log.head(), 21);
+    pending.abort();
 }
 
 #[tokio::test]
