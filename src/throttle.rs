@@ -71,7 +71,7 @@ pub struct PeerBudgets {
     peers: Mutex<Peers>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Peers {
     by_key: HashMap<IpAddr, Arc<Peer>>,
     /// Prune again only once the map has grown past this.

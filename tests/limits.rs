@@ -3,7 +3,6 @@
 mod support;
 
 use std::{
-    net::{IpAddr, Ipv4Addr},
     sync::{
         Arc,
         atomic::{AtomicUsize, Ordering},
@@ -399,52 +398,6 @@ async fn with_the_local_reset_limit_raised_each_malformed_stream_is_only_reset()
             .iter()
             .all(|&code| code == http2::PROTOCOL_ERROR)
     );
-}
-
-/// The loopback address the wasteful peer connects from; the well-behaved one uses 127.0.0.1.
-const WASTEFUL_PEER: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
-
-/// A budget of `burst` wasted streams per peer that, in effect, never refills during a test.
-fn waste_budget(burst: u32) -> Limits {
-    Limits {
-        wasted_streams_per_second: 0.001,
-        wasted_streams_burst: burst,
-        ..Limits::default()
-    }
-}
-
-/// A Publish the server refuses for the request's own fault (it names no story).
-fn refused() -> pb::PublishRequest {
-    pb::PublishRequest {
-        story_id: String::new(),
-        ..note("story", "no story")
-    }
-}
-
-/// Sends `count` requests the server refuses (each answered at once), wasting as many streams.
-async fn waste_by_refusals(
-    client: &mut pb::story_service_client::StoryServiceClient<tonic::transport::Channel>,
-    count: usize,
-) {
-    for _ in 0..count {
-        expect_status(
-            client.publish(refused()).await,
-            Code::InvalidArgument,
-            &["story_id"],
-        );
-    }
-}
-
-/// Publishes `count` events as a well-behaved peer would, one after another, and checks each
-/// landed: proof the server went on serving while the wasteful peer waited.
-async fn carry_on_publishing(
-    client: &mut pb::story_service_client::StoryServiceClient<tonic::transport::Channel>,
-    count: usize,
-) {
-    for n in 0..count {
-        let receipt = publish(client, note("story", &format!("Update {n}"))).await;
-        assert!(receipt.sequence > 0);
-    }
 }
 
 #[tokio::test]

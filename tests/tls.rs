@@ -7,7 +7,7 @@ mod process;
 mod support;
 
 use std::{
-    net::{IpAddr, Ipv4Addr},
+    net::IpAddr,
     path::PathBuf,
     sync::atomic::{AtomicUsize, Ordering},
 };
@@ -18,7 +18,6 @@ use rcgen::{
     KeyPair, KeyUsagePurpose,
 };
 use storywire::{
-    limits::Limits,
     pb::{self, story_service_client::StoryServiceClient},
     server::ServerOptions,
     tls::TlsFiles,
@@ -254,32 +253,19 @@ async fn over_tls_a_peer_past_its_budget_of_wasted_streams_waits_and_others_do_n
     let certificates = Certificates::new();
     let server = TestServer::with_options(ServerOptions {
         tls: Some(certificates.server_files(None)),
-        limits: Limits {
-            wasted_streams_per_second: 0.001,
-            wasted_streams_burst: 2,
-            ..Limits::default()
-        },
+        limits: waste_budget(2),
         ..Default::default()
     })
     .await;
     let url = https_url(&server, "127.0.0.1");
     let mut neighbour = tls_client(url.clone(), certificates.trusting("ca.pem")).await;
     publish(&mut neighbour, open("story", &[])).await;
-    let other_peer = Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)));
-    let mut wasteful = tls_client_from(url, certificates.trusting("ca.pem"), other_peer).await;
+    let mut wasteful =
+        tls_client_from(url, certificates.trusting("ca.pem"), Some(WASTEFUL_PEER)).await;
     // Three refused requests: past a burst of 2, so the server stops reading this peer.
-    for _ in 0..3 {
-        let nameless = pb::PublishRequest {
-            story_id: String::new(),
-            ..note("story", "no story")
-        };
-        let refused = wasteful.publish(nameless).await;
-        expect_status(refused, tonic::Code::InvalidArgument, &["story_id"]);
-    }
+    waste_by_refusals(&mut wasteful, 3).await;
     let pending = tokio::spawn(async move { wasteful.publish(note("story", "Waits")).await });
-    for n in 0..20 {
-        publish(&mut neighbour, note("story", &format!("Update {n}"))).await;
-    }
+    carry_on_publishing(&mut neighbour, 20).await;
     assert!(
         !pending.is_finished(),
         "the paused peer's publish must still wait"

@@ -7,13 +7,14 @@ pub mod http2;
 
 use std::{
     future::Future,
-    net::{IpAddr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     sync::Arc,
     time::Duration,
 };
 
 use storywire::{
     clock::{Clock, SystemClock},
+    limits::Limits,
     log::EventLog,
     pb::{self, change::Kind, story_service_client::StoryServiceClient, subscribe_response::Item},
     server,
@@ -403,4 +404,44 @@ pub fn expect_status<T: std::fmt::Debug>(
         );
     }
     status
+}
+
+/// The loopback address the wasteful peer connects from; the well-behaved one uses 127.0.0.1.
+pub const WASTEFUL_PEER: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
+
+/// Limits with a budget of `burst` wasted streams per peer that, in effect, never refills during a test.
+pub fn waste_budget(burst: u32) -> Limits {
+    Limits {
+        wasted_streams_per_second: 0.001,
+        wasted_streams_burst: burst,
+        ..Limits::default()
+    }
+}
+
+/// A Publish the server refuses for the request's own fault (it names no story).
+pub fn refused() -> pb::PublishRequest {
+    pb::PublishRequest {
+        story_id: String::new(),
+        ..note("story", "no story")
+    }
+}
+
+/// Sends `count` requests the server refuses (each answered at once), wasting as many streams.
+pub async fn waste_by_refusals(client: &mut StoryServiceClient<Channel>, count: usize) {
+    for _ in 0..count {
+        expect_status(
+            client.publish(refused()).await,
+            tonic::Code::InvalidArgument,
+            &["story_id"],
+        );
+    }
+}
+
+/// Publishes `count` events as a well-behaved peer would, one after another, and checks each
+/// landed: proof the server went on serving while the wasteful peer waited.
+pub async fn carry_on_publishing(client: &mut StoryServiceClient<Channel>, count: usize) {
+    for n in 0..count {
+        let receipt = publish(client, note("story", &format!("Update {n}"))).await;
+        assert!(receipt.sequence > 0);
+    }
 }
