@@ -464,7 +464,14 @@ impl LogState {
         while self.entries.len() > retain {
             let oldest = self.entries.pop_front().expect("len > retain >= 0");
             self.first_retained += 1;
-            if let Some(event_id) = &oldest.client_event_id {
+            // The id may have been used again for a later event (once evicted it is free), and
+            // recovery replays both uses: only the entry for this sequence goes.
+            if let Some(event_id) = &oldest.client_event_id
+                && self
+                    .by_client_event_id
+                    .get(event_id)
+                    .is_some_and(|held| held.sequence == oldest.sequence)
+            {
                 self.by_client_event_id.remove(event_id);
             }
             self.stories.forget_oldest(&oldest.story_id);

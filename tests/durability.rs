@@ -428,3 +428,46 @@ async fn a_segment_torn_inside_its_header_is_set_aside_and_writing_goes_on() {
     let broken = broken_files(&dir.0).len();
     assert_eq!(broken, 1, "the torn header is kept for inspection");
 }
+
+#[tokio::test]
+async fn an_event_id_used_again_after_eviction_stays_idempotent_across_a_restart() {
+    let dir = TempDir::new("reused-id");
+    let serve_with_retention = || {
+        Running::spawn(storywire_serve(
+            &dir.0,
+            &["--fsync", "always", "--retain-events", "3"],
+        ))
+    };
+    let mut serve = serve_with_retention();
+    let url = format!("http://{}", serve.listening_address().await.0);
+    let mut client = client_at(&url).await;
+    publish(&mut client, open("story", &[])).await;
+    let mut first_use = note("story", "The first update to use the id");
+    first_use.event_id = "desk-42".into();
+    assert_eq!(publish(&mut client, first_use).await.sequence, 2);
+    for i in 0..3 {
+        publish(&mut client, note("story", &format!("Filler {i}"))).await;
+    }
+    // Sequence 2 is evicted, so the id is free again, and a new request takes it.
+    let mut second_use = note("story", "A different update under the same id");
+    second_use.event_id = "desk-42".into();
+    let accepted = publish(&mut client, second_use.clone()).await;
+    assert!(!accepted.duplicate);
+    assert_eq!(accepted.sequence, 6);
+    serve.stop_cleanly().await;
+
+    // Recovery replays both uses; evicting sequence 2 again must not forget the id at 6.
+    let mut serve = serve_with_retention();
+    let url = format!("http://{}", serve.listening_address().await.0);
+    let mut client = client_at(&url).await;
+    let retry = publish(&mut client, second_use).await;
+    assert!(retry.duplicate, "a retry after the restart is recognised");
+    assert_eq!(retry.sequence, 6);
+    let events = all_events(&mut client, "").await;
+    assert_eq!(
+        sequences(&events),
+        vec![4, 5, 6],
+        "nothing was appended twice"
+    );
+    serve.stop_cleanly().await;
+}
