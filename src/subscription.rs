@@ -93,16 +93,30 @@ impl Subscription {
     ) -> Self {
         let mut ready = VecDeque::new();
         let mut snapshot_head = None;
-        let cursor = match start {
-            Start::Live => log.head() + 1,
-            Start::From(sequence) => sequence,
+        let mut stories = Vec::new();
+        let (cursor, head) = match start {
+            Start::Live => {
+                let head = log.head();
+                (head + 1, head)
+            }
+            Start::From(sequence) => (sequence, log.head()),
             Start::Snapshot => {
-                let (stories, head) = log.snapshot(&filter);
-                ready.extend(stories.into_iter().map(|story| Item::Story(story).into()));
+                let (matching, head) = log.snapshot(&filter);
+                stories = matching;
                 snapshot_head = Some(head);
-                head + 1
+                (head + 1, head)
             }
         };
+        // The log_id goes first, so that a client losing the stream at any later point resumes
+        // against the right log.
+        ready.push_back(
+            Item::Started(pb::Started {
+                log_id: log.log_id().to_owned(),
+                head_sequence: head,
+            })
+            .into(),
+        );
+        ready.extend(stories.into_iter().map(|story| Item::Story(story).into()));
         Self {
             head: log.watch_head(),
             log,

@@ -5,6 +5,7 @@ mod process;
 mod support;
 
 use std::{
+    net::SocketAddr,
     path::PathBuf,
     sync::atomic::{AtomicUsize, Ordering},
 };
@@ -12,6 +13,10 @@ use std::{
 use process::{Pipe, Running, run, run_with_input, storywire};
 use storywire::pb;
 use support::*;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+};
 
 /// A file in the system's temp directory, removed when dropped.
 struct TempFile(PathBuf);
@@ -233,13 +238,15 @@ async fn subscribe_json_prints_one_subscribe_response_a_line() {
         .iter()
         .map(|line| serde_json::from_str(line).expect("each line is JSON"))
         .collect();
-    assert_eq!(items.len(), 3, "{lines:#?}");
-    for (item, sequence) in items[..2].iter().zip(1..) {
+    assert_eq!(items.len(), 4, "{lines:#?}");
+    assert_eq!(items[0]["started"]["logId"], server.log.log_id());
+    assert_eq!(items[0]["started"]["headSequence"], "2");
+    for (item, sequence) in items[1..3].iter().zip(1..) {
         assert_eq!(item["event"]["sequence"], sequence.to_string(), "{item}");
         assert_eq!(item["event"]["storyId"], "story", "{item}");
     }
-    assert_eq!(items[2]["caughtUp"]["headSequence"], "2");
-    assert_eq!(items[2]["caughtUp"]["logId"], server.log.log_id());
+    assert_eq!(items[3]["caughtUp"]["headSequence"], "2");
+    assert_eq!(items[3]["caughtUp"]["logId"], server.log.log_id());
     for line in &lines {
         let _: pb::SubscribeResponse =
             serde_json::from_str(line).expect("each line is a SubscribeResponse");
@@ -480,4 +487,97 @@ async fn serve_stops_cleanly_on_sigterm_sent_the_moment_it_listens() {
     server.read_until(Pipe::Stderr, "storywire listening").await;
     // No pause: the signal handlers are in place before the server says it listens.
     server.stop_cleanly().await;
+}
+
+/// A TCP relay on loopback that sends its first connection to `first` but passes on only the
+/// first `cut_after` bytes of the answer before dropping both ends (a connection lost in the
+/// middle of a stream), and every later connection to `then`, whole.
+async fn relay_cutting_the_first_connection(
+    first: SocketAddr,
+    cut_after: usize,
+    then: SocketAddr,
+) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind loopback");
+    let address = listener.local_addr().expect("local address");
+    tokio::spawn(async move {
+        let mut upstream = first;
+        let mut cut = Some(cut_after);
+        while let Ok((client, _)) = listener.accept().await {
+            let server = TcpStream::connect(upstream)
+                .await
+                .expect("reach the server");
+            tokio::spawn(relay(client, server, cut.take()));
+            upstream = then;
+        }
+    });
+    address
+}
+
+/// Copies both ways until either side closes; with `cut`, drops both ends once that many bytes
+/// came back from the server.
+async fn relay(client: TcpStream, server: TcpStream, cut: Option<usize>) {
+    let (mut client_read, mut client_write) = client.into_split();
+    let (mut server_read, mut server_write) = server.into_split();
+    let upstream = tokio::spawn(async move {
+        let _ = tokio::io::copy(&mut client_read, &mut server_write).await;
+    });
+    let mut budget = cut.unwrap_or(usize::MAX);
+    let mut buffer = vec![0; 16 * 1024];
+    while budget > 0 {
+        let want = buffer.len().min(budget);
+        match server_read.read(&mut buffer[..want]).await {
+            Ok(0) | Err(_) => break,
+            Ok(read) => {
+                if client_write.write_all(&buffer[..read]).await.is_err() {
+                    break;
+                }
+                budget -= read;
+            }
+        }
+    }
+    upstream.abort();
+}
+
+#[tokio::test]
+async fn subscribe_cut_off_during_catch_up_resumes_only_against_the_same_log() {
+    // The log the subscriber starts on, with a catch-up far longer than what gets through.
+    let first = TestServer::start().await;
+    let mut client = first.client().await;
+    publish(&mut client, open("story", &[])).await;
+    for i in 0..600 {
+        publish(&mut client, note("story", &format!("Catch-up {i}"))).await;
+    }
+    // Another log (another server, or the same one restarted without its data) on the address
+    // the subscriber reconnects to, with sequences of its own.
+    let other = TestServer::start().await;
+    let mut client = other.client().await;
+    publish(&mut client, open("story", &[])).await;
+    for i in 0..300 {
+        publish(&mut client, note("story", &format!("Another log {i}"))).await;
+    }
+    let relay = relay_cutting_the_first_connection(first.address, 24 * 1024, other.address).await;
+
+    let mut subscriber = subscribe_from_the_start(&format!("http://{relay}"));
+    subscriber.read_until(Pipe::Stdout, "Catch-up 0").await;
+    let notice = subscriber.read_until(Pipe::Stderr, "connection lost").await;
+    assert!(
+        !notice.iter().any(|line| line.contains("caught up")),
+        "the cut came before caught_up: {notice:#?}"
+    );
+    // The log_id came in the stream's first message, so the resumed request carries it and the
+    // other log refuses it rather than handing over its own sequences.
+    let rest = subscriber.read_to_end(Pipe::Stderr).await;
+    assert!(
+        rest.iter()
+            .any(|line| line.contains("does not match this server's log")),
+        "{rest:#?}"
+    );
+    assert_eq!(subscriber.wait().await.code(), Some(1));
+    let printed = subscriber.read_to_end(Pipe::Stdout).await;
+    assert!(
+        !printed.iter().any(|line| line.contains("Another log")),
+        "nothing of the other log is printed: {printed:#?}"
+    );
 }

@@ -110,6 +110,7 @@ async fn subscribers_joining_at_random_moments_see_gapless_duplicate_free_runs()
                         scanned = scanned.max(c.head_sequence);
                     }
                     Item::Checkpoint(c) => scanned = scanned.max(c.sequence),
+                    Item::Started(s) => panic!("started is sent once, first: {s:?}"),
                 }
                 // The 100 ms heartbeat brings this check round even when the stream is quiet.
                 if matches!(*target.borrow(), Some(t) if scanned >= t) {

@@ -311,3 +311,44 @@ async fn a_stalled_subscriber_blocks_no_one_and_ends_out_of_range_when_evicted()
         "{end:?}"
     );
 }
+
+#[tokio::test]
+async fn every_stream_starts_with_the_log_id_and_the_head() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    publish(&mut client, open("story", &[])).await;
+    publish(&mut client, note("story", "Second")).await;
+
+    let starts = [
+        ("live", pb::SubscribeRequest::default()),
+        ("from 1", from(1)),
+        (
+            "snapshot",
+            pb::SubscribeRequest {
+                snapshot: true,
+                ..Default::default()
+            },
+        ),
+        (
+            "filtered on another story",
+            pb::SubscribeRequest {
+                story_ids: vec!["elsewhere".into()],
+                from_sequence: Some(1),
+                ..Default::default()
+            },
+        ),
+    ];
+    for (kind, request) in starts {
+        let mut stream = within("subscribe", client.subscribe(request))
+            .await
+            .expect("subscription accepted")
+            .into_inner();
+        match next_item(&mut stream).await {
+            Item::Started(started) => {
+                assert_eq!(started.log_id, server.log.log_id(), "{kind}");
+                assert_eq!(started.head_sequence, 2, "{kind}");
+            }
+            other => panic!("{kind}: expected started first, got {other:?}"),
+        }
+    }
+}

@@ -115,6 +115,14 @@ fn show(
                 say!("{}", narrator.event(&event))?;
             }
         }
+        Some(Item::Started(started)) => {
+            position.log_id = started.log_id;
+            // A live subscription that drops before its first event resumes right after the
+            // head it started at, so that nothing published in between is missed.
+            if position.from.is_none() && !position.snapshot {
+                position.from = Some(started.head_sequence + 1);
+            }
+        }
         Some(Item::Story(story)) if !json => say!("{}", narrator.story(&story))?,
         Some(Item::CaughtUp(caught_up)) => {
             position.from = Some(caught_up.head_sequence + 1);

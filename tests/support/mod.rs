@@ -340,15 +340,28 @@ pub async fn all_events(
     }
 }
 
-/// Subscribes and expects the stream to open.
+/// Subscribes, expects the stream to open, and reads its first item, which is always `started`;
+/// returns the stream positioned after it.
 pub async fn subscribe(
     client: &mut StoryServiceClient<Channel>,
     request: pb::SubscribeRequest,
 ) -> Streaming<pb::SubscribeResponse> {
-    within("subscribe", client.subscribe(request))
+    subscribe_started(client, request).await.0
+}
+
+/// Subscribes, expects the stream to open, and returns it with its first item, `started`.
+pub async fn subscribe_started(
+    client: &mut StoryServiceClient<Channel>,
+    request: pb::SubscribeRequest,
+) -> (Streaming<pb::SubscribeResponse>, pb::Started) {
+    let mut stream = within("subscribe", client.subscribe(request))
         .await
         .expect("subscription accepted")
-        .into_inner()
+        .into_inner();
+    match next_item(&mut stream).await {
+        Item::Started(started) => (stream, started),
+        other => panic!("expected started first, got {other:?}"),
+    }
 }
 
 /// The next item of a stream, failing the test if the stream ends or errs.
