@@ -63,6 +63,12 @@ pub struct Limits {
     /// hundredths of a core (docs/benchmarks.md), and is still more than an honest client has
     /// refused or cancels.
     pub wasted_streams_per_second: f64,
+    /// How long shutdown waits for open streams and calls to finish after it starts. A
+    /// subscriber that stopped reading never drains its stream, and without a deadline it would
+    /// hold the process (and the write-ahead log) open forever; 10 s lets every reader that is
+    /// reading receive the rest, and is less than the 30 s a container manager waits before
+    /// SIGKILL. Past it, connections still open are cut off.
+    pub shutdown_grace: Duration,
     /// Streams one peer may waste at once before the rate applies: room for a client that
     /// cancels a few calls, or has a few refused, now and then. Each costs the server up to a
     /// stream window of reading (1 MiB), which is why it is not larger.
@@ -85,6 +91,7 @@ impl Default for Limits {
             max_local_error_reset_streams: 1_024,
             wasted_streams_per_second: 10.0,
             wasted_streams_burst: 20,
+            shutdown_grace: Duration::from_secs(10),
         }
     }
 }

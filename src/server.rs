@@ -46,7 +46,9 @@ pub struct ServerOptions {
 ///
 /// On shutdown the health status turns NOT_SERVING, every open Subscribe stream sends the events
 /// up to the head and then ends with UNAVAILABLE, in-flight unary calls finish, and only then does
-/// this return. The binary and the tests both call this function.
+/// this return; or, at the latest, once `limits.shutdown_grace` has passed, leaving the
+/// connections still open (a subscriber that stopped reading) to end with the runtime. The binary
+/// and the tests both call this function.
 pub async fn run(
     listener: TcpListener,
     log: Arc<EventLog>,
@@ -69,6 +71,7 @@ pub async fn run(
 
     // The sender stays here; each subscription holds a receiver and ends when it turns true.
     let (stopping_tx, stopping_rx) = watch::channel(false);
+    let mut stopping = stopping_rx.clone();
     let limits = options.limits;
     let slots = SubscriberSlots::new(limits.max_subscribers, limits.max_subscribers_per_token);
     let service = Service::new(log.clone(), stopping_rx, slots);
@@ -120,14 +123,30 @@ pub async fn run(
     if let Some(tls) = &options.tls {
         builder = builder.tls_config(tls.server_config()?)?;
     }
-    builder
+    let serve = builder
         .layer(WasteLayer::new(budgets))
         .add_service(Authorized::new(story_service, options.tokens))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .serve_with_incoming_shutdown(incoming, signal)
-        .await?;
+        .serve_with_incoming_shutdown(incoming, signal);
+    // tonic's graceful shutdown waits for every connection with no deadline, and a subscriber
+    // that stopped reading never lets its stream drain.
+    let grace = limits.shutdown_grace;
+    let grace_over = async move {
+        // The sender lives in `signal`, inside `serve`, which this races against.
+        let _ = stopping.wait_for(|stopping| *stopping).await;
+        tokio::time::sleep(grace).await;
+    };
+    tokio::select! {
+        served = serve => served?,
+        () = grace_over => {
+            // Dropping the server stops accepting; the connections still open end when the
+            // caller's runtime does, which the binary ends right after closing the log.
+            tracing::warn!(grace_secs = grace.as_secs_f64(),
+                "shutdown: streams still open after the grace period are cut off");
+        }
+    }
     Ok(())
 }
 

@@ -471,3 +471,80 @@ async fn an_event_id_used_again_after_eviction_stays_idempotent_across_a_restart
     );
     serve.stop_cleanly().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_a_subscriber_that_never_reads_exits_within_the_grace_and_loses_nothing() {
+    const EVENTS: usize = 2_000;
+    const GRACE_SECS: u64 = 2;
+    let dir = TempDir::new("grace");
+    let grace = GRACE_SECS.to_string();
+    let mut serve = Running::spawn(storywire_serve(
+        &dir.0,
+        &["--fsync", "always", "--shutdown-grace", &grace],
+    ));
+    let url = format!("http://{}", serve.listening_address().await.0);
+    let mut publisher = client_at(&url).await;
+    publish(&mut publisher, open("story", &[])).await;
+
+    // A subscriber with the protocol's smallest windows that reads nothing after `started`: its
+    // stream can never drain.
+    let endpoint = tonic::transport::Endpoint::from_shared(url.clone())
+        .expect("valid url")
+        .initial_stream_window_size(65_535)
+        .initial_connection_window_size(65_535);
+    let channel = within("a connection", endpoint.connect())
+        .await
+        .expect("connect");
+    let mut stalled_client = pb::story_service_client::StoryServiceClient::new(channel);
+    let _stalled = subscribe(&mut stalled_client, from(1)).await;
+
+    let padding = "p".repeat(180);
+    let requests: Vec<_> = (0..EVENTS)
+        .map(|i| pb::PublishStreamRequest {
+            request: Some(note("story", &format!("{i} {padding}"))),
+        })
+        .collect();
+    let mut acks = within(
+        "PublishStream",
+        publisher.publish_stream(tokio_stream::iter(requests)),
+    )
+    .await
+    .expect("stream accepted")
+    .into_inner();
+    let mut acknowledged = 0;
+    while let Some(ack) = within("an acknowledgement", acks.message())
+        .await
+        .expect("acknowledgement")
+    {
+        assert!(matches!(
+            ack.result,
+            Some(pb::publish_stream_response::Result::Accepted(_))
+        ));
+        acknowledged += 1;
+    }
+    assert_eq!(acknowledged, EVENTS);
+
+    let asked = std::time::Instant::now();
+    serve.terminate().await;
+    let status = serve.wait().await;
+    let took = asked.elapsed();
+    assert!(status.success(), "exit on SIGTERM: {status}");
+    assert!(
+        took < std::time::Duration::from_secs(GRACE_SECS + 5),
+        "shutdown took {took:?} with a grace of {GRACE_SECS} s"
+    );
+    let rest = serve.read_to_end(Pipe::Stderr).await;
+    assert!(
+        rest.iter().any(|line| line.contains("storywire stopped")),
+        "{rest:#?}"
+    );
+
+    let (mut serve, url) = start(&dir.0).await;
+    let events = all_events(&mut client_at(&url).await, "").await;
+    assert_eq!(
+        sequences(&events),
+        (1..=EVENTS as u64 + 1).collect::<Vec<_>>(),
+        "every acknowledged event is there after the restart"
+    );
+    serve.stop_cleanly().await;
+}

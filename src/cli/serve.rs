@@ -209,6 +209,11 @@ struct LimitArgs {
     #[arg(long, default_value_t = Limits::default().wasted_streams_per_second,
           value_parser = per_second)]
     max_wasted_streams_per_second: f64,
+    /// Seconds shutdown (SIGTERM, SIGINT) waits for open streams to drain; past it, connections
+    /// still open (a subscriber that stopped reading) are cut off and the process exits.
+    #[arg(long, value_name = "SECONDS", default_value_t = Limits::default().shutdown_grace.as_secs_f64(),
+          value_parser = seconds)]
+    shutdown_grace: f64,
     /// Streams one peer may waste at once before --max-wasted-streams-per-second applies.
     #[arg(long, default_value_t = Limits::default().wasted_streams_burst)]
     wasted_streams_burst: u32,
@@ -231,6 +236,7 @@ impl From<LimitArgs> for Limits {
             max_local_error_reset_streams: args.max_local_error_reset_streams,
             wasted_streams_per_second: args.max_wasted_streams_per_second,
             wasted_streams_burst: args.wasted_streams_burst,
+            shutdown_grace: Duration::from_secs_f64(args.shutdown_grace),
         }
     }
 }
@@ -265,6 +271,15 @@ fn at_least_one(value: &str) -> Result<usize, String> {
     match value.parse::<usize>() {
         Ok(0) => Err("must be at least 1".to_owned()),
         Ok(count) => Ok(count),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Parses a duration in seconds: 0 or more, finite, at most a day.
+fn seconds(value: &str) -> Result<f64, String> {
+    match value.parse::<f64>() {
+        Ok(seconds) if (0.0..=86_400.0).contains(&seconds) => Ok(seconds),
+        Ok(_) => Err("must be between 0 and 86400 seconds".to_owned()),
         Err(e) => Err(e.to_string()),
     }
 }
