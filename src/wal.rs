@@ -276,6 +276,9 @@ pub fn recover(config: &WalConfig) -> Result<Recovery, WalError> {
     };
 
     let mut segments = list_segments(dir)?;
+    // Whether --repair cut records that readers may have seen: then their sequences may come
+    // back as other events, and the log must take a new id.
+    let mut cut = false;
     let mut records = Vec::new();
     let mut sequences = Vec::new();
     let mut expected: Option<u64> = None;
@@ -324,6 +327,7 @@ pub fn recover(config: &WalConfig) -> Result<Recovery, WalError> {
                     tracing::warn!(segment = %segment.path.display(), offset, reason = %problem.reason, broken = %broken.display(),
                         "recovery: truncated a torn write at the end of the log");
                 } else {
+                    cut = true;
                     tracing::error!(segment = %segment.path.display(), offset, reason = %problem.reason, broken = %broken.display(),
                         "recovery (--repair): cut the log at a damaged record");
                     // Everything after the cut goes too, or sequences would have a gap.
@@ -357,9 +361,29 @@ pub fn recover(config: &WalConfig) -> Result<Recovery, WalError> {
         });
     }
     segments.retain(|segment| segment.path.exists());
-    let next = expected
+    let mut next = expected
         .or(snapshot.as_ref().map(|s| s.head + 1))
         .unwrap_or(1);
+    let mut log_id = log_id;
+    let mut snapshot = snapshot;
+    if cut {
+        if let Some(snapshot) = &snapshot
+            && next <= snapshot.head
+        {
+            // Cut at or below what the snapshot covers: the stories are ahead of the records
+            // left. The log goes on from the snapshot; the records it covers are set aside.
+            for segment in segments.drain(..) {
+                let aside = segment.path.with_extension("wal.broken");
+                fs::rename(&segment.path, &aside).map_err(io_error(&segment.path))?;
+                tracing::error!(segment = %segment.path.display(), moved_to = %aside.display(),
+                    "recovery (--repair): the cut is below the snapshot; set aside a segment it covers");
+            }
+            records.clear();
+            sequences.clear();
+            next = snapshot.head + 1;
+        }
+        log_id = new_incarnation(dir, &log_id, snapshot.as_mut())?;
+    }
     let writer = SegmentWriter::resume(config, segments, next)?;
     Ok(Recovery {
         log_id,
@@ -368,6 +392,26 @@ pub fn recover(config: &WalConfig) -> Result<Recovery, WalError> {
         sequences,
         writer,
     })
+}
+
+/// Gives the log a new id after `--repair` cut records readers may have seen, so that no
+/// sequence ever names two different events under one id: a client resuming with the old id is
+/// refused (FAILED_PRECONDITION) and starts over instead of reading other events at sequences it
+/// has seen. The snapshot is rewritten first under the new id; the id file last.
+fn new_incarnation(
+    dir: &Path,
+    old: &str,
+    snapshot: Option<&mut Snapshot>,
+) -> Result<String, WalError> {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    if let Some(snapshot) = snapshot {
+        snapshot.log_id = id.clone();
+        write_atomically(dir, SNAPSHOT_FILE, &snapshot.encode_to_vec())?;
+    }
+    write_atomically(dir, LOG_ID_FILE, id.as_bytes())?;
+    tracing::error!(old_log_id = old, log_id = %id,
+        "recovery (--repair): the log takes a new log_id; subscribers must start again without one");
+    Ok(id)
 }
 
 fn list_segments(dir: &Path) -> Result<Vec<SegmentFile>, WalError> {

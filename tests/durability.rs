@@ -548,3 +548,103 @@ async fn sigterm_with_a_subscriber_that_never_reads_exits_within_the_grace_and_l
     );
     serve.stop_cleanly().await;
 }
+
+#[tokio::test]
+async fn a_repair_cut_below_the_snapshot_starts_a_new_log_id_and_reads_answer_at_once() {
+    let dir = TempDir::new("repair-below-snapshot");
+    let mut config = config(&dir.0);
+    config.segment_bytes = 2_048;
+    let log = EventLog::open(20, Arc::new(SystemClock), &config).expect("open");
+    let server = TestServer::over(log).await;
+    let mut client = server.client().await;
+    publish(&mut client, open("rome", &[])).await;
+    for i in 0..200 {
+        publish(&mut client, note("rome", &format!("Update {i}"))).await;
+    }
+    let old_log_id = server.log.log_id().to_owned();
+    let before = story(&server, "rome").await;
+    let log = server.log.clone();
+    server.stop().await;
+    log.close();
+    drop(log);
+
+    // Damage the first record of the oldest segment left, which the snapshot already covers.
+    let snapshot_bytes = std::fs::read(dir.0.join("snapshot")).expect("a snapshot was written");
+    let snapshot_head =
+        <storywire::wal::Snapshot as prost::Message>::decode(snapshot_bytes.as_slice())
+            .expect("snapshot")
+            .head;
+    let mut segments: Vec<PathBuf> = std::fs::read_dir(&dir.0)
+        .expect("read dir")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "wal"))
+        .collect();
+    segments.sort();
+    let oldest = &segments[0];
+    let first: u64 = oldest
+        .file_stem()
+        .expect("name")
+        .to_string_lossy()
+        .parse()
+        .expect("a number");
+    assert!(
+        first <= snapshot_head,
+        "the oldest segment ({first}) holds records the snapshot ({snapshot_head}) covers"
+    );
+    let mut bytes = std::fs::read(oldest).expect("segment");
+    bytes[SEGMENT_MAGIC.len() + 12] ^= 0x10;
+    std::fs::write(oldest, &bytes).expect("write");
+
+    config.repair = true;
+    let server =
+        TestServer::over(EventLog::open(20, Arc::new(SystemClock), &config).expect("repaired"))
+            .await;
+    assert_ne!(
+        server.log.log_id(),
+        old_log_id,
+        "a new log_id after the cut"
+    );
+    assert_eq!(
+        server.log.head(),
+        snapshot_head,
+        "the log goes on from the snapshot"
+    );
+    let mut client = server.client().await;
+    // The story is read at once: no wait for a head that would never come.
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        client.get_story(pb::GetStoryRequest {
+            story_id: "rome".into(),
+            as_of_version: None,
+        }),
+    )
+    .await
+    .expect("GetStory answers at once")
+    .expect("the story")
+    .into_inner()
+    .story
+    .expect("story set");
+    assert_eq!(read.last_sequence, snapshot_head);
+    assert!(read.version <= before.version);
+    // A subscriber resuming with the old log_id is told the log changed.
+    let resumed = client
+        .subscribe(pb::SubscribeRequest {
+            from_sequence: Some(snapshot_head),
+            log_id: old_log_id,
+            ..Default::default()
+        })
+        .await;
+    expect_status(resumed, tonic::Code::FailedPrecondition, &["log_id"]);
+    // New events follow the snapshot, and the new id stays across a restart.
+    let receipt = publish(&mut client, note("rome", "After the repair")).await;
+    assert_eq!(receipt.sequence, snapshot_head + 1);
+    let new_log_id = server.log.log_id().to_owned();
+    let log = server.log.clone();
+    server.stop().await;
+    log.close();
+    drop(log);
+    config.repair = false;
+    let log = EventLog::open(20, Arc::new(SystemClock), &config).expect("reopen");
+    assert_eq!(log.log_id(), new_log_id);
+    assert_eq!(log.head(), snapshot_head + 1);
+}
