@@ -508,6 +508,11 @@ pub struct EventLog {
     /// sees an event a crash could take back. Receivers belong to subscriptions and waiting
     /// publishers; the log keeps the sender for its whole life.
     head_tx: watch::Sender<u64>,
+    /// The newest sequence whose publisher may be answered: the visible head, except with
+    /// `--fsync batch`, where an event is acknowledged once written and made visible only once
+    /// fsynced (so nobody sees a sequence a power loss could give to another event). Receivers
+    /// belong to waiting publishers; the log keeps the sender.
+    acknowledged_tx: watch::Sender<u64>,
     /// With a data directory: the writer thread and its wake-up. `None` in memory.
     journal: Option<Journal>,
 }
@@ -531,6 +536,7 @@ impl EventLog {
             clock,
             state: RwLock::new(LogState::empty()),
             head_tx: watch::Sender::new(0),
+            acknowledged_tx: watch::Sender::new(0),
             journal: None,
         }
     }
@@ -589,6 +595,7 @@ impl EventLog {
                 clock,
                 state: RwLock::new(state),
                 head_tx: watch::Sender::new(head),
+                acknowledged_tx: watch::Sender::new(head),
                 journal: Some(Journal {
                     signal,
                     thread: std::sync::Mutex::new(Some(thread)),
@@ -639,6 +646,17 @@ impl EventLog {
         let mut head = self.head_tx.subscribe();
         // The log owns the sender for as long as `self` lives.
         let _ = head.wait_for(|head| *head >= sequence).await;
+    }
+
+    /// Waits until the publisher of `sequence` may be answered: with a data directory, until it
+    /// is written as the fsync mode says (see [`FsyncMode`]).
+    pub async fn acknowledged(&self, sequence: u64) {
+        if *self.acknowledged_tx.borrow() >= sequence {
+            return;
+        }
+        let mut acknowledged = self.acknowledged_tx.subscribe();
+        // The log owns the sender for as long as `self` lives.
+        let _ = acknowledged.wait_for(|newest| *newest >= sequence).await;
     }
 
     fn read(&self) -> RwLockReadGuard<'_, LogState> {
@@ -746,9 +764,19 @@ impl EventLog {
     /// Wakes subscribers waiting for the head to reach `sequence`. Called outside the lock, where
     /// appends can race, so the head only ever moves forward.
     fn announce(&self, sequence: u64) {
+        self.acknowledge(sequence);
         self.head_tx.send_if_modified(|head| {
             let moved = sequence > *head;
             *head = (*head).max(sequence);
+            moved
+        });
+    }
+
+    /// Answers the publishers waiting for events up to `sequence`, without making them visible.
+    fn acknowledge(&self, sequence: u64) {
+        self.acknowledged_tx.send_if_modified(|newest| {
+            let moved = sequence > *newest;
+            *newest = (*newest).max(sequence);
             moved
         });
     }
@@ -905,6 +933,8 @@ fn write_ahead(
 ) {
     let timeout = (fsync == FsyncMode::Batch).then_some(interval);
     let mut last_sync = std::time::Instant::now();
+    // The newest sequence written, not yet necessarily synced.
+    let mut last_written = 0;
     loop {
         let closing = signal.wait(timeout);
         let Some(log) = log.upgrade() else {
@@ -913,7 +943,15 @@ fn write_ahead(
             }
             return;
         };
-        if let Err(error) = write_round(&log, &mut writer, fsync, interval, &mut last_sync) {
+        let round = write_round(
+            &log,
+            &mut writer,
+            fsync,
+            interval,
+            &mut last_sync,
+            &mut last_written,
+        );
+        if let Err(error) = round {
             tracing::error!(%error, "write-ahead log: the disk failed; stopping so that nothing unwritten is acknowledged");
             std::process::abort();
         }
@@ -926,35 +964,50 @@ fn write_ahead(
     }
 }
 
-/// One round of the write-ahead thread.
+/// One round of the write-ahead thread: write what was appended, sync as the fsync mode says,
+/// and move the acknowledged and visible heads.
+///
+/// An event becomes visible only once it is where a crash the mode protects against cannot take
+/// it back, so that a sequence a reader has seen never comes back as another event: `always`,
+/// once synced (and acknowledged then too); `batch`, acknowledged once written but visible only
+/// once synced; `never` (tests only), visible once written.
 fn write_round(
     log: &EventLog,
     writer: &mut SegmentWriter,
     fsync: FsyncMode,
     interval: std::time::Duration,
     last_sync: &mut std::time::Instant,
+    last_written: &mut u64,
 ) -> Result<(), WalError> {
     let (unwritten, first_retained) = log.take_unwritten();
     let written = write_records(writer, &unwritten)?;
+    if let Some(sequence) = written {
+        *last_written = sequence;
+    }
     let sync_due = last_sync.elapsed() >= interval;
     match fsync {
-        FsyncMode::Always => writer.sync()?,
-        FsyncMode::Batch if sync_due && writer.is_dirty() => {
+        FsyncMode::Always => {
             writer.sync()?;
-            *last_sync = std::time::Instant::now();
+            log.announce(*last_written);
         }
-        FsyncMode::Batch | FsyncMode::Never => {}
-    }
-    if let Some(sequence) = written {
-        log.announce(sequence);
+        FsyncMode::Batch => {
+            log.acknowledge(*last_written);
+            if sync_due && writer.is_dirty() {
+                writer.sync()?;
+                *last_sync = std::time::Instant::now();
+                log.announce(*last_written);
+            }
+        }
+        FsyncMode::Never => log.announce(*last_written),
     }
     if writer.has_evicted_segments(first_retained) {
         let (snapshot, unwritten, first_retained) = log.snapshot_for_compaction();
-        let written = write_records(writer, &unwritten)?;
-        writer.sync()?;
-        if let Some(sequence) = written {
-            log.announce(sequence);
+        if let Some(sequence) = write_records(writer, &unwritten)? {
+            *last_written = sequence;
         }
+        writer.sync()?;
+        *last_sync = std::time::Instant::now();
+        log.announce(*last_written);
         writer.compact(&snapshot, first_retained)?;
     }
     Ok(())

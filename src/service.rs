@@ -276,7 +276,8 @@ impl PublishSession {
                 }
             }
             self.answered = publish_burst(&self.log, burst);
-            // With a data directory, acknowledged means on disk: wait for the burst's newest.
+            // With a data directory, acknowledged means written as the fsync mode says: wait
+            // for the burst's newest.
             let newest = self
                 .answered
                 .iter()
@@ -287,7 +288,7 @@ impl PublishSession {
                     _ => None,
                 });
             if let Some(newest) = newest.max() {
-                self.log.visible(newest).await;
+                self.log.acknowledged(newest).await;
             }
         }
     }
@@ -308,8 +309,8 @@ impl StoryService for Service {
         request: Request<pb::PublishRequest>,
     ) -> Result<Response<pb::PublishResponse>, Status> {
         let receipt = publish(&self.log, request.into_inner()).map_err(status)?;
-        // With a data directory, acknowledged means on disk.
-        self.log.visible(receipt.sequence).await;
+        // With a data directory, acknowledged means written as the fsync mode says.
+        self.log.acknowledged(receipt.sequence).await;
         Ok(Response::new(receipt))
     }
 

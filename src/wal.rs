@@ -55,8 +55,9 @@ pub enum FsyncMode {
     /// After its record is written and fsynced; concurrent publishers share each fsync (group
     /// commit). Survives a crash of the process or the machine.
     Always,
-    /// After its record is written to the operating system; fsync runs every batch interval.
-    /// Survives a crash of the process; a power loss can lose the last interval.
+    /// After its record is written to the operating system; fsync runs every batch interval,
+    /// and readers see the event only after it. Survives a crash of the process; a power loss
+    /// can lose the last interval, which no reader has seen.
     Batch,
     /// After its record is written to the operating system; never fsynced. For tests.
     Never,

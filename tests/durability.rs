@@ -17,7 +17,7 @@ use process::{Pipe, Running};
 use storywire::{
     clock::SystemClock,
     log::EventLog,
-    pb,
+    pb::{self, subscribe_response::Item},
     wal::{FsyncMode, SEGMENT_MAGIC, WalConfig, WalError},
 };
 use support::*;
@@ -647,4 +647,41 @@ async fn a_repair_cut_below_the_snapshot_starts_a_new_log_id_and_reads_answer_at
     let log = EventLog::open(20, Arc::new(SystemClock), &config).expect("reopen");
     assert_eq!(log.log_id(), new_log_id);
     assert_eq!(log.head(), snapshot_head + 1);
+}
+
+#[tokio::test]
+async fn with_fsync_batch_an_event_is_acknowledged_when_written_and_seen_only_once_synced() {
+    const INTERVAL_MS: u64 = 3_000;
+    let dir = TempDir::new("batch-visibility");
+    let mut config = WalConfig::new(&dir.0, FsyncMode::Batch);
+    config.batch_interval = std::time::Duration::from_millis(INTERVAL_MS);
+    let server = TestServer::over(open_log(&config)).await;
+    let mut client = server.client().await;
+    // The first event becomes visible with the next sync; the one after it is written right
+    // after that sync, so it waits a whole interval for the next.
+    let synced = publish(&mut client, open("story", &[])).await;
+    let mut subscriber = subscribe(&mut client, from(1)).await;
+    loop {
+        match next_item(&mut subscriber).await {
+            Item::Event(event) => break assert_eq!(event.sequence, synced.sequence),
+            Item::CaughtUp(_) => {}
+            other => panic!("expected the first event, got {other:?}"),
+        }
+    }
+    let written = publish(&mut client, note("story", "Written, not yet synced")).await;
+
+    // Acknowledged, yet no reader sees it: a power loss now could give its sequence to another
+    // event.
+    let page = client
+        .list_events(pb::ListEventsRequest::default())
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(
+        page.head_sequence, synced.sequence,
+        "the visible head waits for the sync"
+    );
+    assert_eq!(sequences(&page.events), [synced.sequence]);
+    // Once synced it arrives.
+    assert_eq!(next_event(&mut subscriber).await.sequence, written.sequence);
 }

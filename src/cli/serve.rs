@@ -58,7 +58,8 @@ pub struct Args {
     data_dir: Option<PathBuf>,
     /// With --data-dir: when a publish is acknowledged. always: after its record is fsynced
     /// (concurrent publishers share fsyncs); batch: after it is written, fsync every
-    /// --fsync-interval-ms; never: after it is written, never fsynced (tests only).
+    /// --fsync-interval-ms, and readers see it after the fsync; never: after it is written,
+    /// never fsynced (tests only).
     #[arg(long, value_enum, default_value_t = FsyncMode::Always)]
     fsync: FsyncMode,
     /// With --fsync batch: milliseconds between fsyncs.
