@@ -118,6 +118,14 @@ pub fn encode_event(event: pb::UpdateEvent) -> Bytes {
     Bytes::from(response.encode_to_vec())
 }
 
+/// Encodes a story once as the `SubscribeResponse` subscribers receive.
+pub fn encode_story(story: pb::Story) -> Bytes {
+    let response = pb::SubscribeResponse {
+        item: Some(Item::Story(story)),
+    };
+    Bytes::from(response.encode_to_vec())
+}
+
 /// The event inside bytes made by [`encode_event`].
 pub fn decode_event(encoded: &Bytes) -> pb::UpdateEvent {
     match pb::SubscribeResponse::decode(encoded.clone()) {

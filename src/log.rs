@@ -17,7 +17,7 @@ use tokio::sync::watch;
 
 use crate::{
     clock::Clock,
-    encoded::{decode_event, encode_event, event_bytes, from_event_bytes},
+    encoded::{decode_event, encode_event, encode_story, event_bytes, from_event_bytes},
     pb,
     story::{Stories, StoryError},
     wal::{self, FsyncMode, Journal, SegmentWriter, WalConfig, WalError, WriterSignal},
@@ -129,6 +129,9 @@ pub struct LoggedEvent {
     pub story_id: Arc<str>,
     /// The tags subscribers filter this event by (see [`crate::story::Applied::tags`]).
     pub tags: Arc<[String]>,
+    /// For a revision that added tags: what a subscriber the story thereby enters needs first.
+    /// Boxed, since nearly every event has none.
+    pub entered: Option<Box<Entered>>,
     /// The publisher's event_id, to drop it from the dedupe index on eviction; `None` when the
     /// server assigned the id, which it derives from the sequence instead of indexing it.
     client_event_id: Option<Box<str>>,
@@ -142,6 +145,37 @@ impl LoggedEvent {
     pub fn event(&self) -> pb::UpdateEvent {
         decode_event(&self.encoded)
     }
+}
+
+/// A story entering tag filters: a revision added `tags`, and a subscriber filtering on one of
+/// them, to whom the story did not match before, receives `story` (its state right after the
+/// revision) before the revision itself, instead of a bare revision of a story it never saw.
+#[derive(Debug)]
+pub struct Entered {
+    /// The tags the revision added.
+    pub tags: Box<[String]>,
+    /// The `story` item, encoded once as a `SubscribeResponse`.
+    pub story: Bytes,
+}
+
+/// The tags `event` adds to its story, which must not be applied yet: those of a revision's new
+/// tag list that the story does not carry now.
+fn added_tags(stories: &Stories, event: &pb::UpdateEvent) -> Vec<String> {
+    let Some(pb::change::Kind::StoryRevised(pb::StoryRevised {
+        tags: Some(list), ..
+    })) = event
+        .change
+        .as_ref()
+        .and_then(|change| change.kind.as_ref())
+    else {
+        return Vec::new();
+    };
+    let current = stories.tags(&event.story_id);
+    list.tags
+        .iter()
+        .filter(|tag| !current.contains(tag))
+        .cloned()
+        .collect()
 }
 
 /// What a retained client event_id needs so that a retry can be recognised as the same request.
@@ -204,6 +238,21 @@ impl Filter {
     /// Whether a logged event passes the filter.
     pub fn matches(&self, entry: &LoggedEvent) -> bool {
         self.matches_parts(&entry.story_id, &entry.tags)
+    }
+
+    /// Whether `entry` brings its story into this filter: the entry matches only through tags it
+    /// added, so the subscriber has not had the story before (see [`Entered`]).
+    pub fn is_entered_by(&self, entry: &LoggedEvent) -> bool {
+        let Some(entered) = &entry.entered else {
+            return false;
+        };
+        // The tags before the event: the filter tags less those it added.
+        let matched_before = entry
+            .tags
+            .iter()
+            .filter(|tag| !entered.tags.contains(tag))
+            .any(|tag| self.tags.contains(tag));
+        !self.tags.is_empty() && self.matches(entry) && !matched_before
     }
 
     /// Whether a story, as it stands now, passes the filter.
@@ -362,8 +411,20 @@ impl LogState {
             recorded_at: Some(recorded_at),
             change: request.change,
         };
+        let added_tags = added_tags(&self.stories, &event);
         let applied = self.stories.apply(&event)?;
         let receipt = receipt(&event, false);
+        let entered = (!added_tags.is_empty()).then(|| {
+            let story = self
+                .stories
+                .get(&event.story_id)
+                .expect("the story was just applied to")
+                .clone();
+            Box::new(Entered {
+                tags: added_tags.into(),
+                story: encode_story(story),
+            })
+        });
 
         let client_event_id = client_event_id.map(String::into_boxed_str);
         self.index_event_id(
@@ -381,6 +442,11 @@ impl LogState {
                 expected_version: request.expected_version,
                 occurred_at_given: request.occurred_at,
                 filter_tags: applied.tags.to_vec(),
+                entered_tags: entered
+                    .as_ref()
+                    .map(|e| e.tags.to_vec())
+                    .unwrap_or_default(),
+                entered_story: entered.as_ref().map(|e| e.story.clone()),
             };
             unwritten.push((sequence, wal::frame(&record)));
         }
@@ -388,6 +454,7 @@ impl LogState {
             sequence,
             story_id: applied.story_id,
             tags: applied.tags,
+            entered,
             client_event_id,
             encoded,
         }));
@@ -452,6 +519,12 @@ impl LogState {
             sequence,
             story_id,
             tags: record.filter_tags.into(),
+            entered: record.entered_story.map(|story| {
+                Box::new(Entered {
+                    tags: record.entered_tags.into(),
+                    story,
+                })
+            }),
             client_event_id,
             encoded: from_event_bytes(&record.event),
         }));

@@ -169,11 +169,16 @@ impl Subscription {
                 Err(error) => return Some(Err(self.end(error.into()))),
             };
             self.cursor = batch.next;
-            let events = batch
-                .events
-                .iter()
-                .map(|entry| EncodedResponse::Encoded(entry.encoded.clone()));
-            self.ready.extend(events);
+            for entry in &batch.events {
+                if let Some(entered) = &entry.entered
+                    && self.filter.is_entered_by(entry)
+                {
+                    self.ready
+                        .push_back(EncodedResponse::Encoded(entered.story.clone()));
+                }
+                self.ready
+                    .push_back(EncodedResponse::Encoded(entry.encoded.clone()));
+            }
             if !self.ready.is_empty() {
                 continue;
             }

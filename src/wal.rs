@@ -147,6 +147,13 @@ pub struct Record {
     /// The tags subscribers filter this event by.
     #[prost(string, repeated, tag = "4")]
     pub filter_tags: Vec<String>,
+    /// For a revision that added tags: those tags (see [`crate::log::Entered`]).
+    #[prost(string, repeated, tag = "5")]
+    pub entered_tags: Vec<String>,
+    /// For a revision that added tags: the story's state right after it, as the encoded
+    /// `SubscribeResponse` a subscriber it enters receives first.
+    #[prost(bytes = "bytes", optional, tag = "6")]
+    pub entered_story: Option<Bytes>,
 }
 
 /// Every story's state as of `head`: replay starts after it.

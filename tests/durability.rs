@@ -685,3 +685,46 @@ async fn with_fsync_batch_an_event_is_acknowledged_when_written_and_seen_only_on
     // Once synced it arrives.
     assert_eq!(next_event(&mut subscriber).await.sequence, written.sequence);
 }
+
+#[tokio::test]
+async fn a_story_entering_a_tag_filter_still_arrives_with_its_state_after_a_restart() {
+    let dir = TempDir::new("entered");
+    let config = config(&dir.0);
+    let server = TestServer::over(open_log(&config)).await;
+    let mut client = server.client().await;
+    publish(&mut client, open("story", &["korea"])).await;
+    publish(&mut client, report("story", "in-hiding")).await;
+    let retag = request(
+        "story",
+        "",
+        "Now about Italy too",
+        pb::change::Kind::StoryRevised(pb::StoryRevised {
+            tags: Some(pb::TagList {
+                tags: vec!["korea".into(), "italy".into()],
+            }),
+            ..Default::default()
+        }),
+    );
+    let entered = publish(&mut client, retag).await;
+    let log = server.log.clone();
+    server.stop().await;
+    log.close();
+    drop(log);
+
+    let server = TestServer::over(open_log(&config)).await;
+    let mut client = server.client().await;
+    let request = pb::SubscribeRequest {
+        tags: vec!["italy".into()],
+        from_sequence: Some(1),
+        ..Default::default()
+    };
+    let mut stream = subscribe(&mut client, request).await;
+    match next_item(&mut stream).await {
+        Item::Story(story) => {
+            assert_eq!(story.last_sequence, entered.sequence);
+            assert_eq!(story.facts.len(), 1);
+        }
+        other => panic!("expected the story's state first, got {other:?}"),
+    }
+    assert_eq!(next_event(&mut stream).await.sequence, entered.sequence);
+}

@@ -352,3 +352,66 @@ async fn every_stream_starts_with_the_log_id_and_the_head() {
         }
     }
 }
+
+/// A revision that sets a story's tags.
+fn retag(story_id: &str, tags: &[&str]) -> pb::PublishRequest {
+    request(
+        story_id,
+        "",
+        "Retagged",
+        Kind::StoryRevised(pb::StoryRevised {
+            tags: Some(pb::TagList {
+                tags: tags.iter().map(|tag| (*tag).to_owned()).collect(),
+            }),
+            ..Default::default()
+        }),
+    )
+}
+
+#[tokio::test]
+async fn a_story_entering_a_tag_filter_arrives_with_its_state_before_the_revision() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    publish(&mut client, open("story", &["korea"])).await;
+    publish(&mut client, report("story", "in-hiding")).await;
+
+    let italy = pb::SubscribeRequest {
+        tags: vec!["italy".into()],
+        ..Default::default()
+    };
+    let mut live = subscribe(&mut client, italy.clone()).await;
+    let mut from_start = subscribe(
+        &mut client,
+        pb::SubscribeRequest {
+            from_sequence: Some(1),
+            ..italy
+        },
+    )
+    .await;
+    assert!(matches!(
+        next_item(&mut from_start).await,
+        Item::CaughtUp(_)
+    ));
+    assert!(matches!(next_item(&mut live).await, Item::CaughtUp(_)));
+
+    let entered = publish(&mut client, retag("story", &["korea", "italy"])).await;
+    // Still matching: no state again.
+    let after = publish(&mut client, retag("story", &["italy", "asylum"])).await;
+    for stream in [&mut live, &mut from_start] {
+        match next_item(stream).await {
+            Item::Story(story) => {
+                assert_eq!(story.id, "story");
+                assert_eq!(
+                    story.version, entered.story_version,
+                    "the state right after it"
+                );
+                assert_eq!(story.last_sequence, entered.sequence);
+                assert_eq!(story.tags, ["korea", "italy"]);
+                assert_eq!(story.facts.len(), 1, "the facts it had before it entered");
+            }
+            other => panic!("expected the story's state first, got {other:?}"),
+        }
+        assert_eq!(next_event(stream).await.sequence, entered.sequence);
+        assert_eq!(next_event(stream).await.sequence, after.sequence);
+    }
+}

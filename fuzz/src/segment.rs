@@ -197,6 +197,8 @@ impl Writer {
             expected_version: request.expected_version,
             occurred_at_given: request.occurred_at,
             filter_tags: Vec::new(),
+            entered_tags: Vec::new(),
+            entered_story: None,
         };
         if lands && sequence == next {
             self.head = next;
