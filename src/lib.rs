@@ -13,7 +13,7 @@
 //! - [`service`]: the StoryService, and the one mapping from domain errors to gRPC status codes.
 //! - [`auth`]: bearer tokens with roles, checked before any StoryService method runs.
 //! - [`tls`]: the server's TLS and mutual TLS from PEM files.
-//! - [`limits`]: what one client may take, and the subscriber slots that enforce it.
+//! - [`limits`]: what one client may take and one story may hold, and the subscriber slots.
 //! - [`throttle`]: each peer's budget of wasted streams; past it, the server stops reading it.
 //! - [`server`]: the tonic server with health, reflection and graceful shutdown.
 //! - [`clock`]: the one clock timestamps come from, so tests can control it.

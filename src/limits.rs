@@ -1,5 +1,5 @@
-//! The numbers that bound what one client can take from the server, with their defaults, and the
-//! subscriber slots that enforce two of them.
+//! The numbers that bound what one client can take from the server and what one story may hold,
+//! with their defaults, and the subscriber slots that enforce two of them.
 
 use std::{
     collections::HashMap,
@@ -25,6 +25,11 @@ pub enum LimitError {
         max: usize,
     },
 }
+
+/// The largest response message a server sends by default (`--max-response-bytes`), in bytes.
+/// The CLI accepts responses this large, so that it can read anything a server with the default
+/// sends; gRPC clients accept 4 MiB unless told otherwise.
+pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
 
 /// What the server lets clients take. Each has a `serve` flag; the defaults are documented there
 /// and in SECURITY.md.
@@ -79,7 +84,7 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_request_bytes: 1024 * 1024,
-            max_response_bytes: 16 * 1024 * 1024,
+            max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
             max_streams_per_connection: 4_096,
             max_subscribers: 50_000,
             max_subscribers_per_token: 10_000,
@@ -92,6 +97,45 @@ impl Default for Limits {
             wasted_streams_per_second: 10.0,
             wasted_streams_burst: 20,
             shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What one story may hold. Facts, context notes and attributions are never evicted (retention
+/// drops events, and every story keeps its state), and a story is sent whole as one message
+/// (GetStory, a ListStories page, a Subscribe snapshot), so without these a story would grow until
+/// no client could read it. Each has a `serve` flag; SECURITY.md lists them.
+///
+/// Only new requests are held to them: events already in the log, replayed at start-up or folded
+/// again for `as_of_version`, are never refused, even after a limit was lowered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoryLimits {
+    /// Facts in one story. A story followed for weeks reports a few hundred facts (the demo story
+    /// five); past a thousand the news belongs in a follow-up story. Every change to a fact finds
+    /// it by id in a scan of the story's facts, so this also bounds that work.
+    pub max_facts_per_story: usize,
+    /// Context notes in one story: background, fewer than facts in any real story; the same
+    /// headroom as facts.
+    pub max_notes_per_story: usize,
+    /// Attributions gathered by one fact, over its report and status changes. One change carries
+    /// at most 50 ([`crate::validate::MAX_LIST_LEN`]); copy credits a fact to a handful of
+    /// sources. 200 is four changes carrying the most each may.
+    pub max_attributions_per_fact: usize,
+    /// A story's size as a protobuf message, in bytes. 3 MiB keeps a story at the limit, sent
+    /// whole, under the 4 MiB every gRPC client accepts by default (grpcurl, tonic, grpc-go,
+    /// grpc-java), so no reader has to raise its limit to read any story; and under a fifth of
+    /// the 16 MiB response limit, so a ListStories page that carries one still has room for more.
+    /// A story of 1,000 facts of typical length (a few hundred bytes each) is well under it.
+    pub max_story_bytes: usize,
+}
+
+impl Default for StoryLimits {
+    fn default() -> Self {
+        Self {
+            max_facts_per_story: 1_000,
+            max_notes_per_story: 1_000,
+            max_attributions_per_fact: 200,
+            max_story_bytes: 3 * 1024 * 1024,
         }
     }
 }

@@ -18,6 +18,7 @@ use tokio::sync::watch;
 use crate::{
     clock::Clock,
     encoded::{decode_event, encode_event, encode_story, event_bytes, from_event_bytes},
+    limits::StoryLimits,
     pb,
     story::{Stories, StoryError},
     wal::{self, FsyncMode, Journal, SegmentWriter, WalConfig, WalError, WriterSignal},
@@ -291,6 +292,8 @@ struct LogState {
     /// With a data directory: framed records appended but not yet handed to the writer thread,
     /// in sequence order. `None` for a log kept only in memory.
     unwritten: Option<Vec<(u64, Vec<u8>)>>,
+    /// What one story may hold: appends are held to it, replayed events never are.
+    story_limits: StoryLimits,
 }
 
 impl LogState {
@@ -302,6 +305,7 @@ impl LogState {
             by_client_event_id: HashMap::new(),
             stories: Stories::default(),
             unwritten: None,
+            story_limits: StoryLimits::default(),
         }
     }
     fn entry(&self, sequence: u64) -> Option<&Arc<LoggedEvent>> {
@@ -412,7 +416,7 @@ impl LogState {
             change: request.change,
         };
         let added_tags = added_tags(&self.stories, &event);
-        let applied = self.stories.apply(&event)?;
+        let applied = self.stories.apply_within(&event, &self.story_limits)?;
         let receipt = receipt(&event, false);
         let entered = (!added_tags.is_empty()).then(|| {
             let story = self
@@ -738,6 +742,11 @@ impl EventLog {
 
     fn write(&self) -> RwLockWriteGuard<'_, LogState> {
         self.state.write().expect("log lock poisoned")
+    }
+
+    /// Holds every later append to `limits` (a log starts with their defaults).
+    pub fn set_story_limits(&self, limits: StoryLimits) {
+        self.write().story_limits = limits;
     }
 
     /// This incarnation's id.

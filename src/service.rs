@@ -93,6 +93,14 @@ pub fn status(error: impl Into<Error>) -> Status {
             StoryError::UnknownFact { .. }
             | StoryError::FactAlreadyReported { .. }
             | StoryError::Withdrawn { .. } => Code::FailedPrecondition,
+            // Not RESOURCE_EXHAUSTED: a full story stays full (facts, notes and attributions never
+            // leave), so retrying cannot help until the story or the limit changes; and, like
+            // the story rules above, it is a conflict with the story's state, which the wasted-
+            // streams budget does not charge to the publisher's connection.
+            StoryError::TooManyFacts { .. }
+            | StoryError::TooManyNotes { .. }
+            | StoryError::TooManyAttributions { .. }
+            | StoryError::TooLarge { .. } => Code::FailedPrecondition,
             StoryError::NoChange => Code::InvalidArgument,
         },
         Error::Log(log) => match log {

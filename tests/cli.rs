@@ -11,7 +11,8 @@ use std::{
 };
 
 use process::{Pipe, Running, run, run_with_input, storywire};
-use storywire::pb;
+use prost::Message;
+use storywire::{limits::StoryLimits, pb};
 use support::*;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -323,6 +324,36 @@ async fn story_prints_one_story_for_people_and_as_json() {
         stderr.starts_with("error: NOT_FOUND: ") && stderr.contains("no-such-story"),
         "{finished}"
     );
+}
+
+#[tokio::test]
+async fn story_and_stories_read_a_story_larger_than_grpc_clients_accept_by_default() {
+    // About 5 MB: over the 4 MiB a gRPC client accepts unless told otherwise, within a raised
+    // --max-story-bytes and the server's 16 MiB responses.
+    let server = TestServer::with_story_limits(StoryLimits {
+        max_story_bytes: 8 * 1024 * 1024,
+        ..StoryLimits::default()
+    })
+    .await;
+    let mut client = server.client().await;
+    publish(&mut client, open("big", &[])).await;
+    for n in 0..6 {
+        publish(&mut client, bulky_fact("big", &format!("fact-{n}"))).await;
+    }
+    let url = server.url();
+
+    let finished = run(storywire(&["story", "big", "--json", "--server", &url])).await;
+    let story: pb::Story =
+        serde_json::from_str(finished.success().trim_end()).expect("a Story in proto3 JSON");
+    assert_eq!(story.facts.len(), 6);
+    assert!(
+        story.encoded_len() > 4 * 1024 * 1024,
+        "{}",
+        story.encoded_len()
+    );
+
+    let finished = run(storywire(&["stories", "--json", "--server", &url])).await;
+    assert_eq!(finished.success().lines().count(), 1, "{finished}");
 }
 
 #[tokio::test]

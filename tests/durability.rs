@@ -22,6 +22,7 @@ use storywire::{
 };
 use support::*;
 use tokio::process::Command;
+use tonic::Code;
 
 /// A fresh directory under the system's temp directory, removed when dropped.
 struct TempDir(PathBuf);
@@ -410,6 +411,64 @@ async fn kill_9_during_acknowledged_publishes_loses_nothing_acknowledged() {
 }
 
 #[tokio::test]
+async fn a_restart_with_lowered_story_limits_recovers_every_story_and_refuses_only_new_growth() {
+    let dir = TempDir::new("lowered-limits");
+    let (mut serve, url) = start(&dir.0).await;
+    let mut client = client_at(&url).await;
+    publish(&mut client, open("story", &[])).await;
+    for fact in ["hiding", "asylum", "family"] {
+        publish(&mut client, report("story", fact)).await;
+    }
+    // A second attribution for the fact.
+    publish(
+        &mut client,
+        set_status("story", "asylum", pb::FactStatus::Denied),
+    )
+    .await;
+    publish(&mut client, note("story", "Background")).await;
+    publish(&mut client, note("story", "More background")).await;
+    let before = get_story(&mut client, "story", None).await;
+    serve.stop_cleanly().await;
+
+    // Every limit is now below what the story holds; replaying it must refuse nothing.
+    let lowered = [
+        "--max-facts-per-story",
+        "1",
+        "--max-notes-per-story",
+        "1",
+        "--max-attributions-per-fact",
+        "1",
+        "--max-story-bytes",
+        "100",
+    ];
+    let mut serve = Running::spawn(storywire_serve(&dir.0, &lowered));
+    let (address, _) = serve.listening_address().await;
+    let mut client = client_at(&format!("http://{address}")).await;
+    assert_eq!(get_story(&mut client, "story", None).await, before);
+    // Rebuilding a version folds the story's events again, past the limits too.
+    assert_eq!(
+        get_story(&mut client, "story", Some(before.version)).await,
+        before
+    );
+
+    expect_status(
+        client.publish(report("story", "new")).await,
+        Code::FailedPrecondition,
+        &["story story", "--max-facts-per-story"],
+    );
+    // Changes that add no content still go through: a bare status change of a fact that holds
+    // more attributions than allowed now, and the story's withdrawal.
+    publish(
+        &mut client,
+        bare_status("story", "asylum", pb::FactStatus::Confirmed),
+    )
+    .await;
+    let receipt = publish(&mut client, withdraw("story")).await;
+    assert_eq!(receipt.story_version, before.version + 2);
+    serve.stop_cleanly().await;
+}
+
+#[tokio::test]
 async fn a_segment_torn_inside_its_header_is_set_aside_and_writing_goes_on() {
     let dir = TempDir::new("torn-header");
     write_log(&dir.0, 10);
@@ -480,7 +539,14 @@ async fn sigterm_with_a_subscriber_that_never_reads_exits_within_the_grace_and_l
     let grace = GRACE_SECS.to_string();
     let mut serve = Running::spawn(storywire_serve(
         &dir.0,
-        &["--fsync", "always", "--shutdown-grace", &grace],
+        &[
+            "--fsync",
+            "always",
+            "--shutdown-grace",
+            &grace,
+            "--max-notes-per-story",
+            "5000",
+        ],
     ));
     let url = format!("http://{}", serve.listening_address().await.0);
     let mut publisher = client_at(&url).await;

@@ -193,6 +193,11 @@ fn actual(result: Result<pb::PublishResponse, LogError>) -> Outcome {
             StoryError::FactAlreadyReported { .. } => "fact twice",
             StoryError::UnknownFact { .. } => "unknown fact",
             StoryError::NoChange => "no change",
+            // The model's stories stay far below every default story limit.
+            StoryError::TooManyFacts { .. }
+            | StoryError::TooManyNotes { .. }
+            | StoryError::TooManyAttributions { .. }
+            | StoryError::TooLarge { .. } => "story limit",
         }),
         Err(other) => panic!("unexpected {other:?}"),
     }

@@ -3,7 +3,10 @@
 
 mod support;
 
-use storywire::pb::{self, change::Kind, subscribe_response::Item};
+use storywire::{
+    limits::StoryLimits,
+    pb::{self, change::Kind, subscribe_response::Item},
+};
 use support::*;
 use tonic::{Code, transport::Endpoint};
 
@@ -256,6 +259,11 @@ async fn a_stalled_subscriber_blocks_no_one_and_ends_out_of_range_when_evicted()
     const EVENTS: u64 = 1_500;
     const RETAIN: usize = 100;
     let server = TestServer::with_retention(RETAIN).await;
+    // Every event is a note to one story: more than a story holds by default.
+    server.log.set_story_limits(StoryLimits {
+        max_notes_per_story: EVENTS as usize,
+        ..StoryLimits::default()
+    });
     let mut publisher = server.client().await;
     publish(&mut publisher, open("story", &[])).await;
 

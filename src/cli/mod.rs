@@ -32,7 +32,7 @@ use tonic::{
     transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity},
 };
 
-use crate::pb::story_service_client::StoryServiceClient;
+use crate::{limits::DEFAULT_MAX_RESPONSE_BYTES, pb::story_service_client::StoryServiceClient};
 
 /// The server clients talk to when neither `--server` nor `STORYWIRE_SERVER` says otherwise: the
 /// address `serve` listens on by default.
@@ -215,10 +215,12 @@ impl Connect {
             ),
             None => None,
         };
-        Ok(StoryServiceClient::with_interceptor(
-            self.channel()?,
-            BearerToken(token),
-        ))
+        // gRPC clients refuse responses over 4 MiB by default; a server sends up to 16 MiB unless
+        // told otherwise (a large story, a page of stories), and the CLI must read all of it.
+        Ok(
+            StoryServiceClient::with_interceptor(self.channel()?, BearerToken(token))
+                .max_decoding_message_size(DEFAULT_MAX_RESPONSE_BYTES),
+        )
     }
 }
 

@@ -12,7 +12,7 @@ use crate::{
     auth::Tokens,
     clock::SystemClock,
     demo,
-    limits::Limits,
+    limits::{Limits, StoryLimits},
     log::EventLog,
     server::{self, ServerOptions},
     tls::TlsFiles,
@@ -52,6 +52,8 @@ pub struct Args {
     tls_client_ca: Option<PathBuf>,
     #[command(flatten)]
     limits: LimitArgs,
+    #[command(flatten)]
+    story_limits: StoryLimitArgs,
     /// Keep the log on disk in this directory (a write-ahead log), so that a restart loses
     /// nothing acknowledged. Without it the log lives in memory only.
     #[arg(long, env = "STORYWIRE_DATA_DIR", value_name = "DIR")]
@@ -106,6 +108,8 @@ pub async fn run(args: Args) -> Result<ExitCode, CliError> {
         tls,
         limits: args.limits.into(),
     };
+    let story_limits = StoryLimits::from(args.story_limits);
+    check_story_bytes(&story_limits, &options.limits)?;
     // Read the TLS files now, so that a bad one stops start-up before it says it listens.
     if let Some(tls) = &options.tls {
         let config = tls.server_config()?;
@@ -135,6 +139,7 @@ pub async fn run(args: Args) -> Result<ExitCode, CliError> {
             Arc::new(EventLog::new(retain, Arc::new(SystemClock)))
         }
     };
+    log.set_story_limits(story_limits);
     let listener = TcpListener::bind(args.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
@@ -240,6 +245,47 @@ impl From<LimitArgs> for Limits {
             shutdown_grace: Duration::from_secs_f64(args.shutdown_grace),
         }
     }
+}
+
+/// What one story may hold (see [`StoryLimits`] for why each default). Beyond each, a publish is
+/// FAILED_PRECONDITION; events already in the log are never refused.
+#[derive(Debug, clap::Args)]
+struct StoryLimitArgs {
+    /// Facts one story may hold.
+    #[arg(long, default_value_t = StoryLimits::default().max_facts_per_story)]
+    max_facts_per_story: usize,
+    /// Context notes one story may hold.
+    #[arg(long, default_value_t = StoryLimits::default().max_notes_per_story)]
+    max_notes_per_story: usize,
+    /// Attributions one fact may gather, over its report and status changes.
+    #[arg(long, default_value_t = StoryLimits::default().max_attributions_per_fact)]
+    max_attributions_per_fact: usize,
+    /// A story's size as a protobuf message, in bytes; at most half of --max-response-bytes.
+    #[arg(long, default_value_t = StoryLimits::default().max_story_bytes)]
+    max_story_bytes: usize,
+}
+
+impl From<StoryLimitArgs> for StoryLimits {
+    fn from(args: StoryLimitArgs) -> Self {
+        Self {
+            max_facts_per_story: args.max_facts_per_story,
+            max_notes_per_story: args.max_notes_per_story,
+            max_attributions_per_fact: args.max_attributions_per_fact,
+            max_story_bytes: args.max_story_bytes,
+        }
+    }
+}
+
+/// Refuses a story size limit the server could not send: a story goes whole into one response
+/// (GetStory, a ListStories page, a Subscribe snapshot), which needs room beside it.
+fn check_story_bytes(story: &StoryLimits, limits: &Limits) -> Result<(), String> {
+    if story.max_story_bytes > limits.max_response_bytes / 2 {
+        return Err(format!(
+            "--max-story-bytes {} is more than half of --max-response-bytes {}: a story is sent whole in one response, which needs room beside it; lower the one or raise the other",
+            story.max_story_bytes, limits.max_response_bytes
+        ));
+    }
+    Ok(())
 }
 
 /// Refuses to serve anonymously beyond loopback unless told to: a forged update on a live story

@@ -14,7 +14,7 @@ use std::{
 
 use storywire::{
     clock::{Clock, SystemClock},
-    limits::Limits,
+    limits::{Limits, StoryLimits},
     log::EventLog,
     pb::{self, change::Kind, story_service_client::StoryServiceClient, subscribe_response::Item},
     server,
@@ -71,6 +71,16 @@ impl TestServer {
             .await
             .expect("bind loopback");
         Self::serve(listener, log, options)
+    }
+
+    /// A server over a fresh log whose stories may hold what `limits` allow.
+    pub async fn with_story_limits(limits: StoryLimits) -> Self {
+        let log = Arc::new(EventLog::new(
+            storywire::log::DEFAULT_RETAIN_EVENTS,
+            Arc::new(SystemClock),
+        ));
+        log.set_story_limits(limits);
+        Self::over(log).await
     }
 
     /// A server over an existing log, on a new port.
@@ -231,6 +241,30 @@ pub fn report(story_id: &str, fact_id: &str) -> pb::PublishRequest {
     )
 }
 
+/// Reports fact `fact_id` in `story_id` with as much text as one request carries comfortably:
+/// about 800 KB encoded (50 attributions, each with a long quote, a long reason and a chain of 30
+/// sources), under the server's 1 MiB request limit. A few of these fill a story.
+pub fn bulky_fact(story_id: &str, fact_id: &str) -> pb::PublishRequest {
+    let via = source(&"v".repeat(200), pb::SourceKind::Person, &"r".repeat(200));
+    let attribution = pb::Attribution {
+        via: vec![via; 30],
+        anonymous: true,
+        anonymity_reason: "a".repeat(2_000),
+        quote: "q".repeat(2_000),
+        ..said_by("An official", "spokesperson", pb::Stance::Asserts)
+    };
+    request(
+        story_id,
+        "",
+        &format!("Fact {fact_id} reported at length"),
+        Kind::FactReported(pb::FactReported {
+            fact_id: fact_id.to_owned(),
+            statement: "s".repeat(2_000),
+            attributions: vec![attribution; 50],
+        }),
+    )
+}
+
 /// Changes the status of fact `fact_id` in `story_id`.
 pub fn set_status(story_id: &str, fact_id: &str, status: pb::FactStatus) -> pb::PublishRequest {
     request(
@@ -246,6 +280,32 @@ pub fn set_status(story_id: &str, fact_id: &str, status: pb::FactStatus) -> pb::
                 pb::Stance::Denies,
             )],
             note: String::new(),
+        }),
+    )
+}
+
+/// Changes the status of fact `fact_id` in `story_id` and adds nothing to it: no attribution.
+pub fn bare_status(story_id: &str, fact_id: &str, status: pb::FactStatus) -> pb::PublishRequest {
+    let mut request = set_status(story_id, fact_id, status);
+    if let Some(Kind::FactStatusChanged(changed)) = request
+        .change
+        .as_mut()
+        .and_then(|change| change.kind.as_mut())
+    {
+        changed.attributions.clear();
+    }
+    request
+}
+
+/// Withdraws `story_id`: the one change a story takes that only ends it.
+pub fn withdraw(story_id: &str) -> pb::PublishRequest {
+    request(
+        story_id,
+        "",
+        "Story withdrawn",
+        Kind::StoryStatusChanged(pb::StoryStatusChanged {
+            status: pb::StoryStatus::Withdrawn.into(),
+            reason: "Could not be verified".to_owned(),
         }),
     )
 }
