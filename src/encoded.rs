@@ -27,7 +27,13 @@ pub enum EncodedResponse {
     /// that a response is the size of `Bytes` (32 bytes, not 224): a subscription holds up to a
     /// batch of 256 of them.
     Message(Box<pb::SubscribeResponse>),
+    /// A `story` item of a snapshot, shared with the log's projection until it is encoded as it
+    /// is sent: a subscriber that stopped reading holds a reference count, not a copy.
+    Story(std::sync::Arc<pb::Story>),
 }
+
+/// The field number of `SubscribeResponse.story`.
+const STORY_FIELD: u32 = 2;
 
 impl Default for EncodedResponse {
     fn default() -> Self {
@@ -46,6 +52,7 @@ impl Message for EncodedResponse {
         match self {
             Self::Encoded(bytes) => buf.put_slice(bytes),
             Self::Message(message) => message.encode_raw(buf),
+            Self::Story(story) => prost::encoding::message::encode(STORY_FIELD, &**story, buf),
         }
     }
 
@@ -64,6 +71,7 @@ impl Message for EncodedResponse {
         match self {
             Self::Encoded(bytes) => bytes.len(),
             Self::Message(message) => message.encoded_len(),
+            Self::Story(story) => prost::encoding::message::encoded_len(STORY_FIELD, &**story),
         }
     }
 

@@ -24,6 +24,13 @@ use crate::{
     wal::{self, FsyncMode, Journal, SegmentWriter, WalConfig, WalError, WriterSignal},
 };
 
+/// A record framed for the write-ahead log ([`wal::frame`]), with its sequence.
+type Framed = (u64, Vec<u8>);
+
+/// The most entries one read scans under one hold of the read lock: a fraction of a millisecond,
+/// so a publisher waiting for the write lock behind a long, sparse read waits no longer than that.
+pub const SCAN_PER_LOCK: usize = 4_096;
+
 /// How many events the log keeps when nobody says otherwise: about a gigabyte of typical updates,
 /// and far more than a day of a busy newsroom.
 pub const DEFAULT_RETAIN_EVENTS: usize = 1_000_000;
@@ -291,7 +298,7 @@ struct LogState {
     stories: Stories,
     /// With a data directory: framed records appended but not yet handed to the writer thread,
     /// in sequence order. `None` for a log kept only in memory.
-    unwritten: Option<Vec<(u64, Vec<u8>)>>,
+    unwritten: Option<Vec<Framed>>,
     /// What one story may hold: appends are held to it, replayed events never are.
     story_limits: StoryLimits,
 }
@@ -468,7 +475,7 @@ impl LogState {
     }
 
     /// The framed records appended since the writer thread last took them (none in memory).
-    fn take_unwritten(&mut self) -> Vec<(u64, Vec<u8>)> {
+    fn take_unwritten(&mut self) -> Vec<Framed> {
         self.unwritten
             .as_mut()
             .map(std::mem::take)
@@ -697,22 +704,27 @@ impl EventLog {
 
     /// Hands the writer thread the framed records appended since it last looked, and the oldest
     /// retained sequence.
-    fn take_unwritten(&self) -> (Vec<(u64, Vec<u8>)>, u64) {
+    fn take_unwritten(&self) -> (Vec<Framed>, u64) {
         let mut state = self.write();
         (state.take_unwritten(), state.first_retained)
     }
 
-    /// Every story as of the newest appended event, and the records not yet written up to it:
-    /// written and synced before the snapshot, they make it cover everything up to its head.
-    fn snapshot_for_compaction(&self) -> (wal::Snapshot, Vec<(u64, Vec<u8>)>, u64) {
-        let mut state = self.write();
-        let unwritten = state.take_unwritten();
-        let snapshot = wal::Snapshot {
-            log_id: self.log_id.clone(),
-            head: state.head,
-            stories: state.stories.iter().cloned().collect(),
+    /// Every story as of the newest appended event, encoded as a snapshot, and the records not
+    /// yet written up to it: written and synced before the snapshot, they make it cover
+    /// everything up to its head.
+    ///
+    /// The write lock is held only to take the stories' reference counts (copy-on-write), not to
+    /// copy or encode them: publishers wait microseconds, not the time a large log takes to
+    /// encode.
+    fn snapshot_for_compaction(&self) -> (Vec<u8>, Vec<Framed>, u64) {
+        let (stories, head, unwritten, first_retained) = {
+            let mut state = self.write();
+            let unwritten = state.take_unwritten();
+            let stories: Vec<Arc<pb::Story>> = state.stories.iter().cloned().collect();
+            (stories, state.head, unwritten, state.first_retained)
         };
-        (snapshot, unwritten, state.first_retained)
+        let snapshot = wal::encode_snapshot(&self.log_id, head, &stories);
+        (snapshot, unwritten, first_retained)
     }
 
     /// Waits until readers may see `sequence`: with a data directory, until it is on disk.
@@ -864,7 +876,8 @@ impl EventLog {
     }
 
     /// Reads up to `max_events` matching events starting at sequence `from`, scanning at most
-    /// `max_scan` events so that a sparse filter cannot hold the lock for long.
+    /// `max_scan` events, and taking the read lock afresh for every [`SCAN_PER_LOCK`] of them, so
+    /// that a sparse filter over a long log never holds publishers up for long.
     ///
     /// `from` may be `head + 1` (nothing to read yet), or 0 for the oldest retained event (no event
     /// has sequence 0, so "every event from 0 on" is every retained one). Otherwise earlier than
@@ -878,31 +891,50 @@ impl EventLog {
         max_scan: usize,
     ) -> Result<Batch, LogError> {
         let visible = self.head();
-        let state = self.read();
-        let from = if from == 0 {
-            state.first_retained
-        } else {
-            from
+        let (mut next, mut first_retained) = {
+            let state = self.read();
+            let from = if from == 0 {
+                state.first_retained
+            } else {
+                from
+            };
+            state.check_position(from, visible)?;
+            (from, state.first_retained)
         };
-        state.check_position(from, visible)?;
-        let start = usize::try_from(from - state.first_retained).expect("retained fits memory");
-        let readable = usize::try_from(visible + 1 - from).unwrap_or(usize::MAX);
         let mut events = Vec::new();
-        let mut scanned = 0;
-        for entry in state.entries.range(start..).take(max_scan.min(readable)) {
-            scanned += 1;
-            if filter.matches(entry) {
-                events.push(entry.clone());
-                if events.len() == max_events {
-                    break;
+        let mut left = max_scan;
+        while left > 0 && next <= visible && events.len() < max_events {
+            let state = self.read();
+            first_retained = state.first_retained;
+            // Evicted since the last chunk: what was read stands, and the next read says so.
+            let Some(start) = next
+                .checked_sub(state.first_retained)
+                .and_then(|index| usize::try_from(index).ok())
+            else {
+                break;
+            };
+            let readable = usize::try_from(visible + 1 - next).unwrap_or(usize::MAX);
+            let chunk = left.min(SCAN_PER_LOCK).min(readable);
+            let chunk_start = next;
+            for entry in state.entries.range(start..).take(chunk) {
+                next += 1;
+                left -= 1;
+                if filter.matches(entry) {
+                    events.push(entry.clone());
+                    if events.len() == max_events {
+                        break;
+                    }
                 }
+            }
+            if next == chunk_start {
+                break;
             }
         }
         Ok(Batch {
             events,
-            next: from + scanned as u64,
+            next,
             head: visible,
-            first_retained: state.first_retained,
+            first_retained,
         })
     }
 
@@ -918,50 +950,71 @@ impl EventLog {
         }
     }
 
-    /// Every story matching `filter`, and the head sequence, read at the same instant: every
-    /// event after the head is newer than every story returned.
-    pub fn snapshot(&self, filter: &Filter) -> (Vec<pb::Story>, u64) {
+    /// Up to `limit` stories matching `filter` with ids after `after`, in id order, shared; and
+    /// the id to continue after, `None` once every story has been looked at. At most `max_scan`
+    /// stories are looked at, so that a sparse filter holds the read lock briefly.
+    pub fn stories_page(
+        &self,
+        filter: &Filter,
+        after: &str,
+        limit: usize,
+        max_scan: usize,
+    ) -> (Vec<Arc<pb::Story>>, Option<String>) {
         let state = self.read();
-        let stories = state
-            .stories
-            .iter()
-            .filter(|story| filter.matches_story(story))
-            .cloned()
-            .collect();
-        (stories, state.head)
+        let mut page = Vec::new();
+        let mut last = None;
+        for story in state.stories.after(after).take(max_scan) {
+            last = Some(story);
+            if filter.matches_story(story) {
+                page.push(story.clone());
+                if page.len() == limit {
+                    break;
+                }
+            }
+        }
+        let more = last.is_some_and(|last| state.stories.after(&last.id).next().is_some());
+        (page, last.filter(|_| more).map(|last| last.id.clone()))
     }
 
     /// A story's current state, or with `as_of_version` its state right after that version,
     /// rebuilt by folding its retained events again.
+    ///
+    /// The lock is held only to find the events (reference counts); decoding and folding them,
+    /// which for a long story takes a while, happens after it is released.
     pub fn story(&self, story_id: &str, as_of_version: Option<u64>) -> Result<pb::Story, LogError> {
-        let state = self.read();
-        let current = state
-            .stories
-            .get(story_id)
-            .ok_or_else(|| StoryError::NotFound {
-                story_id: story_id.to_owned(),
-            })?;
-        let Some(version) = as_of_version else {
-            return Ok(current.clone());
-        };
-        if version > current.version {
-            return Err(LogError::VersionBeyondStory {
+        let history: Vec<Arc<LoggedEvent>> = {
+            let state = self.read();
+            let current = state
+                .stories
+                .get(story_id)
+                .ok_or_else(|| StoryError::NotFound {
+                    story_id: story_id.to_owned(),
+                })?;
+            let Some(version) = as_of_version else {
+                return Ok(current.clone());
+            };
+            if version > current.version {
+                return Err(LogError::VersionBeyondStory {
+                    story_id: story_id.to_owned(),
+                    requested: version,
+                    current: current.version,
+                });
+            }
+            let not_retained = || LogError::HistoryNotRetained {
                 story_id: story_id.to_owned(),
                 requested: version,
-                current: current.version,
-            });
-        }
-        let not_retained = || LogError::HistoryNotRetained {
-            story_id: story_id.to_owned(),
-            requested: version,
+            };
+            let sequences = state
+                .stories
+                .history(story_id, version)
+                .ok_or_else(not_retained)?;
+            sequences
+                .into_iter()
+                .map(|sequence| state.entry(sequence).cloned().ok_or_else(not_retained))
+                .collect::<Result<_, _>>()?
         };
-        let history = state
-            .stories
-            .history(story_id, version)
-            .ok_or_else(not_retained)?;
         let mut rebuilt = Stories::default();
-        for sequence in history {
-            let entry = state.entry(sequence).ok_or_else(not_retained)?;
+        for entry in history {
             rebuilt
                 .apply(&entry.event())
                 .expect("an event that applied once applies again to the same history");
@@ -981,14 +1034,17 @@ impl EventLog {
         tag: &str,
         status: i32,
     ) -> (Vec<pb::Story>, bool) {
-        let state = self.read();
-        let mut matching = state.stories.after(after).filter(|story| {
-            (tag.is_empty() || story.tags.iter().any(|t| t == tag))
-                && (status == 0 || story.status == status)
-        });
-        let page: Vec<pb::Story> = matching.by_ref().take(limit).cloned().collect();
-        let more = matching.next().is_some();
-        (page, more)
+        let (page, more) = {
+            let state = self.read();
+            let mut matching = state.stories.after(after).filter(|story| {
+                (tag.is_empty() || story.tags.iter().any(|t| t == tag))
+                    && (status == 0 || story.status == status)
+            });
+            let page: Vec<Arc<pb::Story>> = matching.by_ref().take(limit).cloned().collect();
+            (page, matching.next().is_some())
+        };
+        // Copied for the response after the lock is released.
+        (page.iter().map(|story| (**story).clone()).collect(), more)
     }
 }
 
@@ -1096,10 +1152,7 @@ fn write_round(
 }
 
 /// Writes framed records; returns the last sequence written.
-fn write_records(
-    writer: &mut SegmentWriter,
-    records: &[(u64, Vec<u8>)],
-) -> Result<Option<u64>, WalError> {
+fn write_records(writer: &mut SegmentWriter, records: &[Framed]) -> Result<Option<u64>, WalError> {
     for (sequence, framed) in records {
         writer.write(*sequence, framed)?;
     }

@@ -388,10 +388,18 @@ impl StoryService for Service {
     ) -> Result<Response<pb::GetStoryResponse>, Status> {
         let request = request.into_inner();
         validate::get_story(&request).map_err(status)?;
-        let story = self
-            .log
-            .story(&request.story_id, request.as_of_version)
-            .map_err(status)?;
+        let story = match request.as_of_version {
+            None => self.log.story(&request.story_id, None),
+            // Rebuilding folds the story's whole retained history: on a blocking thread, so
+            // that a long story does not hold up the runtime's workers.
+            Some(version) => {
+                let log = self.log.clone();
+                tokio::task::spawn_blocking(move || log.story(&request.story_id, Some(version)))
+                    .await
+                    .map_err(|e| Status::internal(format!("rebuilding the story failed: {e}")))?
+            }
+        }
+        .map_err(status)?;
         // Show no state a crash could take back.
         self.log.visible(story.last_sequence).await;
         Ok(Response::new(pb::GetStoryResponse { story: Some(story) }))

@@ -133,8 +133,10 @@ const MAX_BOOKKEEPING_BYTES: usize = 128;
 struct StoryRecord {
     /// The story's id, shared with every logged event of the story.
     id: Arc<str>,
-    /// The fold of every event applied so far.
-    state: pb::Story,
+    /// The fold of every event applied so far. Shared, and copied on write: a reader (a
+    /// snapshot page, compaction) takes a reference count under the log's lock and reads after
+    /// releasing it, and the next change to the story copies it only if a reader still holds it.
+    state: Arc<pb::Story>,
     /// The story's tags, shared with every logged event that needs them for filtering, so that
     /// logging an event costs a reference count rather than a copy of the tags.
     tags: Arc<[String]>,
@@ -160,7 +162,7 @@ impl StoryRecord {
         let mut record = Self {
             id,
             tags: state.tags.clone().into(),
-            state,
+            state: Arc::new(state),
             retained,
             facts_bytes,
             context_bytes,
@@ -172,7 +174,8 @@ impl StoryRecord {
 
     /// Brings `encoded_len` up to date after a change, from `facts_bytes` and `context_bytes`.
     fn measure(&mut self) {
-        let story = &mut self.state;
+        // Unique by now: the change being measured made it so, or the record is new.
+        let story = Arc::make_mut(&mut self.state);
         let facts = std::mem::take(&mut story.facts);
         let context = std::mem::take(&mut story.context);
         let rest = story.encoded_len();
@@ -219,7 +222,7 @@ pub struct Applied {
 impl Stories {
     /// The current state of a story, if it was ever opened.
     pub fn get(&self, story_id: &str) -> Option<&pb::Story> {
-        self.by_id.get(story_id).map(|record| &record.state)
+        self.by_id.get(story_id).map(|record| &*record.state)
     }
 
     /// The story's version: how many of its events have been applied (0 for no story).
@@ -232,8 +235,9 @@ impl Stories {
         self.by_id.get(story_id).map_or(&[], |record| &record.tags)
     }
 
-    /// Stories with an id greater than `after`, in id order.
-    pub fn after<'a>(&'a self, after: &str) -> impl Iterator<Item = &'a pb::Story> + 'a {
+    /// Stories with an id greater than `after`, in id order, shared: cloning one costs a
+    /// reference count.
+    pub fn after<'a>(&'a self, after: &str) -> impl Iterator<Item = &'a Arc<pb::Story>> + 'a {
         use std::ops::Bound::{Excluded, Unbounded};
         let start = if after.is_empty() {
             Unbounded
@@ -245,8 +249,8 @@ impl Stories {
             .map(|(_, record)| &record.state)
     }
 
-    /// Every story, in id order.
-    pub fn iter(&self) -> impl Iterator<Item = &pb::Story> {
+    /// Every story, in id order, shared: cloning one costs a reference count.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<pb::Story>> {
         self.by_id.values().map(|record| &record.state)
     }
 
@@ -335,7 +339,7 @@ impl Stories {
             })?;
         check(&record.state, kind)?;
 
-        let story = &mut record.state;
+        let story = Arc::make_mut(&mut record.state);
         let mut filter_tags = record.tags.clone();
         match kind {
             Kind::StoryOpened(_) => unreachable!("handled above"),
@@ -687,7 +691,7 @@ mod tests {
         }
         // Restored from a snapshot, a story is measured again.
         let mut restored = Stories::default();
-        restored.restore(stories.iter().cloned());
+        restored.restore(stories.iter().map(|story| (**story).clone()));
         let record = &restored.by_id["story"];
         assert_eq!(record.encoded_len, record.state.encoded_len());
     }

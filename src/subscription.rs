@@ -5,7 +5,12 @@
 //! at the head means waiting for the head to pass the cursor. Nothing is queued per subscriber
 //! beyond one batch; a slow reader just reads the log later.
 
-use std::{collections::VecDeque, pin::Pin, sync::Arc, time::Duration};
+use std::{
+    collections::{HashMap, VecDeque},
+    pin::Pin,
+    sync::Arc,
+    time::Duration,
+};
 
 use tokio::{
     sync::watch,
@@ -24,6 +29,12 @@ const READ_BATCH_EVENTS: usize = 256;
 /// How many events one read may scan looking for matches, so that a sparse filter holds the read
 /// lock briefly and yields between reads.
 const READ_BATCH_SCAN: usize = 4_096;
+/// How many stories one page of a snapshot holds: a subscriber that stopped reading holds at
+/// most this many (shared, not copied), whatever the number of stories.
+const SNAPSHOT_PAGE_STORIES: usize = 16;
+/// How many stories one snapshot page may look at for matches, so that a sparse filter holds the
+/// read lock briefly.
+const SNAPSHOT_PAGE_SCAN: usize = 1_024;
 
 /// Where a subscription starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,9 +87,12 @@ pub struct Subscription {
     last_sent: Instant,
     /// Set once the stream has ended, so that it yields nothing more.
     ended: bool,
-    /// For a snapshot: the head it was read at. Nothing is sent until readers may see that far
-    /// (with a data directory, until it is on disk), so no state a crash could undo goes out.
-    snapshot_head: Option<u64>,
+    /// For a snapshot still being sent: the story id the next page starts after.
+    snapshot_after: Option<String>,
+    /// Stories a snapshot page sent as they stood after the head the subscription pinned (they
+    /// changed while the snapshot was paged), with the last sequence their state covers: their
+    /// events up to it are already in that state and are skipped, so nothing arrives twice.
+    ahead: HashMap<Arc<str>, u64>,
 }
 
 impl Subscription {
@@ -92,20 +106,12 @@ impl Subscription {
         shutdown: watch::Receiver<bool>,
     ) -> Self {
         let mut ready = VecDeque::new();
-        let mut snapshot_head = None;
-        let mut stories = Vec::new();
-        let (cursor, head) = match start {
-            Start::Live => {
-                let head = log.head();
-                (head + 1, head)
-            }
-            Start::From(sequence) => (sequence, log.head()),
-            Start::Snapshot => {
-                let (matching, head) = log.snapshot(&filter);
-                stories = matching;
-                snapshot_head = Some(head);
-                (head + 1, head)
-            }
+        let head = log.head();
+        let (cursor, snapshot_after) = match start {
+            Start::Live => (head + 1, None),
+            Start::From(sequence) => (sequence, None),
+            // The stories are sent page by page, then the events after the head pinned here.
+            Start::Snapshot => (head + 1, Some(String::new())),
         };
         // The log_id goes first, so that a client losing the stream at any later point resumes
         // against the right log.
@@ -116,7 +122,6 @@ impl Subscription {
             })
             .into(),
         );
-        ready.extend(stories.into_iter().map(|story| Item::Story(story).into()));
         Self {
             head: log.watch_head(),
             log,
@@ -129,16 +134,13 @@ impl Subscription {
             heartbeat_timer: Box::pin(tokio::time::sleep(heartbeat)),
             last_sent: Instant::now(),
             ended: false,
-            snapshot_head,
+            snapshot_after,
+            ahead: HashMap::new(),
         }
     }
 
     /// The next item to send, `None` once the stream has ended.
     pub async fn next(&mut self) -> Option<Result<EncodedResponse, End>> {
-        if let Some(head) = self.snapshot_head.take() {
-            // The log outlives its subscriptions, so the sender is there.
-            let _ = self.head.wait_for(|visible| *visible >= head).await;
-        }
         loop {
             if let Some(ready) = self.ready.pop_front() {
                 self.last_sent = Instant::now();
@@ -146,6 +148,10 @@ impl Subscription {
             }
             if self.ended {
                 return None;
+            }
+            if let Some(after) = self.snapshot_after.take() {
+                self.next_snapshot_page(&after).await;
+                continue;
             }
             if self.caught_up_sent {
                 // Mark the head seen before looking at it and at the shutdown flag: anything that
@@ -170,6 +176,13 @@ impl Subscription {
             };
             self.cursor = batch.next;
             for entry in &batch.events {
+                if self
+                    .ahead
+                    .get(&entry.story_id)
+                    .is_some_and(|&upto| entry.sequence <= upto)
+                {
+                    continue;
+                }
                 if let Some(entered) = &entry.entered
                     && self.filter.is_entered_by(entry)
                 {
@@ -178,6 +191,10 @@ impl Subscription {
                 }
                 self.ready
                     .push_back(EncodedResponse::Encoded(entry.encoded.clone()));
+            }
+            // Once the cursor is past every story the snapshot sent ahead, nothing is skipped.
+            if self.ahead.values().all(|&upto| upto < self.cursor) {
+                self.ahead.clear();
             }
             if !self.ready.is_empty() {
                 continue;
@@ -225,6 +242,35 @@ impl Subscription {
             } else {
                 self.heartbeat_timer.as_mut().reset(due);
             }
+        }
+    }
+
+    /// Queues the next page of a snapshot: the matching stories after `after`, each as it stands
+    /// now. Nothing goes out before readers may see every event a page's states include (with a
+    /// data directory, until it is on disk), so no state a crash could undo is sent.
+    async fn next_snapshot_page(&mut self, after: &str) {
+        let (page, next) = self.log.stories_page(
+            &self.filter,
+            after,
+            SNAPSHOT_PAGE_STORIES,
+            SNAPSHOT_PAGE_SCAN,
+        );
+        let pinned = self.cursor - 1;
+        if let Some(newest) = page.iter().map(|story| story.last_sequence).max() {
+            // The log outlives its subscriptions, so the sender is there.
+            let _ = self.head.wait_for(|visible| *visible >= newest).await;
+        }
+        for story in page {
+            if story.last_sequence > pinned {
+                self.ahead
+                    .insert(story.id.as_str().into(), story.last_sequence);
+            }
+            self.ready.push_back(EncodedResponse::Story(story));
+        }
+        self.snapshot_after = next;
+        if self.snapshot_after.is_some() {
+            // A long snapshot lets other tasks run between pages.
+            tokio::task::yield_now().await;
         }
     }
 

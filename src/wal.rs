@@ -170,6 +170,22 @@ pub struct Snapshot {
     pub stories: Vec<pb::Story>,
 }
 
+/// Encodes a [`Snapshot`] from shared stories, without copying them into one first.
+pub fn encode_snapshot(log_id: &str, head: u64, stories: &[Arc<pb::Story>]) -> Vec<u8> {
+    use prost::encoding;
+    let mut bytes = Vec::new();
+    if !log_id.is_empty() {
+        encoding::string::encode(1, &log_id.to_owned(), &mut bytes);
+    }
+    if head != 0 {
+        encoding::uint64::encode(2, &head, &mut bytes);
+    }
+    for story in stories {
+        encoding::message::encode(3, &**story, &mut bytes);
+    }
+    bytes
+}
+
 /// A record framed for a segment: length, CRC32C, payload.
 pub fn frame(record: &Record) -> Vec<u8> {
     let payload = record.encode_to_vec();
@@ -670,10 +686,10 @@ impl SegmentWriter {
             .is_some_and(|s| s.last.is_none_or(|last| last < first_retained))
     }
 
-    /// Writes `snapshot` (which must cover every sequence before `first_retained`), then deletes
-    /// the closed segments it makes unnecessary.
-    pub fn compact(&mut self, snapshot: &Snapshot, first_retained: u64) -> Result<(), WalError> {
-        write_atomically(&self.dir, SNAPSHOT_FILE, &snapshot.encode_to_vec())?;
+    /// Writes `snapshot` (encoded by [`encode_snapshot`]; it must cover every sequence before
+    /// `first_retained`), then deletes the closed segments it makes unnecessary.
+    pub fn compact(&mut self, snapshot: &[u8], first_retained: u64) -> Result<(), WalError> {
+        write_atomically(&self.dir, SNAPSHOT_FILE, snapshot)?;
         while self.has_evicted_segments(first_retained) {
             let segment = self.closed.pop_front().expect("checked");
             fs::remove_file(&segment.path).map_err(io_error(&segment.path))?;

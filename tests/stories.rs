@@ -140,3 +140,66 @@ async fn list_events_pages_through_the_log_with_the_subscribe_filters() {
     assert_eq!(sequences(&everything.events), (1..=12).collect::<Vec<_>>());
     assert_eq!(everything.next_sequence, 13);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_do_not_wait_while_get_story_rebuilds_a_long_history() {
+    const HISTORY: u64 = 20_000;
+    const PUBLISHES: usize = 100;
+    let server = TestServer::start().await;
+    storywire::service::publish(&server.log, open("long", &[])).expect("open");
+    for i in 1..HISTORY {
+        let revise = request(
+            "long",
+            "",
+            "Revised",
+            Kind::StoryRevised(pb::StoryRevised {
+                summary: Some(format!("Summary {i:06}")),
+                ..Default::default()
+            }),
+        );
+        storywire::service::publish(&server.log, revise).expect("revise");
+    }
+
+    // One reader rebuilds the whole history again and again, timing each call.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut reader = server.client().await;
+    let (first_tx, first_rx) = tokio::sync::oneshot::channel();
+    let reading = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut took = Vec::new();
+            let mut first_tx = Some(first_tx);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let started = std::time::Instant::now();
+                let story = get_story(&mut reader, "long", Some(HISTORY)).await;
+                took.push(started.elapsed());
+                assert_eq!(story.version, HISTORY);
+                if let Some(first) = first_tx.take() {
+                    let _ = first.send(());
+                }
+            }
+            took
+        })
+    };
+    within("the first rebuild", first_rx).await.expect("reader");
+
+    let mut client = server.client().await;
+    let mut slowest = std::time::Duration::ZERO;
+    for i in 0..PUBLISHES {
+        let started = std::time::Instant::now();
+        publish(&mut client, note("long", &format!("{i}"))).await;
+        slowest = slowest.max(started.elapsed());
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut took = within("the reader", reading).await.expect("reader task");
+    took.sort();
+    let median = took[took.len() / 2];
+    eprintln!("slowest publish {slowest:?}; a rebuild {median:?}");
+    // Under the lock for a whole rebuild, a publish arriving during one waits for the rest of
+    // it; outside it, a publish takes a small fraction of one.
+    assert!(
+        slowest < median / 2,
+        "the slowest of {PUBLISHES} publishes took {slowest:?}; a rebuild takes {median:?} (median of {})",
+        took.len()
+    );
+}
