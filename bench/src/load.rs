@@ -12,7 +12,7 @@ use tonic::{
     transport::{Channel, Endpoint},
 };
 
-use crate::{
+use storywire::{
     clock::to_timestamp,
     pb::{
         self, change::Kind, publish_stream_response::Result as Outcome,

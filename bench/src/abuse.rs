@@ -25,12 +25,13 @@ use tonic::{
     transport::{Channel, Endpoint},
 };
 
-use super::{
-    cell,
+use storywire::pb::{self, story_service_client::StoryServiceClient};
+
+use crate::{
     load::{Rate, connect, publish_from, publish_unary, receive, subscribe_many},
     process::{ServerProcess, Target},
+    report::{cell, summary},
 };
-use crate::pb::{self, story_service_client::StoryServiceClient};
 
 /// How long the victim publishes in each phase, and at what rate: 1,000 samples, so that the p99
 /// is the 10th-worst latency rather than the 4th.
@@ -399,7 +400,7 @@ async fn table(runs: usize, priority: Priority) -> Result<(), String> {
     let mut quiet_p99 = 0.0;
     for (kind, results) in KINDS.into_iter().zip(by_kind) {
         let p99: Vec<f64> = results.iter().map(|r| r.p99_ms).collect();
-        let (median, _, _) = super::summary(&p99);
+        let (median, _, _) = summary(&p99);
         if matches!(kind, Abuse::Quiet) {
             quiet_p99 = median;
         }

@@ -4,35 +4,39 @@
 //! broadcast buffer silently loses events (the bench counts them as gaps).
 
 use std::{
+    net::SocketAddr,
     pin::Pin,
-    sync::atomic::{AtomicU64, Ordering},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
 use futures_util::{Stream, StreamExt};
+use storywire::pb::{
+    self, story_service_server::StoryService, story_service_server::StoryServiceServer,
+};
 use tokio::{net::TcpListener, sync::broadcast};
 use tokio_stream::wrappers::{BroadcastStream, TcpListenerStream};
 use tonic::{Request, Response, Status, Streaming, transport::Server};
-
-use crate::pb::{
-    self, story_service_server::StoryService, story_service_server::StoryServiceServer,
-};
 
 /// Events the broadcast keeps for lagging subscribers before they lose some: large, so that the
 /// baseline drops only under real overload.
 const BROADCAST_CAPACITY: usize = 65_536;
 
-/// The bare server's state.
+/// The bare server's state, shared by every call: clones share the channel and the counter.
+#[derive(Clone)]
 struct Bare {
     /// Fans every published event out to every subscriber; each receiver clones what it takes.
     events: broadcast::Sender<pb::SubscribeResponse>,
     /// The last sequence stamped, so subscribers can count gaps.
-    sequence: AtomicU64,
+    sequence: Arc<AtomicU64>,
 }
 
 type Boxed<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 #[tonic::async_trait]
-impl StoryService for std::sync::Arc<Bare> {
+impl StoryService for Bare {
     async fn publish(
         &self,
         _: Request<pb::PublishRequest>,
@@ -111,13 +115,31 @@ impl StoryService for std::sync::Arc<Bare> {
     }
 }
 
+/// Runs the baseline on `listen` until the process is stopped, announcing its address on stderr
+/// as `storywire serve` does, so that the bench reads both the same way. `STORYWIRE_BARE_LOG`
+/// (an EnvFilter) turns on tonic's and hyper's logs, for when the baseline misbehaves.
+pub async fn run(listen: SocketAddr) -> Result<(), String> {
+    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_env("STORYWIRE_BARE_LOG") {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
+    }
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(|e| format!("bind {listen}: {e}"))?;
+    let address = listener.local_addr().map_err(|e| e.to_string())?;
+    eprintln!("bare listening address={address}");
+    serve(listener).await.map_err(|e| e.to_string())
+}
+
 /// Serves the bare baseline on `listener` until the process is stopped.
 pub async fn serve(listener: TcpListener) -> Result<(), tonic::transport::Error> {
     let (events, _) = broadcast::channel(BROADCAST_CAPACITY);
-    let bare = std::sync::Arc::new(Bare {
+    let bare = Bare {
         events,
-        sequence: AtomicU64::new(0),
-    });
+        sequence: Arc::new(AtomicU64::new(0)),
+    };
     Server::builder()
         .tcp_nodelay(true)
         .add_service(StoryServiceServer::new(bare))
