@@ -17,8 +17,11 @@ use storywire::pb::{
     self, story_service_server::StoryService, story_service_server::StoryServiceServer,
 };
 use tokio::{net::TcpListener, sync::broadcast};
-use tokio_stream::wrappers::{BroadcastStream, TcpListenerStream};
-use tonic::{Request, Response, Status, Streaming, transport::Server};
+use tokio_stream::wrappers::BroadcastStream;
+use tonic::{
+    Request, Response, Status, Streaming,
+    transport::{Server, server::TcpIncoming},
+};
 
 /// Events the broadcast keeps for lagging subscribers before they lose some: large, so that the
 /// baseline drops only under real overload.
@@ -141,8 +144,33 @@ pub async fn serve(listener: TcpListener) -> Result<(), tonic::transport::Error>
         sequence: Arc::new(AtomicU64::new(0)),
     };
     Server::builder()
-        .tcp_nodelay(true)
         .add_service(StoryServiceServer::new(bare))
-        .serve_with_incoming(TcpListenerStream::new(listener))
+        .serve_with_incoming(accepting(listener))
         .await
+}
+
+/// The connections `listener` accepts, each with Nagle's algorithm off. With an incoming stream
+/// of its own tonic ignores the builder's `tcp_nodelay`, and a small response written while the
+/// client delays its ACK would then wait up to 40 ms: a stall in the baseline's figures that is
+/// the socket's, not tonic's.
+fn accepting(listener: TcpListener) -> TcpIncoming {
+    TcpIncoming::from(listener).with_nodelay(Some(true))
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::StreamExt;
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::accepting;
+
+    #[tokio::test]
+    async fn accepted_connections_have_nagle_off() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let mut incoming = accepting(listener);
+        let _client = TcpStream::connect(address).await.unwrap();
+        let accepted = incoming.next().await.unwrap().unwrap();
+        assert!(accepted.nodelay().unwrap());
+    }
 }
