@@ -10,6 +10,8 @@
 //! - [`matrix`]: the arguments and the standard cases: fan-out, publish paths, durability,
 //!   catch-up, idle memory.
 //! - [`abuse`]: misbehaving clients against a server while a well-behaved one measures.
+//! - [`heavy_reads`]: history rebuilt by GetStory and snapshots never read, against a publisher
+//!   and a subscriber.
 //! - [`report`]: medians, spreads and ratios as the report's markdown cells.
 //! - [`process`]: a server under test in its own process, its CPU time and memory from /proc.
 //! - [`load`]: the client side: connections, publishers, subscribers and what each saw.
@@ -17,6 +19,7 @@
 
 mod abuse;
 mod bare;
+mod heavy_reads;
 mod load;
 mod matrix;
 mod process;

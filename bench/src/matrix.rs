@@ -1,6 +1,6 @@
 //! The standard cases and the order they run in: fan-out against the baseline, publish paths,
 //! durability, catch-up and memory per retained event, memory per idle subscriber; the abuse
-//! phases when asked for.
+//! phases and the heavy reads when asked for.
 
 use std::{path::PathBuf, time::Duration};
 
@@ -9,7 +9,7 @@ use storywire::pb;
 use tokio::time::Instant;
 
 use crate::{
-    abuse,
+    abuse, heavy_reads,
     load::{self, Rate, Received, connect, publish, receive, subscribe_many},
     process::{self, ServerProcess, Target},
     report::{cell, ratio, summary},
@@ -61,6 +61,24 @@ pub struct Args {
     /// measures its p99.
     #[arg(long)]
     abuse: bool,
+    /// Also run the lock case (issue 10): 16 clients looping GetStory with as_of_version on a
+    /// story of --lock-story-events events, against a publisher's p99.
+    #[arg(long)]
+    lock: bool,
+    /// Events of the story the lock case rebuilds on every GetStory.
+    #[arg(long, default_value_t = 100_000)]
+    lock_story_events: u64,
+    /// Also run the snapshot case (issue 10): --snapshot-subscribers snapshot subscriptions over
+    /// --snapshot-stories stories, never read, against the server's RSS and a subscriber's p99.
+    /// Each may hold a copy of every story, so the defaults may take gigabytes.
+    #[arg(long)]
+    snapshot: bool,
+    /// Stories in the snapshot case.
+    #[arg(long, default_value_t = 10_000)]
+    snapshot_stories: u64,
+    /// Snapshot subscriptions that never read, in the snapshot case.
+    #[arg(long, default_value_t = 1_000)]
+    snapshot_subscribers: usize,
 }
 
 fn parse_rate(value: &str) -> Result<Rate, String> {
@@ -230,6 +248,13 @@ pub async fn run(args: Args) -> Result<(), String> {
     }
     if args.abuse {
         abuse::run(runs).await?;
+    }
+    if args.lock {
+        heavy_reads::history_readers(args.lock_story_events, runs).await?;
+    }
+    if args.snapshot {
+        heavy_reads::snapshot_stallers(args.snapshot_stories, args.snapshot_subscribers, runs)
+            .await?;
     }
     if args.durability_events > 0 {
         durability(args.durability_events, runs).await?;
