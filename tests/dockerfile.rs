@@ -156,7 +156,8 @@ fn in_image(root: &Path, container_path: &Path) -> PathBuf {
 }
 
 /// Copies `source` (a context path, relative to `context`) to `target` as Docker's COPY does: a
-/// directory's contents into `target`, a file to `target`. Ignored paths are skipped.
+/// directory's contents into `target`, a file to `target`, keeping its modification time.
+/// Ignored paths are skipped.
 fn copy_as_docker(context: &Path, source: &Path, target: &Path, ignored: &[PathBuf]) {
     if ignored.iter().any(|ignored| source.starts_with(ignored)) {
         return;
@@ -175,6 +176,15 @@ fn copy_as_docker(context: &Path, source: &Path, target: &Path, ignored: &[PathB
             .expect("create a directory in the image");
         std::fs::copy(&from, target).expect("copy a context file");
     }
+    // With the original modification times (a directory's set once its entries are in), cargo
+    // finds the copy unchanged since the last run, build.rs's watch on proto/ included, and
+    // checks nothing again.
+    let modified = metadata
+        .modified()
+        .expect("a context path's modification time");
+    std::fs::File::open(target)
+        .and_then(|file| file.set_modified(modified))
+        .expect("keep a context path's modification time");
 }
 
 /// A directory in the system's temp directory, removed with everything in it when dropped.
@@ -205,8 +215,11 @@ fn the_build_stage_copies_everything_cargo_needs_to_build_the_server() {
     let ignored = ignored(&dockerignore);
 
     let stage = build_stage(&dockerfile);
-    let image =
-        TempDir(std::env::temp_dir().join(format!("storywire-dockerfile-{}", std::process::id())));
+    // One directory per checkout, the same on every run: cargo names a path package's build by
+    // its path, so a new path each run would check storywire again and leave that build behind
+    // in the shared target directory.
+    let checkout = context.display().to_string().replace(['/', '\\', ':'], "-");
+    let image = TempDir(std::env::temp_dir().join(format!("storywire-dockerfile{checkout}")));
     let _ = std::fs::remove_dir_all(&image.0);
     for copy in &stage.copies {
         let destination = in_image(&image.0, &copy.destination);
@@ -223,12 +236,31 @@ fn the_build_stage_copies_everything_cargo_needs_to_build_the_server() {
     // The server alone, as the Dockerfile's `cargo build --package storywire` builds it; cargo
     // still loads every workspace member's manifest first.
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let output = Command::new(cargo)
+    let mut check = Command::new(cargo);
+    check
         .args(["check", "--locked", "--offline", "--package", "storywire"])
         .current_dir(in_image(&image.0, &stage.workdir))
-        .env("CARGO_TARGET_DIR", shared_target_dir())
-        .output()
-        .expect("run cargo");
+        .env("CARGO_TARGET_DIR", shared_target_dir());
+    // Not the variables cargo set for this test: build scripts that watch one (ring's watches
+    // CARGO_MANIFEST_DIR) would run again, and rebuild their crates for every build sharing the
+    // target directory.
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        let set_for_this_test = ["CARGO_PKG_", "CARGO_BIN_", "CARGO_MANIFEST_"]
+            .iter()
+            .any(|prefix| name.starts_with(prefix))
+            || [
+                "CARGO_CRATE_NAME",
+                "CARGO_PRIMARY_PACKAGE",
+                "CARGO_TARGET_TMPDIR",
+                "OUT_DIR",
+            ]
+            .contains(&name.as_ref());
+        if set_for_this_test {
+            check.env_remove(name.as_ref());
+        }
+    }
+    let output = check.output().expect("run cargo");
     assert!(
         output.status.success(),
         "cargo check in a copy of the Docker build context failed:\n{}",
