@@ -5,7 +5,9 @@ COPY Cargo.toml Cargo.lock build.rs ./
 COPY proto proto
 COPY demo demo
 COPY src src
-RUN cargo build --release --locked && strip target/release/storywire
+# The workspace's other member: cargo loads every member's manifest even to build one package.
+COPY bench bench
+RUN cargo build --release --locked --package storywire && strip target/release/storywire
 
 # Run: a small Debian base (the binary links glibc), no toolchain, a non-root user.
 FROM debian:bookworm-slim

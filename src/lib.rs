@@ -19,12 +19,10 @@
 //! - [`clock`]: the one clock timestamps come from, so tests can control it.
 //! - [`demo`]: the seed story and its live replay for `serve --demo`.
 //! - [`cli`]: the `storywire` command: `serve` and the client subcommands.
-//! - [`bench`]: the load generator and the bare tonic baseline behind docs/benchmarks.md.
 
 #![warn(missing_docs)]
 
 pub mod auth;
-pub mod bench;
 pub mod cli;
 pub mod clock;
 pub mod demo;

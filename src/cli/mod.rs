@@ -70,15 +70,6 @@ pub enum Command {
     Stories(stories::ListArgs),
     /// Check that the server is serving: exit 0 when it is.
     Health(health::Args),
-    /// Run the load benchmark against storywire and a bare tonic baseline (docs/benchmarks.md).
-    Bench(crate::bench::Args),
-    /// The bench's bare tonic baseline server (started by `bench`).
-    #[command(hide = true)]
-    BenchBare {
-        /// The address to listen on.
-        #[arg(long, default_value = "127.0.0.1:0")]
-        listen: std::net::SocketAddr,
-    },
 }
 
 /// Where a client subcommand connects, and as whom.
@@ -239,11 +230,6 @@ pub async fn main() -> ExitCode {
         Command::Story(args) => stories::run_story(args).await,
         Command::Stories(args) => stories::run_list(args).await,
         Command::Health(args) => health::run(args).await,
-        Command::Bench(args) => crate::bench::run(args)
-            .await
-            .map(|()| ExitCode::SUCCESS)
-            .map_err(CliError::from),
-        Command::BenchBare { listen } => bench_bare(listen).await,
     };
     outcome.unwrap_or_else(|error| {
         let closed_stdout = error
@@ -256,20 +242,6 @@ pub async fn main() -> ExitCode {
         eprintln!("error: {}", with_causes(error.as_ref()));
         ExitCode::FAILURE
     })
-}
-
-/// Runs the bench's bare baseline server, announcing its address on stderr as `serve` does.
-async fn bench_bare(listen: std::net::SocketAddr) -> Result<ExitCode, CliError> {
-    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_env("STORYWIRE_BARE_LOG") {
-        tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_writer(std::io::stderr)
-            .init();
-    }
-    let listener = tokio::net::TcpListener::bind(listen).await?;
-    eprintln!("bare listening address={}", listener.local_addr()?);
-    crate::bench::bare::serve(listener).await?;
-    Ok(ExitCode::SUCCESS)
 }
 
 /// A status as a person reads it: `NOT_FOUND: story x not found; ...`, with the transport's

@@ -12,7 +12,7 @@ use tonic::{
     transport::{Channel, Endpoint},
 };
 
-use crate::{
+use storywire::{
     clock::to_timestamp,
     pb::{
         self, change::Kind, publish_stream_response::Result as Outcome,
@@ -23,8 +23,10 @@ use crate::{
 /// How far apart publishing may fall behind a fixed rate before ticks are bunched: the load is
 /// the rate, not an exact schedule.
 const PUBLISH_QUEUE: usize = 1_024;
-/// The story every bench event belongs to.
-const STORY: &str = "bench";
+/// The story every bench event belongs to, but for the other stories [`open_stories`] opens.
+pub const STORY: &str = "bench";
+/// A summary about the size of a real one.
+const SUMMARY: &str = "a sentence of summary about the size of a real one, give or take.";
 
 /// How fast the publisher sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,9 +70,7 @@ fn bench_request(n: u64) -> pb::PublishRequest {
     } else {
         Kind::StoryRevised(pb::StoryRevised {
             headline: None,
-            summary: Some(format!(
-                "Summary {n:>10}: a sentence of summary about the size of a real one, give or take."
-            )),
+            summary: Some(format!("Summary {n:>10}: {SUMMARY}")),
             tags: None,
         })
     };
@@ -81,6 +81,26 @@ fn bench_request(n: u64) -> pb::PublishRequest {
         headline: format!("Update {n:>10} on the bench story, one line long"),
         occurred_at: Some(to_timestamp(SystemTime::now())),
         change: Some(pb::Change { kind: Some(kind) }),
+    }
+}
+
+/// The `n`th of the other stories [`open_stories`] opens: one event of about the size of a bench
+/// event, so that each story's state is about one summary long.
+fn story_opening(n: u64) -> pb::PublishRequest {
+    let headline = format!("Bench story {n:>10}, one line long");
+    pb::PublishRequest {
+        story_id: format!("{STORY}-{n:010}"),
+        event_id: String::new(),
+        expected_version: None,
+        headline: headline.clone(),
+        occurred_at: Some(to_timestamp(SystemTime::now())),
+        change: Some(pb::Change {
+            kind: Some(Kind::StoryOpened(pb::StoryOpened {
+                headline,
+                summary: format!("Story {n:>10}: {SUMMARY}"),
+                tags: vec!["bench".into()],
+            })),
+        }),
     }
 }
 
@@ -111,14 +131,58 @@ pub async fn publish_more(channel: Channel, events: u64) -> Result<Duration, Str
     publish_from(channel, 2, events, Rate::Max).await
 }
 
+/// Like [`publish`], starting with the `first`th bench event (1 opens the story).
 pub async fn publish_from(
     channel: Channel,
     first: u64,
     events: u64,
     rate: Rate,
 ) -> Result<Duration, String> {
+    Ok(publish_measured(channel, first, events, rate)
+        .await?
+        .elapsed)
+}
+
+/// Opens `count` stories besides the bench story, at full speed on one PublishStream.
+pub async fn open_stories(channel: Channel, count: u64) -> Result<Duration, String> {
+    let published = stream_requests(channel, count, Rate::Max, |i| story_opening(i + 1)).await?;
+    Ok(published.elapsed)
+}
+
+/// What a publisher on PublishStream saw.
+pub struct Published {
+    /// From the first send to the last acknowledgement.
+    pub elapsed: Duration,
+    /// At a fixed rate, each event's latency in microseconds from its tick to its
+    /// acknowledgement; empty at full speed, where it would be only queueing (and recording it
+    /// would take the publisher's time). Counting from the tick rather than the send keeps a
+    /// stall in view: the events due during it are late too, not merely sent late.
+    pub latency: Histogram<u64>,
+}
+
+/// Like [`publish_from`], with each event's latency to its acknowledgement.
+pub async fn publish_measured(
+    channel: Channel,
+    first: u64,
+    events: u64,
+    rate: Rate,
+) -> Result<Published, String> {
+    stream_requests(channel, events, rate, move |i| bench_request(first + i)).await
+}
+
+/// Sends `request(0)` to `request(events - 1)` at `rate` on one PublishStream, each made when it
+/// is due (so that its `occurred_at` is its send time), and waits for every acknowledgement.
+async fn stream_requests(
+    channel: Channel,
+    events: u64,
+    rate: Rate,
+    request: impl Fn(u64) -> pb::PublishRequest + Send + 'static,
+) -> Result<Published, String> {
     let mut client = StoryServiceClient::new(channel);
     let (sender, receiver) = mpsc::channel(PUBLISH_QUEUE);
+    // At a fixed rate, when each message was due, in the order sent: acknowledgements come in
+    // the same order.
+    let (due_sender, mut due) = mpsc::unbounded_channel();
     let start = Instant::now();
     let sending = tokio::spawn(async move {
         let mut ticks = match rate {
@@ -127,12 +191,12 @@ pub async fn publish_from(
                 1.0 / per_second as f64,
             ))),
         };
-        for n in first..first + events {
+        for i in 0..events {
             if let Some(ticks) = ticks.as_mut() {
-                ticks.tick().await;
+                let _ = due_sender.send(ticks.tick().await);
             }
             let message = pb::PublishStreamRequest {
-                request: Some(bench_request(n)),
+                request: Some(request(i)),
             };
             if sender.send(message).await.is_err() {
                 return;
@@ -144,6 +208,7 @@ pub async fn publish_from(
         .await
         .map_err(|e| format!("publish_stream: {e}"))?
         .into_inner();
+    let mut latency = Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid bounds");
     for _ in 0..events {
         match responses.message().await {
             Ok(Some(pb::PublishStreamResponse {
@@ -151,10 +216,14 @@ pub async fn publish_from(
             })) => {}
             other => return Err(format!("publish failed: {other:?}")),
         }
+        if rate != Rate::Max {
+            let due: Instant = due.recv().await.ok_or("the publisher ended early")?;
+            latency.saturating_record(u64::try_from(due.elapsed().as_micros()).unwrap_or(u64::MAX));
+        }
     }
     let elapsed = start.elapsed();
     sending.abort();
-    Ok(elapsed)
+    Ok(Published { elapsed, latency })
 }
 
 /// Publishes `events` bench events with unary Publish, each call awaited before the next, and

@@ -1,13 +1,14 @@
 //! Abuse: misbehaving clients against one server while a well-behaved one measures what it feels.
 //!
-//! Each phase starts a fresh server and fills its log with a few thousand events. Then one kind
-//! of abuser sets itself up on its own connections, and only once it is in place does the victim
-//! open a live subscription and publish 200 events a second for five seconds, measuring each
-//! event from send to receipt. The abuser runs on a runtime and thread of its own, so its
-//! client-side work shares the machine's cores with the victim but never the victim's runtime.
-//! Every abuser is bounded in count and stops when the phase ends; all traffic stays on
-//! loopback. The abuser connects from 127.0.0.2 and the victim from 127.0.0.1: two peers, as
-//! the server's per-peer budget of wasted streams sees them.
+//! Each phase starts a fresh server and fills its log with a few thousand events (the cases in
+//! `heavy_reads` fill it their own way and bring abusers of their own). Then one kind of abuser
+//! sets itself up on its own connections, and only once it is in place does the victim open a
+//! live subscription and publish 200 events a second for five seconds, measuring each event from
+//! send to receipt, and from its tick to its acknowledgement. The abuser runs on a runtime and
+//! thread of its own, so its client-side work shares the machine's cores with the victim but
+//! never the victim's runtime. Every abuser is bounded in count and stops when the phase ends;
+//! all traffic stays on loopback. The abuser connects from 127.0.0.2 and the victim from
+//! 127.0.0.1: two peers, as the server's per-peer budget of wasted streams sees them.
 
 use std::{
     sync::{
@@ -20,17 +21,21 @@ use std::{
 use bytes::{Buf, BufMut};
 use tokio::{sync::oneshot, time::Instant};
 use tonic::{
-    Status,
+    Status, Streaming,
     codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder},
     transport::{Channel, Endpoint},
 };
 
-use super::{
-    cell,
-    load::{Rate, connect, publish_from, publish_unary, receive, subscribe_many},
+use storywire::pb::{self, story_service_client::StoryServiceClient};
+
+use crate::{
+    load::{
+        self, Rate, connect, open_stories, publish_from, publish_measured, publish_unary, receive,
+        subscribe_many,
+    },
     process::{ServerProcess, Target},
+    report::{cell, summary},
 };
-use crate::pb::{self, story_service_client::StoryServiceClient};
 
 /// How long the victim publishes in each phase, and at what rate: 1,000 samples, so that the p99
 /// is the 10th-worst latency rather than the 4th.
@@ -39,6 +44,11 @@ const PHASE_RATE: u64 = 200;
 /// Events in the log before the abuse starts: about 500 KiB, so that a subscription from sequence
 /// 1 fills any HTTP/2 window a non-reading client could offer while it catches up.
 const PREFILL_EVENTS: u64 = 2_000;
+/// Connections the stalled subscriptions are spread over: 20 streams each for 1,000, so that
+/// the smallest connection window (64 KiB) holds back every stream on it.
+const STALLING_CONNECTIONS: usize = 50;
+/// Clients that read a story's history in a loop, each on a connection of its own.
+const HISTORY_READERS: usize = 16;
 /// The size of each oversized publish: twice the server's default request limit.
 const OVERSIZED_BYTES: usize = 2 * 1024 * 1024;
 /// The most operations one abuser performs in a phase, whatever the time.
@@ -49,7 +59,7 @@ const ABUSER_ADDRESS: std::net::IpAddr =
 
 /// The kinds of abuse.
 #[derive(Debug, Clone, Copy)]
-enum Abuse {
+pub enum Abuse {
     Quiet,
     /// Connections that open subscriptions from sequence 1 and never read them.
     Stallers,
@@ -59,17 +69,64 @@ enum Abuse {
     Oversized,
     /// Random bytes as the body of a Publish call, in a loop.
     Garbage,
+    /// [`HISTORY_READERS`] clients asking in a loop for the bench story as of this version,
+    /// which the server rebuilds from the story's events each time.
+    HistoryReaders {
+        as_of_version: u64,
+    },
+    /// This many subscriptions asking for a snapshot of every story, never read.
+    SnapshotStallers {
+        subscribers: usize,
+    },
 }
 
 impl Abuse {
-    fn describe(self) -> &'static str {
+    pub fn describe(self) -> String {
         match self {
-            Self::Quiet => "quiet (no abuser)",
-            Self::Stallers => "1,000 subscriptions from sequence 1 on 50 connections, never read",
-            Self::Resetters => "streams opened and reset in a loop, 4 connections",
-            Self::Oversized => "2 MiB publishes (over the 1 MiB limit) in a loop",
-            Self::Garbage => "random bytes as a Publish request body in a loop",
+            Self::Quiet => "quiet (no abuser)".to_owned(),
+            Self::Stallers => {
+                "1,000 subscriptions from sequence 1 on 50 connections, never read".to_owned()
+            }
+            Self::Resetters => "streams opened and reset in a loop, 4 connections".to_owned(),
+            Self::Oversized => "2 MiB publishes (over the 1 MiB limit) in a loop".to_owned(),
+            Self::Garbage => "random bytes as a Publish request body in a loop".to_owned(),
+            Self::HistoryReaders { as_of_version } => {
+                format!("{HISTORY_READERS} clients looping GetStory as_of_version {as_of_version}")
+            }
+            Self::SnapshotStallers { subscribers } => format!(
+                "{subscribers} snapshot subscriptions on {} connections, never read",
+                subscribers.min(STALLING_CONNECTIONS)
+            ),
         }
+    }
+}
+
+/// What the log holds before a phase's abuser starts; the victim's events follow.
+#[derive(Debug, Clone, Copy)]
+pub enum Prefill {
+    /// The bench story alone, with this many events (its opening among them).
+    Events(u64),
+    /// This many stories, the bench story among them, each with its opening alone.
+    Stories(u64),
+}
+
+impl Prefill {
+    /// The events it puts in the log.
+    fn events(self) -> u64 {
+        match self {
+            Self::Events(n) | Self::Stories(n) => n.max(1),
+        }
+    }
+
+    /// Publishes it on `channel`, the bench story's opening first, at full speed.
+    async fn publish(self, channel: Channel) -> Result<(), String> {
+        publish_unary(channel.clone(), 1).await?;
+        let more = self.events() - 1;
+        match self {
+            Self::Events(_) => publish_from(channel, 2, more, Rate::Max).await?,
+            Self::Stories(_) => open_stories(channel, more).await?,
+        };
+        Ok(())
     }
 }
 
@@ -130,20 +187,24 @@ async fn abuse(
         Abuse::Quiet => {
             say_in_place(&mut ready);
         }
-        Abuse::Stallers => {
-            // The smallest HTTP/2 windows, so that not reading really stalls each stream.
-            let mut channels = Vec::new();
-            for _ in 0..50 {
-                let endpoint = abuser_endpoint(&url)?
-                    .initial_stream_window_size(65_535)
-                    .initial_connection_window_size(65_535);
-                channels.push(endpoint.connect().await.map_err(|e| e.to_string())?);
-            }
-            let request = pb::SubscribeRequest {
-                from_sequence: Some(1),
-                ..Default::default()
+        Abuse::Stallers | Abuse::SnapshotStallers { .. } => {
+            let (count, request) = match kind {
+                Abuse::SnapshotStallers { subscribers } => (
+                    subscribers,
+                    pb::SubscribeRequest {
+                        snapshot: true,
+                        ..Default::default()
+                    },
+                ),
+                _ => (
+                    1_000,
+                    pb::SubscribeRequest {
+                        from_sequence: Some(1),
+                        ..Default::default()
+                    },
+                ),
             };
-            let streams = subscribe_many(&channels, 1_000, &request).await?;
+            let streams = stall(&url, count, &request).await?;
             done.fetch_add(streams.len() as u64, Ordering::Relaxed);
             say_in_place(&mut ready);
             while !stop.load(Ordering::Relaxed) {
@@ -171,6 +232,42 @@ async fn abuse(
             }
             for task in tasks {
                 let _ = task.await;
+            }
+        }
+        Abuse::HistoryReaders { as_of_version } => {
+            let channels = connect_abuser(&url, HISTORY_READERS).await?;
+            let mut tasks = Vec::new();
+            for channel in channels {
+                let (stop, done) = (stop.clone(), done.clone());
+                tasks.push(tokio::spawn(async move {
+                    let mut client = StoryServiceClient::new(channel);
+                    while !stop.load(Ordering::Relaxed) && done.load(Ordering::Relaxed) < MAX_ABUSES
+                    {
+                        let request = pb::GetStoryRequest {
+                            story_id: load::STORY.into(),
+                            as_of_version: Some(as_of_version),
+                        };
+                        client
+                            .get_story(request)
+                            .await
+                            .map_err(|e| format!("GetStory as_of_version {as_of_version}: {e}"))?;
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok::<(), String>(())
+                }));
+            }
+            // In place once the server is rebuilding histories: the first call has come back.
+            while done.load(Ordering::Relaxed) == 0 && tasks.iter().all(|t| !t.is_finished()) {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            if done.load(Ordering::Relaxed) > 0 {
+                say_in_place(&mut ready);
+            } else {
+                // A reader failed before any call came back: stop the others, report its error.
+                stop.store(true, Ordering::Relaxed);
+            }
+            for task in tasks {
+                task.await.map_err(|e| e.to_string())??;
             }
         }
         Abuse::Oversized | Abuse::Garbage => {
@@ -203,6 +300,24 @@ async fn abuse(
         }
     }
     Ok(done.load(Ordering::Relaxed))
+}
+
+/// Opens `count` subscriptions of `request` from [`ABUSER_ADDRESS`], spread over up to
+/// [`STALLING_CONNECTIONS`] connections with the smallest HTTP/2 windows, so that not reading
+/// them really stalls each stream once the server has filled its window.
+async fn stall(
+    url: &str,
+    count: usize,
+    request: &pb::SubscribeRequest,
+) -> Result<Vec<Streaming<pb::SubscribeResponse>>, String> {
+    let mut channels = Vec::new();
+    for _ in 0..count.clamp(1, STALLING_CONNECTIONS) {
+        let endpoint = abuser_endpoint(url)?
+            .initial_stream_window_size(65_535)
+            .initial_connection_window_size(65_535);
+        channels.push(endpoint.connect().await.map_err(|e| e.to_string())?);
+    }
+    subscribe_many(&channels, count, request).await
 }
 
 /// An endpoint for `url` that connects from [`ABUSER_ADDRESS`].
@@ -244,20 +359,30 @@ async fn serving(channel: Channel) -> bool {
     matches!(health.check(request).await, Ok(reply) if reply.get_ref().status == 1)
 }
 
-/// What the victim saw in one phase.
-struct Phase {
-    p99_ms: f64,
+/// What the victim saw in one phase, and what the server spent.
+pub struct Phase {
+    /// The victim subscriber's p99, from each event's send to its receipt.
+    pub p99_ms: f64,
+    /// The victim publisher's p99, from each event's tick to its acknowledgement.
+    pub publish_p99_ms: f64,
     /// The server's CPU time over the victim's measurement, per second of it (2.0 is both cores).
-    server_cpu: f64,
-    lost: u64,
-    peak_rss_mib: f64,
-    abuses: u64,
-    healthy: bool,
+    pub server_cpu: f64,
+    /// Events the victim subscriber did not receive.
+    pub lost: u64,
+    /// The most the server's resident set has been, up to the phase's end.
+    pub peak_rss_mib: f64,
+    /// How much the server's RSS grew from just before the abuser started to when it was in
+    /// place: what the abuser's streams and calls hold.
+    pub rss_growth_mib: f64,
+    /// The abusive operations made: streams opened, calls made.
+    pub abuses: u64,
+    /// Whether the server answered its health check with SERVING after the phase.
+    pub healthy: bool,
 }
 
 /// The abuser's scheduling priority against the server and the victim.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Priority {
+pub enum Priority {
     /// The same as everyone's: on two cores the abuser's own client-side work then takes CPU from
     /// the server and the victim alike, which no server setting can prevent.
     Same,
@@ -267,7 +392,7 @@ enum Priority {
 }
 
 impl Priority {
-    fn describe(self) -> &'static str {
+    pub fn describe(self) -> &'static str {
         match self {
             Self::Same => "the abuser at the same priority as the server and the victim",
             Self::Background => "the abuser at nice 19, as if on another machine",
@@ -314,12 +439,15 @@ async fn join_abuser(abuser: std::thread::JoinHandle<Result<u64, String>>) -> Re
         .map_err(|_| "the abuser panicked".to_owned())?
 }
 
-async fn phase(kind: Abuse, priority: Priority) -> Result<Phase, String> {
-    let server = ServerProcess::start(Target::Storywire, 1_000_000).await?;
+/// One phase: a fresh server holding `prefill`, `kind` in place, the victim measuring.
+async fn phase(kind: Abuse, priority: Priority, prefill: Prefill) -> Result<Phase, String> {
+    // Nothing is evicted during a phase: the victim would count it lost.
+    let retain = (prefill.events() + PHASE_EVENTS) as usize;
+    let server = ServerProcess::start(Target::Storywire, retain.max(1_000_000)).await?;
     let url = server.url();
     let victim = connect(&url, 2).await?;
-    publish_unary(victim[0].clone(), 1).await?;
-    publish_from(victim[0].clone(), 2, PREFILL_EVENTS, Rate::Max).await?;
+    prefill.publish(victim[0].clone()).await?;
+    let rss_before = server.rss_bytes();
     let stop = Arc::new(AtomicBool::new(false));
     let (ready, in_place) = oneshot::channel();
     let abuser = spawn_abuser(kind, priority, url.clone(), stop.clone(), ready);
@@ -330,15 +458,16 @@ async fn phase(kind: Abuse, priority: Priority) -> Result<Phase, String> {
             Ok(_) => format!("the {kind:?} abuser ended before it was in place"),
         });
     }
+    let rss_in_place = server.rss_bytes();
     let stream = subscribe_many(&victim[1..], 1, &pb::SubscribeRequest::default())
         .await?
         .remove(0);
-    let first = 2 + PREFILL_EVENTS;
+    let first = prefill.events() + 1;
     let last = first + PHASE_EVENTS - 1;
     let deadline = Instant::now() + Duration::from_secs(PHASE_EVENTS / PHASE_RATE + 60);
     let receiving = tokio::spawn(receive(stream, first, last, deadline));
     let (cpu_before, started) = (server.cpu_seconds(), Instant::now());
-    publish_from(
+    let published = publish_measured(
         victim[0].clone(),
         first,
         PHASE_EVENTS,
@@ -352,11 +481,14 @@ async fn phase(kind: Abuse, priority: Priority) -> Result<Phase, String> {
     let healthy = serving(victim[0].clone()).await;
     let peak = server.peak_rss_bytes();
     server.stop().await;
+    let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
     Ok(Phase {
         p99_ms: received.latency.value_at_quantile(0.99) as f64 / 1_000.0,
+        publish_p99_ms: published.latency.value_at_quantile(0.99) as f64 / 1_000.0,
         server_cpu,
         lost: received.gaps,
-        peak_rss_mib: peak as f64 / (1024.0 * 1024.0),
+        peak_rss_mib: mib(peak),
+        rss_growth_mib: mib(rss_in_place.saturating_sub(rss_before)),
         abuses,
         healthy,
     })
@@ -368,6 +500,36 @@ pub async fn run(runs: usize) -> Result<(), String> {
         table(runs, priority).await?;
     }
     Ok(())
+}
+
+/// Runs a phase of each of `kinds` (the first being [`Abuse::Quiet`], to compare with) `runs`
+/// times over a log holding `prefill`, and returns each kind's phases.
+pub async fn rounds(
+    kinds: &[Abuse],
+    priority: Priority,
+    prefill: Prefill,
+    runs: usize,
+) -> Result<Vec<Vec<Phase>>, String> {
+    // Each round runs every phase once, so that a noisy spell on the machine spreads over the
+    // phases (the quiet one included) rather than landing on all the runs of one.
+    let mut by_kind: Vec<Vec<Phase>> = kinds.iter().map(|_| Vec::new()).collect();
+    for _ in 0..runs {
+        for (kind, results) in kinds.iter().zip(&mut by_kind) {
+            let result = phase(*kind, priority, prefill).await?;
+            eprintln!(
+                "phase {kind:?} ({priority:?}): p99 {:.2} ms, publish p99 {:.2} ms, server CPU {:.2} cores, lost {}, peak RSS {:.1} MiB, RSS growth {:.1} MiB, {} operations",
+                result.p99_ms,
+                result.publish_p99_ms,
+                result.server_cpu,
+                result.lost,
+                result.peak_rss_mib,
+                result.rss_growth_mib,
+                result.abuses
+            );
+            results.push(result);
+        }
+    }
+    Ok(by_kind)
 }
 
 async fn table(runs: usize, priority: Priority) -> Result<(), String> {
@@ -383,23 +545,11 @@ async fn table(runs: usize, priority: Priority) -> Result<(), String> {
         Abuse::Oversized,
         Abuse::Garbage,
     ];
-    // Each round runs every phase once, so that a noisy spell on the machine spreads over the
-    // phases (the quiet one included) rather than landing on all the runs of one.
-    let mut by_kind: Vec<Vec<Phase>> = KINDS.iter().map(|_| Vec::new()).collect();
-    for _ in 0..runs {
-        for (kind, results) in KINDS.iter().zip(&mut by_kind) {
-            let result = phase(*kind, priority).await?;
-            eprintln!(
-                "abuse {kind:?} ({priority:?}): p99 {:.2} ms, server CPU {:.2} cores, lost {}, peak RSS {:.1} MiB, {} operations",
-                result.p99_ms, result.server_cpu, result.lost, result.peak_rss_mib, result.abuses
-            );
-            results.push(result);
-        }
-    }
+    let by_kind = rounds(&KINDS, priority, Prefill::Events(PREFILL_EVENTS), runs).await?;
     let mut quiet_p99 = 0.0;
     for (kind, results) in KINDS.into_iter().zip(by_kind) {
         let p99: Vec<f64> = results.iter().map(|r| r.p99_ms).collect();
-        let (median, _, _) = super::summary(&p99);
+        let (median, _, _) = summary(&p99);
         if matches!(kind, Abuse::Quiet) {
             quiet_p99 = median;
         }

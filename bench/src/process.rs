@@ -1,7 +1,13 @@
 //! A server under test, in its own process so that its CPU time and memory can be read from
 //! /proc apart from the load generator's.
 
-use std::{net::SocketAddr, process::Stdio, time::Duration};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::Stdio,
+    sync::OnceLock,
+    time::Duration,
+};
 
 use tokio::{
     io::{AsyncBufReadExt, BufReader},
@@ -14,12 +20,47 @@ const CLOCK_TICKS_PER_SECOND: f64 = 100.0;
 /// How long a server may take to report its address before the bench gives up.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The storywire server binary every case starts: set once, from the command line, before the
+/// first case, so that the cases need not pass it down to every server they start.
+static STORYWIRE_BINARY: OnceLock<PathBuf> = OnceLock::new();
+
+/// Makes `path`, or else the `storywire` binary next to this executable (where cargo builds both
+/// into the same target/release or target/debug), the server that [`Target::Storywire`] starts.
+/// Fails if there is no such file, saying how to build it.
+pub fn use_storywire_binary(path: Option<PathBuf>) -> Result<(), String> {
+    let path = match path {
+        Some(path) => path,
+        None => {
+            let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
+            exe.with_file_name(format!("storywire{}", std::env::consts::EXE_SUFFIX))
+        }
+    };
+    if !path.is_file() {
+        return Err(format!(
+            "no storywire server binary at {}: build it beside the bench with `cargo build \
+             --release --workspace`, or name one with --storywire PATH",
+            path.display()
+        ));
+    }
+    STORYWIRE_BINARY
+        .set(path)
+        .map_err(|_| "the storywire binary was already chosen".to_owned())
+}
+
+/// The binary [`use_storywire_binary`] chose.
+fn storywire_binary() -> Result<&'static Path, String> {
+    STORYWIRE_BINARY
+        .get()
+        .map(PathBuf::as_path)
+        .ok_or_else(|| "no storywire binary chosen before the first case".to_owned())
+}
+
 /// Which server a case runs against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Target {
     /// `storywire serve`.
     Storywire,
-    /// The bare tonic baseline (`storywire bench-bare`).
+    /// The bare tonic baseline (`storywire-bench bare`, this binary in its other mode).
     Bare,
 }
 
@@ -49,23 +90,30 @@ impl ServerProcess {
         Self::start_with(target, retain_events, &[]).await
     }
 
-    /// Like [`Self::start`], with more arguments for `serve`.
+    /// Like [`Self::start`], with more arguments for `storywire serve`.
     pub async fn start_with(
         target: Target,
         retain_events: usize,
         extra: &[String],
     ) -> Result<Self, String> {
-        let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
-        let mut command = Command::new(exe);
-        match target {
-            Target::Storywire => command.args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--retain-events",
-                &retain_events.to_string(),
-            ]),
-            Target::Bare => command.args(["bench-bare", "--listen", "127.0.0.1:0"]),
+        let mut command = match target {
+            Target::Storywire => {
+                let mut command = Command::new(storywire_binary()?);
+                command.args([
+                    "serve",
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--retain-events",
+                    &retain_events.to_string(),
+                ]);
+                command
+            }
+            Target::Bare => {
+                let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
+                let mut command = Command::new(exe);
+                command.args(["bare", "--listen", "127.0.0.1:0"]);
+                command
+            }
         };
         command.args(extra);
         command

@@ -1,25 +1,19 @@
-//! `storywire bench`: the load generator behind docs/benchmarks.md.
-//!
-//! Every case starts a fresh server process on loopback (storywire, or the bare tonic baseline in
-//! [`bare`]), drives it over real sockets, reads its CPU time and memory from /proc, and runs
-//! several times; the report gives the median and the spread, and for each storywire figure its
-//! ratio to the baseline measured in the same run.
+//! The standard cases and the order they run in: fan-out against the baseline, publish paths,
+//! durability, catch-up and memory per retained event, memory per idle subscriber; the abuse
+//! phases and the heavy reads when asked for.
 
-mod abuse;
-pub mod bare;
-mod load;
-mod process;
-
-use std::time::Duration;
+use std::{path::PathBuf, time::Duration};
 
 use hdrhistogram::Histogram;
+use storywire::pb;
 use tokio::time::Instant;
 
-pub use load::Rate;
-use load::{Received, connect, publish, receive, subscribe_many};
-use process::{ServerProcess, Target};
-
-use crate::pb;
+use crate::{
+    abuse, heavy_reads,
+    load::{self, Rate, Received, connect, publish, receive, subscribe_many},
+    process::{self, ServerProcess, Target},
+    report::{cell, ratio, summary},
+};
 
 /// How long past the expected end of a case the bench waits for stragglers before it counts
 /// what is missing as gaps.
@@ -30,9 +24,13 @@ const DELIVERIES_PER_CASE: u64 = 2_000_000;
 /// How long a fixed-rate case publishes for, at most.
 const RATE_CASE_SECONDS: u64 = 5;
 
-/// Arguments of `storywire bench`.
+/// What the bench runs, and against which server binary.
 #[derive(Debug, clap::Args)]
 pub struct Args {
+    /// The storywire server binary to measure [default: `storywire` next to this executable,
+    /// which `cargo build --release --workspace` puts there].
+    #[arg(long, value_name = "PATH")]
+    storywire: Option<PathBuf>,
     /// Subscriber counts to run (comma-separated).
     #[arg(long, value_delimiter = ',', default_values_t = [1usize, 100, 1000])]
     subscribers: Vec<usize>,
@@ -63,6 +61,24 @@ pub struct Args {
     /// measures its p99.
     #[arg(long)]
     abuse: bool,
+    /// Also run the lock case (issue 10): 16 clients looping GetStory with as_of_version on a
+    /// story of --lock-story-events events, against a publisher's p99.
+    #[arg(long)]
+    lock: bool,
+    /// Events of the story the lock case rebuilds on every GetStory.
+    #[arg(long, default_value_t = 100_000)]
+    lock_story_events: u64,
+    /// Also run the snapshot case (issue 10): --snapshot-subscribers snapshot subscriptions over
+    /// --snapshot-stories stories, never read, against the server's RSS and a subscriber's p99.
+    /// Each may hold a copy of every story, so the defaults may take gigabytes.
+    #[arg(long)]
+    snapshot: bool,
+    /// Stories in the snapshot case.
+    #[arg(long, default_value_t = 10_000)]
+    snapshot_stories: u64,
+    /// Snapshot subscriptions that never read, in the snapshot case.
+    #[arg(long, default_value_t = 1_000)]
+    snapshot_subscribers: usize,
 }
 
 fn parse_rate(value: &str) -> Result<Rate, String> {
@@ -166,35 +182,9 @@ async fn fan_out(
     })
 }
 
-/// Median and spread of one figure over the runs.
-fn summary(values: &[f64]) -> (f64, f64, f64) {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let median = sorted[sorted.len() / 2];
-    (median, sorted[0], sorted[sorted.len() - 1])
-}
-
-fn cell(values: &[f64], decimals: usize) -> String {
-    let (median, low, high) = summary(values);
-    if values.len() > 1 {
-        format!("{median:.decimals$} ({low:.decimals$}–{high:.decimals$})")
-    } else {
-        format!("{median:.decimals$}")
-    }
-}
-
-fn ratio(ours: &[f64], theirs: &[f64]) -> String {
-    let (ours, _, _) = summary(ours);
-    let (theirs, _, _) = summary(theirs);
-    if theirs == 0.0 {
-        "–".to_owned()
-    } else {
-        format!("{:.2}x", ours / theirs)
-    }
-}
-
-/// Runs the matrix and prints the report as markdown.
+/// Runs the cases and prints the report as markdown.
 pub async fn run(args: Args) -> Result<(), String> {
+    process::use_storywire_binary(args.storywire)?;
     let runs = args.runs.max(1);
     // Each table row is printed as soon as its case is done, so a long run that fails late
     // still leaves what it measured.
@@ -258,6 +248,13 @@ pub async fn run(args: Args) -> Result<(), String> {
     }
     if args.abuse {
         abuse::run(runs).await?;
+    }
+    if args.lock {
+        heavy_reads::history_readers(args.lock_story_events, runs).await?;
+    }
+    if args.snapshot {
+        heavy_reads::snapshot_stallers(args.snapshot_stories, args.snapshot_subscribers, runs)
+            .await?;
     }
     if args.durability_events > 0 {
         durability(args.durability_events, runs).await?;

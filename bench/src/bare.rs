@@ -4,35 +4,42 @@
 //! broadcast buffer silently loses events (the bench counts them as gaps).
 
 use std::{
+    net::SocketAddr,
     pin::Pin,
-    sync::atomic::{AtomicU64, Ordering},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
 use futures_util::{Stream, StreamExt};
-use tokio::{net::TcpListener, sync::broadcast};
-use tokio_stream::wrappers::{BroadcastStream, TcpListenerStream};
-use tonic::{Request, Response, Status, Streaming, transport::Server};
-
-use crate::pb::{
+use storywire::pb::{
     self, story_service_server::StoryService, story_service_server::StoryServiceServer,
+};
+use tokio::{net::TcpListener, sync::broadcast};
+use tokio_stream::wrappers::BroadcastStream;
+use tonic::{
+    Request, Response, Status, Streaming,
+    transport::{Server, server::TcpIncoming},
 };
 
 /// Events the broadcast keeps for lagging subscribers before they lose some: large, so that the
 /// baseline drops only under real overload.
 const BROADCAST_CAPACITY: usize = 65_536;
 
-/// The bare server's state.
+/// The bare server's state, shared by every call: clones share the channel and the counter.
+#[derive(Clone)]
 struct Bare {
     /// Fans every published event out to every subscriber; each receiver clones what it takes.
     events: broadcast::Sender<pb::SubscribeResponse>,
     /// The last sequence stamped, so subscribers can count gaps.
-    sequence: AtomicU64,
+    sequence: Arc<AtomicU64>,
 }
 
 type Boxed<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 #[tonic::async_trait]
-impl StoryService for std::sync::Arc<Bare> {
+impl StoryService for Bare {
     async fn publish(
         &self,
         _: Request<pb::PublishRequest>,
@@ -111,16 +118,59 @@ impl StoryService for std::sync::Arc<Bare> {
     }
 }
 
+/// Runs the baseline on `listen` until the process is stopped, announcing its address on stderr
+/// as `storywire serve` does, so that the bench reads both the same way. `STORYWIRE_BARE_LOG`
+/// (an EnvFilter) turns on tonic's and hyper's logs, for when the baseline misbehaves.
+pub async fn run(listen: SocketAddr) -> Result<(), String> {
+    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_env("STORYWIRE_BARE_LOG") {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
+    }
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(|e| format!("bind {listen}: {e}"))?;
+    let address = listener.local_addr().map_err(|e| e.to_string())?;
+    eprintln!("bare listening address={address}");
+    serve(listener).await.map_err(|e| e.to_string())
+}
+
 /// Serves the bare baseline on `listener` until the process is stopped.
 pub async fn serve(listener: TcpListener) -> Result<(), tonic::transport::Error> {
     let (events, _) = broadcast::channel(BROADCAST_CAPACITY);
-    let bare = std::sync::Arc::new(Bare {
+    let bare = Bare {
         events,
-        sequence: AtomicU64::new(0),
-    });
+        sequence: Arc::new(AtomicU64::new(0)),
+    };
     Server::builder()
-        .tcp_nodelay(true)
         .add_service(StoryServiceServer::new(bare))
-        .serve_with_incoming(TcpListenerStream::new(listener))
+        .serve_with_incoming(accepting(listener))
         .await
+}
+
+/// The connections `listener` accepts, each with Nagle's algorithm off. With an incoming stream
+/// of its own tonic ignores the builder's `tcp_nodelay`, and a small response written while the
+/// client delays its ACK would then wait up to 40 ms: a stall in the baseline's figures that is
+/// the socket's, not tonic's.
+fn accepting(listener: TcpListener) -> TcpIncoming {
+    TcpIncoming::from(listener).with_nodelay(Some(true))
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::StreamExt;
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::accepting;
+
+    #[tokio::test]
+    async fn accepted_connections_have_nagle_off() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let mut incoming = accepting(listener);
+        let _client = TcpStream::connect(address).await.unwrap();
+        let accepted = incoming.next().await.unwrap().unwrap();
+        assert!(accepted.nodelay().unwrap());
+    }
 }

@@ -1,0 +1,74 @@
+//! `storywire-bench`: the load generator behind docs/benchmarks.md.
+//!
+//! Every case starts a fresh server process on loopback (the `storywire` binary, or the bare
+//! tonic baseline that this binary serves in its `bare` mode), drives it over real sockets, reads
+//! its CPU time and memory from /proc, and runs several times; the report gives the median and
+//! the spread, and for each storywire figure its ratio to the baseline measured in the same run.
+//!
+//! The modules, from the command line down to the sockets:
+//!
+//! - [`matrix`]: the arguments and the standard cases: fan-out, publish paths, durability,
+//!   catch-up, idle memory.
+//! - [`abuse`]: misbehaving clients against a server while a well-behaved one measures.
+//! - [`heavy_reads`]: history rebuilt by GetStory and snapshots never read, against a publisher
+//!   and a subscriber.
+//! - [`report`]: medians, spreads and ratios as the report's markdown cells.
+//! - [`process`]: a server under test in its own process, its CPU time and memory from /proc.
+//! - [`load`]: the client side: connections, publishers, subscribers and what each saw.
+//! - [`bare`]: the bare tonic baseline server.
+
+mod abuse;
+mod bare;
+mod heavy_reads;
+mod load;
+mod matrix;
+mod process;
+mod report;
+
+use std::{net::SocketAddr, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+
+/// storywire-bench: storywire under load, beside a bare tonic baseline, as a markdown report.
+#[derive(Debug, Parser)]
+#[command(
+    name = "storywire-bench",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    /// Without a mode the bench runs its cases.
+    #[command(subcommand)]
+    mode: Option<Mode>,
+    #[command(flatten)]
+    args: matrix::Args,
+}
+
+/// What else the binary can be.
+#[derive(Debug, Subcommand)]
+enum Mode {
+    /// Serve the bare tonic baseline; the bench starts it as a child process of its own.
+    #[command(hide = true)]
+    Bare {
+        /// The address to listen on.
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: SocketAddr,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let outcome = match cli.mode {
+        Some(Mode::Bare { listen }) => bare::run(listen).await,
+        None => matrix::run(cli.args).await,
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
