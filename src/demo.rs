@@ -65,8 +65,8 @@ mod tests {
     use super::*;
     use crate::clock::SystemClock;
 
-    #[test]
-    fn the_whole_fixture_is_accepted_in_order() {
+    #[tokio::test]
+    async fn the_whole_fixture_is_accepted_in_order() {
         let log = EventLog::new(1_000, Arc::new(SystemClock));
         publish_seed(&log).expect("the seed is valid");
         for request in requests(LIVE) {
@@ -74,6 +74,7 @@ mod tests {
         }
         let story = log
             .story("nk-diplomat-italy", None)
+            .await
             .expect("the story exists");
         assert_eq!(story.version, log.head());
         let denied = story

@@ -388,20 +388,12 @@ impl StoryService for Service {
     ) -> Result<Response<pb::GetStoryResponse>, Status> {
         let request = request.into_inner();
         validate::get_story(&request).map_err(status)?;
-        let story = match request.as_of_version {
-            None => self.log.story(&request.story_id, None),
-            // Rebuilding folds the story's whole retained history: on a blocking thread, so
-            // that a long story does not hold up the runtime's workers.
-            Some(version) => {
-                let log = self.log.clone();
-                tokio::task::spawn_blocking(move || log.story(&request.story_id, Some(version)))
-                    .await
-                    .map_err(|e| Status::internal(format!("rebuilding the story failed: {e}")))?
-            }
-        }
-        .map_err(status)?;
-        // Show no state a crash could take back.
-        self.log.visible(story.last_sequence).await;
+        // The log answers only with state readers may see: nothing a crash could take back.
+        let story = self
+            .log
+            .story(&request.story_id, request.as_of_version)
+            .await
+            .map_err(status)?;
         Ok(Response::new(pb::GetStoryResponse { story: Some(story) }))
     }
 
@@ -412,12 +404,10 @@ impl StoryService for Service {
         let request = request.into_inner();
         validate::list_stories(&request).map_err(status)?;
         let limit = page_size(request.page_size, DEFAULT_STORIES_PAGE, MAX_STORIES_PAGE);
-        let (stories, more) =
-            self.log
-                .list_stories(&request.page_token, limit, &request.tag, request.status);
-        if let Some(newest) = stories.iter().map(|story| story.last_sequence).max() {
-            self.log.visible(newest).await;
-        }
+        let (stories, more) = self
+            .log
+            .list_stories(&request.page_token, limit, &request.tag, request.status)
+            .await;
         let next_page_token = match stories.last() {
             Some(last) if more => last.id.clone(),
             _ => String::new(),

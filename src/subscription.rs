@@ -246,20 +246,18 @@ impl Subscription {
     }
 
     /// Queues the next page of a snapshot: the matching stories after `after`, each as it stands
-    /// now. Nothing goes out before readers may see every event a page's states include (with a
-    /// data directory, until it is on disk), so no state a crash could undo is sent.
+    /// now (the log returns the page once readers may see everything in it).
     async fn next_snapshot_page(&mut self, after: &str) {
-        let (page, next) = self.log.stories_page(
-            &self.filter,
-            after,
-            SNAPSHOT_PAGE_STORIES,
-            SNAPSHOT_PAGE_SCAN,
-        );
+        let (page, next) = self
+            .log
+            .stories_page(
+                &self.filter,
+                after,
+                SNAPSHOT_PAGE_STORIES,
+                SNAPSHOT_PAGE_SCAN,
+            )
+            .await;
         let pinned = self.cursor - 1;
-        if let Some(newest) = page.iter().map(|story| story.last_sequence).max() {
-            // The log outlives its subscriptions, so the sender is there.
-            let _ = self.head.wait_for(|visible| *visible >= newest).await;
-        }
         for story in page {
             if story.last_sequence > pinned {
                 self.ahead

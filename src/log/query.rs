@@ -1,0 +1,303 @@
+//! Reading the log: pages of events from a sequence, pages of stories, one story now or as of a
+//! version. Each read holds the lock only to find what it needs (reference counts); copying,
+//! decoding and folding happen after it is released. Reads that return story state wait until
+//! readers may see every event it includes.
+
+use std::{collections::HashSet, sync::Arc};
+
+use super::{EventLog, LogError, LoggedEvent};
+use crate::{
+    pb,
+    story::{Stories, StoryError},
+};
+
+/// The most entries one read scans under one hold of the read lock: a fraction of a millisecond,
+/// so a publisher waiting for the write lock behind a long, sparse read waits no longer than that.
+pub const SCAN_PER_LOCK: usize = 4_096;
+
+/// Which events and stories a reader wants. Empty lists match everything; both lists set must
+/// both match.
+#[derive(Debug, Default, Clone)]
+pub struct Filter {
+    /// Only these stories, when not empty.
+    story_ids: HashSet<String>,
+    /// Only stories carrying one of these tags, when not empty.
+    tags: HashSet<String>,
+}
+
+impl Filter {
+    /// A filter on story ids and tags, as Subscribe and ListEvents take them.
+    pub fn new(story_ids: &[String], tags: &[String]) -> Self {
+        Self {
+            story_ids: story_ids.iter().cloned().collect(),
+            tags: tags.iter().cloned().collect(),
+        }
+    }
+
+    fn matches_parts(&self, story_id: &str, tags: &[String]) -> bool {
+        (self.story_ids.is_empty() || self.story_ids.contains(story_id))
+            && (self.tags.is_empty() || tags.iter().any(|tag| self.tags.contains(tag)))
+    }
+
+    /// Whether a logged event passes the filter.
+    pub fn matches(&self, entry: &LoggedEvent) -> bool {
+        self.matches_parts(&entry.story_id, &entry.tags)
+    }
+
+    /// Whether `entry` brings its story into this filter: the entry matches only through tags it
+    /// added, so the subscriber has not had the story before (see [`Entered`]).
+    pub fn is_entered_by(&self, entry: &LoggedEvent) -> bool {
+        let Some(entered) = &entry.entered else {
+            return false;
+        };
+        // The tags before the event: the filter tags less those it added.
+        let matched_before = entry
+            .tags
+            .iter()
+            .filter(|tag| !entered.tags.contains(tag))
+            .any(|tag| self.tags.contains(tag));
+        !self.tags.is_empty() && self.matches(entry) && !matched_before
+    }
+
+    /// Whether a story, as it stands now, passes the filter.
+    pub fn matches_story(&self, story: &pb::Story) -> bool {
+        self.matches_parts(&story.id, &story.tags)
+    }
+}
+
+/// A stretch of the log read by [`EventLog::read_from`].
+#[derive(Debug)]
+pub struct Batch {
+    /// The matching events, in sequence order.
+    pub events: Vec<Arc<LoggedEvent>>,
+    /// One past the last sequence scanned: where the next read starts.
+    pub next: u64,
+    /// The log's head when the batch was read.
+    pub head: u64,
+    /// The oldest retained sequence when the batch was read.
+    pub first_retained: u64,
+}
+
+impl EventLog {
+    /// Reads up to `max_events` matching events starting at sequence `from`, scanning at most
+    /// `max_scan` events, and taking the read lock afresh for every [`SCAN_PER_LOCK`] of them, so
+    /// that a sparse filter over a long log never holds publishers up for long.
+    ///
+    /// `from` may be `head + 1` (nothing to read yet), or 0 for the oldest retained event (no event
+    /// has sequence 0, so "every event from 0 on" is every retained one). Otherwise earlier than
+    /// the first retained event is [`LogError::NotRetained`], later than `head + 1`
+    /// [`LogError::BeyondHead`].
+    pub fn read_from(
+        &self,
+        from: u64,
+        filter: &Filter,
+        max_events: usize,
+        max_scan: usize,
+    ) -> Result<Batch, LogError> {
+        let visible = self.head();
+        let (mut next, mut first_retained) = {
+            let state = self.read();
+            let from = if from == 0 {
+                state.first_retained
+            } else {
+                from
+            };
+            state.check_position(from, visible)?;
+            (from, state.first_retained)
+        };
+        let mut events = Vec::new();
+        let mut left = max_scan;
+        while left > 0 && next <= visible && events.len() < max_events {
+            let state = self.read();
+            first_retained = state.first_retained;
+            // Evicted since the last chunk: what was read stands, and the next read says so.
+            let Some(start) = next
+                .checked_sub(state.first_retained)
+                .and_then(|index| usize::try_from(index).ok())
+            else {
+                break;
+            };
+            let readable = usize::try_from(visible + 1 - next).unwrap_or(usize::MAX);
+            let chunk = left.min(SCAN_PER_LOCK).min(readable);
+            let chunk_start = next;
+            for entry in state.entries.range(start..).take(chunk) {
+                next += 1;
+                left -= 1;
+                if filter.matches(entry) {
+                    events.push(entry.clone());
+                    if events.len() == max_events {
+                        break;
+                    }
+                }
+            }
+            if next == chunk_start {
+                break;
+            }
+        }
+        Ok(Batch {
+            events,
+            next,
+            head: visible,
+            first_retained,
+        })
+    }
+
+    /// Checks that `from` is a readable position: retained (or 0, for the oldest retained), and at
+    /// most `head + 1`.
+    pub fn check_position(&self, from: u64) -> Result<(), LogError> {
+        match from {
+            0 => Ok(()),
+            from => {
+                let visible = self.head();
+                self.read().check_position(from, visible)
+            }
+        }
+    }
+
+    /// Up to `limit` stories matching `filter` with ids after `after`, in id order, shared; and
+    /// the id to continue after, `None` once every story has been looked at. At most `max_scan`
+    /// stories are looked at, so that a sparse filter holds the read lock briefly. Returns once
+    /// readers may see every event the page's states include.
+    pub async fn stories_page(
+        &self,
+        filter: &Filter,
+        after: &str,
+        limit: usize,
+        max_scan: usize,
+    ) -> (Vec<Arc<pb::Story>>, Option<String>) {
+        let (page, next) = {
+            let state = self.read();
+            let mut page: Vec<Arc<pb::Story>> = Vec::new();
+            let mut last = None;
+            for story in state.stories.after(after).take(max_scan) {
+                last = Some(story);
+                if filter.matches_story(story) {
+                    page.push(story.clone());
+                    if page.len() == limit {
+                        break;
+                    }
+                }
+            }
+            let more = last.is_some_and(|last| state.stories.after(&last.id).next().is_some());
+            (page, last.filter(|_| more).map(|last| last.id.clone()))
+        };
+        self.until_visible(page.iter().map(|story| story.last_sequence))
+            .await;
+        (page, next)
+    }
+
+    /// Waits until readers may see the newest of `sequences`: story state includes every event
+    /// appended, and none may be shown before the journal shows its events.
+    async fn until_visible(&self, sequences: impl Iterator<Item = u64>) {
+        if let Some(newest) = sequences.max() {
+            self.heads.until_visible(newest).await;
+        }
+    }
+
+    /// A story's current state, or with `as_of_version` its state right after that version,
+    /// rebuilt by folding its retained events again. Returns once readers may see every event the
+    /// state includes.
+    ///
+    /// The lock is held only to find the events (reference counts); decoding and folding them,
+    /// which for a long story takes a while, happens after it is released, on a blocking thread
+    /// so that it holds up no other task.
+    pub async fn story(
+        &self,
+        story_id: &str,
+        as_of_version: Option<u64>,
+    ) -> Result<pb::Story, LogError> {
+        let story = match self.history(story_id, as_of_version)? {
+            Found::Current(story) => story,
+            Found::History(history) => {
+                let story_id = story_id.to_owned();
+                tokio::task::spawn_blocking(move || rebuild(&story_id, &history))
+                    .await
+                    .expect("rebuilding a story that applied once cannot fail")
+            }
+        };
+        self.until_visible(std::iter::once(story.last_sequence))
+            .await;
+        Ok(story)
+    }
+
+    /// The story now, or the retained events its state as of `as_of_version` folds.
+    fn history(&self, story_id: &str, as_of_version: Option<u64>) -> Result<Found, LogError> {
+        let state = self.read();
+        let current = state
+            .stories
+            .get(story_id)
+            .ok_or_else(|| StoryError::NotFound {
+                story_id: story_id.to_owned(),
+            })?;
+        let Some(version) = as_of_version else {
+            return Ok(Found::Current(current.clone()));
+        };
+        if version > current.version {
+            return Err(LogError::VersionBeyondStory {
+                story_id: story_id.to_owned(),
+                requested: version,
+                current: current.version,
+            });
+        }
+        let not_retained = || LogError::HistoryNotRetained {
+            story_id: story_id.to_owned(),
+            requested: version,
+        };
+        let sequences = state
+            .stories
+            .history(story_id, version)
+            .ok_or_else(not_retained)?;
+        let history = sequences
+            .into_iter()
+            .map(|sequence| state.entry(sequence).cloned().ok_or_else(not_retained))
+            .collect::<Result<_, _>>()?;
+        Ok(Found::History(history))
+    }
+
+    /// Up to `limit` stories with ids after `after` that carry `tag` (when set) and have `status`
+    /// (when not UNSPECIFIED), and whether more such stories follow. Returns once readers may see
+    /// every event the page's states include.
+    pub async fn list_stories(
+        &self,
+        after: &str,
+        limit: usize,
+        tag: &str,
+        status: i32,
+    ) -> (Vec<pb::Story>, bool) {
+        let (page, more) = {
+            let state = self.read();
+            let mut matching = state.stories.after(after).filter(|story| {
+                (tag.is_empty() || story.tags.iter().any(|t| t == tag))
+                    && (status == 0 || story.status == status)
+            });
+            let page: Vec<Arc<pb::Story>> = matching.by_ref().take(limit).cloned().collect();
+            (page, matching.next().is_some())
+        };
+        self.until_visible(page.iter().map(|story| story.last_sequence))
+            .await;
+        // Copied for the response after the lock is released.
+        (page.iter().map(|story| (**story).clone()).collect(), more)
+    }
+}
+
+/// What a story read found under the lock.
+enum Found {
+    /// The story as it stands.
+    Current(pb::Story),
+    /// The events whose fold is the story as of the version asked for.
+    History(Vec<Arc<LoggedEvent>>),
+}
+
+/// The state of `story_id` after folding `history`, its first events.
+fn rebuild(story_id: &str, history: &[Arc<LoggedEvent>]) -> pb::Story {
+    let mut rebuilt = Stories::default();
+    for entry in history {
+        rebuilt
+            .apply(&entry.event())
+            .expect("an event that applied once applies again to the same history");
+    }
+    rebuilt
+        .get(story_id)
+        .expect("the history opens the story")
+        .clone()
+}
