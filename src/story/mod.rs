@@ -4,19 +4,21 @@
 //! [`Stories::apply`] checks first and mutates after, so a rejected change leaves every story as it
 //! was. The log calls it under its write lock, which is what makes "check, then append" atomic.
 //! New requests go through [`Stories::apply_within`], which also holds them to the
-//! [`StoryLimits`]; events already in the log go through `apply` alone.
+//! [`crate::limits::StoryLimits`] (`limits.rs`); events already in the log go through `apply`
+//! alone.
 
 use std::{
     collections::{BTreeMap, VecDeque},
     sync::Arc,
 };
 
-use prost::{Message, encoding};
+use prost::Message;
 
-use crate::{
-    limits::StoryLimits,
-    pb::{self, change::Kind},
-};
+use crate::pb::{self, change::Kind};
+
+mod limits;
+
+use limits::{fact_entry_len, note_entry_len};
 
 /// A change that breaks a story rule. The service maps each variant to one gRPC status code.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -115,19 +117,6 @@ pub enum StoryError {
     },
 }
 
-/// The field numbers of `Story.facts`, `Story.context` and `Fact.attributions` in story.proto: the
-/// bytes an entry of a repeated field takes include its key. The unit tests below compare the
-/// tracked size with the encoded one, so a renumbering cannot go unnoticed.
-const FACTS_FIELD: u32 = 6;
-const CONTEXT_FIELD: u32 = 11;
-const ATTRIBUTIONS_FIELD: u32 = 4;
-
-/// The most an accepted change adds to a story besides the content it carries: a new fact's
-/// status and two timestamps, a new entry's key and length, and the story's version, sequence and
-/// `updated_at` (and a changed fact's `updated_at`) growing by a few bytes. About 70 bytes at
-/// worst; the margin costs nothing.
-const MAX_BOOKKEEPING_BYTES: usize = 128;
-
 /// One story's state and what the log still holds of its history.
 #[derive(Debug)]
 struct StoryRecord {
@@ -183,22 +172,6 @@ impl StoryRecord {
         story.context = context;
         self.encoded_len = rest + self.facts_bytes + self.context_bytes;
     }
-}
-
-/// The bytes a fact takes in a story: its key, its length, itself.
-fn fact_entry_len(fact: &pb::Fact) -> usize {
-    encoding::message::encoded_len(FACTS_FIELD, fact)
-}
-
-/// The bytes a context note takes in a story.
-fn note_entry_len(note: &pb::ContextNote) -> usize {
-    encoding::message::encoded_len(CONTEXT_FIELD, note)
-}
-
-/// The bytes a text takes as a field: its key, its length, itself. (Proto3 leaves an empty text
-/// out; the two bytes that makes this overcount are within [`MAX_BOOKKEEPING_BYTES`].)
-fn text_len(text: &str) -> usize {
-    1 + encoding::encoded_len_varint(text.len() as u64) + text.len()
 }
 
 /// Every story's current state, in id order.
@@ -407,142 +380,6 @@ impl Stories {
             tags: filter_tags,
         })
     }
-
-    /// Applies `event` as [`Self::apply`] does, after refusing a change that would take its story
-    /// past `limits`. For new requests only: events already in the log (replayed at start-up,
-    /// folded again for `as_of_version`) go through `apply`, so that lowering a limit never
-    /// refuses what was once accepted.
-    ///
-    /// A change the story rules refuse is refused for that reason, not for a limit. A change that
-    /// adds no content (a status change of the story, or of a fact without attributions; a
-    /// correction or revision no longer than what it replaces) is never refused, so that a full
-    /// story can still be corrected, concluded or withdrawn; it can add only the few bytes of
-    /// [`MAX_BOOKKEEPING_BYTES`].
-    pub fn apply_within(
-        &mut self,
-        event: &pb::UpdateEvent,
-        limits: &StoryLimits,
-    ) -> Result<Applied, StoryError> {
-        self.check_limits(event, limits)?;
-        self.apply(event)
-    }
-
-    /// Refuses `event` if it would take its story past `limits`; leaves everything else to `apply`.
-    fn check_limits(
-        &self,
-        event: &pb::UpdateEvent,
-        limits: &StoryLimits,
-    ) -> Result<(), StoryError> {
-        let Some(kind) = event
-            .change
-            .as_ref()
-            .and_then(|change| change.kind.as_ref())
-        else {
-            return Ok(());
-        };
-        let story_id = &event.story_id;
-        let (size, content) = match (kind, self.by_id.get(story_id)) {
-            (Kind::StoryOpened(opened), None) => (0, opened.encoded_len()),
-            (Kind::StoryOpened(_), Some(_)) | (_, None) => return Ok(()),
-            (_, Some(record)) => {
-                if check(&record.state, kind).is_err() {
-                    return Ok(());
-                }
-                check_counts(&record.state, kind, limits)?;
-                (record.encoded_len, added_content(&record.state, kind))
-            }
-        };
-        let added = content + MAX_BOOKKEEPING_BYTES;
-        if content > 0 && size + added > limits.max_story_bytes {
-            return Err(StoryError::TooLarge {
-                story_id: story_id.clone(),
-                size,
-                added,
-                max: limits.max_story_bytes,
-            });
-        }
-        Ok(())
-    }
-}
-
-/// Refuses a change that would give `story` more facts or notes, or one of its facts more
-/// attributions, than `limits` allow.
-fn check_counts(story: &pb::Story, kind: &Kind, limits: &StoryLimits) -> Result<(), StoryError> {
-    let too_many_attributions = |fact_id: &str, count: usize| StoryError::TooManyAttributions {
-        story_id: story.id.clone(),
-        fact_id: fact_id.to_owned(),
-        count,
-        max: limits.max_attributions_per_fact,
-    };
-    match kind {
-        Kind::FactReported(_) if story.facts.len() >= limits.max_facts_per_story => {
-            Err(StoryError::TooManyFacts {
-                story_id: story.id.clone(),
-                count: story.facts.len(),
-                max: limits.max_facts_per_story,
-            })
-        }
-        Kind::FactReported(reported)
-            if reported.attributions.len() > limits.max_attributions_per_fact =>
-        {
-            Err(too_many_attributions(
-                &reported.fact_id,
-                reported.attributions.len(),
-            ))
-        }
-        Kind::FactStatusChanged(changed) if !changed.attributions.is_empty() => {
-            let fact = fact(story, &changed.fact_id);
-            let count = fact.attributions.len() + changed.attributions.len();
-            if count > limits.max_attributions_per_fact {
-                Err(too_many_attributions(&changed.fact_id, count))
-            } else {
-                Ok(())
-            }
-        }
-        Kind::ContextAdded(_) if story.context.len() >= limits.max_notes_per_story => {
-            Err(StoryError::TooManyNotes {
-                story_id: story.id.clone(),
-                count: story.context.len(),
-                max: limits.max_notes_per_story,
-            })
-        }
-        _ => Ok(()),
-    }
-}
-
-/// The most content `kind` adds to `story`, in encoded bytes, beyond what it replaces; 0 for a
-/// change that adds none. What applying it adds besides is at most [`MAX_BOOKKEEPING_BYTES`].
-fn added_content(story: &pb::Story, kind: &Kind) -> usize {
-    match kind {
-        Kind::StoryOpened(opened) => opened.encoded_len(),
-        // A fact carries what its report does: the id, the statement, the attributions.
-        Kind::FactReported(reported) => reported.encoded_len(),
-        Kind::FactStatusChanged(changed) => {
-            encoding::message::encoded_len_repeated(ATTRIBUTIONS_FIELD, &changed.attributions)
-        }
-        Kind::FactCorrected(corrected) => text_len(&corrected.statement)
-            .saturating_sub(text_len(&fact(story, &corrected.fact_id).statement)),
-        Kind::StoryRevised(revised) => {
-            let mut after = 0;
-            let mut before = 0;
-            if let Some(headline) = &revised.headline {
-                after += text_len(headline);
-                before += text_len(&story.headline);
-            }
-            if let Some(summary) = &revised.summary {
-                after += text_len(summary);
-                before += text_len(&story.summary);
-            }
-            if let Some(list) = &revised.tags {
-                after += list.tags.iter().map(|tag| text_len(tag)).sum::<usize>();
-                before += story.tags.iter().map(|tag| text_len(tag)).sum::<usize>();
-            }
-            after.saturating_sub(before)
-        }
-        Kind::StoryStatusChanged(_) => 0,
-        // A note carries what its change does: the text and the attributions.
-        Kind::ContextAdded(added) => added.encoded_len(),
-    }
 }
 
 /// The rules for a change to an existing story, checked before anything is mutated.
@@ -590,127 +427,4 @@ fn fact_mut<'a>(story: &'a mut pb::Story, fact_id: &str) -> &'a mut pb::Fact {
         .iter_mut()
         .find(|fact| fact.id == fact_id)
         .expect("checked: the fact exists")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// An event of `story` at `version` (also its sequence) with `kind`, at a time whose encoding
-    /// grows with the version, as timestamps do.
-    fn event(version: u64, kind: Kind) -> pb::UpdateEvent {
-        pb::UpdateEvent {
-            sequence: version,
-            story_id: "story".to_owned(),
-            story_version: version,
-            occurred_at: Some(pbjson_types::Timestamp {
-                seconds: 1_546_502_400 + i64::try_from(version).expect("small"),
-                nanos: i32::try_from(version * 999_999).expect("small"),
-            }),
-            change: Some(pb::Change { kind: Some(kind) }),
-            ..Default::default()
-        }
-    }
-
-    fn attribution(name: &str) -> pb::Attribution {
-        pb::Attribution {
-            source: Some(pb::Source {
-                name: name.to_owned(),
-                kind: pb::SourceKind::Person.into(),
-                role: "spokesperson".to_owned(),
-            }),
-            stance: pb::Stance::Asserts.into(),
-            quote: "x".repeat(300),
-            ..Default::default()
-        }
-    }
-
-    /// One change of every kind, with content of different sizes.
-    fn every_kind_of_change() -> Vec<Kind> {
-        vec![
-            Kind::StoryOpened(pb::StoryOpened {
-                headline: "Opened".to_owned(),
-                summary: String::new(),
-                tags: vec!["italy".to_owned()],
-            }),
-            Kind::FactReported(pb::FactReported {
-                fact_id: "fact".to_owned(),
-                statement: "s".repeat(200),
-                attributions: vec![attribution("a")],
-            }),
-            Kind::FactStatusChanged(pb::FactStatusChanged {
-                fact_id: "fact".to_owned(),
-                status: pb::FactStatus::Confirmed.into(),
-                attributions: vec![attribution("b"), attribution("c")],
-                note: "n".repeat(500),
-            }),
-            Kind::FactStatusChanged(pb::FactStatusChanged {
-                fact_id: "fact".to_owned(),
-                status: pb::FactStatus::Denied.into(),
-                ..Default::default()
-            }),
-            Kind::FactCorrected(pb::FactCorrected {
-                fact_id: "fact".to_owned(),
-                statement: "t".repeat(1_000),
-                reason: String::new(),
-            }),
-            Kind::FactCorrected(pb::FactCorrected {
-                fact_id: "fact".to_owned(),
-                statement: "short".to_owned(),
-                reason: String::new(),
-            }),
-            Kind::StoryRevised(pb::StoryRevised {
-                headline: Some("h".repeat(200)),
-                summary: Some("m".repeat(2_000)),
-                tags: Some(pb::TagList {
-                    tags: vec!["italy".to_owned(), "north-korea".to_owned()],
-                }),
-            }),
-            Kind::StoryRevised(pb::StoryRevised {
-                summary: Some(String::new()),
-                ..Default::default()
-            }),
-            Kind::ContextAdded(pb::ContextAdded {
-                text: "c".repeat(700),
-                attributions: vec![attribution("d")],
-            }),
-            Kind::StoryStatusChanged(pb::StoryStatusChanged {
-                status: pb::StoryStatus::Concluded.into(),
-                reason: String::new(),
-            }),
-        ]
-    }
-
-    #[test]
-    fn the_tracked_size_is_the_encoded_size_after_every_kind_of_change() {
-        let mut stories = Stories::default();
-        for (n, kind) in every_kind_of_change().into_iter().enumerate() {
-            stories.apply(&event(n as u64 + 1, kind)).expect("applies");
-            let record = &stories.by_id["story"];
-            assert_eq!(record.encoded_len, record.state.encoded_len(), "change {n}");
-        }
-        // Restored from a snapshot, a story is measured again.
-        let mut restored = Stories::default();
-        restored.restore(stories.iter().map(|story| (**story).clone()));
-        let record = &restored.by_id["story"];
-        assert_eq!(record.encoded_len, record.state.encoded_len());
-    }
-
-    #[test]
-    fn no_change_grows_a_story_by_more_than_its_content_and_the_bookkeeping() {
-        let mut stories = Stories::default();
-        for (n, kind) in every_kind_of_change().into_iter().enumerate() {
-            let before = stories.by_id.get("story").map_or(0, |r| r.encoded_len);
-            let content = match stories.get("story") {
-                Some(story) => added_content(story, &kind),
-                None => added_content(&pb::Story::default(), &kind),
-            };
-            stories.apply(&event(n as u64 + 1, kind)).expect("applies");
-            let after = stories.by_id["story"].encoded_len;
-            assert!(
-                after <= before + content + MAX_BOOKKEEPING_BYTES,
-                "change {n}: {before} + {content} -> {after}"
-            );
-        }
-    }
 }
