@@ -1,5 +1,6 @@
-//! The demo story: North Korea's acting ambassador to Italy goes into hiding (the article in
-//! `shared/seeds`), as a fixture of PublishRequests in proto3 JSON, one a line.
+//! The demo story: North Korea's acting ambassador to Italy goes into hiding (after "North Korea
+//! ambassador to Italy 'goes into hiding'", The Independent, January 2019), as a fixture of
+//! PublishRequests in proto3 JSON, one a line.
 //!
 //! `serve --demo` publishes the seed at once, so a subscriber has a story to catch up on. It waits
 //! for the first subscriber, then replays the later updates one every few seconds, so whoever

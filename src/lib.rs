@@ -1,13 +1,17 @@
 //! storywire keeps developing news stories as an append-only log of attributed updates and
 //! streams them, in order, to every subscriber over gRPC.
 //!
-//! The modules, in the order an update flows through them:
+//! The modules, in the order an update flows through them (docs/architecture.md draws it):
 //!
 //! - [`pb`]: the generated wire types and gRPC stubs of `storywire.v1`.
 //! - [`validate`]: the shape rules every request must meet, each failure naming its field.
-//! - [`log`]: the event log, the only truth: append, dedupe, read, retention, the head to wait on.
-//! - [`wal`]: the optional write-ahead log on disk (`serve --data-dir`), and recovery from it.
-//! - [`story`]: the projection: a story's state as the fold of its events, and the story rules.
+//! - [`log`]: the event log, the only truth: `state` (retained events, retention), `dedupe`
+//!   (idempotency), `query` (reads), and the [`log::Journal`] seam through which events become
+//!   durable and visible: `memory` and `write_ahead`.
+//! - [`wal`]: the on-disk format of the write-ahead log (`serve --data-dir`), recovery from it,
+//!   and the segment writer the write-ahead journal drives.
+//! - [`story`]: the projection: a story's state as the fold of its events, the story rules, and
+//!   what one story may hold.
 //! - [`encoded`]: each event encoded once, its bytes shared by every subscriber.
 //! - [`subscription`]: a cursor into the log plus a filter: catch-up, live, checkpoints, the end.
 //! - [`service`]: the StoryService, and the one mapping from domain errors to gRPC status codes.

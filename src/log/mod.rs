@@ -1,10 +1,10 @@
 //! The event log: the one source of truth. Every accepted update is appended here; story state,
 //! subscriptions and pages of events are all read from it.
 //!
-//! One `RwLock` guards the log and the projection together ([`state`]), so deduplication
-//! ([`dedupe`]), the story rules and the event are decided atomically for each append. A
+//! One `RwLock` guards the log and the projection together (`state`), so deduplication
+//! (`dedupe`), the story rules and the event are decided atomically for each append. A
 //! [`Journal`] then gives the event its sequence and makes it durable and, only then, visible:
-//! [`memory`] at once, [`write_ahead`] once on disk. Readers ([`query`]) see only the visible
+//! [`memory`] at once, [`write_ahead`] once on disk. Readers (`query`) see only the visible
 //! head, and hold the lock only to clone `Arc`s.
 
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};

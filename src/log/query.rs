@@ -45,7 +45,7 @@ impl Filter {
     }
 
     /// Whether `entry` brings its story into this filter: the entry matches only through tags it
-    /// added, so the subscriber has not had the story before (see [`Entered`]).
+    /// added, so the subscriber has not had the story before (see [`super::Entered`]).
     pub fn is_entered_by(&self, entry: &LoggedEvent) -> bool {
         let Some(entered) = &entry.entered else {
             return false;

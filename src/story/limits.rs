@@ -34,7 +34,7 @@ pub(super) fn note_entry_len(note: &pb::ContextNote) -> usize {
 }
 
 /// The bytes a text takes as a field: its key, its length, itself. (Proto3 leaves an empty text
-/// out; the two bytes that makes this overcount are within [`MAX_BOOKKEEPING_BYTES`].)
+/// out; the two bytes that makes this overcount are within `MAX_BOOKKEEPING_BYTES`.)
 fn text_len(text: &str) -> usize {
     1 + encoding::encoded_len_varint(text.len() as u64) + text.len()
 }
@@ -49,7 +49,7 @@ impl Stories {
     /// adds no content (a status change of the story, or of a fact without attributions; a
     /// correction or revision no longer than what it replaces) is never refused, so that a full
     /// story can still be corrected, concluded or withdrawn; it can add only the few bytes of
-    /// [`MAX_BOOKKEEPING_BYTES`].
+    /// `MAX_BOOKKEEPING_BYTES`.
     pub fn apply_within(
         &mut self,
         event: &pb::UpdateEvent,
@@ -143,7 +143,7 @@ fn check_counts(story: &pb::Story, kind: &Kind, limits: &StoryLimits) -> Result<
 }
 
 /// The most content `kind` adds to `story`, in encoded bytes, beyond what it replaces; 0 for a
-/// change that adds none. What applying it adds besides is at most [`MAX_BOOKKEEPING_BYTES`].
+/// change that adds none. What applying it adds besides is at most `MAX_BOOKKEEPING_BYTES`.
 fn added_content(story: &pb::Story, kind: &Kind) -> usize {
     match kind {
         Kind::StoryOpened(opened) => opened.encoded_len(),

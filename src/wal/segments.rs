@@ -126,7 +126,7 @@ impl SegmentWriter {
             .is_some_and(|s| s.last.is_none_or(|last| last < first_retained))
     }
 
-    /// Writes `snapshot` (encoded by [`encode_snapshot`]; it must cover every sequence before
+    /// Writes `snapshot` (encoded by [`super::encode_snapshot`]; it must cover every sequence before
     /// `first_retained`), then deletes the closed segments it makes unnecessary.
     pub fn compact(&mut self, snapshot: &[u8], first_retained: u64) -> Result<(), WalError> {
         write_atomically(&self.dir, SNAPSHOT_FILE, snapshot)?;
