@@ -67,18 +67,20 @@ impl TestServer {
             storywire::log::DEFAULT_RETAIN_EVENTS,
             Arc::new(SystemClock),
         ));
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind loopback");
-        Self::serve(listener, log, options)
+        Self::over_with(log, options).await
     }
 
     /// A server over an existing log, on a new port.
     pub async fn over(log: Arc<EventLog>) -> Self {
+        Self::over_with(log, server::ServerOptions::default()).await
+    }
+
+    /// A server over an existing log with `options`, on a new port.
+    pub async fn over_with(log: Arc<EventLog>, options: server::ServerOptions) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind loopback");
-        Self::serve(listener, log, server::ServerOptions::default())
+        Self::serve(listener, log, options)
     }
 
     /// A server over an existing log on a given loopback address (to restart on the same port).
@@ -129,11 +131,16 @@ impl TestServer {
     /// A generated client whose connection comes from `local`, another loopback address (all of
     /// 127.0.0.0/8 is loopback on Linux): to the server, a peer of its own.
     pub async fn client_from(&self, local: IpAddr) -> StoryServiceClient<Channel> {
+        StoryServiceClient::new(self.channel_from(local).await)
+    }
+
+    /// A channel to this server from `local`, another loopback address.
+    pub async fn channel_from(&self, local: IpAddr) -> Channel {
         let endpoint = Channel::from_shared(self.url())
             .expect("valid url")
             .local_address(Some(local));
         let channel = within("a connection", endpoint.connect()).await;
-        StoryServiceClient::new(channel.expect("connect from another loopback address"))
+        channel.expect("connect from another loopback address")
     }
 
     /// Shuts the server down gracefully and waits until it has stopped.
