@@ -18,7 +18,7 @@
 //! - [`auth`]: bearer tokens with roles, checked before any StoryService method runs.
 //! - [`tls`]: the server's TLS and mutual TLS from PEM files.
 //! - [`limits`]: what one client may take and one story may hold, and the subscriber slots.
-//! - [`throttle`]: each peer's budget of wasted streams; past it, the server stops reading it.
+//! - [`throttle`]: each connection's budget of wasted streams; past it, its reads pause.
 //! - [`server`]: the tonic server with health, reflection and graceful shutdown.
 //! - [`clock`]: the one clock timestamps come from, so tests can control it.
 //! - [`demo`]: the seed story and its live replay for `serve --demo`.

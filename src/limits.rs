@@ -60,13 +60,12 @@ pub struct Limits {
     pub max_pending_accept_reset_streams: usize,
     /// Streams the server may reset for a client's protocol errors before closing the connection.
     pub max_local_error_reset_streams: usize,
-    /// Streams one peer (an IPv4 address or IPv6 /64) may waste per second, over time: reset
-    /// within a second of opening before any answer, or refused for the request's own fault.
-    /// Past its budget the server stops reading from the peer until the budget allows another
-    /// (`crate::throttle`); 0 turns this off. A well-behaved client wastes next to nothing; 10 a
-    /// second keeps a peer that resets streams in a loop, or sends 2 MiB requests, to a few
-    /// hundredths of a core (docs/benchmarks.md), and is still more than an honest client has
-    /// refused or cancels.
+    /// Streams one connection may waste per second, over time: reset by the client before any
+    /// answer, within 50 ms of the call starting (`crate::throttle::WASTED_WITHIN`). Answers,
+    /// refusals included, and deadlines never count. Past its budget the server stops reading
+    /// that connection until the budget allows another (`crate::throttle`); 0 turns this off.
+    /// An honest client resets next to nothing that fast; 10 a second keeps a connection that
+    /// resets streams in a loop to a few hundredths of a core (docs/benchmarks.md).
     pub wasted_streams_per_second: f64,
     /// How long shutdown waits for open streams and calls to finish after it starts. A
     /// subscriber that stopped reading never drains its stream, and without a deadline it would
@@ -74,9 +73,8 @@ pub struct Limits {
     /// reading receive the rest, and is less than the 30 s a container manager waits before
     /// SIGKILL. Past it, connections still open are cut off.
     pub shutdown_grace: Duration,
-    /// Streams one peer may waste at once before the rate applies: room for a client that
-    /// cancels a few calls, or has a few refused, now and then. Each costs the server up to a
-    /// stream window of reading (1 MiB), which is why it is not larger.
+    /// Streams one connection may waste at once before the rate applies: room for a client that
+    /// cancels a few calls right after making them now and then.
     pub wasted_streams_burst: u32,
 }
 

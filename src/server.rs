@@ -13,7 +13,7 @@ use crate::{
     log::EventLog,
     pb::{self, server::story_service_server::StoryServiceServer},
     service::Service,
-    throttle::{PeerBudgets, WasteLayer},
+    throttle::{ConnectionBudgets, WasteLayer},
     tls::TlsFiles,
 };
 
@@ -91,8 +91,8 @@ pub async fn run(
         log.wake_subscribers();
     };
 
-    // Every connection reads only while its peer is within its budget of wasted streams.
-    let budgets = PeerBudgets::new(
+    // Every connection reads only while it is within its budget of wasted streams.
+    let budgets = ConnectionBudgets::new(
         limits.wasted_streams_per_second,
         limits.wasted_streams_burst,
     );
@@ -102,7 +102,7 @@ pub async fn run(
         TcpListenerStream::new(listener).map(move |accepted| {
             accepted.map(|tcp| {
                 configure_socket(&tcp, keepalive);
-                let address = tcp.peer_addr().ok().map(|address| address.ip());
+                let address = tcp.peer_addr().ok();
                 budgets.throttle(tcp, address)
             })
         })

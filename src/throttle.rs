@@ -1,98 +1,98 @@
-//! Slowing down a peer that wastes streams, so that it cannot slow down everyone else.
+//! Slowing down a connection that wastes streams, so that it cannot slow down everyone else.
 //!
-//! Every stream costs the server work in HTTP/2 and in the call, whether or not it leads
-//! anywhere. A stream is *wasted* when the client resets it within [`YOUNG`] of opening, before
-//! the server sent any of its response (a client opening and cancelling streams in a loop), or
-//! when the server refuses it for the request's own fault ([`wasteful`]: too large, invalid,
-//! unauthenticated...).
-//! Each peer (an IPv4 address, or an IPv6 /64 network) has a budget of wasted streams: a burst,
-//! refilled at a steady rate. A peer past its budget is refused nothing: the server stops reading
-//! from its connections until the budget allows another wasted stream. Its requests wait in its
-//! own socket buffers, costing the server nothing, and none is lost; other peers are untouched.
+//! A client can open a stream and reset it at once, over and over: each costs the server the
+//! start of a call, and the client next to nothing, since a reset stream frees its slot at once
+//! (h2 bounds only the resets that come before the server reads the stream,
+//! `--max-pending-accept-reset-streams`). Such a stream is *wasted*: it ended with no answer
+//! within [`WASTED_WITHIN`] of its call starting. Each connection has a budget of wasted
+//! streams, a burst refilled at a steady rate; past it the server stops reading that connection
+//! until the budget allows another. Its requests wait in its own socket buffers, costing the
+//! server nothing, and none is lost.
+//!
+//! What counts, and why nothing else does:
+//!
+//! - **Only a stream that ends before any answer**: the client reset it while its handler was
+//!   still at work, or while tonic was reading its request (tonic's CANCELLED or INTERNAL then
+//!   goes nowhere). A call answered with a message or with any status, refusals included, held
+//!   its stream until the server was done with it, so such calls are bounded by
+//!   `--max-streams-per-connection` like any other load; counting them punished clients for the
+//!   server's own limits.
+//! - **Only within [`WASTED_WITHIN`] of the call starting, by the server's clock alone.** A
+//!   deadline ends a call no sooner than the deadline, whether tonic's timeout answers it or the
+//!   client resets the stream when its own timer fires, so a deadline of that length or more
+//!   never counts, and neither does a caller who gives up after waiting. The `grpc-timeout`
+//!   header is not read: a client may claim any deadline, and one that claimed a nanosecond
+//!   would be let off every reset. A deadline shorter than [`WASTED_WITHIN`] that expires before
+//!   the answer does count: the server cannot tell it from a reset.
+//! - **Per connection, not per address.** Clients behind one proxy or NAT share an address, and
+//!   one of them resetting streams would pause them all. A peer that opens many connections gets
+//!   a budget on each, but pays a handshake for each, and h2's own guard against rapid resets is
+//!   per connection too. A proxy that multiplexes many clients onto one HTTP/2 connection still
+//!   shares that connection's budget.
+//! - **A pause, not GOAWAY.** tonic offers no way to close one connection gracefully from
+//!   outside hyper, and a pause refuses nothing: the connection is read again once the budget
+//!   refills.
 //!
 //! The budget is counted by [`WasteLayer`], which sees each call, and enforced by [`Throttled`],
-//! which wraps each accepted connection. Behind a proxy every client shares the proxy's address,
-//! so there the limit should be raised or turned off (SECURITY.md).
+//! which wraps each accepted connection.
 
 use std::{
     collections::HashMap,
     future::Future,
     io,
-    net::{IpAddr, Ipv6Addr},
+    net::SocketAddr,
     pin::Pin,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     task::{Context, Poll, ready},
     time::{Duration, Instant},
 };
 
-use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tonic::{
-    Code,
+    body::Body,
     codegen::http,
     transport::server::{Connected, TcpConnectInfo},
 };
 
-/// A stream its client resets this soon after it opened, before the server sent any of its
-/// response, counts as wasted. Abusive resets come within microseconds; a caller that goes away
-/// after waiting a while for an answer is not wasting anything, and a subscriber that cancels
-/// after reading what it wanted (the first message comes at once) never counts.
-pub const YOUNG: Duration = Duration::from_secs(1);
-/// The longest a peer's reads are paused at once, however far past its budget it went: its
-/// connections then read again (and are paused again if it keeps on).
+/// A stream that ends with no answer this soon after its call started counts as wasted. A reset
+/// sent on purpose comes within a few milliseconds (the tests' abusers, which wait for a round
+/// trip before each reset, take about 2 ms in a debug build); a client's deadline, or its
+/// patience, is longer.
+pub const WASTED_WITHIN: Duration = Duration::from_millis(50);
+/// The longest a connection's reads are paused at once, however far past its budget it went: it
+/// is then read again (and paused again if it keeps on).
 const MAX_PAUSE: Duration = Duration::from_secs(10);
-/// Peers remembered before the ones that are back within budget and hold no connection are
-/// forgotten (they are then no different from a peer never seen).
-const PRUNE_AT: usize = 4_096;
-/// The most a peer in debt reads at a time, giving way to other tasks in between: some dozens of
-/// small frames (about 45 opened-and-reset streams), so that the calls one slice starts run, and
-/// are counted, before the next slice is read (docs/benchmarks.md, "Abuse").
+/// The most a connection in debt reads at a time, giving way to other tasks in between: some
+/// dozens of small frames (about 45 opened-and-reset streams), so that the calls one slice starts
+/// run, and are counted, before the next slice is read (docs/benchmarks.md, "Abuse").
 const IN_DEBT_READ: usize = 2 * 1024;
-/// How often the server may log that one peer was paused.
+/// How often the server may log that a connection was paused, over all connections: one abuser
+/// opening connection after connection must not flood the log.
 const WARN_EVERY: Duration = Duration::from_secs(10);
 
-/// What one peer may waste. Shared by the accept loop, every connection and every call.
+/// What each connection may waste, and each open connection's account. Shared by the accept
+/// loop, every connection and every call.
 #[derive(Debug)]
-pub struct PeerBudgets {
-    /// Wasted streams allowed per second, per peer, over time (for the log).
-    per_second: f64,
-    /// Wasted streams allowed at once before the rate applies (for the log).
-    burst: u32,
-    /// Nanoseconds one wasted stream takes to earn back; 0 turns the budget off.
+pub struct ConnectionBudgets {
+    /// Nanoseconds one wasted stream takes to earn back; 0 turns the budgets off.
     interval: u64,
-    /// Nanoseconds a peer's budget may lie ahead of now before it is paused: a burst's worth.
+    /// Nanoseconds a connection's budget may lie ahead of now before it is paused: a burst's worth.
     tolerance: u64,
-    /// The time every peer's clock counts from.
+    /// The time every account's clock counts from.
     epoch: Instant,
-    /// Each peer seen lately; each connection holds its peer's `Arc`.
-    peers: Mutex<Peers>,
-}
-
-#[derive(Debug)]
-struct Peers {
-    by_key: HashMap<IpAddr, Arc<Peer>>,
-    /// Prune again only once the map has grown past this.
-    prune_at: usize,
-}
-
-/// One peer's budget, kept as the time its budget would be whole again (GCRA's "theoretical
-/// arrival time"): each wasted stream pushes it one interval on; the peer is paused while it lies
-/// more than a burst ahead of now.
-#[derive(Debug)]
-pub struct Peer {
-    key: IpAddr,
-    /// Nanoseconds from the budgets' epoch; at or before now once the peer owes nothing.
-    whole_at: AtomicU64,
-    /// When the server last logged this peer's pause, in nanoseconds from the epoch (0: never).
+    /// When the server last logged a pause, in nanoseconds from the epoch (0: never).
     warned_at: AtomicU64,
+    /// The account of each open connection, by its peer's address and port: how a call finds
+    /// its connection's. Each [`Throttled`] removes its own when it is dropped.
+    open: Mutex<HashMap<SocketAddr, Arc<Account>>>,
 }
 
-impl PeerBudgets {
-    /// A budget of `burst` wasted streams per peer, refilled at `per_second`; 0 (or anything
-    /// but a positive number) turns it off. The slowest refill is one a day.
+impl ConnectionBudgets {
+    /// A budget of `burst` wasted streams per connection, refilled at `per_second`; 0 (or
+    /// anything but a positive number) turns it off. The slowest refill is one a day.
     pub fn new(per_second: f64, burst: u32) -> Arc<Self> {
         const DAY: f64 = 86_400e9;
         let interval = if per_second.is_finite() && per_second > 0.0 {
@@ -101,15 +101,11 @@ impl PeerBudgets {
             0
         };
         Arc::new(Self {
-            per_second,
-            burst,
             interval,
             tolerance: interval.saturating_mul(u64::from(burst)),
             epoch: Instant::now(),
-            peers: Mutex::new(Peers {
-                by_key: HashMap::new(),
-                prune_at: PRUNE_AT,
-            }),
+            warned_at: AtomicU64::new(0),
+            open: Mutex::new(HashMap::new()),
         })
     }
 
@@ -117,134 +113,115 @@ impl PeerBudgets {
         self.interval > 0
     }
 
+    /// Counts one wasted stream against the connection from `peer`, if it is still open.
+    fn waste(&self, peer: SocketAddr) {
+        let open = self.open.lock().expect("accounts lock poisoned");
+        if let Some(account) = open.get(&peer) {
+            account.waste_at(Instant::now());
+        }
+    }
+
     fn nanos(&self, at: Instant) -> u64 {
         at.saturating_duration_since(self.epoch).as_nanos() as u64
     }
 
-    /// Wraps a connection accepted from `address` so that it reads only while its peer is within
-    /// budget.
-    pub fn throttle<IO>(self: &Arc<Self>, io: IO, address: Option<IpAddr>) -> Throttled<IO> {
-        let peer = address
-            .filter(|_| self.enabled())
-            .map(|address| self.peer(address));
+    /// Wraps a connection accepted from `peer` with a budget of its own, so that it reads only
+    /// while within it.
+    pub fn throttle<IO>(self: &Arc<Self>, io: IO, peer: Option<SocketAddr>) -> Throttled<IO> {
+        let account = peer.filter(|_| self.enabled()).map(|peer| {
+            let account = Arc::new(Account {
+                budgets: self.clone(),
+                peer,
+                whole_at: AtomicU64::new(0),
+            });
+            let mut open = self.open.lock().expect("accounts lock poisoned");
+            open.insert(peer, account.clone());
+            account
+        });
         Throttled {
             io,
-            budgets: self.clone(),
-            peer,
+            account,
             pause: None,
             gave_way: false,
         }
     }
 
-    /// The peer with `address`, remembered from now on.
-    fn peer(&self, address: IpAddr) -> Arc<Peer> {
-        let key = peer_key(address);
-        let mut peers = self.peers.lock().expect("peers lock poisoned");
-        if let Some(peer) = peers.by_key.get(&key) {
-            return peer.clone();
-        }
-        if peers.by_key.len() >= peers.prune_at {
-            let now = self.nanos(Instant::now());
-            peers.by_key.retain(|_, peer| {
-                Arc::strong_count(peer) > 1 || peer.whole_at.load(Ordering::Relaxed) > now
-            });
-            peers.prune_at = PRUNE_AT.max(peers.by_key.len() * 2);
-        }
-        let peer = Arc::new(Peer {
-            key,
-            whole_at: AtomicU64::new(0),
-            warned_at: AtomicU64::new(0),
-        });
-        peers.by_key.insert(key, peer.clone());
-        peer
-    }
-
-    /// Counts one wasted stream against the peer at `address`.
-    fn waste(&self, address: IpAddr) {
-        if self.enabled() {
-            self.waste_at(&self.peer(address), Instant::now());
-        }
-    }
-
-    fn waste_at(&self, peer: &Peer, now: Instant) {
-        let now_nanos = self.nanos(now);
-        let ceiling = now_nanos
-            .saturating_add(self.tolerance)
-            .saturating_add(MAX_PAUSE.as_nanos() as u64);
-        let previous = peer
-            .whole_at
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |whole_at| {
-                Some(
-                    whole_at
-                        .max(now_nanos)
-                        .saturating_add(self.interval)
-                        .min(ceiling),
-                )
-            })
-            .expect("the update always returns Some");
-        let was_paused = previous.saturating_sub(self.tolerance) > now_nanos;
-        if !was_paused && self.paused_until(peer, now).is_some() {
-            self.warn_paused(peer, now_nanos);
-        }
-    }
-
-    /// Whether `peer` has wasted streams it has not yet earned back (paused or not).
-    fn in_debt(&self, peer: &Peer, now: Instant) -> bool {
-        peer.whole_at.load(Ordering::Relaxed) > self.nanos(now)
-    }
-
-    /// When `peer` may read again, if it is paused now.
-    fn paused_until(&self, peer: &Peer, now: Instant) -> Option<Instant> {
-        let resume = peer
-            .whole_at
-            .load(Ordering::Relaxed)
-            .saturating_sub(self.tolerance);
-        (resume > self.nanos(now)).then(|| self.epoch + Duration::from_nanos(resume))
-    }
-
-    fn warn_paused(&self, peer: &Peer, now_nanos: u64) {
-        let last = peer.warned_at.load(Ordering::Relaxed);
+    fn warn_paused(&self, peer: SocketAddr, now_nanos: u64) {
+        let last = self.warned_at.load(Ordering::Relaxed);
         if last != 0 && now_nanos.saturating_sub(last) < WARN_EVERY.as_nanos() as u64 {
             return;
         }
-        if peer
+        if self
             .warned_at
             .compare_exchange(last, now_nanos, Ordering::Relaxed, Ordering::Relaxed)
             .is_ok()
         {
             tracing::warn!(
-                peer = %peer.key,
-                burst = self.burst,
-                per_second = self.per_second,
-                "peer wasted more streams than its budget (reset right after opening, or refused): pausing reads from its connections"
+                %peer,
+                "a connection reset more streams before any answer than --wasted-streams-burst and --max-wasted-streams-per-second allow: pausing reads from it (the next such warning comes 10 s later at the earliest)"
             );
         }
     }
 }
 
-/// The key a peer's budget is kept under: its IPv4 address, or the /64 network of its IPv6
-/// address (one host can hold a whole /64).
-fn peer_key(address: IpAddr) -> IpAddr {
-    match address.to_canonical() {
-        IpAddr::V6(v6) => {
-            let network = u128::from(v6) & !((1u128 << 64) - 1);
-            IpAddr::V6(Ipv6Addr::from(network))
+/// One connection's budget, kept as the time it would be whole again (GCRA's "theoretical
+/// arrival time"): each wasted stream pushes it one interval on; the connection is paused while
+/// it lies more than a burst ahead of now.
+#[derive(Debug)]
+struct Account {
+    budgets: Arc<ConnectionBudgets>,
+    /// The peer's address and port: the key of this account, and named in the log.
+    peer: SocketAddr,
+    /// Nanoseconds from the budgets' epoch; at or before now once the connection owes nothing.
+    whole_at: AtomicU64,
+}
+
+impl Account {
+    fn waste_at(&self, now: Instant) {
+        let budgets = &self.budgets;
+        let now_nanos = budgets.nanos(now);
+        let ceiling = now_nanos
+            .saturating_add(budgets.tolerance)
+            .saturating_add(MAX_PAUSE.as_nanos() as u64);
+        let previous = self
+            .whole_at
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |whole_at| {
+                let later = whole_at.max(now_nanos).saturating_add(budgets.interval);
+                Some(later.min(ceiling))
+            })
+            .expect("the update always returns Some");
+        let was_paused = previous.saturating_sub(budgets.tolerance) > now_nanos;
+        if !was_paused && self.paused_until(now).is_some() {
+            budgets.warn_paused(self.peer, now_nanos);
         }
-        v4 => v4,
+    }
+
+    /// Whether the connection has wasted streams it has not yet earned back (paused or not).
+    fn in_debt(&self, now: Instant) -> bool {
+        self.whole_at.load(Ordering::Relaxed) > self.budgets.nanos(now)
+    }
+
+    /// When the connection may read again, if it is paused now.
+    fn paused_until(&self, now: Instant) -> Option<Instant> {
+        let budgets = &self.budgets;
+        let resume = self
+            .whole_at
+            .load(Ordering::Relaxed)
+            .saturating_sub(budgets.tolerance);
+        (resume > budgets.nanos(now)).then(|| budgets.epoch + Duration::from_nanos(resume))
     }
 }
 
-/// An accepted connection that stops reading while its peer is past its budget. Writes (the
-/// responses to what it already sent) go on.
+/// An accepted connection that stops reading while it is past its budget. Writes (the responses
+/// to what it already sent) go on.
 #[derive(Debug)]
 pub struct Throttled<IO> {
     io: IO,
-    budgets: Arc<PeerBudgets>,
-    /// `None` when the budget is off or the peer's address is unknown.
-    peer: Option<Arc<Peer>>,
+    /// `None` when the budgets are off or the peer's address is unknown.
+    account: Option<Arc<Account>>,
     /// The timer a paused read waits on.
     pause: Option<Pin<Box<tokio::time::Sleep>>>,
-    /// Whether the last read, made while the peer was in debt, gave way instead of reading.
+    /// Whether the last read, made while in debt, gave way instead of reading.
     gave_way: bool,
 }
 
@@ -255,11 +232,11 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Throttled<IO> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        let Some(peer) = &this.peer else {
+        let Some(account) = &this.account else {
             return Pin::new(&mut this.io).poll_read(cx, buf);
         };
         let mut now = Instant::now();
-        while let Some(resume) = this.budgets.paused_until(peer, now) {
+        while let Some(resume) = account.paused_until(now) {
             let resume = tokio::time::Instant::from_std(resume);
             let pause = this
                 .pause
@@ -270,12 +247,12 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Throttled<IO> {
             ready!(pause.as_mut().poll(cx));
             now = Instant::now();
         }
-        if !this.budgets.in_debt(peer, now) {
+        if !account.in_debt(now) {
             return Pin::new(&mut this.io).poll_read(cx, buf);
         }
-        // A peer still earning back what it wasted reads in small slices, giving way to every
-        // other task in between: what piled up in its socket while it was paused (a refused
-        // request's body, say) must not hold a worker thread for milliseconds at a time.
+        // A connection still earning back what it wasted reads in small slices, giving way to
+        // every other task in between, so that what piled up in its socket while it was paused
+        // cannot hold a worker thread for milliseconds at a time.
         this.gave_way = !this.gave_way;
         if this.gave_way {
             cx.waker().wake_by_ref();
@@ -319,6 +296,21 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Throttled<IO> {
     }
 }
 
+impl<IO> Drop for Throttled<IO> {
+    fn drop(&mut self) {
+        if let Some(account) = &self.account {
+            let mut open = account.budgets.open.lock().expect("accounts lock poisoned");
+            // Unless a new connection from the same address and port has taken the key since.
+            if open
+                .get(&account.peer)
+                .is_some_and(|a| Arc::ptr_eq(a, account))
+            {
+                open.remove(&account.peer);
+            }
+        }
+    }
+}
+
 impl<IO: Connected> Connected for Throttled<IO> {
     type ConnectInfo = IO::ConnectInfo;
 
@@ -327,33 +319,15 @@ impl<IO: Connected> Connected for Throttled<IO> {
     }
 }
 
-/// Whether a response with this status refuses the request for the request's own fault, so that
-/// sending it again unchanged would be refused again. INTERNAL is among them because this
-/// server's own code never answers it: only tonic does, for a request body it cannot decode or
-/// that ends (or is reset) before its message. Conflicts (ABORTED, FAILED_PRECONDITION), misses
-/// (NOT_FOUND) and UNAVAILABLE are not the client's waste.
-pub fn wasteful(code: Code) -> bool {
-    matches!(
-        code,
-        Code::InvalidArgument
-            | Code::Internal
-            | Code::OutOfRange
-            | Code::ResourceExhausted
-            | Code::Unauthenticated
-            | Code::PermissionDenied
-            | Code::Unimplemented
-    )
-}
-
-/// The tower layer that counts wasted streams against their peers' budgets.
+/// The tower layer that counts wasted streams against their connections' budgets.
 #[derive(Debug, Clone)]
 pub struct WasteLayer {
-    budgets: Arc<PeerBudgets>,
+    budgets: Arc<ConnectionBudgets>,
 }
 
 impl WasteLayer {
     /// Counts against `budgets`.
-    pub fn new(budgets: Arc<PeerBudgets>) -> Self {
+    pub fn new(budgets: Arc<ConnectionBudgets>) -> Self {
         Self { budgets }
     }
 }
@@ -373,131 +347,100 @@ impl<S> tower_layer::Layer<S> for WasteLayer {
 #[derive(Debug, Clone)]
 pub struct WasteCounted<S> {
     inner: S,
-    budgets: Arc<PeerBudgets>,
+    budgets: Arc<ConnectionBudgets>,
 }
 
-impl<S, ReqBody, ResBody> tower_service::Service<http::Request<ReqBody>> for WasteCounted<S>
+impl<S> tower_service::Service<http::Request<Body>> for WasteCounted<S>
 where
-    S: tower_service::Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
+    S: tower_service::Service<http::Request<Body>>,
     S::Future: Send + 'static,
 {
-    type Response = http::Response<Watched<ResBody>>;
+    type Response = S::Response;
     type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, S::Error>> + Send>>;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
-        let watch = self
-            .budgets
-            .enabled()
-            .then(|| remote_ip(&request))
-            .flatten()
-            .map(|address| Watch {
-                budgets: self.budgets.clone(),
-                address,
-                opened: Instant::now(),
-                open: true,
-            });
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        // The TCP connection's peer, as tonic records it (under TLS too, beside the TLS info).
+        let peer = request
+            .extensions()
+            .get::<TcpConnectInfo>()
+            .and_then(TcpConnectInfo::remote_addr);
+        let Some(peer) = peer.filter(|_| self.budgets.enabled()) else {
+            return Box::pin(self.inner.call(request));
+        };
+        let unanswered = Unanswered {
+            budgets: self.budgets.clone(),
+            peer: Some(peer),
+            started: Instant::now(),
+        };
+        let cut = Arc::new(AtomicBool::new(false));
+        let request = request.map(|body| {
+            let cut = cut.clone();
+            Body::new(Watched { body, cut })
+        });
         let response = self.inner.call(request);
         Box::pin(async move {
-            // Dropped here, before the response, if the client resets the stream.
-            let mut watch = watch;
-            let response = match response.await {
-                Ok(response) => response,
-                Err(error) => {
-                    // The server's failure, not the client's waste.
-                    if let Some(watch) = watch.take() {
-                        watch.settle(None);
-                    }
-                    return Err(error);
-                }
-            };
-            if let Some(code) = grpc_status(response.headers())
-                && let Some(watch) = watch.take()
-            {
-                // A trailers-only response: the call is over, refused or not.
-                watch.settle(Some(code));
+            // Dropped with this future, before it resolves, if the stream ends first.
+            let response = response.await;
+            // A reset while tonic reads the request fails the read, and tonic then answers
+            // CANCELLED or INTERNAL to a client that is no longer there: no answer at all.
+            if !cut.load(Ordering::Relaxed) {
+                unanswered.answered();
             }
-            Ok(response.map(|body| Watched { body, watch }))
+            response
         })
     }
 }
 
-/// The peer's address, as tonic recorded it for the connection the request came on (under TLS
-/// too: tonic then records the TCP connection's info beside the TLS one).
-fn remote_ip<B>(request: &http::Request<B>) -> Option<IpAddr> {
-    let info = request.extensions().get::<TcpConnectInfo>()?;
-    info.remote_addr().map(|address| address.ip())
+/// A call that has not answered yet. Dropped like that soon after the call started, it counts
+/// as wasted against its connection.
+struct Unanswered {
+    budgets: Arc<ConnectionBudgets>,
+    /// The connection's peer; `None` once the call has answered.
+    peer: Option<SocketAddr>,
+    started: Instant,
 }
 
-fn grpc_status(headers: &http::HeaderMap) -> Option<Code> {
-    let value = headers.get("grpc-status")?.to_str().ok()?.parse().ok()?;
-    Some(Code::from_i32(value))
-}
-
-/// One call in progress: dropped before it is settled, it counts as wasted if it was young.
-#[derive(Debug)]
-struct Watch {
-    budgets: Arc<PeerBudgets>,
-    address: IpAddr,
-    opened: Instant,
-    /// False once the call is settled, by its status or its end.
-    open: bool,
-}
-
-impl Watch {
-    /// Settles the call: wasted if `status` says the request was at fault, or that the client
-    /// cancelled it (tonic answers CANCELLED when a reset cuts off a request it is reading) while
-    /// it was young, as if it had been dropped.
-    fn settle(mut self, status: Option<Code>) {
-        self.open = false;
-        let cancelled_young = status == Some(Code::Cancelled) && self.opened.elapsed() < YOUNG;
-        if status.is_some_and(wasteful) || cancelled_young {
-            self.budgets.waste(self.address);
-        }
+impl Unanswered {
+    /// The call has answered, whatever with: nothing to count.
+    fn answered(mut self) {
+        self.peer = None;
     }
 }
 
-impl Drop for Watch {
+impl Drop for Unanswered {
     fn drop(&mut self) {
-        if self.open && self.opened.elapsed() < YOUNG {
-            self.budgets.waste(self.address);
+        if let Some(peer) = self.peer
+            && self.started.elapsed() < WASTED_WITHIN
+        {
+            self.budgets.waste(peer);
         }
     }
 }
 
-/// A response body that settles its call's watch with its first frame: a message (no waste),
-/// or trailers (waste if their status says so). Dropped before either, it was reset by the
-/// client before the call did anything for it.
-#[derive(Debug)]
-pub struct Watched<B> {
-    body: B,
-    /// `None` once settled.
-    watch: Option<Watch>,
+/// A request body that notes when reading it fails, which h2 makes it do when the client resets
+/// the stream (or the connection breaks).
+struct Watched {
+    body: Body,
+    /// Set on the first failed read.
+    cut: Arc<AtomicBool>,
 }
 
-impl<B: Body + Unpin> Body for Watched<B> {
-    type Data = B::Data;
-    type Error = B::Error;
+impl http_body::Body for Watched {
+    type Data = <Body as http_body::Body>::Data;
+    type Error = <Body as http_body::Body>::Error;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
         let frame = ready!(Pin::new(&mut self.body).poll_frame(cx));
-        if let Some(watch) = self.watch.take() {
-            watch.settle(match &frame {
-                // Trailers: refused or not, by their status.
-                Some(Ok(frame)) if frame.is_trailers() => {
-                    frame.trailers_ref().and_then(grpc_status)
-                }
-                // A message: the call did something for the client, whatever comes later.
-                // Otherwise it ended, or failed on the server's side: no waste either.
-                _ => None,
-            });
+        if let Some(Err(_)) = &frame {
+            self.cut.store(true, Ordering::Relaxed);
         }
         Poll::Ready(frame)
     }
@@ -506,7 +449,7 @@ impl<B: Body + Unpin> Body for Watched<B> {
         self.body.is_end_stream()
     }
 
-    fn size_hint(&self) -> SizeHint {
+    fn size_hint(&self) -> http_body::SizeHint {
         self.body.size_hint()
     }
 }
@@ -516,85 +459,76 @@ mod tests {
     use super::*;
 
     const MS: Duration = Duration::from_millis(1);
+    const PEER: SocketAddr =
+        SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 4321);
 
-    #[test]
-    fn peers_are_ipv4_addresses_or_ipv6_networks() {
-        let v4: IpAddr = "192.0.2.7".parse().unwrap();
-        assert_eq!(peer_key(v4), v4);
-        assert_eq!(peer_key("::ffff:192.0.2.7".parse().unwrap()), v4);
-        let network: IpAddr = "2001:db8:1:2::".parse().unwrap();
-        assert_eq!(
-            peer_key("2001:db8:1:2:aaaa:bbbb:cccc:dddd".parse().unwrap()),
-            network
-        );
-        assert_eq!(peer_key("2001:db8:1:2::1".parse().unwrap()), network);
-        assert_ne!(peer_key("2001:db8:1:3::1".parse().unwrap()), network);
+    fn connection(per_second: f64, burst: u32) -> Throttled<()> {
+        ConnectionBudgets::new(per_second, burst).throttle((), Some(PEER))
     }
 
     #[test]
-    fn a_peer_may_waste_a_burst_then_one_stream_per_interval() {
+    fn a_connection_may_waste_a_burst_then_one_stream_per_interval() {
         // 3 at once, then one every 100 ms.
-        let budgets = PeerBudgets::new(10.0, 3);
-        let peer = budgets.peer("192.0.2.7".parse().unwrap());
-        let start = budgets.epoch + Duration::from_secs(1);
-        assert!(!budgets.in_debt(&peer, start));
+        let connection = connection(10.0, 3);
+        let account = connection.account.as_ref().expect("budgets on");
+        let start = account.budgets.epoch + Duration::from_secs(1);
+        assert!(!account.in_debt(start));
         for _ in 0..3 {
-            budgets.waste_at(&peer, start);
-            assert_eq!(budgets.paused_until(&peer, start), None);
+            account.waste_at(start);
+            assert_eq!(account.paused_until(start), None);
         }
-        assert!(budgets.in_debt(&peer, start));
-        budgets.waste_at(&peer, start);
-        assert_eq!(budgets.paused_until(&peer, start), Some(start + 100 * MS));
-        assert_eq!(budgets.paused_until(&peer, start + 100 * MS), None);
-        budgets.waste_at(&peer, start + 100 * MS);
+        assert!(account.in_debt(start));
+        account.waste_at(start);
+        assert_eq!(account.paused_until(start), Some(start + 100 * MS));
+        assert_eq!(account.paused_until(start + 100 * MS), None);
+        account.waste_at(start + 100 * MS);
         assert_eq!(
-            budgets.paused_until(&peer, start + 100 * MS),
+            account.paused_until(start + 100 * MS),
             Some(start + 200 * MS)
         );
         // Five wasted by 100 ms, earned back at 100 ms each: whole again at 500 ms.
-        assert!(budgets.in_debt(&peer, start + 499 * MS));
-        assert!(!budgets.in_debt(&peer, start + 500 * MS));
+        assert!(account.in_debt(start + 499 * MS));
+        assert!(!account.in_debt(start + 500 * MS));
     }
 
     #[test]
-    fn however_much_a_peer_wastes_one_pause_is_bounded() {
-        let budgets = PeerBudgets::new(10.0, 3);
-        let peer = budgets.peer("192.0.2.7".parse().unwrap());
-        let start = budgets.epoch + Duration::from_secs(1);
+    fn however_much_a_connection_wastes_one_pause_is_bounded() {
+        let connection = connection(10.0, 3);
+        let account = connection.account.as_ref().expect("budgets on");
+        let start = account.budgets.epoch + Duration::from_secs(1);
         for _ in 0..100_000 {
-            budgets.waste_at(&peer, start);
+            account.waste_at(start);
         }
-        assert_eq!(budgets.paused_until(&peer, start), Some(start + MAX_PAUSE));
+        assert_eq!(account.paused_until(start), Some(start + MAX_PAUSE));
     }
 
     #[test]
-    fn a_rate_of_zero_turns_the_budget_off() {
-        for per_second in [0.0, -1.0, f64::NAN] {
-            let budgets = PeerBudgets::new(per_second, 0);
-            let connection = budgets.throttle((), Some("192.0.2.7".parse().unwrap()));
-            assert!(connection.peer.is_none());
-            budgets.waste("192.0.2.7".parse().unwrap());
-            assert!(budgets.peers.lock().unwrap().by_key.is_empty());
-        }
-    }
-
-    #[test]
-    fn peers_without_connections_or_debt_are_forgotten() {
-        let budgets = PeerBudgets::new(10.0, 3);
-        let connected = budgets.peer("192.0.2.1".parse().unwrap());
-        let indebted = budgets.peer("192.0.2.2".parse().unwrap());
-        budgets.waste_at(&indebted, Instant::now());
-        drop(indebted);
-        for n in 0..PRUNE_AT as u32 {
-            budgets.peer(IpAddr::V4((0x0a00_0000 + n).into()));
-        }
-        let remembered: Vec<IpAddr> = {
-            let peers = budgets.peers.lock().unwrap();
-            peers.by_key.keys().copied().collect()
+    fn only_a_call_that_ends_unanswered_right_after_it_started_is_wasted() {
+        // No burst: the first wasted stream puts the connection in debt.
+        let connection = connection(0.001, 0);
+        let account = connection.account.as_ref().expect("budgets on");
+        let call = |peer: Option<SocketAddr>, age: Duration| Unanswered {
+            budgets: account.budgets.clone(),
+            peer,
+            started: Instant::now() - age,
         };
-        // The two, and the peers added since the map was pruned.
-        assert!(remembered.len() <= 4, "{remembered:?}");
-        assert!(remembered.contains(&connected.key));
-        assert!(remembered.contains(&"192.0.2.2".parse().unwrap()));
+        drop(call(None, Duration::ZERO));
+        drop(call(Some(PEER), WASTED_WITHIN));
+        assert!(!account.in_debt(Instant::now()), "answered, or too late");
+        drop(call(Some(PEER), Duration::ZERO));
+        assert!(account.in_debt(Instant::now()));
+    }
+
+    #[test]
+    fn a_closed_connection_is_forgotten() {
+        let connection = connection(10.0, 3);
+        let budgets = connection
+            .account
+            .as_ref()
+            .expect("budgets on")
+            .budgets
+            .clone();
+        drop(connection);
+        assert!(budgets.open.lock().unwrap().is_empty());
     }
 }

@@ -4,23 +4,27 @@ mod support;
 
 use std::{
     sync::{
-        Arc,
+        Arc, Condvar, Mutex,
         atomic::{AtomicUsize, Ordering},
     },
-    time::Duration,
+    time::{Duration, SystemTime},
 };
 
+use prost::Message as _;
 use storywire::{
     auth::Tokens,
+    clock::Clock,
     limits::Limits,
-    pb::{self, change::Kind, subscribe_response::Item},
+    log::{DEFAULT_RETAIN_EVENTS, EventLog},
+    pb::{self, change::Kind, story_service_client::StoryServiceClient, subscribe_response::Item},
     server::ServerOptions,
 };
 use support::{
     http2::{self, RawPeer},
     *,
 };
-use tonic::{Code, Request};
+use tonic::{Code, Request, transport::Channel};
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 async fn server_with(limits: Limits, tokens: Option<Tokens>) -> TestServer {
     let options = ServerOptions {
@@ -400,128 +404,268 @@ async fn with_the_local_reset_limit_raised_each_malformed_stream_is_only_reset()
     );
 }
 
-#[tokio::test]
-async fn a_peer_past_its_budget_of_refused_requests_waits_while_other_peers_are_served() {
-    let server = server_with(waste_budget(5), None).await;
-    let mut neighbour = server.client().await;
-    publish(&mut neighbour, open("story", &[])).await;
+/// Opens a Publish on `stream` whose request never comes, waits until the server has read it (it
+/// answers a PING sent after it), then resets it: one stream wasted, as by a client that resets
+/// streams in a loop.
+async fn open_and_reset(peer: &mut RawPeer, stream: u32) {
+    let mut call = http2::grpc_call(stream, PUBLISH);
+    call.extend(http2::ping(u64::from(stream).to_be_bytes()));
+    peer.send(&call).await;
+    acknowledged(peer).await;
+    peer.send(&http2::reset(stream, http2::CANCEL)).await;
+}
 
-    let mut wasteful = server.client_from(WASTEFUL_PEER).await;
-    // The burst of 5 and one more: each refused and answered at once; the sixth puts the peer
-    // past its budget.
-    waste_by_refusals(&mut wasteful, 6).await;
-    // Now the server no longer reads from this peer, so even a valid publish waits...
-    let mut waiting = wasteful.clone();
-    let pending = tokio::spawn(async move {
-        waiting
-            .publish(note("story", "From the wasteful peer"))
-            .await
-    });
-    // ... while another peer publishes and reads as usual.
-    carry_on_publishing(&mut neighbour, 20).await;
-    let mut stream = subscribe(&mut neighbour, from(1)).await;
-    let (events, _) = until_caught_up(&mut stream).await;
-    assert_eq!(sequences(&events), (1..=21).collect::<Vec<u64>>());
-    assert!(
-        !pending.is_finished(),
-        "the paused peer's publish must still wait"
-    );
-    assert_eq!(server.log.head(), 21);
-    pending.abort();
+const PUBLISH: &str = "/storywire.v1.StoryService/Publish";
+
+/// Reads until the server acknowledges a PING, answering its SETTINGS and PINGs meanwhile.
+async fn acknowledged(peer: &mut RawPeer) {
+    loop {
+        let frame = peer.next_frame().await.expect("the connection stays open");
+        if frame.kind == http2::PING && frame.flags & http2::ACK != 0 {
+            return;
+        }
+        peer.answer(&frame).await;
+    }
+}
+
+/// Sends a PING and says whether the server answers it while `neighbour` publishes 50 updates
+/// one after another: it does not once it has stopped reading `peer`'s connection.
+async fn read_alongside(peer: &mut RawPeer, neighbour: &mut StoryServiceClient<Channel>) -> bool {
+    peer.send(&http2::ping(*b"still up")).await;
+    tokio::select! {
+        () = acknowledged(peer) => true,
+        () = carry_on_publishing(neighbour, 50) => false,
+    }
 }
 
 #[tokio::test]
-async fn a_paused_peer_is_read_again_once_its_budget_refills_and_loses_nothing() {
-    let limits = Limits {
-        wasted_streams_per_second: 20.0,
-        wasted_streams_burst: 2,
-        ..Limits::default()
-    };
-    let server = server_with(limits, None).await;
-    let mut client = server.client_from(WASTEFUL_PEER).await;
-    publish(&mut client, open("story", &[])).await;
-    waste_by_refusals(&mut client, 3).await;
-    // Paused for about 50 ms (one wasted stream at 20 a second); then read, and accepted.
-    let receipt = publish(&mut client, note("story", "After the pause")).await;
-    assert_eq!(receipt.sequence, 2);
-    assert_eq!(server.log.head(), 2);
-}
-
-#[tokio::test]
-async fn calls_a_peer_cancels_before_any_answer_count_against_its_budget() {
+async fn a_connection_resetting_streams_before_any_answer_is_paused_and_its_neighbours_are_not() {
     let server = server_with(waste_budget(5), None).await;
+    // Both connections come from 127.0.0.1, as clients behind one proxy would.
     let mut neighbour = server.client().await;
     publish(&mut neighbour, open("story", &[])).await;
 
-    // In a loop: open a Publish whose request never comes, wait until the server has read it
-    // (it answers a PING sent after it), then cancel it. Count the rounds the server took part in.
+    // In a loop: open a Publish, wait until the server has read it, then reset it. Count the
+    // rounds the server took part in.
     let rounds = Arc::new(AtomicUsize::new(0));
-    let mut peer = RawPeer::connect_from(server.address, WASTEFUL_PEER).await;
-    let cancelling = {
+    let mut peer = RawPeer::connect(server.address).await;
+    let resetting = {
         let rounds = rounds.clone();
         tokio::spawn(async move {
             for round in 0..1_000_u32 {
-                let stream = 2 * round + 1;
-                let mut call = http2::grpc_call(stream, "/storywire.v1.StoryService/Publish");
-                call.extend(http2::ping(u64::from(round).to_be_bytes()));
-                peer.send(&call).await;
-                loop {
-                    let frame = peer.next_frame().await.expect("the connection stays open");
-                    if frame.kind == http2::PING && frame.flags & http2::ACK != 0 {
-                        break;
-                    }
-                    peer.answer(&frame).await;
-                }
-                peer.send(&http2::reset(stream, http2::CANCEL)).await;
+                open_and_reset(&mut peer, 2 * round + 1).await;
                 rounds.fetch_add(1, Ordering::SeqCst);
             }
         })
     };
     // The neighbour's 50 round trips are ample time for 1,000 unthrottled rounds...
     carry_on_publishing(&mut neighbour, 50).await;
-    // ... but past the burst of 5, the server stopped reading the cancelling peer. A cancel is
-    // counted once the server has dropped the call, which may let a next few in first.
+    // ... but past the burst of 5, the server stopped reading the resetting connection. A reset
+    // is counted once the server has dropped the call, which may let a next few in first.
     let got_through = rounds.load(Ordering::SeqCst);
     assert!(
-        !cancelling.is_finished(),
-        "the cancelling peer must be paused"
+        !resetting.is_finished(),
+        "the resetting connection must be paused"
     );
     assert!(
         (5..=10).contains(&got_through),
-        "{got_through} cancelled calls got through"
+        "{got_through} reset calls got through"
     );
-    cancelling.abort();
+    resetting.abort();
+}
+
+#[tokio::test]
+async fn a_paused_connection_is_read_again_once_its_budget_refills_and_loses_nothing() {
+    let limits = Limits {
+        wasted_streams_per_second: 20.0,
+        wasted_streams_burst: 2,
+        ..Limits::default()
+    };
+    let server = server_with(limits, None).await;
+    publish(&mut server.client().await, open("story", &[])).await;
+    let mut peer = RawPeer::connect(server.address).await;
+    for stream in [1, 3, 5] {
+        open_and_reset(&mut peer, stream).await;
+    }
+    // Paused for about 50 ms (one wasted stream at 20 a second); then read, and accepted.
+    let mut call = http2::grpc_call(7, PUBLISH);
+    call.extend(http2::grpc_message(
+        7,
+        &note("story", "After the pause").encode_to_vec(),
+    ));
+    peer.send(&call).await;
+    within("the publish's answer", async {
+        loop {
+            let frame = peer.next_frame().await.expect("the connection stays open");
+            if frame.stream == 7
+                && frame.kind == http2::HEADERS
+                && frame.flags & http2::END_STREAM != 0
+            {
+                return;
+            }
+            peer.answer(&frame).await;
+        }
+    })
+    .await;
+    assert_eq!(server.log.head(), 2);
+}
+
+/// A clock that can be stalled: while it is, telling the time waits until the test lets it go.
+/// The log reads the clock under its write lock for every append, so a stalled clock holds up
+/// publishes as a disk whose fsync hangs would.
+#[derive(Debug, Default)]
+struct StallingClock {
+    /// Whether the clock is stalled; `changed` is signalled when it is let go.
+    stalled: Mutex<bool>,
+    changed: Condvar,
+}
+
+impl StallingClock {
+    fn stall(&self, stalled: bool) {
+        *self.stalled.lock().expect("clock lock") = stalled;
+        self.changed.notify_all();
+    }
+}
+
+impl Clock for StallingClock {
+    fn now(&self) -> SystemTime {
+        // The worker's other tasks move to another thread while this one waits.
+        tokio::task::block_in_place(|| {
+            let stalled = self.stalled.lock().expect("clock lock");
+            drop(self.changed.wait_while(stalled, |stalled| *stalled));
+        });
+        SystemTime::now()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_whose_deadlines_expire_on_a_slow_server_is_never_paused() {
+    let clock = Arc::new(StallingClock::default());
+    let log = Arc::new(EventLog::new(DEFAULT_RETAIN_EVENTS, clock.clone()));
+    let options = ServerOptions {
+        limits: waste_budget(5),
+        ..Default::default()
+    };
+    let server = TestServer::over_with(log, options).await;
+    let mut neighbour = server.client().await;
+    publish(&mut neighbour, open("story", &[])).await;
+    let channel = server.channel_from(SECOND_PEER).await;
+    let mut hurried = StoryServiceClient::new(channel.clone());
+    let mut health = HealthClient::new(channel);
+    let mut head = server.log.watch_head();
+
+    for n in 0..50 {
+        clock.stall(true);
+        let mut request = Request::new(note("story", &format!("Hurried {n}")));
+        request.set_timeout(Duration::from_millis(100));
+        let late = within("a publish past its deadline", hurried.publish(request)).await;
+        late.expect_err("the deadline passed before the answer");
+        // The client reset the stream at its deadline; once a call sent after it on the same
+        // connection is answered, the server has read the reset. Only then does the publish go on.
+        within(
+            "a health check",
+            health.check(HealthCheckRequest::default()),
+        )
+        .await
+        .expect("health check");
+        clock.stall(false);
+        within("the late publish", head.wait_for(|&head| head >= n + 2))
+            .await
+            .expect("the log is open");
+    }
+    assert!(
+        answered_alongside(&hurried, &mut neighbour).await,
+        "a client whose deadlines expired must not be paused"
+    );
+}
+
+#[tokio::test]
+async fn calls_the_server_times_out_never_pause_their_connection() {
+    let server = server_with(waste_budget(5), None).await;
+    let mut neighbour = server.client().await;
+    publish(&mut neighbour, open("story", &[])).await;
+    // 50 Publishes with 100 ms deadlines whose request messages never come: tonic's timeout
+    // answers each, with a status and no message.
+    let mut peer = RawPeer::connect_from(server.address, SECOND_PEER).await;
+    let calls: Vec<u8> = (0..50)
+        .flat_map(|i| http2::grpc_call_with(2 * i + 1, PUBLISH, &[("grpc-timeout", "100m")]))
+        .collect();
+    peer.send(&calls).await;
+    within("50 answers", async {
+        let mut answered = 0;
+        while answered < 50 {
+            let frame = peer.next_frame().await.expect("the connection stays open");
+            if frame.kind == http2::HEADERS && frame.flags & http2::END_STREAM != 0 {
+                answered += 1;
+            }
+            peer.answer(&frame).await;
+        }
+    })
+    .await;
+    assert!(
+        read_alongside(&mut peer, &mut neighbour).await,
+        "a connection whose calls timed out must not be paused"
+    );
+}
+
+#[tokio::test]
+async fn refusals_never_pause_a_connection() {
+    let limits = Limits {
+        max_subscribers: 0,
+        max_request_bytes: 1024,
+        ..waste_budget(5)
+    };
+    let server = server_with(limits, None).await;
+    let mut neighbour = server.client().await;
+    publish(&mut neighbour, open("story", &[])).await;
+    let mut refused = server.client_from(SECOND_PEER).await;
+    let oversized = note("story", &"x".repeat(2_000));
+    within("200 refusals of each kind", async {
+        for _ in 0..200 {
+            let subscribed = refused.subscribe(from(1)).await;
+            expect_status(subscribed, Code::ResourceExhausted, &["limit of 0"]);
+            let published = refused.publish(oversized.clone()).await;
+            expect_status(published, Code::OutOfRange, &["too large"]);
+        }
+    })
+    .await;
+    assert!(
+        answered_alongside(&refused, &mut neighbour).await,
+        "a client refused must not be paused"
+    );
 }
 
 #[tokio::test]
 async fn a_subscriber_that_reads_and_then_cancels_wastes_nothing() {
-    // No burst at all: the first wasted stream would pause the peer.
+    // No burst at all: the first wasted stream would pause the connection.
     let server = server_with(waste_budget(0), None).await;
     let mut neighbour = server.client().await;
     publish(&mut neighbour, open("story", &[])).await;
-    let mut reader = server.client_from(WASTEFUL_PEER).await;
+    let mut reader = server.client_from(SECOND_PEER).await;
     for _ in 0..30 {
         let mut stream = subscribe(&mut reader, from(1)).await;
         until_caught_up(&mut stream).await;
         drop(stream);
     }
-    // Still read: its publish is answered while the neighbour makes its round trips.
-    let pending = tokio::spawn(async move { reader.publish(note("story", "Still read")).await });
-    carry_on_publishing(&mut neighbour, 50).await;
-    assert!(pending.is_finished(), "the reader must not be paused");
-    pending.await.expect("task").expect("publish accepted");
+    assert!(
+        answered_alongside(&reader, &mut neighbour).await,
+        "the reader must not be paused"
+    );
 }
 
 #[tokio::test]
-async fn with_the_budget_off_a_peer_may_waste_as_much_as_it_likes() {
+async fn with_the_budget_off_a_connection_may_reset_as_many_streams_as_it_likes() {
     let limits = Limits {
         wasted_streams_per_second: 0.0,
         wasted_streams_burst: 0,
         ..Limits::default()
     };
     let server = server_with(limits, None).await;
-    let mut client = server.client_from(WASTEFUL_PEER).await;
-    publish(&mut client, open("story", &[])).await;
-    waste_by_refusals(&mut client, 200).await;
-    publish(&mut client, note("story", "Still read")).await;
+    let mut peer = RawPeer::connect(server.address).await;
+    within("200 streams opened and reset", async {
+        for round in 0..200 {
+            open_and_reset(&mut peer, 2 * round + 1).await;
+        }
+    })
+    .await;
 }

@@ -208,10 +208,9 @@ struct LimitArgs {
     /// Streams the server may reset for a client's errors before it closes the connection.
     #[arg(long, default_value_t = Limits::default().max_local_error_reset_streams)]
     max_local_error_reset_streams: usize,
-    /// Streams one peer (IPv4 address or IPv6 /64) may waste per second: reset within a second
-    /// of opening before any answer, or refused as invalid, undecodable, too large or
-    /// unauthorized. Past the budget the server stops reading from that peer until it refills.
-    /// 0: no limit (e.g. behind a proxy, where all clients share its address).
+    /// Streams one connection may waste per second: reset by the client before any answer,
+    /// within 50 ms of the call starting (answers, refusals and deadlines never count). Past the
+    /// budget the server stops reading that connection until it refills. 0: no limit.
     #[arg(long, default_value_t = Limits::default().wasted_streams_per_second,
           value_parser = per_second)]
     max_wasted_streams_per_second: f64,
@@ -220,7 +219,7 @@ struct LimitArgs {
     #[arg(long, value_name = "SECONDS", default_value_t = Limits::default().shutdown_grace.as_secs_f64(),
           value_parser = seconds)]
     shutdown_grace: f64,
-    /// Streams one peer may waste at once before --max-wasted-streams-per-second applies.
+    /// Streams one connection may waste at once before --max-wasted-streams-per-second applies.
     #[arg(long, default_value_t = Limits::default().wasted_streams_burst)]
     wasted_streams_burst: u32,
 }

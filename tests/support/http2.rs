@@ -11,6 +11,7 @@ use tokio::{
 };
 
 /// Frame types (RFC 9113, section 6).
+pub const DATA: u8 = 0x0;
 pub const HEADERS: u8 = 0x1;
 pub const RST_STREAM: u8 = 0x3;
 pub const SETTINGS: u8 = 0x4;
@@ -19,6 +20,7 @@ pub const GOAWAY: u8 = 0x7;
 
 /// Flags.
 pub const ACK: u8 = 0x1;
+pub const END_STREAM: u8 = 0x1;
 pub const END_HEADERS: u8 = 0x4;
 
 /// Error codes (RFC 9113, section 7).
@@ -151,17 +153,29 @@ pub fn headers(stream: u32, fields: &[(&str, &str)]) -> Vec<u8> {
 
 /// A HEADERS frame opening `stream` as a gRPC call to `path`: a request whose body never comes.
 pub fn grpc_call(stream: u32, path: &str) -> Vec<u8> {
-    headers(
-        stream,
-        &[
-            (":method", "POST"),
-            (":scheme", "http"),
-            (":path", path),
-            (":authority", "127.0.0.1"),
-            ("content-type", "application/grpc"),
-            ("te", "trailers"),
-        ],
-    )
+    grpc_call_with(stream, path, &[])
+}
+
+/// Like [`grpc_call`], with `extra` header fields, e.g. `("grpc-timeout", "100m")`.
+pub fn grpc_call_with(stream: u32, path: &str, extra: &[(&str, &str)]) -> Vec<u8> {
+    let mut fields = vec![
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":path", path),
+        (":authority", "127.0.0.1"),
+        ("content-type", "application/grpc"),
+        ("te", "trailers"),
+    ];
+    fields.extend_from_slice(extra);
+    headers(stream, &fields)
+}
+
+/// A DATA frame carrying `message` as one uncompressed gRPC message and ending `stream`'s request.
+pub fn grpc_message(stream: u32, message: &[u8]) -> Vec<u8> {
+    let mut payload = vec![0];
+    payload.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    payload.extend_from_slice(message);
+    frame(DATA, END_STREAM, stream, &payload)
 }
 
 /// A RST_STREAM frame ending `stream` with `code`.

@@ -20,7 +20,7 @@ use storywire::{
     server,
 };
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
-use tonic::{Streaming, transport::Channel};
+use tonic::{Streaming, codegen::http, transport::Channel};
 
 /// The most any single wait in a test may take before the test fails instead of hanging. It bounds
 /// a wait; it never stands in for one.
@@ -67,10 +67,7 @@ impl TestServer {
             storywire::log::DEFAULT_RETAIN_EVENTS,
             Arc::new(SystemClock),
         ));
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind loopback");
-        Self::serve(listener, log, options)
+        Self::over_with(log, options).await
     }
 
     /// A server over a fresh log whose stories may hold what `limits` allow.
@@ -85,10 +82,15 @@ impl TestServer {
 
     /// A server over an existing log, on a new port.
     pub async fn over(log: Arc<EventLog>) -> Self {
+        Self::over_with(log, server::ServerOptions::default()).await
+    }
+
+    /// A server over an existing log with `options`, on a new port.
+    pub async fn over_with(log: Arc<EventLog>, options: server::ServerOptions) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind loopback");
-        Self::serve(listener, log, server::ServerOptions::default())
+        Self::serve(listener, log, options)
     }
 
     /// A server over an existing log on a given loopback address (to restart on the same port).
@@ -139,11 +141,16 @@ impl TestServer {
     /// A generated client whose connection comes from `local`, another loopback address (all of
     /// 127.0.0.0/8 is loopback on Linux): to the server, a peer of its own.
     pub async fn client_from(&self, local: IpAddr) -> StoryServiceClient<Channel> {
+        StoryServiceClient::new(self.channel_from(local).await)
+    }
+
+    /// A channel to this server from `local`, another loopback address.
+    pub async fn channel_from(&self, local: IpAddr) -> Channel {
         let endpoint = Channel::from_shared(self.url())
             .expect("valid url")
             .local_address(Some(local));
         let channel = within("a connection", endpoint.connect()).await;
-        StoryServiceClient::new(channel.expect("connect from another loopback address"))
+        channel.expect("connect from another loopback address")
     }
 
     /// Shuts the server down gracefully and waits until it has stopped.
@@ -479,10 +486,13 @@ pub fn expect_status<T: std::fmt::Debug>(
     status
 }
 
-/// The loopback address the wasteful peer connects from; the well-behaved one uses 127.0.0.1.
-pub const WASTEFUL_PEER: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
+/// A second loopback address. The budget tests connect the client under test from it and its
+/// neighbour from 127.0.0.1, so that they are two connections whether the server tells peers
+/// apart by connection or by address.
+pub const SECOND_PEER: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
 
-/// Limits with a budget of `burst` wasted streams per peer that, in effect, never refills during a test.
+/// Limits with a budget of `burst` wasted streams per connection that, in effect, never refills
+/// during a test.
 pub fn waste_budget(burst: u32) -> Limits {
     Limits {
         wasted_streams_per_second: 0.001,
@@ -491,27 +501,73 @@ pub fn waste_budget(burst: u32) -> Limits {
     }
 }
 
-/// A Publish the server refuses for the request's own fault (it names no story).
-pub fn refused() -> pb::PublishRequest {
-    pb::PublishRequest {
-        story_id: String::new(),
-        ..note("story", "no story")
+/// Cancels `count` calls on `channel` that the server has started and not answered, one after
+/// another, as a client resetting streams in a loop would: each a Publish whose request message
+/// never comes, dropped (so reset) once a ListStories sent after it on the same connection has
+/// been answered, which shows the server has read the Publish's headers (it reads in order).
+pub async fn waste_by_cancelling(channel: &Channel, count: usize) {
+    let path = http::uri::PathAndQuery::from_static("/storywire.v1.StoryService/Publish");
+    let mut client = StoryServiceClient::new(channel.clone());
+    // One round trip first: on a new connection TCP may hold the first answers back for a
+    // delayed ACK (40 ms), which would make the first round slower than any abuser's.
+    list_stories(&mut client).await;
+    for _ in 0..count {
+        let mut grpc = tonic::client::Grpc::new(channel.clone());
+        within("the channel to be ready", grpc.ready())
+            .await
+            .expect("channel ready");
+        let call = grpc.client_streaming::<_, pb::PublishRequest, pb::PublishResponse, _>(
+            tonic::Request::new(tokio_stream::pending()),
+            path.clone(),
+            tonic_prost::ProstCodec::default(),
+        );
+        let mut call = std::pin::pin!(call);
+        // One poll hands the call to the connection; it cannot be answered without its message.
+        std::future::poll_fn(|cx| {
+            assert!(
+                call.as_mut().poll(cx).is_pending(),
+                "answered without a message"
+            );
+            std::task::Poll::Ready(())
+        })
+        .await;
+        list_stories(&mut client).await;
     }
 }
 
-/// Sends `count` requests the server refuses (each answered at once), wasting as many streams.
-pub async fn waste_by_refusals(client: &mut StoryServiceClient<Channel>, count: usize) {
-    for _ in 0..count {
-        expect_status(
-            client.publish(refused()).await,
-            tonic::Code::InvalidArgument,
-            &["story_id"],
-        );
+async fn list_stories(client: &mut StoryServiceClient<Channel>) {
+    within(
+        "list_stories",
+        client.list_stories(pb::ListStoriesRequest::default()),
+    )
+    .await
+    .expect("list_stories");
+}
+
+/// Publishes twice from `peer`, one after the other, while `neighbour`, on another connection,
+/// publishes 50 updates one after another, and says whether the server answered both meanwhile:
+/// it does not once it has stopped reading `peer`'s connection. (The first may be read while
+/// the server is still counting a stream `peer` has just wasted.) Story "story" must be open.
+pub async fn answered_alongside(
+    peer: &StoryServiceClient<Channel>,
+    neighbour: &mut StoryServiceClient<Channel>,
+) -> bool {
+    let mut peer = peer.clone();
+    let pending = tokio::spawn(async move {
+        peer.publish(note("story", "From the peer")).await?;
+        peer.publish(note("story", "From the peer, again")).await
+    });
+    carry_on_publishing(neighbour, 50).await;
+    if !pending.is_finished() {
+        pending.abort();
+        return false;
     }
+    pending.await.expect("task").expect("publish accepted");
+    true
 }
 
 /// Publishes `count` events as a well-behaved peer would, one after another, and checks each
-/// landed: proof the server went on serving while the wasteful peer waited.
+/// landed: proof the server went on serving.
 pub async fn carry_on_publishing(client: &mut StoryServiceClient<Channel>, count: usize) {
     for n in 0..count {
         let receipt = publish(client, note("story", &format!("Update {n}"))).await;
