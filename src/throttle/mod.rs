@@ -38,24 +38,19 @@
 
 use std::{
     collections::HashMap,
-    future::Future,
-    io,
     net::SocketAddr,
-    pin::Pin,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicU64, Ordering},
     },
-    task::{Context, Poll, ready},
     time::{Duration, Instant},
 };
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tonic::{
-    body::Body,
-    codegen::http,
-    transport::server::{Connected, TcpConnectInfo},
-};
+mod connection;
+mod count;
+
+pub use connection::Throttled;
+pub use count::{WasteCounted, WasteLayer};
 
 /// A stream that ends with no answer this soon after its call started counts as wasted. A reset
 /// sent on purpose comes within a few milliseconds (the tests' abusers, which wait for a round
@@ -212,251 +207,9 @@ impl Account {
     }
 }
 
-/// An accepted connection that stops reading while it is past its budget. Writes (the responses
-/// to what it already sent) go on.
-#[derive(Debug)]
-pub struct Throttled<IO> {
-    io: IO,
-    /// `None` when the budgets are off or the peer's address is unknown.
-    account: Option<Arc<Account>>,
-    /// The timer a paused read waits on.
-    pause: Option<Pin<Box<tokio::time::Sleep>>>,
-    /// Whether the last read, made while in debt, gave way instead of reading.
-    gave_way: bool,
-}
-
-impl<IO: AsyncRead + Unpin> AsyncRead for Throttled<IO> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = &mut *self;
-        let Some(account) = &this.account else {
-            return Pin::new(&mut this.io).poll_read(cx, buf);
-        };
-        let mut now = Instant::now();
-        while let Some(resume) = account.paused_until(now) {
-            let resume = tokio::time::Instant::from_std(resume);
-            let pause = this
-                .pause
-                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(resume)));
-            if pause.deadline() != resume {
-                pause.as_mut().reset(resume);
-            }
-            ready!(pause.as_mut().poll(cx));
-            now = Instant::now();
-        }
-        if !account.in_debt(now) {
-            return Pin::new(&mut this.io).poll_read(cx, buf);
-        }
-        // A connection still earning back what it wasted reads in small slices, giving way to
-        // every other task in between, so that what piled up in its socket while it was paused
-        // cannot hold a worker thread for milliseconds at a time.
-        this.gave_way = !this.gave_way;
-        if this.gave_way {
-            cx.waker().wake_by_ref();
-            return Poll::Pending;
-        }
-        let mut slice = [0; IN_DEBT_READ];
-        let mut limited = ReadBuf::new(&mut slice[..buf.remaining().min(IN_DEBT_READ)]);
-        ready!(Pin::new(&mut this.io).poll_read(cx, &mut limited))?;
-        buf.put_slice(limited.filled());
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl<IO: AsyncWrite + Unpin> AsyncWrite for Throttled<IO> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
-}
-
-impl<IO> Drop for Throttled<IO> {
-    fn drop(&mut self) {
-        if let Some(account) = &self.account {
-            let mut open = account.budgets.open.lock().expect("accounts lock poisoned");
-            // Unless a new connection from the same address and port has taken the key since.
-            if open
-                .get(&account.peer)
-                .is_some_and(|a| Arc::ptr_eq(a, account))
-            {
-                open.remove(&account.peer);
-            }
-        }
-    }
-}
-
-impl<IO: Connected> Connected for Throttled<IO> {
-    type ConnectInfo = IO::ConnectInfo;
-
-    fn connect_info(&self) -> Self::ConnectInfo {
-        self.io.connect_info()
-    }
-}
-
-/// The tower layer that counts wasted streams against their connections' budgets.
-#[derive(Debug, Clone)]
-pub struct WasteLayer {
-    budgets: Arc<ConnectionBudgets>,
-}
-
-impl WasteLayer {
-    /// Counts against `budgets`.
-    pub fn new(budgets: Arc<ConnectionBudgets>) -> Self {
-        Self { budgets }
-    }
-}
-
-impl<S> tower_layer::Layer<S> for WasteLayer {
-    type Service = WasteCounted<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        WasteCounted {
-            inner,
-            budgets: self.budgets.clone(),
-        }
-    }
-}
-
-/// A service whose calls are watched for waste.
-#[derive(Debug, Clone)]
-pub struct WasteCounted<S> {
-    inner: S,
-    budgets: Arc<ConnectionBudgets>,
-}
-
-impl<S> tower_service::Service<http::Request<Body>> for WasteCounted<S>
-where
-    S: tower_service::Service<http::Request<Body>>,
-    S::Future: Send + 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        // The TCP connection's peer, as tonic records it (under TLS too, beside the TLS info).
-        let peer = request
-            .extensions()
-            .get::<TcpConnectInfo>()
-            .and_then(TcpConnectInfo::remote_addr);
-        let Some(peer) = peer.filter(|_| self.budgets.enabled()) else {
-            return Box::pin(self.inner.call(request));
-        };
-        let unanswered = Unanswered {
-            budgets: self.budgets.clone(),
-            peer: Some(peer),
-            started: Instant::now(),
-        };
-        let cut = Arc::new(AtomicBool::new(false));
-        let request = request.map(|body| {
-            let cut = cut.clone();
-            Body::new(Watched { body, cut })
-        });
-        let response = self.inner.call(request);
-        Box::pin(async move {
-            // Dropped with this future, before it resolves, if the stream ends first.
-            let response = response.await;
-            // A reset while tonic reads the request fails the read, and tonic then answers
-            // CANCELLED or INTERNAL to a client that is no longer there: no answer at all.
-            if !cut.load(Ordering::Relaxed) {
-                unanswered.answered();
-            }
-            response
-        })
-    }
-}
-
-/// A call that has not answered yet. Dropped like that soon after the call started, it counts
-/// as wasted against its connection.
-struct Unanswered {
-    budgets: Arc<ConnectionBudgets>,
-    /// The connection's peer; `None` once the call has answered.
-    peer: Option<SocketAddr>,
-    started: Instant,
-}
-
-impl Unanswered {
-    /// The call has answered, whatever with: nothing to count.
-    fn answered(mut self) {
-        self.peer = None;
-    }
-}
-
-impl Drop for Unanswered {
-    fn drop(&mut self) {
-        if let Some(peer) = self.peer
-            && self.started.elapsed() < WASTED_WITHIN
-        {
-            self.budgets.waste(peer);
-        }
-    }
-}
-
-/// A request body that notes when reading it fails, which h2 makes it do when the client resets
-/// the stream (or the connection breaks).
-struct Watched {
-    body: Body,
-    /// Set on the first failed read.
-    cut: Arc<AtomicBool>,
-}
-
-impl http_body::Body for Watched {
-    type Data = <Body as http_body::Body>::Data;
-    type Error = <Body as http_body::Body>::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        let frame = ready!(Pin::new(&mut self.body).poll_frame(cx));
-        if let Some(Err(_)) = &frame {
-            self.cut.store(true, Ordering::Relaxed);
-        }
-        Poll::Ready(frame)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.body.size_hint()
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::{count::Unanswered, *};
 
     const MS: Duration = Duration::from_millis(1);
     const PEER: SocketAddr =
