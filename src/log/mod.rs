@@ -183,6 +183,8 @@ pub struct EventLog {
     heads: Arc<Heads>,
     /// Where accepted events become durable and visible.
     journal: Box<dyn Journal>,
+    /// The thread that rebuilds stories as of a version, started by the first such read.
+    rebuilder: std::sync::OnceLock<query::Rebuilder>,
 }
 
 impl std::fmt::Debug for EventLog {
@@ -238,6 +240,7 @@ impl EventLog {
             state,
             heads,
             journal,
+            rebuilder: std::sync::OnceLock::new(),
         }
     }
 

@@ -3,7 +3,10 @@
 //! decoding and folding happen after it is released. Reads that return story state wait until
 //! readers may see every event it includes.
 
-use std::{collections::HashSet, sync::Arc};
+use std::{
+    collections::HashSet,
+    sync::{Arc, mpsc},
+};
 
 use super::{EventLog, LogError, LoggedEvent};
 use crate::{
@@ -199,20 +202,20 @@ impl EventLog {
     /// state includes.
     ///
     /// The lock is held only to find the events (reference counts); decoding and folding them,
-    /// which for a long story takes a while, happens after it is released, on a blocking thread
-    /// so that it holds up no other task.
+    /// which for a long story takes a while, happens after it is released, on the log's
+    /// [`Rebuilder`] thread.
     pub async fn story(
         &self,
         story_id: &str,
         as_of_version: Option<u64>,
     ) -> Result<pb::Story, LogError> {
         let story = match self.history(story_id, as_of_version)? {
-            Found::Current(story) => story,
+            Found::Current(story) => (*story).clone(),
             Found::History(history) => {
-                let story_id = story_id.to_owned();
-                tokio::task::spawn_blocking(move || rebuild(&story_id, &history))
+                self.rebuilder
+                    .get_or_init(Rebuilder::start)
+                    .rebuild(story_id.to_owned(), history)
                     .await
-                    .expect("rebuilding a story that applied once cannot fail")
             }
         };
         self.until_visible(std::iter::once(story.last_sequence))
@@ -222,35 +225,37 @@ impl EventLog {
 
     /// The story now, or the retained events its state as of `as_of_version` folds.
     fn history(&self, story_id: &str, as_of_version: Option<u64>) -> Result<Found, LogError> {
-        let state = self.read();
-        let current = state
-            .stories
-            .get(story_id)
-            .ok_or_else(|| StoryError::NotFound {
-                story_id: story_id.to_owned(),
-            })?;
-        let Some(version) = as_of_version else {
-            return Ok(Found::Current(current.clone()));
+        let not_found = || StoryError::NotFound {
+            story_id: story_id.to_owned(),
         };
-        if version > current.version {
-            return Err(LogError::VersionBeyondStory {
-                story_id: story_id.to_owned(),
-                requested: version,
-                current: current.version,
-            });
-        }
+        let (version, sequences) = {
+            let state = self.read();
+            let current = state.stories.shared(story_id).ok_or_else(not_found)?;
+            let Some(version) = as_of_version else {
+                return Ok(Found::Current(current.clone()));
+            };
+            if version > current.version {
+                return Err(LogError::VersionBeyondStory {
+                    story_id: story_id.to_owned(),
+                    requested: version,
+                    current: current.version,
+                });
+            }
+            (version, state.stories.history(story_id, version))
+        };
         let not_retained = || LogError::HistoryNotRetained {
             story_id: story_id.to_owned(),
             requested: version,
         };
-        let sequences = state
-            .stories
-            .history(story_id, version)
-            .ok_or_else(not_retained)?;
-        let history = sequences
-            .into_iter()
-            .map(|sequence| state.entry(sequence).cloned().ok_or_else(not_retained))
-            .collect::<Result<_, _>>()?;
+        let sequences = sequences.ok_or_else(not_retained)?;
+        // A long history is collected a chunk per hold of the lock, like a long scan.
+        let mut history = Vec::with_capacity(sequences.len());
+        for chunk in sequences.chunks(SCAN_PER_LOCK) {
+            let state = self.read();
+            for &sequence in chunk {
+                history.push(state.entry(sequence).cloned().ok_or_else(not_retained)?);
+            }
+        }
         Ok(Found::History(history))
     }
 
@@ -282,8 +287,8 @@ impl EventLog {
 
 /// What a story read found under the lock.
 enum Found {
-    /// The story as it stands.
-    Current(pb::Story),
+    /// The story as it stands, shared: copied for the answer after the lock is released.
+    Current(Arc<pb::Story>),
     /// The events whose fold is the story as of the version asked for.
     History(Vec<Arc<LoggedEvent>>),
 }
@@ -300,4 +305,55 @@ fn rebuild(story_id: &str, history: &[Arc<LoggedEvent>]) -> pb::Story {
         .get(story_id)
         .expect("the history opens the story")
         .clone()
+}
+
+/// The thread that rebuilds stories as of a version, one at a time, at a lower CPU priority than
+/// the rest of the server. A rebuild is all CPU (100,000 events take tens of milliseconds), so
+/// clients looping on `as_of_version` would otherwise take the cores from publishers and
+/// subscribers; queued behind one thread that gives way to every other, they take what is left.
+#[derive(Debug)]
+pub(super) struct Rebuilder {
+    /// Rebuilds waiting their turn. The thread ends when the log, and so this sender, is dropped.
+    jobs: mpsc::Sender<Box<dyn FnOnce() + Send>>,
+}
+
+/// How much lower than the server's other threads the rebuilding thread runs: the niceness it
+/// adds (Linux keeps it per thread). At 10 it gets about a tenth of a core that others want.
+const REBUILD_NICENESS: libc::c_int = 10;
+
+impl Rebuilder {
+    /// Starts the rebuilding thread.
+    pub(super) fn start() -> Self {
+        let (jobs, queue) = mpsc::channel::<Box<dyn FnOnce() + Send>>();
+        std::thread::Builder::new()
+            .name("storywire-rebuild".to_owned())
+            .spawn(move || {
+                // SAFETY: setpriority reads no memory; on Linux `who` 0 is the calling thread.
+                let lowered = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, REBUILD_NICENESS) };
+                if lowered != 0 {
+                    tracing::warn!(error = %std::io::Error::last_os_error(),
+                        "cannot lower the priority of the thread that rebuilds stories");
+                }
+                for job in queue {
+                    job();
+                }
+            })
+            .expect("spawn the rebuilding thread");
+        Self { jobs }
+    }
+
+    /// The state of `story_id` after folding `history`, its first events, on the thread.
+    async fn rebuild(&self, story_id: String, history: Vec<Arc<LoggedEvent>>) -> pb::Story {
+        let (done, rebuilt) = tokio::sync::oneshot::channel();
+        let job = Box::new(move || {
+            // The caller may have gone away; then nobody wants the story.
+            let _ = done.send(rebuild(&story_id, &history));
+        });
+        self.jobs
+            .send(job)
+            .expect("the rebuilding thread lives as long as the log");
+        rebuilt
+            .await
+            .expect("rebuilding a story that applied once cannot fail")
+    }
 }

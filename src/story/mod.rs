@@ -198,6 +198,11 @@ impl Stories {
         self.by_id.get(story_id).map(|record| &*record.state)
     }
 
+    /// The current state of a story, shared: cloning it costs a reference count.
+    pub fn shared(&self, story_id: &str) -> Option<&Arc<pb::Story>> {
+        self.by_id.get(story_id).map(|record| &record.state)
+    }
+
     /// The story's version: how many of its events have been applied (0 for no story).
     pub fn version(&self, story_id: &str) -> u64 {
         self.get(story_id).map_or(0, |story| story.version)

@@ -50,7 +50,7 @@ pub struct WasteCounted<S> {
 
 impl<S> tower_service::Service<http::Request<Body>> for WasteCounted<S>
 where
-    S: tower_service::Service<http::Request<Body>>,
+    S: tower_service::Service<http::Request<Body>, Response = http::Response<Body>>,
     S::Future: Send + 'static,
 {
     type Response = S::Response;
@@ -83,13 +83,26 @@ where
         let response = self.inner.call(request);
         Box::pin(async move {
             // Dropped with this future, before it resolves, if the stream ends first.
-            let response = response.await;
+            let response = response.await?;
             // A reset while tonic reads the request fails the read, and tonic then answers
             // CANCELLED or INTERNAL to a client that is no longer there: no answer at all.
-            if !cut.load(Ordering::Relaxed) {
-                unanswered.answered();
+            if cut.load(Ordering::Relaxed) {
+                return Ok(response);
             }
-            response
+            // A response with nothing after its headers (a status: tonic sends those as
+            // trailers-only) is whole once it is made. Any other is an answer once its first
+            // frame goes out: a stream's headers go out before the handler's first message,
+            // and a client resetting streams in a loop leaves before it does.
+            if http_body::Body::is_end_stream(response.body()) {
+                unanswered.answered();
+                return Ok(response);
+            }
+            Ok(response.map(|body| {
+                Body::new(Answering {
+                    body,
+                    unanswered: Some(unanswered),
+                })
+            }))
         })
     }
 }
@@ -141,6 +154,40 @@ impl http_body::Body for Watched {
         let frame = ready!(Pin::new(&mut self.body).poll_frame(cx));
         if let Some(Err(_)) = &frame {
             self.cut.store(true, Ordering::Relaxed);
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// A response body that marks its call answered once its first frame is taken (or it ends).
+/// Dropped before that, the call's `Unanswered` counts it.
+struct Answering {
+    body: Body,
+    /// Taken, and marked answered, at the first frame.
+    unanswered: Option<Unanswered>,
+}
+
+impl http_body::Body for Answering {
+    type Data = <Body as http_body::Body>::Data;
+    type Error = <Body as http_body::Body>::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let frame = ready!(Pin::new(&mut self.body).poll_frame(cx));
+        if !matches!(frame, Some(Err(_)))
+            && let Some(unanswered) = self.unanswered.take()
+        {
+            unanswered.answered();
         }
         Poll::Ready(frame)
     }

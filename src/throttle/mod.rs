@@ -12,8 +12,10 @@
 //! What counts, and why nothing else does:
 //!
 //! - **Only a stream that ends before any answer**: the client reset it while its handler was
-//!   still at work, or while tonic was reading its request (tonic's CANCELLED or INTERNAL then
-//!   goes nowhere). A call answered with a message or with any status, refusals included, held
+//!   still at work, while tonic was reading its request (tonic's CANCELLED or INTERNAL then goes
+//!   nowhere), or before the first frame of its response went out (a stream's headers go out
+//!   before its first message; a Subscribe opened and reset in a loop never gets as far as its
+//!   `started`). A call answered with a message or with any status, refusals included, held
 //!   its stream until the server was done with it, so such calls are bounded by
 //!   `--max-streams-per-connection` like any other load; counting them punished clients for the
 //!   server's own limits.
