@@ -565,29 +565,8 @@ async fn sigterm_with_a_subscriber_that_never_reads_exits_within_the_grace_and_l
     let _stalled = subscribe(&mut stalled_client, from(1)).await;
 
     let padding = "p".repeat(180);
-    let requests: Vec<_> = (0..EVENTS)
-        .map(|i| pb::PublishStreamRequest {
-            request: Some(note("story", &format!("{i} {padding}"))),
-        })
-        .collect();
-    let mut acks = within(
-        "PublishStream",
-        publisher.publish_stream(tokio_stream::iter(requests)),
-    )
-    .await
-    .expect("stream accepted")
-    .into_inner();
-    let mut acknowledged = 0;
-    while let Some(ack) = within("an acknowledgement", acks.message())
-        .await
-        .expect("acknowledgement")
-    {
-        assert!(matches!(
-            ack.result,
-            Some(pb::publish_stream_response::Result::Accepted(_))
-        ));
-        acknowledged += 1;
-    }
+    let requests = (0..EVENTS).map(|i| note("story", &format!("{i} {padding}")));
+    let acknowledged = publish_all(&mut publisher, requests).await;
     assert_eq!(acknowledged, EVENTS);
 
     let asked = std::time::Instant::now();

@@ -33,42 +33,18 @@ async fn small_window_client(url: &str, connection_window: u32) -> StoryServiceC
 
 /// Opens `count` stories, `s00000` on, through one PublishStream.
 async fn open_stories(client: &mut StoryServiceClient<Channel>, count: usize, statement: &str) {
-    let requests: Vec<_> = (0..count)
-        .map(|i| {
-            let mut request = open(&format!("s{i:05}"), &["wire"]);
-            if let Some(pb::change::Kind::StoryOpened(opened)) = request
-                .change
-                .as_mut()
-                .and_then(|change| change.kind.as_mut())
-            {
-                opened.summary = statement.to_owned();
-            }
-            pb::PublishStreamRequest {
-                request: Some(request),
-            }
-        })
-        .collect();
-    let mut acks = within(
-        "PublishStream",
-        client.publish_stream(tokio_stream::iter(requests)),
-    )
-    .await
-    .expect("stream accepted")
-    .into_inner();
-    let mut accepted = 0;
-    while let Some(ack) = within("an acknowledgement", acks.message())
-        .await
-        .expect("acknowledgement")
-    {
-        assert!(
-            matches!(
-                ack.result,
-                Some(pb::publish_stream_response::Result::Accepted(_))
-            ),
-            "{ack:?}"
-        );
-        accepted += 1;
-    }
+    let requests = (0..count).map(|i| {
+        let mut request = open(&format!("s{i:05}"), &["wire"]);
+        if let Some(pb::change::Kind::StoryOpened(opened)) = request
+            .change
+            .as_mut()
+            .and_then(|change| change.kind.as_mut())
+        {
+            opened.summary = statement.to_owned();
+        }
+        request
+    });
+    let accepted = publish_all(client, requests).await;
     assert_eq!(accepted, count);
 }
 

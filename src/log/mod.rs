@@ -328,17 +328,9 @@ impl EventLog {
     /// event is visible once the journal says so; wait with [`Self::acknowledged`] before
     /// answering its publisher.
     pub fn append(&self, request: pb::PublishRequest) -> Result<pb::PublishResponse, LogError> {
-        let outcome = self.write().append(
-            &self.log_id,
-            &*self.clock,
-            &*self.journal,
-            request,
-            self.retain_events,
-        );
-        if let Ok(receipt) = &outcome {
-            self.journal.flush(receipt.sequence);
-        }
-        outcome
+        self.append_all([request])
+            .pop()
+            .expect("one outcome for one request")
     }
 
     /// Appends validated requests in order under one lock and flushes the journal once, for a

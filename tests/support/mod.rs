@@ -407,6 +407,41 @@ pub async fn all_events(
     }
 }
 
+/// Publishes `requests` on one PublishStream and expects every one accepted; returns how many.
+pub async fn publish_all(
+    client: &mut StoryServiceClient<Channel>,
+    requests: impl IntoIterator<Item = pb::PublishRequest>,
+) -> usize {
+    let messages: Vec<_> = requests
+        .into_iter()
+        .map(|request| pb::PublishStreamRequest {
+            request: Some(request),
+        })
+        .collect();
+    let mut acks = within(
+        "PublishStream",
+        client.publish_stream(tokio_stream::iter(messages)),
+    )
+    .await
+    .expect("stream accepted")
+    .into_inner();
+    let mut accepted = 0;
+    while let Some(ack) = within("an acknowledgement", acks.message())
+        .await
+        .expect("acknowledgement")
+    {
+        assert!(
+            matches!(
+                ack.result,
+                Some(pb::publish_stream_response::Result::Accepted(_))
+            ),
+            "{ack:?}"
+        );
+        accepted += 1;
+    }
+    accepted
+}
+
 /// Subscribes, expects the stream to open, and reads its first item, which is always `started`;
 /// returns the stream positioned after it.
 pub async fn subscribe(
