@@ -198,11 +198,16 @@ impl Drop for TempDir {
 
 /// The target directory this test was built in. Sharing it lets the check below reuse every
 /// compiled dependency, so only storywire itself is checked again. Cargo marks a target
-/// directory's root with CACHEDIR.TAG.
+/// directory's root with CACHEDIR.TAG when it creates it; one that existed before (scripts/test
+/// installs buf under target/tools first) has none, and then the test binary's place says it:
+/// `<target>/<profile>/deps/<test>`.
 fn shared_target_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("the test's own path");
-    exe.ancestors()
-        .find(|dir| dir.join("CACHEDIR.TAG").is_file())
+    let tagged = exe
+        .ancestors()
+        .find(|dir| dir.join("CACHEDIR.TAG").is_file());
+    tagged
+        .or_else(|| exe.ancestors().nth(3))
         .unwrap_or_else(|| panic!("no target directory above {}", exe.display()))
         .to_path_buf()
 }
