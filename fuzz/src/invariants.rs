@@ -25,7 +25,7 @@ pub struct Observed {
 impl Observed {
     /// The log as it stands now.
     pub fn of(log: &EventLog) -> Self {
-        let (stories, head) = log.snapshot(&Filter::default());
+        let (stories, head) = log.as_appended();
         Self { head, stories }
     }
 
@@ -84,7 +84,7 @@ pub fn assert_consistent(log: &EventLog) -> Vec<pb::UpdateEvent> {
         );
     }
 
-    let (stories, _) = log.snapshot(&Filter::default());
+    let (stories, _) = log.as_appended();
     let mut by_story: HashMap<&str, Vec<&pb::UpdateEvent>> = HashMap::new();
     for event in &events {
         by_story.entry(&event.story_id).or_default().push(event);

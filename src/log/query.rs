@@ -189,6 +189,22 @@ impl EventLog {
         (page, next)
     }
 
+    /// Every story and the newest appended sequence, read at one instant, as the log holds them:
+    /// ahead of the visible head while the journal has yet to show the newest events. For checks
+    /// of the log as a whole (tests, fuzzing); readers use [`Self::stories_page`] and
+    /// [`Self::story`], which answer only with what readers may see.
+    pub fn as_appended(&self) -> (Vec<pb::Story>, u64) {
+        let (stories, appended) = {
+            let state = self.read();
+            let stories: Vec<Arc<pb::Story>> = state.stories.iter().cloned().collect();
+            (stories, state.appended)
+        };
+        (
+            stories.iter().map(|story| (**story).clone()).collect(),
+            appended,
+        )
+    }
+
     /// Waits until readers may see the newest of `sequences`: story state includes every event
     /// appended, and none may be shown before the journal shows its events.
     async fn until_visible(&self, sequences: impl Iterator<Item = u64>) {
