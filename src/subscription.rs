@@ -68,7 +68,7 @@ pub struct Subscription {
     filter: Filter,
     /// The next sequence to scan. Everything before it has been sent or skipped by the filter.
     cursor: u64,
-    /// Items read but not yet sent, at most one batch (or one snapshot). Events are the log's
+    /// Items read but not yet sent, at most one batch (or one snapshot page). Events are the log's
     /// shared bytes, not copies.
     ready: VecDeque<EncodedResponse>,
     /// Whether `caught_up` has been sent: it is sent once, on first reaching the head.

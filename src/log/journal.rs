@@ -36,7 +36,9 @@ pub struct Accepted<'a> {
 /// the log calls them from any task, and some own a thread of their own.
 pub trait Journal: Send + Sync + fmt::Debug {
     /// The sequence the next accepted event takes, `appended` being the newest one accepted so
-    /// far. Called under the log's write lock.
+    /// far. Called under the log's write lock. It must be `appended + 1`: the log indexes its
+    /// retained events by sequence without gaps, and sequences are what subscribers resume from.
+    /// A stream journal decides it by the stream's own next sequence, which is gapless too.
     fn next_sequence(&self, appended: u64) -> u64;
 
     /// Takes one accepted event, in sequence order, under the log's write lock. Whatever it

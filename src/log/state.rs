@@ -20,7 +20,6 @@ use crate::{
     wal,
 };
 
-/// What the lock guards: the retained events, the dedupe index and the projection.
 /// What the log's lock guards: the retained events, the event_id index and the projection.
 #[derive(Debug)]
 pub(super) struct LogState {
@@ -134,6 +133,11 @@ impl LogState {
         }
 
         let sequence = journal.next_sequence(self.appended);
+        debug_assert_eq!(
+            sequence,
+            self.appended + 1,
+            "retained entries are indexed gaplessly"
+        );
         let recorded_at = clock.timestamp();
         let client_event_id = (!request.event_id.is_empty()).then_some(request.event_id);
         let event = pb::UpdateEvent {
