@@ -65,7 +65,8 @@ pub trait Journal: Send + Sync + fmt::Debug {
 pub struct Heads {
     /// The newest sequence readers may see; subscriptions wait on it at the head.
     visible: watch::Sender<u64>,
-    /// The newest sequence whose publisher may be answered; never behind `visible`.
+    /// The newest sequence whose publisher may be answered. Moved after `visible` when both
+    /// move, so that no publisher is answered before readers can see its event.
     acknowledged: watch::Sender<u64>,
 }
 
@@ -83,11 +84,12 @@ impl Heads {
         *self.visible.borrow()
     }
 
-    /// Answers the publishers of events up to `sequence` and shows the events to readers.
+    /// Shows the events up to `sequence` to readers and answers their publishers, in that
+    /// order: a publisher that reads right after its answer sees its own event.
     pub fn announce(&self, sequence: u64) {
-        self.acknowledge(sequence);
         self.visible
             .send_if_modified(|head| advance(head, sequence));
+        self.acknowledge(sequence);
     }
 
     /// Answers the publishers of events up to `sequence`, without showing the events yet.
