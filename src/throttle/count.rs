@@ -78,7 +78,12 @@ where
         let cut = Arc::new(AtomicBool::new(false));
         let request = request.map(|body| {
             let cut = cut.clone();
-            Body::new(Watched { body, cut })
+            // h2 fails a read of the request when the client resets the stream.
+            Body::new(Tapped::new(body, move |failed| {
+                if failed {
+                    cut.store(true, Ordering::Relaxed);
+                }
+            }))
         });
         let response = self.inner.call(request);
         Box::pin(async move {
@@ -97,11 +102,14 @@ where
                 unanswered.answered();
                 return Ok(response);
             }
+            // Dropped with the body before a frame went out, `unanswered` counts the stream.
+            let mut unanswered = Some(unanswered);
             Ok(response.map(|body| {
-                Body::new(Answering {
-                    body,
-                    unanswered: Some(unanswered),
-                })
+                Body::new(Tapped::new(body, move |failed| {
+                    if !failed && let Some(unanswered) = unanswered.take() {
+                        unanswered.answered();
+                    }
+                }))
             }))
         })
     }
@@ -135,15 +143,21 @@ impl Drop for Unanswered {
     }
 }
 
-/// A request body that notes when reading it fails, which h2 makes it do when the client resets
-/// the stream (or the connection breaks).
-struct Watched {
+/// A body passed through unchanged, telling `on_frame` of each frame taken from it: `true` when
+/// taking it failed (the stream was reset, or the connection broke), `false` for a frame or the
+/// end. The request and the response of a call each get one.
+struct Tapped<F> {
     body: Body,
-    /// Set on the first failed read.
-    cut: Arc<AtomicBool>,
+    on_frame: F,
 }
 
-impl http_body::Body for Watched {
+impl<F: FnMut(bool) + Send + Unpin> Tapped<F> {
+    fn new(body: Body, on_frame: F) -> Self {
+        Self { body, on_frame }
+    }
+}
+
+impl<F: FnMut(bool) + Send + Unpin> http_body::Body for Tapped<F> {
     type Data = <Body as http_body::Body>::Data;
     type Error = <Body as http_body::Body>::Error;
 
@@ -152,43 +166,7 @@ impl http_body::Body for Watched {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
         let frame = ready!(Pin::new(&mut self.body).poll_frame(cx));
-        if let Some(Err(_)) = &frame {
-            self.cut.store(true, Ordering::Relaxed);
-        }
-        Poll::Ready(frame)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.body.size_hint()
-    }
-}
-
-/// A response body that marks its call answered once its first frame is taken (or it ends).
-/// Dropped before that, the call's `Unanswered` counts it.
-struct Answering {
-    body: Body,
-    /// Taken, and marked answered, at the first frame.
-    unanswered: Option<Unanswered>,
-}
-
-impl http_body::Body for Answering {
-    type Data = <Body as http_body::Body>::Data;
-    type Error = <Body as http_body::Body>::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        let frame = ready!(Pin::new(&mut self.body).poll_frame(cx));
-        if !matches!(frame, Some(Err(_)))
-            && let Some(unanswered) = self.unanswered.take()
-        {
-            unanswered.answered();
-        }
+        (self.on_frame)(matches!(frame, Some(Err(_))));
         Poll::Ready(frame)
     }
 
