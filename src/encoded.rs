@@ -126,12 +126,12 @@ pub fn encode_event(event: pb::UpdateEvent) -> Bytes {
     Bytes::from(response.encode_to_vec())
 }
 
-/// Encodes a story once as the `SubscribeResponse` subscribers receive.
-pub fn encode_story(story: pb::Story) -> Bytes {
-    let response = pb::SubscribeResponse {
-        item: Some(Item::Story(story)),
-    };
-    Bytes::from(response.encode_to_vec())
+/// Encodes a story once as the `SubscribeResponse` subscribers receive, from a reference: the
+/// same bytes [`EncodedResponse::Story`] writes, without copying the story first.
+pub fn encode_story(story: &pb::Story) -> Bytes {
+    let mut bytes = Vec::with_capacity(prost::encoding::message::encoded_len(STORY_FIELD, story));
+    prost::encoding::message::encode(STORY_FIELD, story, &mut bytes);
+    Bytes::from(bytes)
 }
 
 /// The event inside bytes made by [`encode_event`].

@@ -159,8 +159,7 @@ impl LogState {
             let story = self
                 .stories
                 .get(&event.story_id)
-                .expect("the story was just applied to")
-                .clone();
+                .expect("the story was just applied to");
             Box::new(Entered {
                 tags: added_tags.into(),
                 story: encode_story(story),
