@@ -29,6 +29,7 @@
 pub mod auth;
 pub mod cli;
 pub mod clock;
+pub mod cluster;
 pub mod demo;
 pub mod encoded;
 pub mod limits;

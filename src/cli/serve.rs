@@ -56,8 +56,15 @@ pub struct Args {
     story_limits: StoryLimitArgs,
     /// Keep the log on disk in this directory (a write-ahead log), so that a restart loses
     /// nothing acknowledged. Without it the log lives in memory only.
-    #[arg(long, env = "STORYWIRE_DATA_DIR", value_name = "DIR")]
+    #[arg(
+        long,
+        env = "STORYWIRE_DATA_DIR",
+        value_name = "DIR",
+        conflicts_with = "nats"
+    )]
     data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    nats: NatsArgs,
     /// With --data-dir: when a publish is acknowledged. always: after its record is fsynced
     /// (concurrent publishers share fsyncs); batch: after it is written, fsync every
     /// --fsync-interval-ms, and readers see it after the fsync; never: after it is written,
@@ -170,6 +177,40 @@ pub async fn run(args: Args) -> Result<ExitCode, CliError> {
     }
     tracing::info!("storywire stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Where a node of a cluster keeps its log: a NATS JetStream stream (docs/cluster.md).
+#[derive(Debug, clap::Args)]
+struct NatsArgs {
+    /// Keep the log in a NATS JetStream stream shared by every node started with the same
+    /// servers and stream: comma-separated server URLs. Excludes --data-dir.
+    #[arg(
+        long,
+        env = "STORYWIRE_NATS",
+        value_name = "URLS",
+        value_delimiter = ','
+    )]
+    nats: Vec<String>,
+    /// With --nats: the stream's name; its subjects are `<NAME>.story.<story_id>`.
+    #[arg(long, env = "STORYWIRE_NATS_STREAM", value_name = "NAME", default_value = crate::cluster::DEFAULT_STREAM,
+          requires = "nats")]
+    nats_stream: String,
+    /// With --nats: how many JetStream servers keep the stream when this node creates it (1, 3
+    /// or 5; an existing stream keeps its own).
+    #[arg(long, default_value_t = crate::cluster::DEFAULT_REPLICAS, requires = "nats",
+          value_parser = clap::value_parser!(u8).range(1..=5))]
+    nats_replicas: u8,
+    /// With --nats: a NATS credentials file (JWT and NKey seed) to connect with.
+    #[arg(
+        long,
+        env = "STORYWIRE_NATS_CREDS",
+        value_name = "FILE",
+        requires = "nats"
+    )]
+    nats_creds: Option<PathBuf>,
+    /// With --nats: trust this CA (PEM) for the servers' TLS certificates.
+    #[arg(long, env = "STORYWIRE_NATS_CA", value_name = "PEM", requires = "nats")]
+    nats_ca: Option<PathBuf>,
 }
 
 /// The limits on what one client may take (see [`Limits`] for why each default).
