@@ -9,6 +9,7 @@ use tonic::{server::NamedService, transport::Server};
 
 use crate::{
     auth::{Authorized, Tokens},
+    cluster::Node,
     limits::{Limits, SubscriberSlots},
     log::EventLog,
     pb::{self, server::story_service_server::StoryServiceServer},
@@ -40,6 +41,9 @@ pub struct ServerOptions {
     pub tls: Option<TlsFiles>,
     /// What one client may take.
     pub limits: Limits,
+    /// On a cluster node: the node whose replica `log` is. Publishes go through its stream,
+    /// and health follows it (NOT_SERVING while it cannot reach JetStream or is catching up).
+    pub cluster: Option<Arc<Node>>,
 }
 
 /// Serves `log` on `listener` until `shutdown` completes.
@@ -57,9 +61,20 @@ pub async fn run(
 ) -> Result<(), ServerError> {
     let (health, health_service) = tonic_health::server::health_reporter();
     let story_service_name = <StoryServiceServer<Service> as NamedService>::NAME;
-    health
-        .set_service_status(story_service_name, tonic_health::ServingStatus::Serving)
-        .await;
+    let (stopping_tx, stopping_rx) = watch::channel(false);
+    let serving = match &options.cluster {
+        Some(node) => node.serving(),
+        None => watch::channel(true).1,
+    };
+    let status = if *serving.borrow() {
+        tonic_health::ServingStatus::Serving
+    } else {
+        tonic_health::ServingStatus::NotServing
+    };
+    for name in ["", story_service_name] {
+        health.set_service_status(name, status).await;
+    }
+    tokio::spawn(report_health(health.clone(), serving, stopping_rx.clone()));
 
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -70,11 +85,10 @@ pub async fn run(
     let reflection_v1alpha = reflection().build_v1alpha()?;
 
     // The sender stays here; each subscription holds a receiver and ends when it turns true.
-    let (stopping_tx, stopping_rx) = watch::channel(false);
     let mut stopping = stopping_rx.clone();
     let limits = options.limits;
     let slots = SubscriberSlots::new(limits.max_subscribers, limits.max_subscribers_per_token);
-    let service = Service::new(log.clone(), stopping_rx, slots);
+    let service = Service::new(log.clone(), stopping_rx, slots).through(options.cluster.clone());
     let story_service = StoryServiceServer::new(service)
         .max_decoding_message_size(limits.max_request_bytes)
         .max_encoding_message_size(limits.max_response_bytes);
@@ -82,12 +96,13 @@ pub async fn run(
     let signal = async move {
         shutdown.await;
         tracing::info!("shutting down: flushing open streams");
+        // First, so that the health task stops following the cluster node.
+        stopping_tx.send_replace(true);
         for name in ["", story_service_name] {
             health
                 .set_service_status(name, tonic_health::ServingStatus::NotServing)
                 .await;
         }
-        stopping_tx.send_replace(true);
         log.wake_subscribers();
     };
 
@@ -148,6 +163,33 @@ pub async fn run(
         }
     }
     Ok(())
+}
+
+/// Keeps the health status of the server (`""`) and of the StoryService at what `serving` says,
+/// until shutdown begins (which turns both NOT_SERVING for good).
+async fn report_health(
+    health: tonic_health::server::HealthReporter,
+    mut serving: watch::Receiver<bool>,
+    mut stopping: watch::Receiver<bool>,
+) {
+    let story_service_name = <StoryServiceServer<Service> as NamedService>::NAME;
+    loop {
+        let status = if *serving.borrow_and_update() {
+            tonic_health::ServingStatus::Serving
+        } else {
+            tonic_health::ServingStatus::NotServing
+        };
+        if *stopping.borrow() {
+            return;
+        }
+        for name in ["", story_service_name] {
+            health.set_service_status(name, status).await;
+        }
+        tokio::select! {
+            changed = serving.changed() => if changed.is_err() { return },
+            _ = stopping.wait_for(|stopping| *stopping) => return,
+        }
+    }
 }
 
 /// Sets the options every accepted connection needs, since tonic leaves a stream it is handed as

@@ -11,6 +11,7 @@ use tonic::{Code, Request, Response, Status, Streaming};
 use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::{
+    cluster::{Node, Refused},
     encoded::EncodedResponse,
     limits::{Caller, LimitError, SubscriberSlots},
     log::{EventLog, Filter, LogError},
@@ -47,6 +48,9 @@ pub enum Error {
     /// A limit on what one client may take.
     #[error(transparent)]
     Limit(#[from] LimitError),
+    /// A cluster node could not publish through its stream.
+    #[error(transparent)]
+    Cluster(#[from] Refused),
 }
 
 impl Error {
@@ -75,7 +79,7 @@ impl From<StoryError> for Error {
 pub fn status(error: impl Into<Error>) -> Status {
     // A subscription that ends on a log error reports it like any other log error.
     let error = match error.into() {
-        Error::End(End::Log(log)) => Error::Log(log),
+        Error::End(End::Log(log)) | Error::Cluster(Refused::Log(log)) => Error::Log(log),
         other => other,
     };
     let message = error.to_string();
@@ -117,7 +121,11 @@ pub fn status(error: impl Into<Error>) -> Status {
         },
         Error::End(End::ShuttingDown) => Code::Unavailable,
         Error::Limit(_) => Code::ResourceExhausted,
-        Error::End(End::Log(_)) => unreachable!("flattened above"),
+        Error::Cluster(Refused::Unavailable(_)) => Code::Unavailable,
+        Error::Cluster(Refused::Contended(_)) => Code::Aborted,
+        Error::End(End::Log(_)) | Error::Cluster(Refused::Log(_)) => {
+            unreachable!("flattened above")
+        }
     };
     Status::new(code, message)
 }
@@ -132,6 +140,8 @@ pub struct Service {
     shutdown: watch::Receiver<bool>,
     /// Open subscriptions against their limits; each stream holds a slot until it ends.
     slots: Arc<SubscriberSlots>,
+    /// On a cluster node: where publishes go (the log is its replica of the stream).
+    cluster: Option<Arc<Node>>,
 }
 
 impl Service {
@@ -146,7 +156,15 @@ impl Service {
             log,
             shutdown,
             slots,
+            cluster: None,
         }
+    }
+
+    /// The service of a cluster node: publishes go through `node`'s stream, and everything is
+    /// read from its replica.
+    pub fn through(mut self, node: Option<Arc<Node>>) -> Self {
+        self.cluster = node;
+        self
     }
 }
 
@@ -161,12 +179,11 @@ pub fn publish(log: &EventLog, request: pb::PublishRequest) -> Result<pb::Publis
 /// lock at a pipeline's full rate; few enough that one burst holds the lock only briefly.
 pub const PUBLISH_BURST: usize = 256;
 
-/// Publishes a burst of PublishStream messages in order, each accepted or rejected on its own.
-fn publish_burst(
-    log: &EventLog,
+/// Settles the shape of a burst of PublishStream messages: for each message its error, if it
+/// has one, and the valid requests in order.
+fn check_burst(
     messages: Vec<pb::PublishStreamRequest>,
-) -> VecDeque<pb::PublishStreamResponse> {
-    // Shape errors are settled first; the valid requests are appended together.
+) -> (Vec<Option<Error>>, Vec<pb::PublishRequest>) {
     let mut checked: Vec<Option<Error>> = Vec::with_capacity(messages.len());
     let mut valid = Vec::with_capacity(messages.len());
     for message in messages {
@@ -185,20 +202,62 @@ fn publish_burst(
             Err(invalid) => checked.push(Some(invalid.into())),
         }
     }
-    let mut appended = log.append_all(valid).into_iter();
+    (checked, valid)
+}
+
+/// The responses to a burst, in order: each message's shape error, or the outcome of its
+/// request, taken in order from `outcomes`.
+fn burst_responses(
+    checked: Vec<Option<Error>>,
+    outcomes: Vec<Result<pb::PublishResponse, Error>>,
+) -> VecDeque<pb::PublishStreamResponse> {
+    let mut outcomes = outcomes.into_iter();
     checked
         .into_iter()
         .map(|invalid| {
             let outcome = match invalid {
                 Some(error) => Err(error),
-                None => appended
-                    .next()
-                    .expect("one outcome per valid request")
-                    .map_err(Error::from),
+                None => outcomes.next().expect("one outcome per valid request"),
             };
             publish_response(outcome)
         })
         .collect()
+}
+
+/// Publishes a burst of PublishStream messages in order, each accepted or rejected on its own.
+fn publish_burst(
+    log: &EventLog,
+    messages: Vec<pb::PublishStreamRequest>,
+) -> VecDeque<pb::PublishStreamResponse> {
+    let (checked, valid) = check_burst(messages);
+    let outcomes = log
+        .append_all(valid)
+        .into_iter()
+        .map(|outcome| outcome.map_err(Error::from))
+        .collect();
+    burst_responses(checked, outcomes)
+}
+
+/// Publishes a burst through a cluster node's stream: requests to different stories are in
+/// flight together (each story's condition in the stream is independent of the others'); a
+/// request to a story already in flight waits for it. Answered in request order.
+async fn publish_burst_through(
+    node: &Node,
+    messages: Vec<pb::PublishStreamRequest>,
+) -> VecDeque<pb::PublishStreamResponse> {
+    let (checked, valid) = check_burst(messages);
+    let mut outcomes = Vec::with_capacity(valid.len());
+    let mut requests = valid.into_iter().peekable();
+    while requests.peek().is_some() {
+        let mut stories = std::collections::HashSet::new();
+        let mut run = Vec::new();
+        while let Some(request) = requests.next_if(|r| !stories.contains(&r.story_id)) {
+            stories.insert(request.story_id.clone());
+            run.push(async move { node.publish(request).await.map_err(Error::from) });
+        }
+        outcomes.extend(futures_util::future::join_all(run).await);
+    }
+    burst_responses(checked, outcomes)
 }
 
 /// A PublishStream response: the receipt, or what Publish would have failed with.
@@ -230,6 +289,8 @@ struct PublishSession {
     requests: Streaming<pb::PublishStreamRequest>,
     /// The log they are published to.
     log: Arc<EventLog>,
+    /// On a cluster node: the stream they are published through instead.
+    cluster: Option<Arc<Node>>,
     /// Becomes true when the server starts shutting down. The sender belongs to the server.
     shutdown: watch::Receiver<bool>,
     /// Responses to a burst, not yet sent.
@@ -283,6 +344,11 @@ impl PublishSession {
                     None => break,
                 }
             }
+            if let Some(node) = &self.cluster {
+                // Answered once acknowledged by JetStream and applied here.
+                self.answered = publish_burst_through(node, burst).await;
+                continue;
+            }
             self.answered = publish_burst(&self.log, burst);
             // With a data directory, acknowledged means written as the fsync mode says: wait
             // for the burst's newest.
@@ -316,6 +382,12 @@ impl StoryService for Service {
         &self,
         request: Request<pb::PublishRequest>,
     ) -> Result<Response<pb::PublishResponse>, Status> {
+        if let Some(node) = &self.cluster {
+            let request = request.into_inner();
+            validate::publish(&request).map_err(status)?;
+            let receipt = node.publish(request).await.map_err(status)?;
+            return Ok(Response::new(receipt));
+        }
         let receipt = publish(&self.log, request.into_inner()).map_err(status)?;
         // With a data directory, acknowledged means written as the fsync mode says.
         self.log.acknowledged(receipt.sequence).await;
@@ -331,6 +403,7 @@ impl StoryService for Service {
         let session = PublishSession {
             requests: request.into_inner(),
             log: self.log.clone(),
+            cluster: self.cluster.clone(),
             shutdown: self.shutdown.clone(),
             answered: VecDeque::new(),
             end: None,

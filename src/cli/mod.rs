@@ -59,7 +59,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the server (add --demo for the seed story and its live updates).
-    Serve(serve::Args),
+    Serve(Box<serve::Args>),
     /// Publish updates: JSON Lines of PublishRequest (proto3 JSON), from a file or stdin.
     Publish(publish::Args),
     /// Watch updates arrive, in order; resumes by itself after a dropped connection.
@@ -224,7 +224,7 @@ fn read_pem(flag: &str, path: &Path) -> Result<Vec<u8>, CliError> {
 pub async fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match cli.command {
-        Command::Serve(args) => serve::run(args).await,
+        Command::Serve(args) => serve::run(*args).await,
         Command::Publish(args) => publish::run(args).await,
         Command::Subscribe(args) => subscribe::run(args).await,
         Command::Story(args) => stories::run_story(args).await,

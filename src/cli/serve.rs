@@ -11,6 +11,7 @@ use super::CliError;
 use crate::{
     auth::Tokens,
     clock::SystemClock,
+    cluster::{NatsConfig, Node},
     demo,
     limits::{Limits, StoryLimits},
     log::EventLog,
@@ -110,10 +111,11 @@ pub async fn run(args: Args) -> Result<ExitCode, CliError> {
         }),
         _ => None,
     };
-    let options = ServerOptions {
+    let mut options = ServerOptions {
         tokens,
         tls,
         limits: args.limits.into(),
+        cluster: None,
     };
     let story_limits = StoryLimits::from(args.story_limits);
     check_story_bytes(&story_limits, &options.limits)?;
@@ -127,8 +129,19 @@ pub async fn run(args: Args) -> Result<ExitCode, CliError> {
     let interval = Duration::try_from_secs_f64(args.demo_interval)
         .map_err(|e| format!("--demo-interval {}: {e}", args.demo_interval))?;
     let retain = args.retain_events;
-    let log = match &args.data_dir {
-        Some(dir) => {
+    let log = match (&args.data_dir, args.nats.config()) {
+        (_, Some(nats)) => {
+            if args.demo {
+                return Err("--demo cannot be combined with --nats: the demo story belongs to a node of its own".into());
+            }
+            let node = Node::start(&nats, retain, Arc::new(SystemClock))
+                .await
+                .map_err(|e| format!("--nats: {e}"))?;
+            let log = node.log().clone();
+            options.cluster = Some(node);
+            log
+        }
+        (Some(dir), None) => {
             let config = WalConfig {
                 dir: dir.clone(),
                 fsync: args.fsync,
@@ -139,7 +152,7 @@ pub async fn run(args: Args) -> Result<ExitCode, CliError> {
             EventLog::open(retain, Arc::new(SystemClock), &config)
                 .map_err(|e| format!("cannot open the log in {}: {e}", dir.display()))?
         }
-        None => {
+        (None, None) => {
             if args.repair {
                 return Err("--repair needs --data-dir".into());
             }
@@ -211,6 +224,25 @@ struct NatsArgs {
     /// With --nats: trust this CA (PEM) for the servers' TLS certificates.
     #[arg(long, env = "STORYWIRE_NATS_CA", value_name = "PEM", requires = "nats")]
     nats_ca: Option<PathBuf>,
+}
+
+impl NatsArgs {
+    /// The cluster configuration, when --nats is given.
+    fn config(&self) -> Option<NatsConfig> {
+        let servers: Vec<String> = self
+            .nats
+            .iter()
+            .map(|url| url.trim().to_owned())
+            .filter(|url| !url.is_empty())
+            .collect();
+        (!servers.is_empty()).then(|| NatsConfig {
+            servers,
+            stream: self.nats_stream.clone(),
+            replicas: self.nats_replicas,
+            creds: self.nats_creds.clone(),
+            ca: self.nats_ca.clone(),
+        })
+    }
 }
 
 /// The limits on what one client may take (see [`Limits`] for why each default).

@@ -1,8 +1,33 @@
 //! A node of a cluster: the log kept in a NATS JetStream stream that several storywire nodes
 //! share (`serve --nats`). JetStream is the log of record, replicated by its own Raft; each node
-//! keeps its in-memory log as a replica of the stream and serves its own subscribers from it.
+//! keeps its in-memory log as a replica of the stream ([`replica`]) and serves its own
+//! subscribers from it. A publish on any node is decided against that node's replica and
+//! appended by JetStream on the condition that the story has not changed since
+//! ([`Node::publish`]). docs/cluster.md says what the cluster promises.
 
-use std::path::PathBuf;
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use async_nats::jetstream::{self, context::PublishErrorKind, message::PublishMessage};
+use prost::Message as _;
+use tokio::sync::watch;
+
+use crate::{
+    clock::Clock,
+    log::{
+        EventLog, LogError,
+        replicated::{Plan, Proposal},
+    },
+    pb,
+};
+
+mod replica;
+mod stream;
+
+/// How many times a publish is decided again after another node changed its story first.
+const MAX_CONFLICTS: usize = 8;
+
+/// How long a publisher waits for its own replica to apply what JetStream acknowledged.
+const APPLY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The stream's name when `--nats-stream` is not given.
 pub const DEFAULT_STREAM: &str = "STORYWIRE";
@@ -24,4 +49,287 @@ pub struct NatsConfig {
     pub creds: Option<PathBuf>,
     /// A CA (PEM) to trust for the servers' TLS certificates.
     pub ca: Option<PathBuf>,
+}
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// A flag's value cannot work.
+    #[error("{0}")]
+    Config(String),
+    /// NATS or JetStream did not answer.
+    #[error("cannot reach NATS JetStream: {0}")]
+    Unreachable(String),
+    /// The stream, or its snapshots, cannot serve this log.
+    #[error("{0}")]
+    Stream(String),
+}
+
+/// Why a publish through the stream was not acknowledged.
+#[derive(Debug, thiserror::Error)]
+pub enum Refused {
+    /// The log refused it, exactly as a single node would.
+    #[error(transparent)]
+    Log(#[from] LogError),
+    /// JetStream cannot be reached, or did not acknowledge: nothing is promised, and a retry
+    /// with the same event_id is safe.
+    #[error("{0}")]
+    Unavailable(String),
+    /// Other nodes kept changing the story while this one decided the publish.
+    #[error("{0}")]
+    Contended(String),
+}
+
+/// A node of the cluster: its replica of the stream, and the way it publishes to the stream.
+#[derive(Debug)]
+pub struct Node {
+    /// The replica, which every read is served from.
+    log: Arc<EventLog>,
+    /// JetStream, for publishing.
+    context: jetstream::Context,
+    /// The stream, for its last sequence after a conflict.
+    stream: jetstream::stream::Stream,
+    /// The stream's name, which prefixes every story's subject.
+    stream_name: String,
+    /// Whether the client is connected to NATS now.
+    connected: watch::Receiver<bool>,
+    /// Whether the replica has stopped for good.
+    failed: watch::Receiver<bool>,
+    /// Whether the node may be called SERVING: connected, caught up, and not failed.
+    serving: watch::Receiver<bool>,
+}
+
+impl Node {
+    /// Connects to the stream `config` names (creating it, with at most `retain` messages, if
+    /// missing), loads the newest snapshot, and starts the replica. Returns once the node can
+    /// serve reads; it is SERVING ([`Self::serving`]) once the replica has caught up with the
+    /// stream's last sequence as of now.
+    pub async fn start(
+        config: &NatsConfig,
+        retain: usize,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Arc<Self>, ClusterError> {
+        stream::check_name(&config.stream)?;
+        let (connected_tx, connected) = watch::channel(false);
+        let client = stream::connect(config, connected_tx).await?;
+        let context = jetstream::new(client);
+        let mut stream = stream::ensure(&context, config, retain).await?;
+        let info = stream
+            .info()
+            .await
+            .map_err(|e| ClusterError::Unreachable(format!("JetStream stream info: {e}")))?
+            .clone();
+        stream::warn_about_fsync();
+        let log_id = stream::log_id(&config.stream, &info);
+        let retain = usize::try_from(info.config.max_messages).unwrap_or(usize::MAX);
+        let replicas = info.config.num_replicas;
+        let snapshots = replica::snapshots(&context, &config.stream, replicas).await?;
+        let snapshot = replica::load_snapshot(&snapshots, &log_id).await?;
+        let snapshot_head = snapshot.as_ref().map_or(0, |snapshot| snapshot.head);
+        let first = info.state.first_sequence.max(1);
+        if first > snapshot_head + 1 {
+            return Err(ClusterError::Stream(format!(
+                "stream {} starts at sequence {first}, but the newest snapshot of its stories is as of sequence {snapshot_head}: \
+                 this node would hold a hole of {} events; it needs a snapshot written by a node that followed the stream (docs/cluster.md)",
+                config.stream,
+                first - snapshot_head - 1
+            )));
+        }
+        let start_head = info.state.last_sequence;
+        tracing::info!(stream = %config.stream, %log_id, first, last = start_head, snapshot_head,
+            retain_events = retain, replicas, "NATS: following the stream");
+        let log = Arc::new(EventLog::replica(log_id, retain, clock, snapshot, first));
+
+        let (caught_up_tx, caught_up) = watch::channel(false);
+        let (failed_tx, failed) = watch::channel(false);
+        let follower = replica::Replica {
+            log: log.clone(),
+            stream: stream.clone(),
+            snapshots,
+            snapshot_head,
+            next: first,
+            start_head,
+            snapshot_every: u64::try_from((retain / 4).max(1)).unwrap_or(u64::MAX),
+            caught_up: caught_up_tx,
+            failed: failed_tx,
+            connected: connected.clone(),
+            written: Arc::default(),
+        };
+        tokio::spawn(follower.run());
+        let serving = serving(connected.clone(), caught_up, failed.clone());
+        Ok(Arc::new(Self {
+            log,
+            context,
+            stream,
+            stream_name: config.stream.clone(),
+            connected,
+            failed,
+            serving,
+        }))
+    }
+
+    /// The node's replica of the log.
+    pub fn log(&self) -> &Arc<EventLog> {
+        &self.log
+    }
+
+    /// Whether the node may be called SERVING: connected to NATS, its replica caught up with
+    /// the stream as of start-up, and following it.
+    pub fn serving(&self) -> watch::Receiver<bool> {
+        self.serving.clone()
+    }
+
+    /// Publishes one validated request through the stream: decided against the replica, then
+    /// appended by JetStream only if the story's newest event in the stream is still the one
+    /// the decision saw (otherwise decided again, at most [`MAX_CONFLICTS`] times). Answers once
+    /// JetStream has acknowledged it and this node's replica has applied it, so that a read on
+    /// this node right after sees it.
+    pub async fn publish(
+        &self,
+        request: pb::PublishRequest,
+    ) -> Result<pb::PublishResponse, Refused> {
+        for _ in 0..=MAX_CONFLICTS {
+            self.check_following()?;
+            let (proposal, expected) = match self.log.plan(request.clone())? {
+                Plan::Duplicate(original) => return Ok(original),
+                Plan::Publish {
+                    proposal,
+                    expected_subject_sequence,
+                } => (proposal, expected_subject_sequence),
+            };
+            match self.send(&request, &proposal, expected).await {
+                Ok(ack) => return self.settle(ack, &request).await,
+                Err(error) if error.kind() == PublishErrorKind::WrongLastSequence => {
+                    // Another node changed the story first: catch up, and decide again.
+                    self.catch_up().await?;
+                }
+                Err(error) => {
+                    return Err(Refused::Unavailable(format!(
+                        "JetStream did not acknowledge the publish ({error}); it may or may not be in the log: retry with the same event_id"
+                    )));
+                }
+            }
+        }
+        Err(Refused::Contended(format!(
+            "story {} kept changing on other nodes while this publish was decided ({} times); retry",
+            request.story_id,
+            MAX_CONFLICTS + 1
+        )))
+    }
+
+    /// Refuses to publish while the node cannot follow the stream.
+    fn check_following(&self) -> Result<(), Refused> {
+        if *self.failed.borrow() {
+            return Err(Refused::Unavailable(
+                "this node's replica has stopped (see its log); publish through another node"
+                    .to_owned(),
+            ));
+        }
+        if !*self.connected.borrow() {
+            return Err(Refused::Unavailable(
+                "this node is not connected to NATS JetStream; nothing was published".to_owned(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Sends `proposal` to the story's subject with the conditions JetStream checks.
+    async fn send(
+        &self,
+        request: &pb::PublishRequest,
+        proposal: &Proposal,
+        expected_subject_sequence: u64,
+    ) -> Result<jetstream::publish::PublishAck, jetstream::context::PublishError> {
+        let mut message = PublishMessage::build()
+            .payload(proposal.encode_to_vec().into())
+            .expected_last_subject_sequence(expected_subject_sequence);
+        if !request.event_id.is_empty() {
+            message = message.message_id(&request.event_id);
+        }
+        let subject = stream::subject(&self.stream_name, &request.story_id);
+        self.context.send_publish(subject, message).await?.await
+    }
+
+    /// Waits until the replica has applied what JetStream acknowledged, and answers with the
+    /// receipt: the event's, or for a duplicate the original's (or `EventIdReused`).
+    async fn settle(
+        &self,
+        ack: jetstream::publish::PublishAck,
+        request: &pb::PublishRequest,
+    ) -> Result<pb::PublishResponse, Refused> {
+        let sequence = ack.sequence;
+        if tokio::time::timeout(APPLY_TIMEOUT, self.log.visible(sequence))
+            .await
+            .is_err()
+        {
+            return Err(Refused::Unavailable(format!(
+                "JetStream acknowledged the publish at sequence {sequence}, but this node has not applied it within {}s; retry with the same event_id",
+                APPLY_TIMEOUT.as_secs()
+            )));
+        }
+        let receipt = if ack.duplicate {
+            self.log.receipt_for_duplicate(sequence, request)
+        } else {
+            self.log.receipt_at(sequence).map(Ok)
+        };
+        // Only a retention far smaller than the publishers' traffic evicts it this fast.
+        receipt
+            .unwrap_or_else(|| {
+                Err(LogError::NotRetained {
+                    requested: sequence,
+                    first_retained: self.log.first_retained(),
+                })
+            })
+            .map_err(Refused::Log)
+    }
+
+    /// Waits until the replica has applied everything the stream holds now.
+    async fn catch_up(&self) -> Result<(), Refused> {
+        let mut stream = self.stream.clone();
+        let last = stream
+            .info()
+            .await
+            .map_err(|e| Refused::Unavailable(format!("JetStream stream info: {e}")))?
+            .state
+            .last_sequence;
+        tokio::time::timeout(APPLY_TIMEOUT, self.log.visible(last))
+            .await
+            .map_err(|_| {
+                Refused::Unavailable(format!(
+                    "this node has not caught up with the stream's sequence {last} within {}s",
+                    APPLY_TIMEOUT.as_secs()
+                ))
+            })
+    }
+}
+
+/// A watch of whether the node may be called SERVING, kept up to date by a task of its own.
+fn serving(
+    mut connected: watch::Receiver<bool>,
+    mut caught_up: watch::Receiver<bool>,
+    mut failed: watch::Receiver<bool>,
+) -> watch::Receiver<bool> {
+    let now = |c: &watch::Receiver<bool>, u: &watch::Receiver<bool>, f: &watch::Receiver<bool>| {
+        *c.borrow() && *u.borrow() && !*f.borrow()
+    };
+    let (tx, rx) = watch::channel(now(&connected, &caught_up, &failed));
+    tokio::spawn(async move {
+        loop {
+            tx.send_if_modified(|serving| {
+                let changed = *serving != now(&connected, &caught_up, &failed);
+                *serving = now(&connected, &caught_up, &failed);
+                changed
+            });
+            let changed = tokio::select! {
+                changed = connected.changed() => changed,
+                changed = caught_up.changed() => changed,
+                changed = failed.changed() => changed,
+                () = tx.closed() => return,
+            };
+            if changed.is_err() {
+                return;
+            }
+        }
+    });
+    rx
 }

@@ -25,6 +25,7 @@ mod dedupe;
 pub mod journal;
 pub mod memory;
 mod query;
+pub mod replicated;
 mod state;
 pub mod write_ahead;
 

@@ -4,6 +4,7 @@
 
 use std::{collections::VecDeque, sync::Arc};
 
+use pbjson_types::Timestamp;
 use prost::Message;
 
 use super::{
@@ -16,7 +17,7 @@ use crate::{
     encoded::{encode_event, encode_story, from_event_bytes},
     limits::StoryLimits,
     pb,
-    story::Stories,
+    story::{Applied, Stories},
     wal,
 };
 
@@ -95,6 +96,37 @@ impl LogState {
         request: pb::PublishRequest,
         retain: usize,
     ) -> Result<pb::PublishResponse, LogError> {
+        if let Some(original) = self.check(log_id, &request)? {
+            return Ok(original);
+        }
+        let sequence = journal.next_sequence(self.appended);
+        let expected_version = request.expected_version;
+        let occurred_at_given = request.occurred_at;
+        let limits = self.story_limits.clone();
+        let (receipt, entry) = self.commit(
+            log_id,
+            sequence,
+            request,
+            clock.timestamp(),
+            Some(&limits),
+            retain,
+        )?;
+        journal.record(Accepted {
+            entry: &entry,
+            expected_version,
+            occurred_at_given,
+        });
+        Ok(receipt)
+    }
+
+    /// What must hold before `request` can become a new event, other than the story rules: a
+    /// retained `event_id` answers with the original receipt (`Some`) or `EventIdReused`; an
+    /// id of the server's form is refused; `expected_version` must match. `None`: a new event.
+    pub(super) fn check(
+        &self,
+        log_id: &str,
+        request: &pb::PublishRequest,
+    ) -> Result<Option<pb::PublishResponse>, LogError> {
         if !request.event_id.is_empty()
             && let Some((sequence, idempotency)) = self.find_event_id(log_id, &request.event_id)
         {
@@ -102,77 +134,69 @@ impl LogState {
                 .entry(sequence)
                 .expect("found events are retained")
                 .event();
-            return if is_retry(&original, idempotency, &request) {
-                Ok(receipt(&original, true))
+            return if is_retry(&original, idempotency, request) {
+                Ok(Some(receipt(&original, true)))
             } else {
                 Err(LogError::EventIdReused {
-                    event_id: request.event_id,
+                    event_id: request.event_id.clone(),
                     sequence,
                 })
             };
         }
-
         if assigned_sequence(log_id, &request.event_id)
             .is_some_and(|sequence| sequence > self.appended)
         {
             return Err(LogError::ReservedEventId {
-                event_id: request.event_id,
+                event_id: request.event_id.clone(),
                 log_id: log_id.to_owned(),
             });
         }
-
         let current = self.stories.version(&request.story_id);
         if let Some(expected) = request.expected_version
             && expected != current
         {
             return Err(LogError::VersionMismatch {
-                story_id: request.story_id,
+                story_id: request.story_id.clone(),
                 expected,
                 current,
             });
         }
+        Ok(None)
+    }
 
-        let sequence = journal.next_sequence(self.appended);
-        debug_assert_eq!(
+    /// Makes `request` the event at `sequence` (the next one): applies it to its story (held to
+    /// `limits` for a new request; `None` for an event already ordered elsewhere, as replay
+    /// does), indexes its event_id, keeps it and evicts beyond `retain`. On error nothing
+    /// changes.
+    pub(super) fn commit(
+        &mut self,
+        log_id: &str,
+        sequence: u64,
+        request: pb::PublishRequest,
+        recorded_at: Timestamp,
+        limits: Option<&StoryLimits>,
+        retain: usize,
+    ) -> Result<(pb::PublishResponse, Arc<LoggedEvent>), LogError> {
+        assert_eq!(
             sequence,
             self.appended + 1,
             "retained entries are indexed gaplessly"
         );
-        let recorded_at = clock.timestamp();
-        let client_event_id = (!request.event_id.is_empty()).then_some(request.event_id);
-        let event = pb::UpdateEvent {
-            sequence,
-            event_id: client_event_id
-                .clone()
-                .unwrap_or_else(|| assigned_event_id(log_id, sequence)),
-            story_id: request.story_id,
-            story_version: current + 1,
-            headline: request.headline,
-            occurred_at: Some(request.occurred_at.unwrap_or(recorded_at)),
-            recorded_at: Some(recorded_at),
-            change: request.change,
-        };
-        let added_tags = added_tags(&self.stories, &event);
-        let applied = self.stories.apply_within(&event, &self.story_limits)?;
+        let current = self.stories.version(&request.story_id);
+        let expected_version = request.expected_version;
+        let occurred_at_given = request.occurred_at;
+        let client_event_id = (!request.event_id.is_empty()).then(|| request.event_id.clone());
+        let event = new_event(log_id, sequence, current + 1, request, recorded_at);
+        let (applied, entered) = apply(&mut self.stories, &event, limits)?;
         let receipt = receipt(&event, false);
-        let entered = (!added_tags.is_empty()).then(|| {
-            let story = self
-                .stories
-                .get(&event.story_id)
-                .expect("the story was just applied to");
-            Box::new(Entered {
-                tags: added_tags.into(),
-                story: encode_story(story),
-            })
-        });
 
         let client_event_id = client_event_id.map(String::into_boxed_str);
         self.ids.insert(
             client_event_id.as_deref(),
             Idempotency {
                 sequence,
-                expected_version: request.expected_version,
-                occurred_at_given: request.occurred_at,
+                expected_version,
+                occurred_at_given,
             },
         );
         let entry = Arc::new(LoggedEvent {
@@ -183,15 +207,10 @@ impl LogState {
             client_event_id,
             encoded: encode_event(event),
         });
-        journal.record(Accepted {
-            entry: &entry,
-            expected_version: request.expected_version,
-            occurred_at_given: request.occurred_at,
-        });
-        self.entries.push_back(entry);
+        self.entries.push_back(entry.clone());
         self.appended = sequence;
         self.evict(retain);
-        Ok(receipt)
+        Ok((receipt, entry))
     }
 
     /// Puts back one record read from disk. Records up to `snapshot_head` are already folded into
@@ -259,6 +278,55 @@ impl LogState {
             self.stories.forget_oldest(&oldest.story_id);
         }
     }
+}
+
+/// The event `request` becomes at `sequence`, as version `story_version` of its story.
+pub(super) fn new_event(
+    log_id: &str,
+    sequence: u64,
+    story_version: u64,
+    request: pb::PublishRequest,
+    recorded_at: Timestamp,
+) -> pb::UpdateEvent {
+    let event_id = if request.event_id.is_empty() {
+        assigned_event_id(log_id, sequence)
+    } else {
+        request.event_id
+    };
+    pb::UpdateEvent {
+        sequence,
+        event_id,
+        story_id: request.story_id,
+        story_version,
+        headline: request.headline,
+        occurred_at: Some(request.occurred_at.unwrap_or(recorded_at)),
+        recorded_at: Some(recorded_at),
+        change: request.change,
+    }
+}
+
+/// Applies `event` to `stories` (held to `limits` when given), and says what a subscriber the
+/// story thereby enters needs: see [`Entered`].
+pub(super) fn apply(
+    stories: &mut Stories,
+    event: &pb::UpdateEvent,
+    limits: Option<&StoryLimits>,
+) -> Result<(Applied, Option<Box<Entered>>), LogError> {
+    let added_tags = added_tags(stories, event);
+    let applied = match limits {
+        Some(limits) => stories.apply_within(event, limits)?,
+        None => stories.apply(event)?,
+    };
+    let entered = (!added_tags.is_empty()).then(|| {
+        let story = stories
+            .get(&event.story_id)
+            .expect("the story was just applied to");
+        Box::new(Entered {
+            tags: added_tags.into(),
+            story: encode_story(story),
+        })
+    });
+    Ok((applied, entered))
 }
 
 /// The tags `event` adds to its story, which must not be applied yet: those of a revision's new

@@ -248,6 +248,26 @@ impl Stories {
         self.by_id.get(story_id).map(|record| record.id.clone())
     }
 
+    /// A projection holding only `story_id` (if it exists), to try a change on without touching
+    /// this one: the story is shared until the change copies it, and its retained history is
+    /// left behind. A cluster node decides a publish this way before the stream orders it.
+    pub fn trial(&self, story_id: &str) -> Stories {
+        let mut trial = Stories::default();
+        if let Some(record) = self.by_id.get(story_id) {
+            let copy = StoryRecord {
+                id: record.id.clone(),
+                tags: record.tags.clone(),
+                state: record.state.clone(),
+                retained: VecDeque::new(),
+                facts_bytes: record.facts_bytes,
+                context_bytes: record.context_bytes,
+                encoded_len: record.encoded_len,
+            };
+            trial.by_id.insert(story_id.to_owned(), copy);
+        }
+        trial
+    }
+
     /// Puts back stories from a snapshot, with no history retained yet (see
     /// [`Self::note_retained`]).
     pub fn restore(&mut self, stories: impl IntoIterator<Item = pb::Story>) {

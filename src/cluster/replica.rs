@@ -1,0 +1,271 @@
+//! The node's replica of the stream: a task that reads the stream in order from where the replica
+//! stands and applies each message to the in-memory log, and writes story snapshots to the
+//! stream's object store so that a node starting after retention evicted events can begin.
+
+use std::{sync::Arc, time::Duration};
+
+use async_nats::jetstream::{
+    self,
+    consumer::{AckPolicy, DeliverPolicy, pull},
+    object_store::{self, ObjectStore},
+    stream::StorageType,
+};
+use futures_util::StreamExt as _;
+use prost::Message as _;
+use tokio::{io::AsyncReadExt as _, sync::watch};
+
+use super::ClusterError;
+use crate::{
+    log::{EventLog, replicated::Proposal},
+    wal::{self, Snapshot},
+};
+
+/// The one object in the snapshot bucket: every story as of the sequence it names.
+const SNAPSHOT_OBJECT: &str = "stories";
+
+/// How many messages one pull asks for.
+const PULL_BATCH: usize = 1_000;
+
+/// How long one pull waits on the server for messages before asking again.
+const PULL_EXPIRES: Duration = Duration::from_secs(1);
+
+/// How long to wait before following the stream again after an error.
+const RETRY_DELAY: Duration = Duration::from_millis(200);
+
+/// The object store bucket that keeps a stream's story snapshots.
+pub fn bucket(stream: &str) -> String {
+    format!("{stream}_snapshots")
+}
+
+/// The snapshot bucket, created if missing with the stream's replicas.
+pub async fn snapshots(
+    context: &jetstream::Context,
+    stream: &str,
+    replicas: usize,
+) -> Result<ObjectStore, ClusterError> {
+    let name = bucket(stream);
+    if let Ok(store) = context.get_object_store(&name).await {
+        return Ok(store);
+    }
+    let created = context
+        .create_object_store(object_store::Config {
+            bucket: name.clone(),
+            description: Some("storywire: story snapshots of the stream of the same name".into()),
+            storage: StorageType::File,
+            num_replicas: replicas,
+            ..Default::default()
+        })
+        .await;
+    match created {
+        Ok(store) => Ok(store),
+        // Another node created it first.
+        Err(error) => context.get_object_store(&name).await.map_err(|_| {
+            ClusterError::Stream(format!("cannot create the snapshot bucket {name}: {error}"))
+        }),
+    }
+}
+
+/// The newest snapshot of the log `log_id`, if there is one. A snapshot of an earlier stream of
+/// the same name (another log_id) is ignored.
+pub async fn load_snapshot(
+    store: &ObjectStore,
+    log_id: &str,
+) -> Result<Option<Snapshot>, ClusterError> {
+    let mut object = match store.get(SNAPSHOT_OBJECT).await {
+        Ok(object) => object,
+        Err(error) if error.kind() == object_store::GetErrorKind::NotFound => return Ok(None),
+        Err(error) => {
+            return Err(ClusterError::Unreachable(format!(
+                "reading the snapshot: {error}"
+            )));
+        }
+    };
+    let mut bytes = Vec::new();
+    object
+        .read_to_end(&mut bytes)
+        .await
+        .map_err(|e| ClusterError::Unreachable(format!("reading the snapshot: {e}")))?;
+    let snapshot = Snapshot::decode(bytes.as_slice())
+        .map_err(|e| ClusterError::Stream(format!("the snapshot cannot be decoded: {e}")))?;
+    Ok((snapshot.log_id == log_id).then_some(snapshot))
+}
+
+/// Why following the stream stopped.
+#[derive(Debug)]
+enum Stop {
+    /// The connection or the server failed: follow again once NATS is back.
+    Transient(String),
+    /// The stream holds what the replica cannot apply, or lost what it had not applied yet: the
+    /// replica stops rather than build a projection with a hole.
+    Fatal(String),
+}
+
+/// The task that keeps the log a replica of the stream.
+pub struct Replica {
+    /// The log the stream's messages are applied to.
+    pub log: Arc<EventLog>,
+    /// The stream.
+    pub stream: jetstream::stream::Stream,
+    /// Where snapshots go.
+    pub snapshots: ObjectStore,
+    /// Messages up to this sequence are folded into the snapshot the replica started from: they
+    /// are kept for reading, not applied again.
+    pub snapshot_head: u64,
+    /// The next sequence to apply.
+    pub next: u64,
+    /// The stream's last sequence at start-up: the replica is caught up once it has applied it.
+    pub start_head: u64,
+    /// A snapshot is written each time the replica applies a multiple of this sequence.
+    pub snapshot_every: u64,
+    /// Turns true once the replica has caught up with `start_head`.
+    pub caught_up: watch::Sender<bool>,
+    /// Turns true when the replica has stopped for good (see [`Stop::Fatal`]).
+    pub failed: watch::Sender<bool>,
+    /// Whether the client is connected to NATS now.
+    pub connected: watch::Receiver<bool>,
+    /// The head of the newest snapshot this node wrote, so that writes finishing out of order
+    /// never replace a newer snapshot with an older one.
+    pub written: Arc<tokio::sync::Mutex<u64>>,
+}
+
+impl Replica {
+    /// Follows the stream until the log is dropped or the stream holds what cannot be applied.
+    pub async fn run(mut self) {
+        if self.next > self.start_head {
+            self.caught_up.send_replace(true);
+        }
+        loop {
+            if self.connected.wait_for(|up| *up).await.is_err() {
+                return;
+            }
+            match self.follow().await {
+                Stop::Transient(reason) => {
+                    tracing::warn!(%reason, next = self.next, "replica: following the stream again");
+                    tokio::time::sleep(RETRY_DELAY).await;
+                }
+                Stop::Fatal(reason) => {
+                    tracing::error!(%reason, next = self.next,
+                        "replica: stopped; this node serves no more updates until restarted");
+                    self.failed.send_replace(true);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Reads the stream from `next` and applies each message, until something stops it.
+    async fn follow(&mut self) -> Stop {
+        let consumer = self
+            .stream
+            .create_consumer(pull::Config {
+                deliver_policy: DeliverPolicy::ByStartSequence {
+                    start_sequence: self.next,
+                },
+                ack_policy: AckPolicy::None,
+                inactive_threshold: Duration::from_secs(30),
+                num_replicas: 1,
+                memory_storage: true,
+                ..Default::default()
+            })
+            .await;
+        let consumer = match consumer {
+            Ok(consumer) => consumer,
+            Err(error) => return Stop::Transient(format!("creating a consumer: {error}")),
+        };
+        loop {
+            let batch = consumer
+                .batch()
+                .max_messages(PULL_BATCH)
+                .expires(PULL_EXPIRES)
+                .messages()
+                .await;
+            let mut batch = match batch {
+                Ok(batch) => batch,
+                Err(error) => return Stop::Transient(format!("pulling: {error}")),
+            };
+            loop {
+                // A pull the server forgot (it restarted) would never end: bound it.
+                let next = tokio::time::timeout(PULL_EXPIRES * 3, batch.next()).await;
+                let message = match next {
+                    Err(_) => return Stop::Transient("a pull went unanswered".to_owned()),
+                    Ok(None) => break,
+                    Ok(Some(Err(error))) => return Stop::Transient(format!("pulling: {error}")),
+                    Ok(Some(Ok(message))) => message,
+                };
+                let sequence = match message.info() {
+                    Ok(info) => info.stream_sequence,
+                    Err(error) => return Stop::Transient(format!("message info: {error}")),
+                };
+                if let Err(stop) = self.take(sequence, &message.payload) {
+                    return stop;
+                }
+            }
+            if self.next > self.start_head && !*self.caught_up.borrow() {
+                tracing::info!(head = self.next - 1, "replica: caught up with the stream");
+                self.caught_up.send_replace(true);
+            }
+        }
+    }
+
+    /// Applies the message at `sequence` (or keeps it, when the snapshot folds it in already),
+    /// and shows it to readers.
+    fn take(&mut self, sequence: u64, payload: &[u8]) -> Result<(), Stop> {
+        if sequence < self.next {
+            // Delivered again after the consumer was recreated.
+            return Ok(());
+        }
+        if sequence > self.next {
+            let nothing_kept =
+                self.log.appended() + 1 == self.next && self.log.first_retained() == self.next;
+            if nothing_kept && sequence <= self.snapshot_head + 1 {
+                // Retention moved the stream's start while this node was starting; the snapshot
+                // still covers everything before it.
+                self.log.start_at(sequence);
+                self.next = sequence;
+            } else {
+                return Err(Stop::Fatal(format!(
+                    "the stream no longer holds sequences {} to {}: this node fell behind its retention",
+                    self.next,
+                    sequence - 1
+                )));
+            }
+        }
+        let proposal = Proposal::decode(payload)
+            .map_err(|e| Stop::Fatal(format!("sequence {sequence} cannot be decoded: {e}")))?;
+        let taken = if sequence <= self.snapshot_head {
+            self.log
+                .restore_replicated(sequence, proposal, self.snapshot_head)
+        } else {
+            self.log.replicate(sequence, proposal)
+        };
+        taken.map_err(Stop::Fatal)?;
+        self.next = sequence + 1;
+        self.log.show(sequence);
+        if sequence.is_multiple_of(self.snapshot_every) && sequence > self.snapshot_head {
+            self.write_snapshot();
+        }
+        Ok(())
+    }
+
+    /// Writes every story as of now to the snapshot bucket, in the background.
+    fn write_snapshot(&self) {
+        let (stories, head) = self.log.snapshot();
+        let bytes = wal::encode_snapshot(self.log.log_id(), head, &stories);
+        let store = self.snapshots.clone();
+        let written = self.written.clone();
+        tokio::spawn(async move {
+            let mut written = written.lock().await;
+            if *written >= head {
+                return;
+            }
+            let mut reader = bytes.as_slice();
+            match store.put(SNAPSHOT_OBJECT, &mut reader).await {
+                Ok(_) => {
+                    *written = head;
+                    tracing::debug!(head, "replica: wrote a snapshot");
+                }
+                Err(error) => tracing::warn!(%error, head, "replica: cannot write a snapshot"),
+            }
+        });
+    }
+}
