@@ -224,7 +224,7 @@ fn every_node_runs_serve_as_the_cli_parses_it_with_nats_servers_of_this_file() {
             let host = url_host(url);
             assert!(
                 nats.contains(&host),
-                "{name}: --nats {url} names {host:?}, which is none of this file's NATS servers {nats:?}"
+                "{name}: --nats {url} names {host:?}, not one of this file's NATS servers {nats:?}"
             );
             // Compose starts the node once that server answers its healthcheck.
             assert_eq!(
