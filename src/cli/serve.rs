@@ -87,6 +87,14 @@ pub struct Args {
     demo_interval: f64,
 }
 
+impl Args {
+    /// The NATS servers of `--nats`; empty for a server that keeps its own log. Read by
+    /// tests/compose.rs, which parses deploy/compose.yaml's command lines with this parser.
+    pub fn nats_servers(&self) -> &[String] {
+        &self.nats.nats
+    }
+}
+
 /// Runs the server; returns when a shutdown signal has been handled and every stream has ended.
 pub async fn run(args: Args) -> Result<ExitCode, CliError> {
     tracing_subscriber::fmt()
