@@ -26,6 +26,9 @@ mod stream;
 /// How many times a publish is decided again after another node changed its story first.
 const MAX_CONFLICTS: usize = 8;
 
+/// How long a publisher that lost a race waits for the winner's event to reach its replica.
+const CONFLICT_WAIT: Duration = Duration::from_secs(2);
+
 /// How long a publisher waits for its own replica to apply what JetStream acknowledged.
 const APPLY_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -153,6 +156,7 @@ impl Node {
             caught_up: caught_up_tx,
             failed: failed_tx,
             connected: connected.clone(),
+            rebuild_attempts: 0,
             written: Arc::default(),
         };
         tokio::spawn(follower.run());
@@ -199,9 +203,9 @@ impl Node {
             };
             match self.send(&request, &proposal, expected).await {
                 Ok(ack) => return self.settle(ack, &request).await,
-                Err(error) if error.kind() == PublishErrorKind::WrongLastSequence => {
+                Err(error) if is_conflict(&error) => {
                     // Another node changed the story first: catch up, and decide again.
-                    self.catch_up().await?;
+                    self.catch_up(&request.story_id, expected).await?;
                 }
                 Err(error) => {
                     return Err(Refused::Unavailable(format!(
@@ -283,8 +287,12 @@ impl Node {
             .map_err(Refused::Log)
     }
 
-    /// Waits until the replica has applied everything the stream holds now.
-    async fn catch_up(&self) -> Result<(), Refused> {
+    /// After a conflict on `story_id`: waits until the replica has applied everything the stream
+    /// holds now and, if the story's newest event is still at `expected` there, until it moves.
+    /// JetStream also refuses while the other node's event is still being replicated, before
+    /// the stream's last sequence counts it; an event that never commits (its leader died)
+    /// leaves the story where it was, and [`CONFLICT_WAIT`] bounds that wait.
+    async fn catch_up(&self, story_id: &str, expected: u64) -> Result<(), Refused> {
         let mut stream = self.stream.clone();
         let last = stream
             .info()
@@ -299,8 +307,32 @@ impl Node {
                     "this node has not caught up with the stream's sequence {last} within {}s",
                     APPLY_TIMEOUT.as_secs()
                 ))
-            })
+            })?;
+        let mut head = self.log.watch_head();
+        let moved = async {
+            while self.log.subject_sequence(story_id) == expected {
+                if head.changed().await.is_err() {
+                    return;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(CONFLICT_WAIT, moved).await;
+        Ok(())
     }
+}
+
+/// Whether JetStream refused a publish because the story's newest event in the stream is not the
+/// one expected: another node got there first. async-nats names only the older of the two codes
+/// servers give for it (10071, and 10164 since 2.12: "wrong last sequence" without the number).
+fn is_conflict(error: &jetstream::context::PublishError) -> bool {
+    use std::error::Error as _;
+    error.kind() == PublishErrorKind::WrongLastSequence
+        || error
+            .source()
+            .and_then(|source| source.downcast_ref::<jetstream::Error>())
+            .is_some_and(|error| {
+                error.error_code() == jetstream::ErrorCode::STREAM_WRONG_LAST_SEQUENCE_CONSTANT
+            })
 }
 
 /// A watch of whether the node may be called SERVING, kept up to date by a task of its own.

@@ -29,6 +29,10 @@ const PULL_BATCH: usize = 1_000;
 /// How long one pull waits on the server for messages before asking again.
 const PULL_EXPIRES: Duration = Duration::from_secs(1);
 
+/// How many times a replica that fell behind reads the snapshot again, [`RETRY_DELAY`] apart,
+/// before it gives up: the server it reaches may have been down, and be catching up itself.
+const REBUILD_ATTEMPTS: u32 = 50;
+
 /// How long to wait before following the stream again after an error.
 const RETRY_DELAY: Duration = Duration::from_millis(200);
 
@@ -95,6 +99,9 @@ pub async fn load_snapshot(
 enum Stop {
     /// The connection or the server failed: follow again once NATS is back.
     Transient(String),
+    /// The stream evicted events the replica had not applied yet; the oldest it holds now is
+    /// this one: start again from the newest snapshot.
+    Behind(u64),
     /// The stream holds what the replica cannot apply, or lost what it had not applied yet: the
     /// replica stops rather than build a projection with a hole.
     Fatal(String),
@@ -123,6 +130,8 @@ pub struct Replica {
     pub failed: watch::Sender<bool>,
     /// Whether the client is connected to NATS now.
     pub connected: watch::Receiver<bool>,
+    /// How many times in a row a rebuild found no snapshot that reaches the stream's start.
+    pub rebuild_attempts: u32,
     /// The head of the newest snapshot this node wrote, so that writes finishing out of order
     /// never replace a newer snapshot with an older one.
     pub written: Arc<tokio::sync::Mutex<u64>>,
@@ -142,6 +151,25 @@ impl Replica {
                 Stop::Transient(reason) => {
                     tracing::warn!(%reason, next = self.next, "replica: following the stream again");
                     tokio::time::sleep(RETRY_DELAY).await;
+                }
+                Stop::Behind(first) => {
+                    tracing::warn!(
+                        next = self.next,
+                        first,
+                        "replica: fell behind the stream's retention; starting again from the newest snapshot"
+                    );
+                    match self.rebuild(first).await {
+                        Ok(()) => {}
+                        Err(Stop::Fatal(reason)) => {
+                            tracing::error!(%reason, "replica: stopped; this node serves no more updates until restarted");
+                            self.failed.send_replace(true);
+                            return;
+                        }
+                        Err(other) => {
+                            tracing::warn!(?other, "replica: cannot read the snapshot yet");
+                            tokio::time::sleep(RETRY_DELAY).await;
+                        }
+                    }
                 }
                 Stop::Fatal(reason) => {
                     tracing::error!(%reason, next = self.next,
@@ -223,11 +251,7 @@ impl Replica {
                 self.log.start_at(sequence);
                 self.next = sequence;
             } else {
-                return Err(Stop::Fatal(format!(
-                    "the stream no longer holds sequences {} to {}: this node fell behind its retention",
-                    self.next,
-                    sequence - 1
-                )));
+                return Err(Stop::Behind(sequence));
             }
         }
         let proposal = Proposal::decode(payload)
@@ -244,6 +268,32 @@ impl Replica {
         if sequence.is_multiple_of(self.snapshot_every) && sequence > self.snapshot_head {
             self.write_snapshot();
         }
+        Ok(())
+    }
+
+    /// Starts the replica again from the newest snapshot, which must reach `first`, the stream's
+    /// oldest message now. On failure the replica stops.
+    async fn rebuild(&mut self, first: u64) -> Result<(), Stop> {
+        let snapshot = load_snapshot(&self.snapshots, self.log.log_id())
+            .await
+            .map_err(|error| Stop::Transient(error.to_string()))?;
+        let head = snapshot.as_ref().map_or(0, |snapshot| snapshot.head);
+        let Some(snapshot) = snapshot.filter(|_| head + 1 >= first) else {
+            let hole = format!(
+                "the stream starts at sequence {first}, but the newest snapshot is as of sequence {head}: the replica would hold a hole"
+            );
+            // A server that was down may answer before it has the newest snapshot itself.
+            self.rebuild_attempts += 1;
+            return Err(if self.rebuild_attempts < REBUILD_ATTEMPTS {
+                Stop::Transient(hole)
+            } else {
+                Stop::Fatal(hole)
+            });
+        };
+        self.rebuild_attempts = 0;
+        self.log.rebuild(snapshot, first);
+        self.snapshot_head = head;
+        self.next = first;
         Ok(())
     }
 

@@ -99,11 +99,7 @@ impl EventLog {
         }
         let mut trial = state.stories.trial(&request.story_id);
         let story_version = trial.version(&request.story_id) + 1;
-        let expected_subject_sequence = trial
-            .get(&request.story_id)
-            .map(|story| story.last_sequence)
-            .filter(|last| *last >= state.first_retained)
-            .unwrap_or(0);
+        let expected_subject_sequence = subject_sequence(&state, &request.story_id);
         let limits = state.story_limits.clone();
         drop(state);
         let event = new_event(&self.log_id, 0, story_version, request.clone(), recorded_at);
@@ -117,6 +113,12 @@ impl EventLog {
             },
             expected_subject_sequence,
         })
+    }
+
+    /// The stream sequence of the newest retained event of `story_id`: what JetStream must still
+    /// find as the story's newest for a publish decided now (0 when the replica holds none).
+    pub fn subject_sequence(&self, story_id: &str) -> u64 {
+        subject_sequence(&self.read(), story_id)
     }
 
     /// Applies the stream's message at `sequence` (the next one), as every node does. Readers
@@ -175,6 +177,20 @@ impl EventLog {
         state.restore(&self.log_id, record, snapshot_head)?;
         state.evict(self.retain_events);
         Ok(())
+    }
+
+    /// Starts the replica again from `snapshot`, holding no events, the first it will take being
+    /// `first`: the stream evicted the events between what it had applied and `first` while it
+    /// could not follow. Subscriptions behind `first` end with OUT_OF_RANGE at their next read,
+    /// as when retention overtakes them on a single server.
+    pub fn rebuild(&self, snapshot: Snapshot, first: u64) {
+        let mut state = self.write();
+        let limits = state.story_limits.clone();
+        *state = LogState::empty();
+        state.story_limits = limits;
+        state.stories.restore(snapshot.stories);
+        state.appended = first - 1;
+        state.first_retained = first;
     }
 
     /// Moves an empty replica's start to `first`, the stream's oldest message now: retention
@@ -240,6 +256,17 @@ impl EventLog {
     pub fn entry(&self, sequence: u64) -> Option<Arc<LoggedEvent>> {
         self.read().entry(sequence).cloned()
     }
+}
+
+/// [`EventLog::subject_sequence`] under the caller's lock. The stream and the replica evict the
+/// same events, so a story whose newest event the replica evicted has none in the stream either.
+fn subject_sequence(state: &LogState, story_id: &str) -> u64 {
+    state
+        .stories
+        .get(story_id)
+        .map(|story| story.last_sequence)
+        .filter(|last| *last >= state.first_retained)
+        .unwrap_or(0)
 }
 
 /// The request and `recorded_at` of a proposal, which every message must carry.
