@@ -243,12 +243,13 @@ async fn forward(
     events: mpsc::UnboundedSender<pb::UpdateEvent>,
 ) {
     while let Ok(Some(response)) = stream.message().await {
-        match response.item {
-            Some(Item::Started(started)) => {
-                let _ = log_id.send(started.log_id);
-            }
-            Some(Item::Event(event)) if events.send(event).is_err() => return,
-            _ => {}
+        if let Some(Item::Started(started)) = &response.item {
+            let _ = log_id.send(started.log_id.clone());
+        }
+        if let Some(Item::Event(event)) = response.item
+            && events.send(event).is_err()
+        {
+            return;
         }
     }
 }
