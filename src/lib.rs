@@ -8,6 +8,9 @@
 //! - [`log`]: the event log, the only truth: `state` (retained events, retention), `dedupe`
 //!   (idempotency), `query` (reads), and the [`log::Journal`] seam through which events become
 //!   durable and visible: `memory` and `write_ahead`.
+//! - [`cluster`]: a node of a cluster (`serve --nats`): the log kept in a NATS JetStream stream,
+//!   each node's log a replica of it (`log::replicated`), publishes appended by JetStream only if
+//!   the story has not changed since they were decided.
 //! - [`wal`]: the on-disk format of the write-ahead log (`serve --data-dir`), recovery from it,
 //!   and the segment writer the write-ahead journal drives.
 //! - [`story`]: the projection: a story's state as the fold of its events, the story rules, and

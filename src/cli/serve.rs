@@ -172,7 +172,7 @@ pub async fn run(args: Args) -> Result<ExitCode, CliError> {
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     let address = listener.local_addr()?;
-    tracing::info!(%address, log_id = log.log_id(), retain_events = retain, "storywire listening");
+    tracing::info!(%address, log_id = log.log_id(), retain_events = log.retain_events(), "storywire listening");
 
     let replay = if args.demo {
         demo::publish_seed(&log)?;

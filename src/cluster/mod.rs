@@ -1,6 +1,6 @@
 //! A node of a cluster: the log kept in a NATS JetStream stream that several storywire nodes
 //! share (`serve --nats`). JetStream is the log of record, replicated by its own Raft; each node
-//! keeps its in-memory log as a replica of the stream ([`replica`]) and serves its own
+//! keeps its in-memory log as a replica of the stream (`replica`) and serves its own
 //! subscribers from it. A publish on any node is decided against that node's replica and
 //! appended by JetStream on the condition that the story has not changed since
 //! ([`Node::publish`]). docs/cluster.md says what the cluster promises.
@@ -185,7 +185,7 @@ impl Node {
 
     /// Publishes one validated request through the stream: decided against the replica, then
     /// appended by JetStream only if the story's newest event in the stream is still the one
-    /// the decision saw (otherwise decided again, at most [`MAX_CONFLICTS`] times). Answers once
+    /// the decision saw (otherwise decided again, a bounded number of times). Answers once
     /// JetStream has acknowledged it and this node's replica has applied it, so that a read on
     /// this node right after sees it.
     pub async fn publish(

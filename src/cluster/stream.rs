@@ -149,8 +149,8 @@ pub async fn ensure(
                 // Another node created it first: use theirs, if it can serve.
                 Err(create) => context.get_stream(&config.stream).await.map_err(|_| {
                     ClusterError::Stream(format!(
-                        "cannot create stream {}: {create}",
-                        config.stream
+                        "cannot create stream {} with {} replicas (--nats-replicas): {create}",
+                        config.stream, config.replicas
                     ))
                 })?,
             }

@@ -9,9 +9,10 @@
 //! - [`super::write_ahead::WriteAhead`]: `serve --data-dir`, a thread that writes and fsyncs
 //!   segments, and moves the heads as the fsync mode says.
 //!
-//! A replicated stream (NATS JetStream, the next step) is a third: there the stream assigns the
-//! sequence, so [`Journal::next_sequence`] is the stream's, and an event becomes visible when
-//! the stream delivers it back to the node's replica.
+//! A replicated stream (NATS JetStream, `serve --nats`) orders events before the log sees them,
+//! so it does not go through this trait: a cluster node publishes beside [`super::EventLog::append`]
+//! and applies what the stream delivers with [`super::EventLog::replicate`], over the memory
+//! journal (see [`super::replicated`] and [`crate::cluster`]).
 
 use std::fmt;
 

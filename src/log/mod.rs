@@ -283,6 +283,11 @@ impl EventLog {
         self.write().story_limits = limits;
     }
 
+    /// How many events the log keeps readable.
+    pub fn retain_events(&self) -> usize {
+        self.retain_events
+    }
+
     /// This incarnation's id.
     pub fn log_id(&self) -> &str {
         &self.log_id
