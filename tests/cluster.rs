@@ -332,6 +332,27 @@ async fn events_published_on_any_node_arrive_at_the_same_sequences_on_every_node
         let receipt = publish_until_acknowledged(&node_urls, i % 3, &request).await;
         acknowledged.insert(receipt.event_id, receipt.sequence);
     }
+    // A retry through another node is the same event; a different update with its id is refused.
+    let retried = update("story-1", "fact-1");
+    let original = acknowledged["fact-1"];
+    for url in &node_urls {
+        let receipt = client_at(url)
+            .await
+            .publish(retried.clone())
+            .await
+            .expect("a retry")
+            .into_inner();
+        assert_eq!((receipt.sequence, receipt.duplicate), (original, true));
+        let mut reused = update("story-2", "fact-1");
+        reused.headline = "Another update".to_owned();
+        let refused = client_at(url)
+            .await
+            .publish(reused)
+            .await
+            .expect_err("a reused event_id");
+        assert_eq!(refused.code(), Code::AlreadyExists, "{refused:?}");
+    }
+
     let mut received = Vec::new();
     for (_, events) in &mut subscriptions {
         let mut into = Vec::new();
