@@ -48,8 +48,9 @@ const INSTALLED_BINARY: &str = "target/tools/nats/bin/nats-server";
 const CLUSTER_NAME: &str = "storywire-test";
 
 /// How often a wait reads the monitoring endpoints again. The servers announce nothing a test can
-/// await, so the waits poll; this is short next to an election (about a second) and long enough
-/// that three servers' endpoints are not read in a busy loop.
+/// await, so the waits poll; this is short next to an election (a fraction of a second at start,
+/// several seconds after a leader is killed) and long enough that three servers' endpoints are
+/// not read in a busy loop.
 const POLL_INTERVAL: Duration = Duration::from_millis(25);
 
 /// How many times [`Cluster::start`] picks new ports when a server finds one of its ports taken:
@@ -209,7 +210,7 @@ impl Cluster {
 
     /// Stops every running server with SIGTERM, all at once, and waits until each has exited.
     pub async fn stop_all(&mut self) {
-        let running: Vec<usize> = (0..self.len()).filter(|&i| self.is_running(i)).collect();
+        let running = self.running();
         for &index in &running {
             self.send(index, libc::SIGTERM);
         }
@@ -381,9 +382,9 @@ impl Cluster {
     }
 
     /// Polls until every running server is healthy (`/healthz`), all agree on a meta leader that
-    /// is running and counts every other running server current, and every stream is led by a
-    /// running server that counts every other running holder current. Returns early if a server's
-    /// process exits.
+    /// is running and counts every other running server current, and every stream has a leader
+    /// (see [`Cluster::stream_leader`]) that counts every other running holder current. Returns
+    /// early if a server's process exits.
     async fn until_settled(&mut self) -> Result<(), Exited> {
         loop {
             self.check_running()?;
@@ -477,17 +478,17 @@ impl Cluster {
     fn stream_led(&self, views: &[View], stream: &str) -> Option<usize> {
         let (leader, subjects) = views.iter().find_map(|view| {
             let detail = stream_detail(&view.jsz, stream)?;
-            // A server outside a cluster leads what it holds and reports no `cluster`.
-            let named = detail["cluster"]["leader"]
-                .as_str()
-                .unwrap_or(self.name(view.index));
-            (named == self.name(view.index)).then(|| (view.index, &detail["config"]["subjects"]))
+            let holder = self.name(view.index);
+            (named_leader(detail, holder) == holder)
+                .then(|| (view.index, &detail["config"]["subjects"]))
         })?;
         let agreed = views.iter().all(|view| {
-            stream_detail(&view.jsz, stream)
-                .is_none_or(|detail| detail["cluster"]["leader"] == self.name(leader))
+            stream_detail(&view.jsz, stream).is_none_or(|detail| {
+                named_leader(detail, self.name(view.index)) == self.name(leader)
+            })
         });
-        let subjects = subjects.as_array()?;
+        // A stream without subjects of its own (a mirror) has nothing to route.
+        let subjects = subjects.as_array().map(Vec::as_slice).unwrap_or_default();
         let routed = views
             .iter()
             .filter(|view| view.index != leader)
@@ -677,7 +678,9 @@ fn free_ports(n: usize) -> Vec<Ports> {
 
 /// Makes the server die with the test process's thread that started it, so that even a test
 /// binary killed outright (where no drop runs) leaves no server behind. Linux only; elsewhere the
-/// drop is the only guard.
+/// drop is the only guard. The signal follows the starting *thread*: a test's own task (which
+/// `#[tokio::test]` polls on the test's thread, in either flavor) outlives its cluster, but a
+/// server started from a task spawned onto a worker would die with that worker.
 fn die_with_parent(command: &mut Command) {
     #[cfg(target_os = "linux")]
     // SAFETY: the closure runs in the child between fork and exec, and calls only prctl(2), which
@@ -735,6 +738,16 @@ fn stream_details(jsz: &Value) -> impl Iterator<Item = &Value> {
 /// holds a replica of it.
 fn stream_detail<'a>(jsz: &'a Value, stream: &str) -> Option<&'a Value> {
     stream_details(jsz).find(|detail| detail["name"] == stream)
+}
+
+/// The leader a server that holds a stream names in its `detail`, `""` if it knows none; `holder`
+/// is the server's own name, which a server outside a cluster (no `cluster` section) names, since
+/// it leads everything it holds.
+fn named_leader<'a>(detail: &'a Value, holder: &'a str) -> &'a str {
+    match detail.get("cluster") {
+        Some(cluster) => cluster["leader"].as_str().unwrap_or_default(),
+        None => holder,
+    }
 }
 
 /// Whether a server's `/routez?subs=1` shows interest in `subject` (a stream's subject, as
