@@ -619,6 +619,8 @@ fn version_of(binary: &Path) -> Option<(u64, u64)> {
 /// A server's config: loopback only, JetStream storing under `store` and syncing every write to
 /// disk before acknowledging it (as the cluster node's durability claim assumes), and, when
 /// `routes` is given, a cluster member routing to every server in it (its own route is ignored).
+/// `no_advertise`: a client learns no other server from the one it reached, so a test can cut one
+/// storywire node off by stopping the servers it was given.
 fn config_text(name: &str, ports: Ports, store: &Path, routes: Option<&[String]>) -> String {
     let mut text = format!(
         "server_name: {name}\n\
@@ -631,7 +633,7 @@ fn config_text(name: &str, ports: Ports, store: &Path, routes: Option<&[String]>
     );
     if let Some(routes) = routes {
         text.push_str(&format!(
-            "cluster {{\n  name: {CLUSTER_NAME}\n  listen: 127.0.0.1:{cluster}\n  routes: [\n    {routes}\n  ]\n}}\n",
+            "cluster {{\n  name: {CLUSTER_NAME}\n  no_advertise: true\n  listen: 127.0.0.1:{cluster}\n  routes: [\n    {routes}\n  ]\n}}\n",
             cluster = ports.cluster,
             routes = routes.join("\n    "),
         ));
