@@ -699,3 +699,116 @@ async fn a_node_that_fell_behind_retention_while_cut_off_starts_again_from_the_s
     assert_eq!(all_events(&other).await.0, events);
     assert_eq!(all_stories(&behind).await, all_stories(&other).await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_names_its_log_after_the_stream_and_refuses_a_stream_it_cannot_serve() {
+    let cluster = Cluster::start(1).await;
+    let url = cluster.url(0);
+    let one = ["--nats-replicas", "1"];
+    let mut first = Node::serving(&url, "IDENT", &one).await;
+    // PublishStream through a node: pipelined across stories, answered in request order.
+    let mut messages = vec![open("left", &[]), open("right", &[])];
+    for i in 0..20 {
+        messages.push(report(
+            if i % 2 == 0 { "left" } else { "right" },
+            &format!("f{i}"),
+        ));
+    }
+    messages.push(report("nowhere", "f0"));
+    let requests = messages
+        .into_iter()
+        .map(|request| pb::PublishStreamRequest {
+            request: Some(request),
+        });
+    let mut responses = first
+        .client()
+        .await
+        .publish_stream(tokio_stream::iter(requests))
+        .await
+        .expect("PublishStream")
+        .into_inner();
+    let mut answers = Vec::new();
+    while let Some(response) = within("PublishStream", responses.message())
+        .await
+        .expect("ok")
+    {
+        answers.push(response.result.expect("a result"));
+    }
+    use pb::publish_stream_response::Result as Outcome;
+    let sequences: Vec<u64> = answers
+        .iter()
+        .filter_map(|answer| match answer {
+            Outcome::Accepted(receipt) => Some(receipt.sequence),
+            Outcome::Rejected(_) => None,
+        })
+        .collect();
+    assert_eq!(sequences, (1..=22).collect::<Vec<_>>(), "{answers:?}");
+    assert!(
+        matches!(&answers[22], Outcome::Rejected(e) if e.code == Code::NotFound as i32),
+        "{:?}",
+        answers[22]
+    );
+    let (_, _, old_log_id) = all_events(&first).await;
+    assert!(old_log_id.starts_with("ident-"), "{old_log_id}");
+    first.process.stop_cleanly().await;
+
+    // The stream deleted and created again is another log: its old log_id is refused.
+    let nats = async_nats::connect(url.clone()).await.expect("connect");
+    let js = async_nats::jetstream::new(nats);
+    js.delete_stream("IDENT").await.expect("delete the stream");
+    let second = Node::serving(&url, "IDENT", &one).await;
+    let stale = second
+        .client()
+        .await
+        .subscribe(pb::SubscribeRequest {
+            from_sequence: Some(2),
+            log_id: old_log_id.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("a stale log_id");
+    assert_eq!(stale.code(), Code::FailedPrecondition, "{stale:?}");
+    assert!(stale.message().contains(&old_log_id), "{stale:?}");
+
+    // A stream kept in memory would lose the log with its servers: the node says so and stops.
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "MEM".to_owned(),
+        subjects: vec!["MEM.story.*".to_owned()],
+        storage: async_nats::jetstream::stream::StorageType::Memory,
+        max_messages: 1_000,
+        deny_delete: true,
+        ..Default::default()
+    })
+    .await
+    .expect("a memory stream");
+    let mut refused = Running::spawn(process::storywire(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--nats",
+        &url,
+        "--nats-stream",
+        "MEM",
+    ]));
+    let status = refused.wait().await;
+    let said = refused.read_to_end(Pipe::Stderr).await.join("\n");
+    assert!(
+        !status.success() && said.contains("in memory, not in files"),
+        "{said}"
+    );
+
+    // A node keeps its log in the stream or on disk, not both.
+    let both = process::run(process::storywire(&[
+        "serve",
+        "--nats",
+        &url,
+        "--data-dir",
+        "/nonexistent",
+    ]))
+    .await;
+    let said = both.failure(2);
+    assert!(
+        said.contains("--data-dir") && said.contains("--nats"),
+        "{said}"
+    );
+}
