@@ -123,6 +123,8 @@ pub fn status(error: impl Into<Error>) -> Status {
         Error::Limit(_) => Code::ResourceExhausted,
         Error::Cluster(Refused::Unavailable(_)) => Code::Unavailable,
         Error::Cluster(Refused::Contended(_)) => Code::Aborted,
+        // As tonic refuses a request over --max-request-bytes.
+        Error::Cluster(Refused::TooLarge(_)) => Code::OutOfRange,
         Error::End(End::Log(_)) | Error::Cluster(Refused::Log(_)) => {
             unreachable!("flattened above")
         }

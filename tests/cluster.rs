@@ -770,6 +770,28 @@ async fn a_node_names_its_log_after_the_stream_and_refuses_a_stream_it_cannot_se
     assert_eq!(stale.code(), Code::FailedPrecondition, "{stale:?}");
     assert!(stale.message().contains(&old_log_id), "{stale:?}");
 
+    // An update larger than NATS takes in one message (1 MiB by default) is refused for its size,
+    // not as a failure worth retrying.
+    let roomy = Node::serving(
+        &url,
+        "IDENT",
+        &["--nats-replicas", "1", "--max-request-bytes", "4000000"],
+    )
+    .await;
+    let mut client = roomy.client().await;
+    client.publish(open("big", &[])).await.expect("open big");
+    let mut big = support::bulky_fact("big", "long");
+    if let Some(pb::change::Kind::FactReported(reported)) =
+        big.change.as_mut().and_then(|change| change.kind.as_mut())
+    {
+        for attribution in &mut reported.attributions {
+            attribution.quote = "\u{1d11e}".repeat(2_000);
+        }
+    }
+    let too_large = client.publish(big).await.expect_err("beyond max_payload");
+    assert_eq!(too_large.code(), Code::OutOfRange, "{too_large:?}");
+    assert!(too_large.message().contains("max_payload"), "{too_large:?}");
+
     // A stream kept in memory would lose the log with its servers: the node says so and stops.
     js.create_stream(async_nats::jetstream::stream::Config {
         name: "MEM".to_owned(),

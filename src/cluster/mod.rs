@@ -81,6 +81,9 @@ pub enum Refused {
     /// Other nodes kept changing the story while this one decided the publish.
     #[error("{0}")]
     Contended(String),
+    /// The update is larger than the NATS servers take in one message.
+    #[error("{0}")]
+    TooLarge(String),
 }
 
 /// A node of the cluster: its replica of the stream, and the way it publishes to the stream.
@@ -124,7 +127,15 @@ impl Node {
             .clone();
         stream::warn_about_fsync();
         let log_id = stream::log_id(&config.stream, &info);
+        let flag = retain;
         let retain = usize::try_from(info.config.max_messages).unwrap_or(usize::MAX);
+        if retain != flag {
+            tracing::info!(
+                max_messages = retain,
+                retain_events = flag,
+                "NATS: the stream keeps its own max_msgs, and this node's replica follows it"
+            );
+        }
         let replicas = info.config.num_replicas;
         let snapshots = replica::snapshots(&context, &config.stream, replicas).await?;
         let snapshot = replica::load_snapshot(&snapshots, &log_id).await?;
@@ -206,6 +217,12 @@ impl Node {
                 Err(error) if is_conflict(&error) => {
                     // Another node changed the story first: catch up, and decide again.
                     self.catch_up(&request.story_id, expected).await?;
+                }
+                Err(error) if error.kind() == PublishErrorKind::MaxPayloadExceeded => {
+                    return Err(Refused::TooLarge(format!(
+                        "the update is {} bytes encoded, more than the NATS servers take in one message (their max_payload); raise max_payload on every server, or send a smaller update",
+                        proposal.encoded_len()
+                    )));
                 }
                 Err(error) => {
                     return Err(Refused::Unavailable(format!(

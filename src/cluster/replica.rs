@@ -299,8 +299,9 @@ impl Replica {
 
     /// Writes every story as of now to the snapshot bucket, in the background.
     fn write_snapshot(&self) {
+        // Shared stories: encoding them (large for a large log) happens off the replica's task.
         let (stories, head) = self.log.snapshot();
-        let bytes = wal::encode_snapshot(self.log.log_id(), head, &stories);
+        let log_id = self.log.log_id().to_owned();
         let store = self.snapshots.clone();
         let written = self.written.clone();
         tokio::spawn(async move {
@@ -308,6 +309,12 @@ impl Replica {
             if *written >= head {
                 return;
             }
+            let encoded =
+                tokio::task::spawn_blocking(move || wal::encode_snapshot(&log_id, head, &stories))
+                    .await;
+            let Ok(bytes) = encoded else {
+                return;
+            };
             let mut reader = bytes.as_slice();
             match store.put(SNAPSHOT_OBJECT, &mut reader).await {
                 Ok(_) => {
