@@ -37,6 +37,16 @@ impl Node {
     /// Starts `storywire serve --nats SERVERS --nats-stream STREAM` with `extra` flags, and waits
     /// until it listens (it may not be SERVING yet).
     async fn start(servers: &str, stream: &str, extra: &[&str]) -> Self {
+        let mut process = Self::spawn(servers, stream, extra);
+        let (address, _) = process.listening_address().await;
+        Self {
+            process,
+            url: format!("http://{address}"),
+        }
+    }
+
+    /// Spawns `storywire serve --nats SERVERS --nats-stream STREAM` with `extra` flags.
+    fn spawn(servers: &str, stream: &str, extra: &[&str]) -> Running {
         let mut args = vec![
             "serve",
             "--listen",
@@ -47,12 +57,7 @@ impl Node {
             stream,
         ];
         args.extend_from_slice(extra);
-        let mut process = Running::spawn(process::storywire(&args));
-        let (address, _) = process.listening_address().await;
-        Self {
-            process,
-            url: format!("http://{address}"),
-        }
+        Running::spawn(process::storywire(&args))
     }
 
     /// Starts a node and waits until it is SERVING.
@@ -92,6 +97,15 @@ impl Node {
         })
         .await;
     }
+}
+
+/// Starts a node on `stream` that must refuse to start; returns what it said.
+async fn refused_start(servers: &str, stream: &str) -> String {
+    let mut refused = Node::spawn(servers, stream, &[]);
+    let status = refused.wait().await;
+    let said = refused.read_to_end(Pipe::Stderr).await.join("\n");
+    assert!(!status.success(), "{said}");
+    said
 }
 
 /// A report in `story_id` with a publisher's own event_id, so that it can be retried safely.
@@ -575,18 +589,7 @@ async fn a_node_started_after_retention_evicted_events_serves_what_the_others_se
         .delete_object_store("RETAIN_snapshots")
         .await
         .expect("delete the snapshots");
-    let mut refused = Running::spawn(process::storywire(&[
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--nats",
-        &urls,
-        "--nats-stream",
-        "RETAIN",
-    ]));
-    let status = refused.wait().await;
-    let said = refused.read_to_end(Pipe::Stderr).await.join("\n");
-    assert!(!status.success(), "{said}");
+    let said = refused_start(&urls, "RETAIN").await;
     assert!(
         said.contains("starts at sequence 81") && said.contains("as of sequence 0"),
         "{said}"
@@ -803,21 +806,8 @@ async fn a_node_names_its_log_after_the_stream_and_refuses_a_stream_it_cannot_se
     })
     .await
     .expect("a memory stream");
-    let mut refused = Running::spawn(process::storywire(&[
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--nats",
-        &url,
-        "--nats-stream",
-        "MEM",
-    ]));
-    let status = refused.wait().await;
-    let said = refused.read_to_end(Pipe::Stderr).await.join("\n");
-    assert!(
-        !status.success() && said.contains("in memory, not in files"),
-        "{said}"
-    );
+    let said = refused_start(&url, "MEM").await;
+    assert!(said.contains("in memory, not in files"), "{said}");
 
     // A node keeps its log in the stream or on disk, not both.
     let both = process::run(process::storywire(&[
