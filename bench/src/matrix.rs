@@ -1,6 +1,6 @@
 //! The standard cases and the order they run in: fan-out against the baseline, publish paths,
 //! durability, catch-up and memory per retained event, memory per idle subscriber; the abuse
-//! phases and the heavy reads when asked for.
+//! phases, the heavy reads and the cluster case when asked for.
 
 use std::{path::PathBuf, time::Duration};
 
@@ -9,7 +9,7 @@ use storywire::pb;
 use tokio::time::Instant;
 
 use crate::{
-    abuse, heavy_reads,
+    abuse, cluster, heavy_reads,
     load::{self, Rate, Received, connect, publish, receive, subscribe_many},
     process::{self, ServerProcess, Target},
     report::{cell, ratio, summary},
@@ -79,6 +79,8 @@ pub struct Args {
     /// Snapshot subscriptions that never read, in the snapshot case.
     #[arg(long, default_value_t = 1_000)]
     snapshot_subscribers: usize,
+    #[command(flatten)]
+    cluster: cluster::Args,
 }
 
 fn parse_rate(value: &str) -> Result<Rate, String> {
@@ -278,6 +280,9 @@ pub async fn run(args: Args) -> Result<(), String> {
     }
     if args.durability_events > 0 {
         durability(args.durability_events, runs).await?;
+    }
+    if args.cluster.cluster {
+        cluster::run(&args.cluster, args.connections, runs).await?;
     }
     if args.catch_up_events > 0 {
         println!("\n{}", catch_up(args.catch_up_events, runs).await?);
