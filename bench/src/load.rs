@@ -61,27 +61,42 @@ pub async fn connect(url: &str, count: usize) -> Result<Vec<Channel>, String> {
 /// each event is ~200 bytes and the story's own state stays one summary long (the bench measures
 /// the log, not a story that grows without end). Each is stamped with the time it is sent.
 fn bench_request(n: u64) -> pb::PublishRequest {
-    let kind = if n == 1 {
-        Kind::StoryOpened(pb::StoryOpened {
-            headline: "Bench story".into(),
-            summary: String::new(),
-            tags: vec!["bench".into()],
-        })
-    } else {
-        Kind::StoryRevised(pb::StoryRevised {
-            headline: None,
-            summary: Some(format!("Summary {n:>10}: {SUMMARY}")),
-            tags: None,
-        })
-    };
+    if n > 1 {
+        return revision(STORY.into(), n);
+    }
+    let kind = Kind::StoryOpened(pb::StoryOpened {
+        headline: "Bench story".into(),
+        summary: String::new(),
+        tags: vec!["bench".into()],
+    });
     pb::PublishRequest {
-        story_id: STORY.into(),
+        change: Some(pb::Change { kind: Some(kind) }),
+        ..revision(STORY.into(), n)
+    }
+}
+
+/// The `n`th update of `story_id`, a story already open: a new summary, so that every bench event
+/// is about the same size whichever story it goes to.
+pub fn revision(story_id: String, n: u64) -> pb::PublishRequest {
+    pb::PublishRequest {
+        story_id,
         event_id: String::new(),
         expected_version: None,
         headline: format!("Update {n:>10} on the bench story, one line long"),
         occurred_at: Some(to_timestamp(SystemTime::now())),
-        change: Some(pb::Change { kind: Some(kind) }),
+        change: Some(pb::Change {
+            kind: Some(Kind::StoryRevised(pb::StoryRevised {
+                headline: None,
+                summary: Some(format!("Summary {n:>10}: {SUMMARY}")),
+                tags: None,
+            })),
+        }),
     }
+}
+
+/// The id of the `n`th (from 1) of the other stories [`open_stories`] opens.
+pub fn story_id(n: u64) -> String {
+    format!("{STORY}-{n:010}")
 }
 
 /// The `n`th of the other stories [`open_stories`] opens: one event of about the size of a bench
@@ -89,7 +104,7 @@ fn bench_request(n: u64) -> pb::PublishRequest {
 fn story_opening(n: u64) -> pb::PublishRequest {
     let headline = format!("Bench story {n:>10}, one line long");
     pb::PublishRequest {
-        story_id: format!("{STORY}-{n:010}"),
+        story_id: story_id(n),
         event_id: String::new(),
         expected_version: None,
         headline: headline.clone(),
@@ -149,14 +164,32 @@ pub async fn open_stories(channel: Channel, count: u64) -> Result<Duration, Stri
     Ok(published.elapsed)
 }
 
-/// What a publisher on PublishStream saw.
+/// Publishes `events` updates at full speed on one PublishStream, spread round-robin over the
+/// first `stories` of the stories [`open_stories`] opened, and returns how long it took from the
+/// first send to the last acknowledgement. Consecutive requests go to different stories, which a
+/// cluster node publishes concurrently.
+pub async fn publish_spread(
+    channel: Channel,
+    events: u64,
+    stories: u64,
+) -> Result<Duration, String> {
+    let stories = stories.max(1);
+    let published = stream_requests(channel, events, Rate::Max, move |i| {
+        revision(story_id(i % stories + 1), i / stories + 2)
+    })
+    .await?;
+    Ok(published.elapsed)
+}
+
+/// What a publisher saw.
 pub struct Published {
     /// From the first send to the last acknowledgement.
     pub elapsed: Duration,
-    /// At a fixed rate, each event's latency in microseconds from its tick to its
-    /// acknowledgement; empty at full speed, where it would be only queueing (and recording it
-    /// would take the publisher's time). Counting from the tick rather than the send keeps a
-    /// stall in view: the events due during it are late too, not merely sent late.
+    /// On PublishStream at a fixed rate, each event's latency in microseconds from its tick to
+    /// its acknowledgement; empty at full speed, where it would be only queueing (and recording
+    /// it would take the publisher's time). Counting from the tick rather than the send keeps a
+    /// stall in view: the events due during it are late too, not merely sent late. With unary
+    /// Publish, each call's, from its send to its answer.
     pub latency: Histogram<u64>,
 }
 
@@ -238,15 +271,30 @@ pub async fn publish_unary_more(channel: Channel, events: u64) -> Result<Duratio
 }
 
 async fn unary_from(channel: Channel, first: u64, events: u64) -> Result<Duration, String> {
+    Ok(unary_measured(channel, first, events).await?.elapsed)
+}
+
+/// Like [`publish_unary`], with each call's latency from its send to its answer.
+pub async fn publish_unary_measured(channel: Channel, events: u64) -> Result<Published, String> {
+    unary_measured(channel, 1, events).await
+}
+
+async fn unary_measured(channel: Channel, first: u64, events: u64) -> Result<Published, String> {
     let mut client = StoryServiceClient::new(channel);
+    let mut latency = Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid bounds");
     let start = Instant::now();
     for n in first..first + events {
+        let sent = Instant::now();
         client
             .publish(bench_request(n))
             .await
             .map_err(|e| format!("publish: {e}"))?;
+        latency.saturating_record(u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX));
     }
-    Ok(start.elapsed())
+    Ok(Published {
+        elapsed: start.elapsed(),
+        latency,
+    })
 }
 
 /// What one subscriber saw.

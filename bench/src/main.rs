@@ -12,6 +12,9 @@
 //! - [`abuse`]: misbehaving clients against a server while a well-behaved one measures.
 //! - [`heavy_reads`]: history rebuilt by GetStory and snapshots never read, against a publisher
 //!   and a subscriber.
+//! - [`cluster`]: the JetStream journal of `serve --nats` beside the others: publishing,
+//!   replication lag, a new node's catch-up, fan-out on one node.
+//! - [`nats`]: the nats-servers the cluster case starts.
 //! - [`report`]: medians, spreads and ratios as the report's markdown cells.
 //! - [`process`]: a server under test in its own process, its CPU time and memory from /proc.
 //! - [`load`]: the client side: connections, publishers, subscribers and what each saw.
@@ -19,9 +22,11 @@
 
 mod abuse;
 mod bare;
+mod cluster;
 mod heavy_reads;
 mod load;
 mod matrix;
+mod nats;
 mod process;
 mod report;
 

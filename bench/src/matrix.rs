@@ -1,6 +1,6 @@
 //! The standard cases and the order they run in: fan-out against the baseline, publish paths,
 //! durability, catch-up and memory per retained event, memory per idle subscriber; the abuse
-//! phases and the heavy reads when asked for.
+//! phases, the heavy reads and the cluster case when asked for.
 
 use std::{path::PathBuf, time::Duration};
 
@@ -9,7 +9,7 @@ use storywire::pb;
 use tokio::time::Instant;
 
 use crate::{
-    abuse, heavy_reads,
+    abuse, cluster, heavy_reads,
     load::{self, Rate, Received, connect, publish, receive, subscribe_many},
     process::{self, ServerProcess, Target},
     report::{cell, ratio, summary},
@@ -79,6 +79,8 @@ pub struct Args {
     /// Snapshot subscriptions that never read, in the snapshot case.
     #[arg(long, default_value_t = 1_000)]
     snapshot_subscribers: usize,
+    #[command(flatten)]
+    cluster: cluster::Args,
 }
 
 fn parse_rate(value: &str) -> Result<Rate, String> {
@@ -95,7 +97,7 @@ fn parse_rate(value: &str) -> Result<Rate, String> {
 
 /// One fan-out run's FIGURES.
 #[derive(Debug, Clone, Copy, Default)]
-struct FanOut {
+pub struct FanOut {
     delivered_per_second: f64,
     published_per_second: f64,
     p50_ms: f64,
@@ -136,8 +138,19 @@ async fn fan_out(
     connections: usize,
     rate: Rate,
 ) -> Result<FanOut, String> {
+    fan_out_with(target, &[], subscribers, connections, rate).await
+}
+
+/// Like [`fan_out`], with more arguments for the server (`storywire serve`).
+pub async fn fan_out_with(
+    target: Target,
+    extra: &[String],
+    subscribers: usize,
+    connections: usize,
+    rate: Rate,
+) -> Result<FanOut, String> {
     let events = events_for(subscribers, rate);
-    let server = ServerProcess::start(target, events as usize + 1).await?;
+    let server = ServerProcess::start_with(target, events as usize + 1, extra).await?;
     let channels = connect(&server.url(), connections).await?;
     let streams = subscribe_many(&channels, subscribers, &pb::SubscribeRequest::default()).await?;
     let expected_seconds = match rate {
@@ -182,6 +195,39 @@ async fn fan_out(
     })
 }
 
+/// The fan-out table's header, for [`fan_out_rows`].
+pub const FAN_OUT_HEADER: &str = "| subscribers | rate | events | server | delivered/s | publish/s | p50 ms | p99 ms | max ms | server CPU µs/delivery | server RSS MiB | gaps | dups |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|";
+
+/// The fan-out table's rows for one case: each server's medians and spreads over its runs, and
+/// the ratio of the first's medians to the second's.
+pub fn fan_out_rows(subscribers: usize, rate: Rate, rows: [(&str, &[FanOut]); 2]) -> String {
+    let events = events_for(subscribers, rate);
+    let column =
+        |i: usize, f: fn(&FanOut) -> f64| -> Vec<f64> { rows[i].1.iter().map(f).collect() };
+    let mut lines = Vec::new();
+    for (i, (name, results)) in rows.iter().enumerate() {
+        let cells: Vec<String> = FIGURES
+            .iter()
+            .map(|(f, d)| cell(&column(i, *f), *d))
+            .collect();
+        let gaps: u64 = results.iter().map(|r| r.gaps).sum();
+        let duplicates: u64 = results.iter().map(|r| r.duplicates).sum();
+        lines.push(format!(
+            "| {subscribers} | {rate} | {events} | {name} | {} | {gaps} | {duplicates} |",
+            cells.join(" | ")
+        ));
+    }
+    let ratios: Vec<String> = FIGURES
+        .iter()
+        .map(|(f, _)| ratio(&column(0, *f), &column(1, *f)))
+        .collect();
+    lines.push(format!(
+        "| {subscribers} | {rate} | | ratio | {} | | |",
+        ratios.join(" | ")
+    ));
+    lines.join("\n")
+}
+
 /// Runs the cases and prints the report as markdown.
 pub async fn run(args: Args) -> Result<(), String> {
     process::use_storywire_binary(args.storywire)?;
@@ -192,10 +238,7 @@ pub async fn run(args: Args) -> Result<(), String> {
         "Fan-out: live subscribers over {} connections, one PublishStream publisher; median (min–max) of {runs} runs; ratio = storywire / bare tonic (medians).\n",
         args.connections
     );
-    println!(
-        "| subscribers | rate | events | server | delivered/s | publish/s | p50 ms | p99 ms | max ms | server CPU µs/delivery | server RSS MiB | gaps | dups |"
-    );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("{FAN_OUT_HEADER}");
     for &subscribers in &args.subscribers {
         for &rate in &args.rates {
             let mut results: [Vec<FanOut>; 2] = [Vec::new(), Vec::new()];
@@ -215,32 +258,11 @@ pub async fn run(args: Args) -> Result<(), String> {
                     results[usize::from(target == Target::Bare)].push(result);
                 }
             }
-            let events = events_for(subscribers, rate);
-            let column = |i: usize, f: fn(&FanOut) -> f64| -> Vec<f64> {
-                results[i].iter().map(f).collect()
-            };
-
-            for (i, target) in [Target::Storywire, Target::Bare].into_iter().enumerate() {
-                let cells: Vec<String> = FIGURES
-                    .iter()
-                    .map(|(f, d)| cell(&column(i, *f), *d))
-                    .collect();
-                let gaps: u64 = results[i].iter().map(|r| r.gaps).sum();
-                let duplicates: u64 = results[i].iter().map(|r| r.duplicates).sum();
-                println!(
-                    "| {subscribers} | {rate} | {events} | {} | {} | {gaps} | {duplicates} |",
-                    target.name(),
-                    cells.join(" | ")
-                );
-            }
-            let ratios: Vec<String> = FIGURES
-                .iter()
-                .map(|(f, _)| ratio(&column(0, *f), &column(1, *f)))
-                .collect();
-            println!(
-                "| {subscribers} | {rate} | | ratio | {} | | |",
-                ratios.join(" | ")
-            );
+            let rows = [
+                (Target::Storywire.name(), results[0].as_slice()),
+                (Target::Bare.name(), results[1].as_slice()),
+            ];
+            println!("{}", fan_out_rows(subscribers, rate, rows));
         }
     }
     if args.unary_events > 0 {
@@ -258,6 +280,9 @@ pub async fn run(args: Args) -> Result<(), String> {
     }
     if args.durability_events > 0 {
         durability(args.durability_events, runs).await?;
+    }
+    if args.cluster.cluster {
+        cluster::run(&args.cluster, args.connections, runs).await?;
     }
     if args.catch_up_events > 0 {
         println!("\n{}", catch_up(args.catch_up_events, runs).await?);
