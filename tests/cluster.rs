@@ -778,10 +778,31 @@ async fn a_node_names_its_log_after_the_stream_and_refuses_a_stream_it_cannot_se
     let roomy = Node::serving(
         &url,
         "IDENT",
-        &["--nats-replicas", "1", "--max-request-bytes", "4000000"],
+        &[
+            "--nats-replicas",
+            "1",
+            "--max-request-bytes",
+            "4000000",
+            "--max-facts-per-story",
+            "2",
+        ],
     )
     .await;
     let mut client = roomy.client().await;
+    // The story limits are checked before the stream is asked, as on a single server.
+    client.publish(open("limited", &[])).await.expect("open");
+    for fact in ["a", "b"] {
+        client
+            .publish(report("limited", fact))
+            .await
+            .expect("a fact");
+    }
+    let full = client
+        .publish(report("limited", "c"))
+        .await
+        .expect_err("a third fact");
+    assert_eq!(full.code(), Code::FailedPrecondition, "{full:?}");
+    assert!(full.message().contains("--max-facts-per-story"), "{full:?}");
     client.publish(open("big", &[])).await.expect("open big");
     let mut big = support::bulky_fact("big", "long");
     if let Some(pb::change::Kind::FactReported(reported)) =

@@ -227,11 +227,19 @@ impl Replica {
                 if let Err(stop) = self.take(sequence, &message.payload) {
                     return stop;
                 }
+                // At once, not when the pull ends: a pull that finds fewer messages than it asked
+                // for waits out its expiry first.
+                self.note_caught_up();
             }
-            if self.next > self.start_head && !*self.caught_up.borrow() {
-                tracing::info!(head = self.next - 1, "replica: caught up with the stream");
-                self.caught_up.send_replace(true);
-            }
+            self.note_caught_up();
+        }
+    }
+
+    /// Turns the replica caught up once it has applied the stream's last sequence as of start-up.
+    fn note_caught_up(&self) {
+        if self.next > self.start_head && !*self.caught_up.borrow() {
+            tracing::info!(head = self.next - 1, "replica: caught up with the stream");
+            self.caught_up.send_replace(true);
         }
     }
 

@@ -97,19 +97,20 @@ impl EventLog {
         if let Some(original) = state.check(&self.log_id, &request)? {
             return Ok(Plan::Duplicate(original));
         }
-        let mut trial = state.stories.trial(&request.story_id);
-        let story_version = trial.version(&request.story_id) + 1;
+        let story_version = state.stories.version(&request.story_id) + 1;
         let expected_subject_sequence = subject_sequence(&state, &request.story_id);
-        let limits = state.story_limits.clone();
-        drop(state);
         let event = new_event(&self.log_id, 0, story_version, request.clone(), recorded_at);
-        let (applied, _) = super::state::apply(&mut trial, &event, Some(&limits))?;
+        let filter_tags = state
+            .stories
+            .check_within(&event, &state.story_limits)?
+            .to_vec();
+        drop(state);
         Ok(Plan::Publish {
             proposal: Proposal {
                 request: Some(request),
                 recorded_at: Some(recorded_at),
                 story_version,
-                filter_tags: applied.tags.to_vec(),
+                filter_tags,
             },
             expected_subject_sequence,
         })

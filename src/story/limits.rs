@@ -4,7 +4,9 @@
 
 use prost::{Message, encoding};
 
-use super::{Applied, Stories, StoryError, check, fact};
+use std::sync::Arc;
+
+use super::{Applied, Stories, StoryError, check, fact, filter_tags};
 use crate::{
     limits::StoryLimits,
     pb::{self, change::Kind},
@@ -57,6 +59,38 @@ impl Stories {
     ) -> Result<Applied, StoryError> {
         self.check_limits(event, limits)?;
         self.apply(event)
+    }
+
+    /// Checks `event` as [`Self::apply_within`] would, without applying it (nor copying its
+    /// story): the error it would give, or the tags it would be filtered by ([`Applied::tags`]).
+    pub fn check_within(
+        &self,
+        event: &pb::UpdateEvent,
+        limits: &StoryLimits,
+    ) -> Result<Arc<[String]>, StoryError> {
+        let kind = event
+            .change
+            .as_ref()
+            .and_then(|change| change.kind.as_ref())
+            .ok_or(StoryError::NoChange)?;
+        let story_id = &event.story_id;
+        match (kind, self.by_id.get(story_id)) {
+            (Kind::StoryOpened(_), Some(_)) => Err(StoryError::AlreadyOpened {
+                story_id: story_id.clone(),
+            }),
+            (Kind::StoryOpened(opened), None) => {
+                self.check_limits(event, limits)?;
+                Ok(opened.tags.clone().into())
+            }
+            (_, None) => Err(StoryError::NotFound {
+                story_id: story_id.clone(),
+            }),
+            (kind, Some(record)) => {
+                check(&record.state, kind)?;
+                self.check_limits(event, limits)?;
+                Ok(filter_tags(&record.tags, kind))
+            }
+        }
     }
 
     /// Refuses `event` if it would take its story past `limits`; leaves everything else to `apply`.

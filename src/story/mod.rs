@@ -248,26 +248,6 @@ impl Stories {
         self.by_id.get(story_id).map(|record| record.id.clone())
     }
 
-    /// A projection holding only `story_id` (if it exists), to try a change on without touching
-    /// this one: the story is shared until the change copies it, and its retained history is
-    /// left behind. A cluster node decides a publish this way before the stream orders it.
-    pub fn trial(&self, story_id: &str) -> Stories {
-        let mut trial = Stories::default();
-        if let Some(record) = self.by_id.get(story_id) {
-            let copy = StoryRecord {
-                id: record.id.clone(),
-                tags: record.tags.clone(),
-                state: record.state.clone(),
-                retained: VecDeque::new(),
-                facts_bytes: record.facts_bytes,
-                context_bytes: record.context_bytes,
-                encoded_len: record.encoded_len,
-            };
-            trial.by_id.insert(story_id.to_owned(), copy);
-        }
-        trial
-    }
-
     /// Puts back stories from a snapshot, with no history retained yet (see
     /// [`Self::note_retained`]).
     pub fn restore(&mut self, stories: impl IntoIterator<Item = pb::Story>) {
@@ -337,8 +317,8 @@ impl Stories {
             })?;
         check(&record.state, kind)?;
 
+        let filter_tags = filter_tags(&record.tags, kind);
         let story = Arc::make_mut(&mut record.state);
-        let mut filter_tags = record.tags.clone();
         match kind {
             Kind::StoryOpened(_) => unreachable!("handled above"),
             Kind::FactReported(reported) => {
@@ -378,10 +358,7 @@ impl Stories {
                 }
                 if let Some(list) = &revised.tags {
                     story.tags.clone_from(&list.tags);
-                    let before = std::mem::replace(&mut record.tags, list.tags.clone().into());
-                    let mut union: Vec<String> = list.tags.clone();
-                    union.extend(before.iter().filter(|t| !list.tags.contains(t)).cloned());
-                    filter_tags = union.into();
+                    record.tags = list.tags.clone().into();
                 }
             }
             Kind::StoryStatusChanged(changed) => story.status = changed.status,
@@ -404,6 +381,21 @@ impl Stories {
             story_id: record.id.clone(),
             tags: filter_tags,
         })
+    }
+}
+
+/// The tags a change to a story tagged `before` is filtered by: the story's tags after it, plus
+/// those before it when it changes them (so a subscriber to a removed tag sees the removal).
+fn filter_tags(before: &Arc<[String]>, kind: &Kind) -> Arc<[String]> {
+    match kind {
+        Kind::StoryRevised(pb::StoryRevised {
+            tags: Some(list), ..
+        }) => {
+            let mut union: Vec<String> = list.tags.clone();
+            union.extend(before.iter().filter(|t| !list.tags.contains(t)).cloned());
+            union.into()
+        }
+        _ => before.clone(),
     }
 }
 
