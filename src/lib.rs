@@ -18,6 +18,8 @@
 //! - [`encoded`]: each event encoded once, its bytes shared by every subscriber.
 //! - [`subscription`]: a cursor into the log plus a filter: catch-up, live, checkpoints, the end.
 //! - [`service`]: the StoryService, and the one mapping from domain errors to gRPC status codes.
+//! - [`http`]: the read side as proto3 JSON over HTTP, and Subscribe as Server-Sent Events
+//!   (`serve --http`), through the same service.
 //! - [`auth`]: bearer tokens with roles, checked before any StoryService method runs.
 //! - [`tls`]: the server's TLS and mutual TLS from PEM files.
 //! - [`limits`]: what one client may take and one story may hold, and the subscriber slots.
@@ -35,6 +37,7 @@ pub mod clock;
 pub mod cluster;
 pub mod demo;
 pub mod encoded;
+pub mod http;
 pub mod limits;
 pub mod log;
 pub mod pb;

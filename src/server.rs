@@ -10,6 +10,7 @@ use tonic::{server::NamedService, transport::Server};
 use crate::{
     auth::{Authorized, Tokens},
     cluster::Node,
+    http::HttpOptions,
     limits::{Limits, SubscriberSlots},
     log::EventLog,
     pb::{self, server::story_service_server::StoryServiceServer},
@@ -59,6 +60,19 @@ pub async fn run(
     options: ServerOptions,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
+    run_with_http(listener, None, log, options, shutdown).await
+}
+
+/// [`run`], and with `http` also the HTTP face ([`crate::http`]) on its own listener, over the
+/// same service: it stops taking requests at shutdown, and its event streams end with the gRPC
+/// ones.
+pub async fn run_with_http(
+    listener: TcpListener,
+    http: Option<(TcpListener, HttpOptions)>,
+    log: Arc<EventLog>,
+    options: ServerOptions,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServerError> {
     let (health, health_service) = tonic_health::server::health_reporter();
     let story_service_name = <StoryServiceServer<Service> as NamedService>::NAME;
     let (stopping_tx, stopping_rx) = watch::channel(false);
@@ -86,9 +100,24 @@ pub async fn run(
 
     // The sender stays here; each subscription holds a receiver and ends when it turns true.
     let mut stopping = stopping_rx.clone();
+    let http_stopping = stopping_rx.clone();
     let limits = options.limits;
     let slots = SubscriberSlots::new(limits.max_subscribers, limits.max_subscribers_per_token);
     let service = Service::new(log.clone(), stopping_rx, slots).through(options.cluster.clone());
+    if let Some((listener, http_options)) = http {
+        let router = crate::http::router(service.clone(), http_options);
+        let mut stopping = http_stopping;
+        tokio::spawn(async move {
+            let served = axum::serve(listener, router)
+                .with_graceful_shutdown(async move {
+                    let _ = stopping.wait_for(|stopping| *stopping).await;
+                })
+                .await;
+            if let Err(error) = served {
+                tracing::error!(%error, "HTTP: serving stopped");
+            }
+        });
+    }
     let story_service = StoryServiceServer::new(service)
         .max_decoding_message_size(limits.max_request_bytes)
         .max_encoding_message_size(limits.max_response_bytes);

@@ -162,6 +162,11 @@ impl Service {
         }
     }
 
+    /// The id of the log the service serves.
+    pub fn log_id(&self) -> &str {
+        self.log.log_id()
+    }
+
     /// The service of a cluster node: publishes go through `node`'s stream, and everything is
     /// read from its replica.
     pub fn through(mut self, node: Option<Arc<Node>>) -> Self {

@@ -13,12 +13,16 @@ use crate::{
     clock::SystemClock,
     cluster::{NatsConfig, Node},
     demo,
+    http::HttpOptions,
     limits::{Limits, StoryLimits},
     log::EventLog,
     server::{self, ServerOptions},
     tls::TlsFiles,
     wal::{self, FsyncMode, WalConfig},
 };
+
+/// Where `serve --demo` serves HTTP when --http does not say.
+const DEMO_HTTP_PORT: u16 = 8080;
 
 /// Arguments of `storywire serve`.
 #[derive(Debug, clap::Args)]
@@ -66,6 +70,15 @@ pub struct Args {
     data_dir: Option<PathBuf>,
     #[command(flatten)]
     nats: NatsArgs,
+    /// Also serve HTTP on this address: the stories as JSON and the live event stream as
+    /// Server-Sent Events (docs in the README). Off unless given; --demo turns it on at
+    /// 127.0.0.1:8080.
+    #[arg(long, env = "STORYWIRE_HTTP", value_name = "ADDR")]
+    http: Option<SocketAddr>,
+    /// With --tokens: let anyone read over HTTP without a token (a public live page). Publishing
+    /// still needs one.
+    #[arg(long)]
+    public_read: bool,
     /// With --data-dir: when a publish is acknowledged. always: after its record is fsynced
     /// (concurrent publishers share fsyncs); batch: after it is written, fsync every
     /// --fsync-interval-ms, and readers see it after the fsync; never: after it is written,
@@ -111,6 +124,12 @@ pub async fn run(args: Args) -> Result<ExitCode, CliError> {
         None => None,
     };
     check_exposure(args.listen, tokens.is_some(), args.allow_anonymous)?;
+    let http_address = args.http.or(args
+        .demo
+        .then(|| SocketAddr::from(([127, 0, 0, 1], DEMO_HTTP_PORT))));
+    if let Some(address) = http_address.filter(|address| !address.ip().is_loopback()) {
+        check_exposure(address, tokens.is_some(), args.allow_anonymous)?;
+    }
     let tls = match (args.tls_cert, args.tls_key) {
         (Some(cert), Some(key)) => Some(TlsFiles {
             cert,
@@ -190,7 +209,29 @@ pub async fn run(args: Args) -> Result<ExitCode, CliError> {
         None
     };
 
-    server::run(listener, log.clone(), options, shutdown).await?;
+    let http = match http_address {
+        Some(address) => {
+            let listener = match TcpListener::bind(address).await {
+                Ok(listener) => listener,
+                // The demo's own default may be taken: any free port will do for a demo.
+                Err(e) if args.http.is_none() && e.kind() == std::io::ErrorKind::AddrInUse => {
+                    tracing::warn!(%address, "demo: the HTTP port is taken; using a free one");
+                    TcpListener::bind((address.ip(), 0)).await?
+                }
+                Err(e) => return Err(format!("--http: cannot listen on {address}: {e}").into()),
+            };
+            let bound = listener.local_addr()?;
+            tracing::info!(address = %bound, url = %format!("http://{bound}/v1/stories"),
+                "storywire HTTP listening");
+            let http_options = HttpOptions {
+                tokens: options.tokens.clone(),
+                public_read: args.public_read,
+            };
+            Some((listener, http_options))
+        }
+        None => None,
+    };
+    server::run_with_http(listener, http, log.clone(), options, shutdown).await?;
     // With a data directory: write and sync what is left before exiting.
     log.close();
     if let Some(replay) = replay {

@@ -1,0 +1,182 @@
+//! `GET /v1/events`: Subscribe as Server-Sent Events.
+//!
+//! - Each update is an unnamed SSE event (EventSource's `message`) whose `id:` is its sequence
+//!   and whose `data:` is the `UpdateEvent` in proto3 JSON.
+//! - The other items are named events with their message as data: `started` (first, with the
+//!   `log_id`), `story`, `caught_up`, and `checkpoint` (which also carries an `id:`, so that a
+//!   filtered subscription resumes past events it did not need).
+//! - Idle streams get SSE comments as heartbeats.
+//! - A stream that ends in error sends a last named event `end` with the error JSON.
+//!
+//! A browser's EventSource resumes after a dropped connection by itself: it sends the last `id:`
+//! as `Last-Event-ID`, which this endpoint takes as `from_sequence` = that + 1. The log it came
+//! from travels beside it: the response sets a cookie naming the `log_id`, which the browser
+//! sends back when it reconnects, so a `Last-Event-ID` from another log (a server restarted
+//! without `--data-dir`) is refused with FAILED_PRECONDITION as gRPC refuses it. Clients
+//! without cookies pass `log_id` in the query.
+
+use std::{convert::Infallible, time::Duration};
+
+use axum::{
+    extract::{RawQuery, State},
+    http::{HeaderMap, HeaderValue, header},
+    response::{
+        IntoResponse, Response,
+        sse::{Event, KeepAlive, Sse},
+    },
+};
+use futures_util::{StreamExt as _, stream};
+use prost::Message as _;
+use serde_json::Value;
+use tonic::Status;
+
+use super::{App, error, parse, query_object};
+use crate::{
+    encoded::EncodedResponse,
+    pb::{self, server::story_service_server::StoryService, subscribe_response::Item},
+};
+
+/// The cookie that names the log a browser's `Last-Event-ID` belongs to.
+pub const LOG_COOKIE: &str = "storywire_log_id";
+
+/// How often an idle stream sends a comment, so that proxies and browsers keep it open.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+/// `GET /v1/events`.
+pub(super) async fn events(
+    State(app): State<App>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
+    match subscribe(&app, &headers, query.as_deref()).await {
+        Ok(response) => response,
+        Err(status) => error::response(&status),
+    }
+}
+
+/// Opens the subscription the request describes, or says why not.
+async fn subscribe(
+    app: &App,
+    headers: &HeaderMap,
+    query: Option<&str>,
+) -> Result<Response, Status> {
+    let caller = app.authorize(headers, "Subscribe")?;
+    let mut object = query_object(
+        query,
+        &[("story", "story_ids"), ("tag", "tags")],
+        &["story_ids", "tags"],
+    );
+    if !object.contains_key("from_sequence")
+        && let Some(last) = headers.get("last-event-id")
+    {
+        let last: u64 = last
+            .to_str()
+            .ok()
+            .and_then(|last| last.trim().parse().ok())
+            .ok_or_else(|| {
+                Status::invalid_argument(format!(
+                    "Last-Event-ID {last:?} is not a sequence; reconnect without it"
+                ))
+            })?;
+        object.insert(
+            "from_sequence".to_owned(),
+            Value::String((last + 1).to_string()),
+        );
+    }
+    if !object.contains_key("log_id")
+        && let Some(log_id) = cookie(headers, LOG_COOKIE)
+    {
+        object.insert("log_id".to_owned(), Value::String(log_id));
+    }
+    let request: pb::SubscribeRequest = parse(object)?;
+    let items = app
+        .service
+        .subscribe(app.request(request, caller))
+        .await?
+        .into_inner();
+    let events = items
+        .map(Some)
+        .chain(stream::once(async { None }))
+        .scan(false, |ended, item| {
+            let next = match item {
+                _ if *ended => None,
+                Some(Ok(item)) => Some(event(item)),
+                Some(Err(status)) => {
+                    *ended = true;
+                    Some(
+                        Event::default()
+                            .event("end")
+                            .data(error::body(&status).to_string()),
+                    )
+                }
+                None => None,
+            };
+            std::future::ready(next)
+        })
+        .map(Ok::<_, Infallible>);
+    let mut response = Sse::new(events)
+        .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
+        .into_response();
+    let cookie = format!(
+        "{LOG_COOKIE}={}; Path=/v1/events; HttpOnly; SameSite=Strict",
+        app.service.log_id()
+    );
+    if let Ok(value) = HeaderValue::from_str(&cookie) {
+        response.headers_mut().insert(header::SET_COOKIE, value);
+    }
+    Ok(response)
+}
+
+/// One subscription item as an SSE event.
+fn event(item: EncodedResponse) -> Event {
+    let response = match item {
+        EncodedResponse::Encoded(bytes) => pb::SubscribeResponse::decode(bytes).unwrap_or_default(),
+        EncodedResponse::Message(message) => *message,
+        EncodedResponse::Story(story) => pb::SubscribeResponse {
+            item: Some(Item::Story((*story).clone())),
+        },
+    };
+    let data = |message: &dyn erased::Json| message.json();
+    match response.item {
+        Some(Item::Event(update)) => Event::default()
+            .id(update.sequence.to_string())
+            .data(data(&update)),
+        Some(Item::Started(started)) => Event::default().event("started").data(data(&started)),
+        Some(Item::Story(story)) => Event::default().event("story").data(data(&story)),
+        Some(Item::CaughtUp(caught_up)) => {
+            Event::default().event("caught_up").data(data(&caught_up))
+        }
+        Some(Item::Checkpoint(checkpoint)) => Event::default()
+            .event("checkpoint")
+            .id(checkpoint.sequence.to_string())
+            .data(data(&checkpoint)),
+        None => Event::default().comment("an empty item"),
+    }
+}
+
+/// The value of cookie `name` in the request, if it sent one.
+fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(key, _)| *key == name)
+        .map(|(_, value)| value.to_owned())
+}
+
+/// Messages as proto3 JSON behind one function, so that `event` can say what each item is.
+mod erased {
+    /// A message that serializes to proto3 JSON.
+    pub trait Json {
+        /// The message as proto3 JSON.
+        fn json(&self) -> String;
+    }
+
+    impl<T: serde::Serialize> Json for T {
+        fn json(&self) -> String {
+            serde_json::to_string(self).unwrap_or_default()
+        }
+    }
+}

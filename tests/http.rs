@@ -1,0 +1,256 @@
+//! The HTTP face (`serve --http`) of the real binary: the stories as the same proto3 JSON grpcurl
+//! prints, errors as JSON with the gRPC code and message, Subscribe as Server-Sent Events that a
+//! browser resumes with `Last-Event-ID`, and the same tokens as gRPC.
+
+mod process;
+mod support;
+
+use std::net::SocketAddr;
+
+use process::{Pipe, Running};
+use storywire::pb::{self, story_service_client::StoryServiceClient};
+use support::{
+    client_at,
+    http1::{EventStream, get},
+    open, report,
+};
+use tonic::transport::Channel;
+
+/// A server with its gRPC and HTTP addresses.
+struct Server {
+    /// The process.
+    process: Running,
+    /// Its gRPC URL.
+    grpc: String,
+    /// Its HTTP address.
+    http: SocketAddr,
+}
+
+impl Server {
+    /// `storywire serve --listen 127.0.0.1:0 --http 127.0.0.1:0` with `extra` flags.
+    async fn start(extra: &[&str]) -> Self {
+        let mut args = vec!["serve", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"];
+        args.extend_from_slice(extra);
+        let mut process = Running::spawn(process::storywire(&args));
+        let (grpc, _) = process.listening_address().await;
+        let lines = process
+            .read_until(Pipe::Stderr, "storywire HTTP listening")
+            .await;
+        let line = lines.last().expect("the HTTP line");
+        let http: SocketAddr = line
+            .split("address=")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|address| address.parse().ok())
+            .unwrap_or_else(|| panic!("an address in {line:?}"));
+        Self {
+            process,
+            grpc: format!("http://{grpc}"),
+            http,
+        }
+    }
+
+    /// A gRPC client of this server.
+    async fn client(&self) -> StoryServiceClient<Channel> {
+        client_at(&self.grpc).await
+    }
+}
+
+/// `value` as proto3 JSON, the way the server writes it.
+fn json<T: serde::Serialize>(value: &T) -> serde_json::Value {
+    serde_json::to_value(value).expect("JSON")
+}
+
+#[tokio::test]
+async fn stories_are_the_json_grpc_gives_and_errors_carry_its_code_and_message() {
+    let server = Server::start(&[]).await;
+    let mut client = server.client().await;
+    for story in ["alpha", "beta"] {
+        client
+            .publish(open(story, &["politics"]))
+            .await
+            .expect("open");
+    }
+    client.publish(report("alpha", "f1")).await.expect("report");
+
+    let listed = get(server.http, "/v1/stories?page_size=1&tag=politics", &[]).await;
+    assert_eq!(listed.status, 200, "{listed:?}");
+    assert_eq!(listed.headers["content-type"], "application/json");
+    let expected = client
+        .list_stories(pb::ListStoriesRequest {
+            page_size: 1,
+            tag: "politics".to_owned(),
+            ..Default::default()
+        })
+        .await
+        .expect("ListStories")
+        .into_inner();
+    assert_eq!(listed.json(), json(&expected));
+    assert_eq!(listed.json()["nextPageToken"], "alpha");
+
+    let story = get(server.http, "/v1/stories/alpha?as_of_version=1", &[]).await;
+    let expected = client
+        .get_story(pb::GetStoryRequest {
+            story_id: "alpha".to_owned(),
+            as_of_version: Some(1),
+        })
+        .await
+        .expect("GetStory")
+        .into_inner();
+    assert_eq!(story.json(), json(&expected));
+    assert_eq!(story.json()["story"]["version"], "1");
+
+    let missing = get(server.http, "/v1/stories/nope", &[]).await;
+    let status = client
+        .get_story(pb::GetStoryRequest {
+            story_id: "nope".to_owned(),
+            as_of_version: None,
+        })
+        .await
+        .expect_err("no such story");
+    assert_eq!(missing.status, 404);
+    assert_eq!(
+        missing.json(),
+        serde_json::json!({"code": "NOT_FOUND", "message": status.message()})
+    );
+    let invalid = get(server.http, "/v1/stories?page_size=many", &[]).await;
+    assert_eq!(invalid.status, 400);
+    assert_eq!(invalid.json()["code"], "INVALID_ARGUMENT");
+    assert!(
+        invalid.json()["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("page_size")),
+        "{invalid:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_event_stream_resumes_from_last_event_id_and_refuses_another_log() {
+    let server = Server::start(&[]).await;
+    let mut client = server.client().await;
+    client.publish(open("alpha", &[])).await.expect("open");
+    client.publish(report("alpha", "f1")).await.expect("report");
+
+    let mut stream = EventStream::open(server.http, "/v1/events?from_sequence=1", &[])
+        .await
+        .expect("an event stream");
+    assert_eq!(stream.headers["content-type"], "text/event-stream");
+    let cookie = stream.headers["set-cookie"]
+        .to_str()
+        .expect("ASCII")
+        .to_owned();
+    let started = stream.next().await.expect("started");
+    assert_eq!(started.event.as_deref(), Some("started"));
+    let log_id = started.json()["logId"]
+        .as_str()
+        .expect("a log_id")
+        .to_owned();
+    assert!(
+        cookie.starts_with(&format!("storywire_log_id={log_id};")),
+        "{cookie}"
+    );
+
+    let read = stream
+        .until(|e| e.event.as_deref() == Some("caught_up"))
+        .await;
+    let ids: Vec<_> = read.iter().filter_map(|e| e.id.clone()).collect();
+    assert_eq!(ids, ["1", "2"]);
+    assert_eq!(read[1].json()["headline"], "Fact f1 reported");
+    // Live: an update published over gRPC arrives as the next event.
+    client.publish(report("alpha", "f2")).await.expect("report");
+    let live = stream.next().await.expect("a live event");
+    assert_eq!(live.id.as_deref(), Some("3"));
+    assert_eq!(live.json()["sequence"], "3");
+
+    // A browser reconnecting sends the last id and the cookie: it resumes right after.
+    let cookie_header = format!("storywire_log_id={log_id}");
+    let mut resumed = EventStream::open(
+        server.http,
+        "/v1/events",
+        &[("last-event-id", "2"), ("cookie", &cookie_header)],
+    )
+    .await
+    .expect("a resumed stream");
+    resumed.next().await.expect("started");
+    let read = resumed
+        .until(|e| e.event.as_deref() == Some("caught_up"))
+        .await;
+    let ids: Vec<_> = read.iter().filter_map(|e| e.id.clone()).collect();
+    assert_eq!(ids, ["3"], "no gap and no duplicate");
+
+    // An id from another log is refused as gRPC refuses it.
+    let refused = EventStream::open(
+        server.http,
+        "/v1/events",
+        &[
+            ("last-event-id", "2"),
+            ("cookie", "storywire_log_id=another-log"),
+        ],
+    )
+    .await
+    .err()
+    .expect("refused");
+    assert_eq!(refused.status, 400);
+    assert_eq!(refused.json()["code"], "FAILED_PRECONDITION");
+    assert!(refused.body.contains("another-log"), "{refused:?}");
+}
+
+#[tokio::test]
+async fn http_reads_need_the_tokens_grpc_needs_unless_reading_is_public() {
+    let dir = std::env::temp_dir().join(format!("storywire-http-tokens-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a directory");
+    let tokens = dir.join("tokens");
+    std::fs::write(
+        &tokens,
+        "reader subscribe reader-token-0123456789\nwriter publish writer-token-0123456789\n",
+    )
+    .expect("a tokens file");
+    let tokens = tokens.to_str().expect("UTF-8");
+
+    let guarded = Server::start(&["--tokens", tokens]).await;
+    let anonymous = get(guarded.http, "/v1/stories", &[]).await;
+    assert_eq!(anonymous.status, 401, "{anonymous:?}");
+    assert_eq!(anonymous.json()["code"], "UNAUTHENTICATED");
+    let writer = get(
+        guarded.http,
+        "/v1/stories",
+        &[("authorization", "Bearer writer-token-0123456789")],
+    )
+    .await;
+    assert_eq!(writer.status, 403, "{writer:?}");
+    let reader = get(
+        guarded.http,
+        "/v1/stories",
+        &[("authorization", "Bearer reader-token-0123456789")],
+    )
+    .await;
+    assert_eq!(reader.status, 200, "{reader:?}");
+    let events = EventStream::open(guarded.http, "/v1/events", &[]).await;
+    assert_eq!(events.err().map(|reply| reply.status), Some(401));
+
+    let public = Server::start(&["--tokens", tokens, "--public-read"]).await;
+    assert_eq!(get(public.http, "/v1/stories", &[]).await.status, 200);
+    assert!(
+        EventStream::open(public.http, "/v1/events", &[])
+            .await
+            .is_ok()
+    );
+    // A token that is given must still be right.
+    let wrong = get(
+        public.http,
+        "/v1/stories",
+        &[("authorization", "Bearer wrong")],
+    )
+    .await;
+    assert_eq!(wrong.status, 401, "{wrong:?}");
+    // Publishing still needs a token.
+    let refused = public
+        .client()
+        .await
+        .publish(open("alpha", &[]))
+        .await
+        .expect_err("no anonymous publish");
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    drop((guarded.process, public.process));
+    std::fs::remove_dir_all(&dir).expect("remove the tokens");
+}
