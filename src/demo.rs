@@ -14,6 +14,8 @@ use crate::{log::EventLog, pb, service};
 pub const SEED: &str = include_str!("../demo/seed.jsonl");
 /// The updates that follow, ending with "Italy denies asylum request" and the background.
 pub const LIVE: &str = include_str!("../demo/live.jsonl");
+/// The demo story's id, as the fixture opens it.
+pub const STORY_ID: &str = "nk-diplomat-italy";
 /// The pause between live updates: long enough to read each one as it arrives, short enough that
 /// the whole story has played out within a minute.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);

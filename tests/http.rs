@@ -254,3 +254,57 @@ async fn http_reads_need_the_tokens_grpc_needs_unless_reading_is_public() {
     drop((guarded.process, public.process));
     std::fs::remove_dir_all(&dir).expect("remove the tokens");
 }
+
+#[tokio::test]
+async fn the_live_page_lists_stories_and_carries_the_storys_json_ld_safely() {
+    let server = Server::start(&[]).await;
+    let mut client = server.client().await;
+    let mut opening = open("alpha", &[]);
+    if let Some(pb::change::Kind::StoryOpened(opened)) = opening
+        .change
+        .as_mut()
+        .and_then(|change| change.kind.as_mut())
+    {
+        opened.headline = "Talks </script><b>resume</b> & end".to_owned();
+    }
+    client.publish(opening).await.expect("open");
+    client.publish(report("alpha", "f1")).await.expect("report");
+
+    let index = get(server.http, "/", &[]).await;
+    assert_eq!(index.status, 200);
+    assert!(
+        index
+            .body
+            .contains(r#"<a class="story-link" href="/stories/alpha">"#),
+        "{}",
+        index.body
+    );
+    assert!(
+        index
+            .body
+            .contains("Talks &lt;/script&gt;&lt;b&gt;resume&lt;/b&gt; &amp; end")
+    );
+
+    let page = get(server.http, "/stories/alpha", &[]).await;
+    assert_eq!(page.status, 200);
+    assert!(
+        !page.body.contains("<b>resume</b>"),
+        "the headline is escaped"
+    );
+    let start = page
+        .body
+        .find(r#"<script type="application/ld+json" id="jsonld">"#)
+        .expect("JSON-LD");
+    let rest = &page.body[start..];
+    let text = &rest[rest.find('>').expect("tag end") + 1..rest.find("</script>").expect("end")];
+    let jsonld: serde_json::Value = serde_json::from_str(text).expect("JSON-LD parses");
+    assert_eq!(jsonld["@type"], "LiveBlogPosting");
+    assert_eq!(jsonld["headline"], "Talks </script><b>resume</b> & end");
+    let updates = jsonld["liveBlogUpdate"].as_array().expect("updates");
+    assert_eq!(updates.len(), 2);
+    assert_eq!(updates[0]["headline"], "Fact f1 reported", "newest first");
+    assert!(jsonld.get("coverageEndTime").is_none(), "still developing");
+
+    let missing = get(server.http, "/stories/nope", &[]).await;
+    assert_eq!(missing.status, 404);
+}

@@ -112,7 +112,8 @@ impl Narrator {
         )
     }
 
-    fn change(&mut self, story_id: &str, kind: &Kind) -> String {
+    /// What a change did, in words (`fact x: REPORTED -> DENIED (...)`).
+    pub fn change(&mut self, story_id: &str, kind: &Kind) -> String {
         match kind {
             Kind::StoryOpened(c) => {
                 self.stories

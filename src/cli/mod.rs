@@ -12,7 +12,7 @@ macro_rules! say {
     }};
 }
 
-mod format;
+pub mod format;
 mod health;
 mod publish;
 mod serve;

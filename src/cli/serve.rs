@@ -221,8 +221,12 @@ pub async fn run(args: Args) -> Result<ExitCode, CliError> {
                 Err(e) => return Err(format!("--http: cannot listen on {address}: {e}").into()),
             };
             let bound = listener.local_addr()?;
-            tracing::info!(address = %bound, url = %format!("http://{bound}/v1/stories"),
-                "storywire HTTP listening");
+            let page = if args.demo {
+                format!("http://{bound}/stories/{}", demo::STORY_ID)
+            } else {
+                format!("http://{bound}/")
+            };
+            tracing::info!(address = %bound, %page, "storywire HTTP listening: open the live page");
             let http_options = HttpOptions {
                 tokens: options.tokens.clone(),
                 public_read: args.public_read,

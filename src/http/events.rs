@@ -9,7 +9,8 @@
 //! - A stream that ends in error sends a last named event `end` with the error JSON.
 //!
 //! A browser's EventSource resumes after a dropped connection by itself: it sends the last `id:`
-//! as `Last-Event-ID`, which this endpoint takes as `from_sequence` = that + 1. The log it came
+//! as `Last-Event-ID`, which this endpoint takes as `from_sequence` = that + 1 (over any
+//! `from_sequence` in the URL, which was for the first connection). The log it came
 //! from travels beside it: the response sets a cookie naming the `log_id`, which the browser
 //! sends back when it reconnects, so a `Last-Event-ID` from another log (a server restarted
 //! without `--data-dir`) is refused with FAILED_PRECONDITION as gRPC refuses it. Clients
@@ -66,9 +67,9 @@ async fn subscribe(
         &[("story", "story_ids"), ("tag", "tags")],
         &["story_ids", "tags"],
     );
-    if !object.contains_key("from_sequence")
-        && let Some(last) = headers.get("last-event-id")
-    {
+    // A browser sends Last-Event-ID only when it reconnects: it is newer than the URL's
+    // from_sequence, which the page gave once, for its first connection.
+    if let Some(last) = headers.get("last-event-id") {
         let last: u64 = last
             .to_str()
             .ok()

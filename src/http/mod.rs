@@ -8,6 +8,7 @@
 //! - `GET /v1/stories?tag=&status=&page_size=&page_token=`: ListStories.
 //! - `GET /v1/stories/{id}?as_of_version=`: GetStory.
 //! - `GET /v1/events?from_sequence=&story=&tag=&log_id=`: Subscribe as SSE ([`events`]).
+//! - `GET /` and `GET /stories/{id}`: the live page ([`page`]).
 
 use std::sync::Arc;
 
@@ -30,6 +31,7 @@ use crate::{
 
 mod error;
 mod events;
+mod page;
 
 pub use error::http_status;
 
@@ -54,6 +56,8 @@ struct App {
 /// The HTTP routes over `service`.
 pub fn router(service: Service, options: HttpOptions) -> Router {
     Router::new()
+        .route("/", get(page::index))
+        .route("/stories/{id}", get(page::story))
         .route("/v1/stories", get(list_stories))
         .route("/v1/stories/{id}", get(get_story))
         .route("/v1/events", get(events::events))
