@@ -15,6 +15,7 @@
 //!   and the segment writer the write-ahead journal drives.
 //! - [`story`]: the projection: a story's state as the fold of its events, the story rules, and
 //!   what one story may hold.
+//! - [`ninjs`]: a story as an IPTC ninjs 2.1 news item (`story --ninjs`), a pure function of it.
 //! - [`encoded`]: each event encoded once, its bytes shared by every subscriber.
 //! - [`subscription`]: a cursor into the log plus a filter: catch-up, live, checkpoints, the end.
 //! - [`service`]: the StoryService, and the one mapping from domain errors to gRPC status codes.
@@ -40,6 +41,7 @@ pub mod encoded;
 pub mod http;
 pub mod limits;
 pub mod log;
+pub mod ninjs;
 pub mod pb;
 pub mod server;
 pub mod service;

@@ -100,6 +100,32 @@ async fn stories_are_the_json_grpc_gives_and_errors_carry_its_code_and_message()
     assert_eq!(story.json(), json(&expected));
     assert_eq!(story.json()["story"]["version"], "1");
 
+    // The ninjs item is the one the library maps from the story and its events.
+    let ninjs = get(server.http, "/v1/stories/alpha/ninjs", &[]).await;
+    assert_eq!(ninjs.status, 200, "{ninjs:?}");
+    let current = client
+        .get_story(pb::GetStoryRequest {
+            story_id: "alpha".to_owned(),
+            as_of_version: None,
+        })
+        .await
+        .expect("GetStory")
+        .into_inner()
+        .story
+        .expect("a story");
+    let events = client
+        .list_events(pb::ListEventsRequest {
+            story_ids: vec!["alpha".to_owned()],
+            ..Default::default()
+        })
+        .await
+        .expect("ListEvents")
+        .into_inner()
+        .events;
+    assert_eq!(ninjs.json(), storywire::ninjs::to_ninjs(&current, &events));
+    assert_eq!(ninjs.json()["uri"], "urn:storywire:story:alpha");
+    assert_eq!(ninjs.json()["version"], "2");
+
     let missing = get(server.http, "/v1/stories/nope", &[]).await;
     let status = client
         .get_story(pb::GetStoryRequest {

@@ -43,6 +43,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How a PEM certificate begins; a --ca file without one holds nothing to trust.
 const PEM_CERTIFICATE: &[u8] = b"-----BEGIN CERTIFICATE-----";
 
+/// A StoryService client as [`Connect::client`] makes it: sending the token, if any.
+type StoryClient = StoryServiceClient<InterceptedService<Channel, BearerToken>>;
+
 /// What a subcommand can fail with: printed once, at the edge, with exit code 1.
 type CliError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -195,9 +198,7 @@ impl Connect {
     }
 
     /// A StoryService client for the server, sending the token if there is one.
-    fn client(
-        &self,
-    ) -> Result<StoryServiceClient<InterceptedService<Channel, BearerToken>>, CliError> {
+    fn client(&self) -> Result<StoryClient, CliError> {
         let token = match &self.token {
             Some(Secret(token)) => Some(
                 format!("Bearer {token}")

@@ -2,8 +2,8 @@
 
 use std::process::ExitCode;
 
-use super::{CliError, Connect, describe, format, print_json};
-use crate::pb;
+use super::{CliError, Connect, StoryClient, describe, format, print_json};
+use crate::{ninjs, pb};
 
 /// Arguments of `storywire story`.
 #[derive(Debug, clap::Args)]
@@ -16,8 +16,12 @@ pub struct StoryArgs {
     #[arg(long)]
     as_of_version: Option<u64>,
     /// Print the story as proto3 JSON.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "ninjs")]
     json: bool,
+    /// Print the story as an IPTC ninjs 2.1 news item (JSON), its corrections and withdrawal in
+    /// the editorial note (docs/ninjs.md).
+    #[arg(long)]
+    ninjs: bool,
 }
 
 /// Prints one story.
@@ -26,19 +30,53 @@ pub async fn run_story(args: StoryArgs) -> Result<ExitCode, CliError> {
         story_id: args.id,
         as_of_version: args.as_of_version,
     };
-    let response = args
-        .connect
-        .client()?
+    let mut client = args.connect.client()?;
+    let response = client
         .get_story(request)
         .await
         .map_err(|status| describe(&status))?;
     let story = response.into_inner().story.unwrap_or_default();
-    if args.json {
+    if args.ninjs {
+        let history = story_events(&mut client, &story).await?;
+        say!("{}", ninjs::to_ninjs(&story, &history))?;
+    } else if args.json {
         print_json(&story)?;
     } else {
         say!("{}", format::story_block(&story))?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The retained events of `story` up to its version, oldest first: what the ninjs editorial note
+/// is made of. Reads page after page until the log's head.
+async fn story_events(
+    client: &mut StoryClient,
+    story: &pb::Story,
+) -> Result<Vec<pb::UpdateEvent>, CliError> {
+    let mut events = Vec::new();
+    let mut from_sequence = 0;
+    loop {
+        let request = pb::ListEventsRequest {
+            from_sequence,
+            story_ids: vec![story.id.clone()],
+            ..Default::default()
+        };
+        let page = client
+            .list_events(request)
+            .await
+            .map_err(|status| describe(&status))?
+            .into_inner();
+        events.extend(
+            page.events
+                .into_iter()
+                .filter(|event| event.story_version <= story.version),
+        );
+        // Past the story's latest event nothing more of it, as of this version, can follow.
+        if page.next_sequence > page.head_sequence || page.next_sequence > story.last_sequence {
+            return Ok(events);
+        }
+        from_sequence = page.next_sequence;
+    }
 }
 
 /// Arguments of `storywire stories`.

@@ -7,6 +7,8 @@
 //!
 //! - `GET /v1/stories?tag=&status=&page_size=&page_token=`: ListStories.
 //! - `GET /v1/stories/{id}?as_of_version=`: GetStory.
+//! - `GET /v1/stories/{id}/ninjs?as_of_version=`: the story as an IPTC ninjs item
+//!   ([`crate::ninjs`]).
 //! - `GET /v1/events?from_sequence=&story=&tag=&log_id=`: Subscribe as SSE ([`events`]).
 //! - `GET /` and `GET /stories/{id}`: the live page ([`page`]).
 
@@ -60,6 +62,7 @@ pub fn router(service: Service, options: HttpOptions) -> Router {
         .route("/stories/{id}", get(page::story))
         .route("/v1/stories", get(list_stories))
         .route("/v1/stories/{id}", get(get_story))
+        .route("/v1/stories/{id}/ninjs", get(get_ninjs))
         .route("/v1/events", get(events::events))
         .with_state(App { service, options })
 }
@@ -186,5 +189,66 @@ async fn get_story(
     match answer.await {
         Ok(story) => json(&story),
         Err(status) => error::response(&status),
+    }
+}
+
+/// `GET /v1/stories/{id}/ninjs`: the story as an IPTC ninjs item, as `storywire story ID
+/// --ninjs` prints it.
+async fn get_ninjs(
+    State(app): State<App>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let answer = async {
+        let caller = app.authorize(&headers, "GetStory")?;
+        let mut object = query_object(query.as_deref(), &[], &[]);
+        object.insert("story_id".to_owned(), Value::String(id.clone()));
+        let request: pb::GetStoryRequest = parse(object)?;
+        let story = app
+            .service
+            .get_story(app.request(request, caller.clone()))
+            .await?
+            .into_inner()
+            .story
+            .unwrap_or_default();
+        let history = app.story_events(&id, caller).await?;
+        Ok::<_, Status>(crate::ninjs::to_ninjs(&story, &history))
+    };
+    match answer.await {
+        Ok(item) => json(&item),
+        Err(status) => error::response(&status),
+    }
+}
+
+impl App {
+    /// Every retained event of `story_id`, oldest first, paging through ListEvents.
+    async fn story_events(
+        &self,
+        story_id: &str,
+        caller: Option<Caller>,
+    ) -> Result<Vec<pb::UpdateEvent>, Status> {
+        let mut events = Vec::new();
+        let mut from = 0;
+        loop {
+            let page = self
+                .service
+                .list_events(self.request(
+                    pb::ListEventsRequest {
+                        story_ids: vec![story_id.to_owned()],
+                        from_sequence: from,
+                        page_size: 1_000,
+                        ..Default::default()
+                    },
+                    caller.clone(),
+                ))
+                .await?
+                .into_inner();
+            events.extend(page.events);
+            if page.next_sequence > page.head_sequence || page.next_sequence == from {
+                return Ok(events);
+            }
+            from = page.next_sequence;
+        }
     }
 }

@@ -90,19 +90,7 @@ pub(super) async fn story(
             .into_inner()
             .story
             .unwrap_or_default();
-        let events = app
-            .service
-            .list_events(app.request(
-                pb::ListEventsRequest {
-                    story_ids: vec![id.clone()],
-                    page_size: 1_000,
-                    ..Default::default()
-                },
-                caller,
-            ))
-            .await?
-            .into_inner()
-            .events;
+        let events = app.story_events(&id, caller).await?;
         Ok::<_, Status>((story, events))
     };
     let (story, events) = match answer.await {
