@@ -580,4 +580,7 @@ def run(binary):
 if __name__ == "__main__":
     if len(sys.argv) != 2:
         sys.exit("usage: live_page.py path/to/storywire")
+    # A SIGTERM (a CI timeout, a `kill`) unwinds through run()'s finally, which stops the server
+    # and the browser by their PIDs instead of leaving them running.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     sys.exit(run(os.path.abspath(sys.argv[1])))
