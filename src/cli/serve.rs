@@ -226,7 +226,7 @@ pub async fn run(args: Args) -> Result<ExitCode, CliError> {
             } else {
                 format!("http://{bound}/")
             };
-            tracing::info!(address = %bound, %page, "storywire HTTP listening: open the live page");
+            tracing::info!(address = %bound, %page, "storywire HTTP listening");
             let http_options = HttpOptions {
                 tokens: options.tokens.clone(),
                 public_read: args.public_read,

@@ -35,11 +35,13 @@
   function attribution(a) {
     const li = el("li", "attribution");
     const stance = words(a.stance, "STANCE_");
-    li.append(el("span", "source", a.anonymous ? `An unnamed source (${a.anonymityReason || "anonymous"})` : source(a.source)));
-    if (a.anonymous && a.source && a.source.role) li.append(document.createTextNode(`, ${a.source.role}`));
+    li.append(el("span", "source", source(a.source) || "An unnamed source"));
     li.append(" ", el("span", `stance ${stance.replace(/ /g, "-")}`, stance));
     if (a.via && a.via.length) li.append(" ", el("span", "via", `via ${a.via.map(source).join(" via ")}`));
     if (a.hedge) li.append(" ", el("span", "hedge", `(${a.hedge})`));
+    if (a.anonymous) {
+      li.append(" ", el("span", "hedge", a.anonymityReason ? `(not named: ${a.anonymityReason})` : "(not named)"));
+    }
     return li;
   }
 
