@@ -245,9 +245,9 @@ fn publish_burst(
     burst_responses(checked, outcomes)
 }
 
-/// Publishes a burst through a cluster node's stream: requests to different stories are in
-/// flight together (each story's condition in the stream is independent of the others'); a
-/// request to a story already in flight waits for it. Answered in request order.
+/// Publishes a burst through a cluster node's stream: requests to different stories are sent in
+/// order and in flight together (each story's condition in the stream is independent of the
+/// others'); a request to a story already in flight waits for it. Answered in request order.
 async fn publish_burst_through(
     node: &Node,
     messages: Vec<pb::PublishStreamRequest>,
@@ -260,9 +260,14 @@ async fn publish_burst_through(
         let mut run = Vec::new();
         while let Some(request) = requests.next_if(|r| !stories.contains(&r.story_id)) {
             stories.insert(request.story_id.clone());
-            run.push(async move { node.publish(request).await.map_err(Error::from) });
+            run.push(request);
         }
-        outcomes.extend(futures_util::future::join_all(run).await);
+        let published = node.publish_in_order(run).await;
+        outcomes.extend(
+            published
+                .into_iter()
+                .map(|outcome| outcome.map_err(Error::from)),
+        );
     }
     burst_responses(checked, outcomes)
 }

@@ -7,7 +7,11 @@
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
-use async_nats::jetstream::{self, context::PublishErrorKind, message::PublishMessage};
+use async_nats::jetstream::{
+    self,
+    context::{PublishAckFuture, PublishErrorKind},
+    message::PublishMessage,
+};
 use prost::Message as _;
 use tokio::sync::watch;
 
@@ -203,20 +207,73 @@ impl Node {
         &self,
         request: pb::PublishRequest,
     ) -> Result<pb::PublishResponse, Refused> {
-        for _ in 0..=MAX_CONFLICTS {
-            self.check_following()?;
-            let (proposal, expected) = match self.log.plan(request.clone())? {
-                Plan::Duplicate(original) => return Ok(original),
-                Plan::Publish {
+        let begun = self.begin(&request).await;
+        self.finish(request, begun).await
+    }
+
+    /// Publishes requests to distinct stories as [`Self::publish`] does each: decided and sent
+    /// one after another, so that JetStream appends them in request order (one connection keeps
+    /// its order), and acknowledged together. Outcomes in request order.
+    pub async fn publish_in_order(
+        &self,
+        requests: Vec<pb::PublishRequest>,
+    ) -> Vec<Result<pb::PublishResponse, Refused>> {
+        let mut begun = Vec::with_capacity(requests.len());
+        for request in &requests {
+            begun.push(self.begin(request).await);
+        }
+        let finishing = requests
+            .into_iter()
+            .zip(begun)
+            .map(|(request, begun)| self.finish(request, begun));
+        futures_util::future::join_all(finishing).await
+    }
+
+    /// Decides `request` against the replica and, unless it repeats a retained request, sends
+    /// it to JetStream without waiting for the acknowledgement.
+    async fn begin(&self, request: &pb::PublishRequest) -> Result<Begun, Refused> {
+        self.check_following()?;
+        match self.log.plan(request.clone())? {
+            Plan::Duplicate(original) => Ok(Begun::Done(original)),
+            Plan::Publish {
+                proposal,
+                expected_subject_sequence,
+            } => {
+                let ack = self
+                    .send(request, &proposal, expected_subject_sequence)
+                    .await;
+                Ok(Begun::Sent(Box::new(Sent {
                     proposal,
-                    expected_subject_sequence,
-                } => (proposal, expected_subject_sequence),
+                    expected: expected_subject_sequence,
+                    ack,
+                })))
+            }
+        }
+    }
+
+    /// Waits for what [`Self::begin`] sent to be acknowledged and applied; after a conflict,
+    /// catches up and begins again, at most [`MAX_CONFLICTS`] times.
+    async fn finish(
+        &self,
+        request: pb::PublishRequest,
+        begun: Result<Begun, Refused>,
+    ) -> Result<pb::PublishResponse, Refused> {
+        let mut begun = begun?;
+        for _ in 0..=MAX_CONFLICTS {
+            let (proposal, expected, ack) = match begun {
+                Begun::Done(original) => return Ok(original),
+                Begun::Sent(sent) => (sent.proposal, sent.expected, sent.ack),
             };
-            match self.send(&request, &proposal, expected).await {
+            let acknowledged = match ack {
+                Ok(ack) => ack.await,
+                Err(error) => Err(error),
+            };
+            match acknowledged {
                 Ok(ack) => return self.settle(ack, &request).await,
                 Err(error) if is_conflict(&error) => {
                     // Another node changed the story first: catch up, and decide again.
                     self.catch_up(&request.story_id, expected).await?;
+                    begun = self.begin(&request).await?;
                 }
                 Err(error) if error.kind() == PublishErrorKind::MaxPayloadExceeded => {
                     return Err(Refused::TooLarge(format!(
@@ -254,13 +311,14 @@ impl Node {
         Ok(())
     }
 
-    /// Sends `proposal` to the story's subject with the conditions JetStream checks.
+    /// Sends `proposal` to the story's subject with the conditions JetStream checks; the
+    /// acknowledgement is awaited separately.
     async fn send(
         &self,
         request: &pb::PublishRequest,
         proposal: &Proposal,
         expected_subject_sequence: u64,
-    ) -> Result<jetstream::publish::PublishAck, jetstream::context::PublishError> {
+    ) -> Result<PublishAckFuture, jetstream::context::PublishError> {
         let mut message = PublishMessage::build()
             .payload(proposal.encode_to_vec().into())
             .expected_last_subject_sequence(expected_subject_sequence);
@@ -268,7 +326,7 @@ impl Node {
             message = message.message_id(&request.event_id);
         }
         let subject = stream::subject(&self.stream_name, &request.story_id);
-        self.context.send_publish(subject, message).await?.await
+        self.context.send_publish(subject, message).await
     }
 
     /// Waits until the replica has applied what JetStream acknowledged, and answers with the
@@ -350,6 +408,25 @@ fn is_conflict(error: &jetstream::context::PublishError) -> bool {
             .is_some_and(|error| {
                 error.error_code() == jetstream::ErrorCode::STREAM_WRONG_LAST_SEQUENCE_CONSTANT
             })
+}
+
+/// A publish decided and, unless it repeated a retained request, sent.
+enum Begun {
+    /// It repeats a retained request: its original receipt.
+    Done(pb::PublishResponse),
+    /// Sent to JetStream; the acknowledgement (or the failure to send) is still to be read.
+    /// Boxed: it is several times the size of a receipt.
+    Sent(Box<Sent>),
+}
+
+/// A publish sent to JetStream, its acknowledgement still to be read.
+struct Sent {
+    /// What was sent.
+    proposal: Proposal,
+    /// The story's newest stream sequence it was decided against.
+    expected: u64,
+    /// The acknowledgement to wait for, or why the send failed.
+    ack: Result<PublishAckFuture, jetstream::context::PublishError>,
 }
 
 /// A watch of whether the node may be called SERVING, kept up to date by a task of its own.
