@@ -176,18 +176,8 @@ async fn get_story(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Response {
-    let answer = async {
-        let caller = app.authorize(&headers, "GetStory")?;
-        let mut object = query_object(query.as_deref(), &[], &[]);
-        object.insert("story_id".to_owned(), Value::String(id));
-        let request: pb::GetStoryRequest = parse(object)?;
-        app.service
-            .get_story(app.request(request, caller))
-            .await
-            .map(tonic::Response::into_inner)
-    };
-    match answer.await {
-        Ok(story) => json(&story),
+    match app.story(id, &headers, query.as_deref()).await {
+        Ok((story, _)) => json(&story),
         Err(status) => error::response(&status),
     }
 }
@@ -201,17 +191,8 @@ async fn get_ninjs(
     RawQuery(query): RawQuery,
 ) -> Response {
     let answer = async {
-        let caller = app.authorize(&headers, "GetStory")?;
-        let mut object = query_object(query.as_deref(), &[], &[]);
-        object.insert("story_id".to_owned(), Value::String(id.clone()));
-        let request: pb::GetStoryRequest = parse(object)?;
-        let story = app
-            .service
-            .get_story(app.request(request, caller.clone()))
-            .await?
-            .into_inner()
-            .story
-            .unwrap_or_default();
+        let (found, caller) = app.story(id.clone(), &headers, query.as_deref()).await?;
+        let story = found.story.unwrap_or_default();
         let history = app.story_events(&id, caller).await?;
         Ok::<_, Status>(crate::ninjs::to_ninjs(&story, &history))
     };
@@ -222,6 +203,26 @@ async fn get_ninjs(
 }
 
 impl App {
+    /// GetStory of story `id` with the query's parameters (`as_of_version`), and the caller
+    /// the request's token names.
+    async fn story(
+        &self,
+        id: String,
+        headers: &HeaderMap,
+        query: Option<&str>,
+    ) -> Result<(pb::GetStoryResponse, Option<Caller>), Status> {
+        let caller = self.authorize(headers, "GetStory")?;
+        let mut object = query_object(query, &[], &[]);
+        object.insert("story_id".to_owned(), Value::String(id));
+        let request: pb::GetStoryRequest = parse(object)?;
+        let found = self
+            .service
+            .get_story(self.request(request, caller.clone()))
+            .await?
+            .into_inner();
+        Ok((found, caller))
+    }
+
     /// Every retained event of `story_id`, oldest first, paging through ListEvents.
     async fn story_events(
         &self,
