@@ -120,7 +120,8 @@ pub struct Replica {
     pub snapshot_head: u64,
     /// The next sequence to apply.
     pub next: u64,
-    /// The stream's last sequence at start-up: the replica is caught up once it has applied it.
+    /// The stream's last sequence when the replica started following it (at start-up, or again
+    /// after a lost connection): it is caught up once it has applied it.
     pub start_head: u64,
     /// A snapshot is written each time the replica applies a multiple of this sequence.
     pub snapshot_every: u64,
@@ -200,6 +201,23 @@ impl Replica {
             Ok(consumer) => consumer,
             Err(error) => return Stop::Transient(format!("creating a consumer: {error}")),
         };
+        // Following again after a lost connection: until the replica has what the stream holds
+        // now, it is catching up, and the node is not SERVING.
+        match self.stream.info().await {
+            Ok(info) if info.state.last_sequence >= self.next => {
+                self.start_head = self.start_head.max(info.state.last_sequence);
+                if *self.caught_up.borrow() {
+                    tracing::info!(
+                        next = self.next,
+                        last = self.start_head,
+                        "replica: catching up again"
+                    );
+                    self.caught_up.send_replace(false);
+                }
+            }
+            Ok(_) => {}
+            Err(error) => return Stop::Transient(format!("stream info: {error}")),
+        }
         loop {
             let batch = consumer
                 .batch()
@@ -235,7 +253,7 @@ impl Replica {
         }
     }
 
-    /// Turns the replica caught up once it has applied the stream's last sequence as of start-up.
+    /// Turns the replica caught up once it has applied `start_head`.
     fn note_caught_up(&self) {
         if self.next > self.start_head && !*self.caught_up.borrow() {
             tracing::info!(head = self.next - 1, "replica: caught up with the stream");
