@@ -175,11 +175,7 @@ fn ednote(story: &pb::Story, history: &[pb::UpdateEvent]) -> String {
         .iter()
         .filter(|event| event.story_id == story.id && event.story_version <= story.version);
     for event in own {
-        let Some(kind) = event
-            .change
-            .as_ref()
-            .and_then(|change| change.kind.as_ref())
-        else {
+        let Some(kind) = event.kind() else {
             continue;
         };
         let when = rfc3339(event.occurred_at.as_ref()).unwrap_or_default();

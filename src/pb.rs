@@ -19,3 +19,10 @@ pub mod server {
 /// served by gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/storywire_descriptor.bin"));
+
+impl UpdateEvent {
+    /// What the event changed, if its `change` says anything.
+    pub fn kind(&self) -> Option<&change::Kind> {
+        self.change.as_ref().and_then(|change| change.kind.as_ref())
+    }
+}

@@ -97,9 +97,7 @@ impl Narrator {
     /// One line for an update: sequence, time, story, headline, and what changed.
     pub fn event(&mut self, event: &pb::UpdateEvent) -> String {
         let what = event
-            .change
-            .as_ref()
-            .and_then(|c| c.kind.as_ref())
+            .kind()
             .map(|kind| self.change(&event.story_id, kind))
             .unwrap_or_default();
         format!(

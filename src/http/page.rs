@@ -133,9 +133,7 @@ pub fn live_blog_posting(story: &pb::Story, events: &[pb::UpdateEvent]) -> Value
         .iter()
         .map(|event| {
             let body = event
-                .change
-                .as_ref()
-                .and_then(|change| change.kind.as_ref())
+                .kind()
                 .map(|kind| narrator.change(&event.story_id, kind))
                 .unwrap_or_default();
             json!({

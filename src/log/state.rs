@@ -334,10 +334,7 @@ pub(super) fn apply(
 fn added_tags(stories: &Stories, event: &pb::UpdateEvent) -> Vec<String> {
     let Some(pb::change::Kind::StoryRevised(pb::StoryRevised {
         tags: Some(list), ..
-    })) = event
-        .change
-        .as_ref()
-        .and_then(|change| change.kind.as_ref())
+    })) = event.kind()
     else {
         return Vec::new();
     };

@@ -68,11 +68,7 @@ impl Stories {
         event: &pb::UpdateEvent,
         limits: &StoryLimits,
     ) -> Result<Arc<[String]>, StoryError> {
-        let kind = event
-            .change
-            .as_ref()
-            .and_then(|change| change.kind.as_ref())
-            .ok_or(StoryError::NoChange)?;
+        let kind = event.kind().ok_or(StoryError::NoChange)?;
         let story_id = &event.story_id;
         match (kind, self.by_id.get(story_id)) {
             (Kind::StoryOpened(_), Some(_)) => Err(StoryError::AlreadyOpened {
@@ -99,11 +95,7 @@ impl Stories {
         event: &pb::UpdateEvent,
         limits: &StoryLimits,
     ) -> Result<(), StoryError> {
-        let Some(kind) = event
-            .change
-            .as_ref()
-            .and_then(|change| change.kind.as_ref())
-        else {
+        let Some(kind) = event.kind() else {
             return Ok(());
         };
         let story_id = &event.story_id;

@@ -276,11 +276,7 @@ impl Stories {
     /// Checks `event` against the story rules and, when it passes, applies it. On error nothing
     /// changes. The caller has already set `event.sequence` and `event.story_version`.
     pub fn apply(&mut self, event: &pb::UpdateEvent) -> Result<Applied, StoryError> {
-        let kind = event
-            .change
-            .as_ref()
-            .and_then(|change| change.kind.as_ref())
-            .ok_or(StoryError::NoChange)?;
+        let kind = event.kind().ok_or(StoryError::NoChange)?;
         let story_id = &event.story_id;
 
         if let Kind::StoryOpened(opened) = kind {
