@@ -137,7 +137,6 @@ fn event(item: EncodedResponse) -> Event {
             item: Some(Item::Story((*story).clone())),
         },
     };
-    let data = |message: &dyn erased::Json| message.json();
     match response.item {
         Some(Item::Event(update)) => Event::default()
             .id(update.sequence.to_string())
@@ -167,17 +166,7 @@ fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
         .map(|(_, value)| value.to_owned())
 }
 
-/// Messages as proto3 JSON behind one function, so that `event` can say what each item is.
-mod erased {
-    /// A message that serializes to proto3 JSON.
-    pub trait Json {
-        /// The message as proto3 JSON.
-        fn json(&self) -> String;
-    }
-
-    impl<T: serde::Serialize> Json for T {
-        fn json(&self) -> String {
-            serde_json::to_string(self).unwrap_or_default()
-        }
-    }
+/// A message as proto3 JSON, for an event's `data:`.
+fn data<T: serde::Serialize>(message: &T) -> String {
+    serde_json::to_string(message).unwrap_or_default()
 }
