@@ -7,7 +7,7 @@ mod support;
 
 use std::net::SocketAddr;
 
-use process::{Pipe, Running};
+use process::Running;
 use storywire::pb::{self, story_service_client::StoryServiceClient};
 use support::{
     client_at,
@@ -33,16 +33,9 @@ impl Server {
         args.extend_from_slice(extra);
         let mut process = Running::spawn(process::storywire(&args));
         let (grpc, _) = process.listening_address().await;
-        let lines = process
-            .read_until(Pipe::Stderr, "storywire HTTP listening")
+        let (http, _) = process
+            .announced_address("storywire HTTP listening address=")
             .await;
-        let line = lines.last().expect("the HTTP line");
-        let http: SocketAddr = line
-            .split("address=")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|address| address.parse().ok())
-            .unwrap_or_else(|| panic!("an address in {line:?}"));
         Self {
             process,
             grpc: format!("http://{grpc}"),

@@ -196,9 +196,16 @@ impl Running {
     /// Reads a `storywire serve` process's stderr up to its `storywire listening address=` line;
     /// returns the loopback address it announced and the lines read.
     pub async fn listening_address(&mut self) -> (std::net::SocketAddr, Vec<String>) {
-        let lines = self
-            .read_until(Pipe::Stderr, "storywire listening address=")
-            .await;
+        self.announced_address("storywire listening address=").await
+    }
+
+    /// Reads stderr up to the line containing `announcement` (ending in `address=`); returns
+    /// the loopback address the line names and the lines read.
+    pub async fn announced_address(
+        &mut self,
+        announcement: &str,
+    ) -> (std::net::SocketAddr, Vec<String>) {
+        let lines = self.read_until(Pipe::Stderr, announcement).await;
         let listening = lines.last().expect("the line read last");
         let address: std::net::SocketAddr = listening
             .split("address=")
