@@ -1,0 +1,246 @@
+//! PublishStream: a session that reads the client's messages in bursts, publishes each burst
+//! (appended under one lock, or through a cluster node's stream) and answers in request order.
+
+use std::{collections::VecDeque, pin::Pin, sync::Arc};
+
+use futures_util::{FutureExt, Stream, stream};
+use tokio::sync::watch;
+use tonic::{Status, Streaming};
+
+use super::{Error, status};
+use crate::{
+    cluster::Node,
+    log::EventLog,
+    pb,
+    subscription::End,
+    validate::{self, FieldError},
+};
+
+/// The most PublishStream messages answered together: those already received when the first is
+/// read go into one append under one lock and one wake-up of subscribers. Enough to amortise the
+/// lock at a pipeline's full rate; few enough that one burst holds the lock only briefly.
+pub const PUBLISH_BURST: usize = 256;
+
+/// Settles the shape of a burst of PublishStream messages: for each message its error, if it
+/// has one, and the valid requests in order.
+fn check_burst(
+    messages: Vec<pb::PublishStreamRequest>,
+) -> (Vec<Option<Error>>, Vec<pb::PublishRequest>) {
+    let mut checked: Vec<Option<Error>> = Vec::with_capacity(messages.len());
+    let mut valid = Vec::with_capacity(messages.len());
+    for message in messages {
+        let outcome = match message.request {
+            Some(request) => validate::publish(&request).map(|()| request),
+            None => Err(FieldError {
+                field: "request".to_owned(),
+                description: "is required: each message carries one PublishRequest".to_owned(),
+            }),
+        };
+        match outcome {
+            Ok(request) => {
+                valid.push(request);
+                checked.push(None);
+            }
+            Err(invalid) => checked.push(Some(invalid.into())),
+        }
+    }
+    (checked, valid)
+}
+
+/// The responses to a burst, in order: each message's shape error, or the outcome of its
+/// request, taken in order from `outcomes`.
+fn burst_responses(
+    checked: Vec<Option<Error>>,
+    outcomes: Vec<Result<pb::PublishResponse, Error>>,
+) -> VecDeque<pb::PublishStreamResponse> {
+    let mut outcomes = outcomes.into_iter();
+    checked
+        .into_iter()
+        .map(|invalid| {
+            let outcome = match invalid {
+                Some(error) => Err(error),
+                None => outcomes.next().expect("one outcome per valid request"),
+            };
+            publish_response(outcome)
+        })
+        .collect()
+}
+
+/// Publishes a burst of PublishStream messages in order, each accepted or rejected on its own.
+fn publish_burst(
+    log: &EventLog,
+    messages: Vec<pb::PublishStreamRequest>,
+) -> VecDeque<pb::PublishStreamResponse> {
+    let (checked, valid) = check_burst(messages);
+    let outcomes = log
+        .append_all(valid)
+        .into_iter()
+        .map(|outcome| outcome.map_err(Error::from))
+        .collect();
+    burst_responses(checked, outcomes)
+}
+
+/// Publishes a burst through a cluster node's stream: requests to different stories are sent in
+/// order and in flight together (each story's condition in the stream is independent of the
+/// others'); a request to a story already in flight waits for it. Answered in request order.
+async fn publish_burst_through(
+    node: &Node,
+    messages: Vec<pb::PublishStreamRequest>,
+) -> VecDeque<pb::PublishStreamResponse> {
+    let (checked, valid) = check_burst(messages);
+    let mut outcomes = Vec::with_capacity(valid.len());
+    let mut requests = valid.into_iter().peekable();
+    while requests.peek().is_some() {
+        let mut stories = std::collections::HashSet::new();
+        let mut run = Vec::new();
+        while let Some(request) = requests.next_if(|r| !stories.contains(&r.story_id)) {
+            stories.insert(request.story_id.clone());
+            run.push(request);
+        }
+        let published = node.publish_in_order(run).await;
+        outcomes.extend(
+            published
+                .into_iter()
+                .map(|outcome| outcome.map_err(Error::from)),
+        );
+    }
+    burst_responses(checked, outcomes)
+}
+
+/// A PublishStream response: the receipt, or what Publish would have failed with.
+fn publish_response(outcome: Result<pb::PublishResponse, Error>) -> pb::PublishStreamResponse {
+    use pb::publish_stream_response::Result as Outcome;
+    let result = match outcome {
+        Ok(receipt) => Outcome::Accepted(receipt),
+        Err(error) => {
+            let field = error
+                .violation()
+                .map(|(field, _)| field)
+                .unwrap_or_default();
+            let status = status(error);
+            Outcome::Rejected(pb::PublishError {
+                code: status.code().into(),
+                message: status.message().to_owned(),
+                field,
+            })
+        }
+    };
+    pb::PublishStreamResponse {
+        result: Some(result),
+    }
+}
+
+/// One PublishStream call: its incoming messages, answered in order.
+pub(super) struct PublishSession {
+    /// The client's messages.
+    requests: Streaming<pb::PublishStreamRequest>,
+    /// The log they are published to.
+    log: Arc<EventLog>,
+    /// On a cluster node: the stream they are published through instead.
+    cluster: Option<Arc<Node>>,
+    /// Becomes true when the server starts shutting down. The sender belongs to the server.
+    shutdown: watch::Receiver<bool>,
+    /// Responses to a burst, not yet sent.
+    answered: VecDeque<pb::PublishStreamResponse>,
+    /// How the stream ends once `answered` is sent: `Some(Err)` with an error, `Some(Ok)` when
+    /// the client finished; `None` while it goes on.
+    end: Option<Result<(), Status>>,
+}
+
+impl PublishSession {
+    /// A session publishing `requests` to `log` (through `cluster` on a cluster node), which
+    /// stops taking messages when `shutdown` turns true.
+    pub(super) fn new(
+        requests: Streaming<pb::PublishStreamRequest>,
+        log: Arc<EventLog>,
+        cluster: Option<Arc<Node>>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
+        Self {
+            requests,
+            log,
+            cluster,
+            shutdown,
+            answered: VecDeque::new(),
+            end: None,
+        }
+    }
+
+    /// The session's responses, as the stream PublishStream returns.
+    pub(super) fn responses(self) -> PublishResponseStream {
+        Box::pin(stream::unfold(self, |mut session| async move {
+            let response = session.next().await?;
+            Some((response, session))
+        }))
+    }
+
+    /// The response to the next message; `None` once the client has finished.
+    ///
+    /// At shutdown the session stops taking messages and ends with UNAVAILABLE: every message
+    /// already answered is in the log, and the rest can be resent (safely, with their event_ids)
+    /// once the server is back.
+    async fn next(&mut self) -> Option<Result<pb::PublishStreamResponse, Status>> {
+        loop {
+            if let Some(response) = self.answered.pop_front() {
+                return Some(Ok(response));
+            }
+            match self.end.take() {
+                Some(Err(status)) => {
+                    self.end = Some(Ok(()));
+                    return Some(Err(status));
+                }
+                Some(Ok(())) => {
+                    self.end = Some(Ok(()));
+                    return None;
+                }
+                None => {}
+            }
+            let first = tokio::select! {
+                biased;
+                _ = self.shutdown.wait_for(|stopping| *stopping) => Err(status(End::ShuttingDown)),
+                next = self.requests.message() => next,
+            };
+            let mut burst = Vec::new();
+            let mut next = first;
+            loop {
+                match next {
+                    Ok(Some(message)) => burst.push(message),
+                    Ok(None) => self.end = Some(Ok(())),
+                    Err(status) => self.end = Some(Err(status)),
+                }
+                if self.end.is_some() || burst.len() == PUBLISH_BURST {
+                    break;
+                }
+                // Take what has already arrived, without waiting for more.
+                match self.requests.message().now_or_never() {
+                    Some(more) => next = more,
+                    None => break,
+                }
+            }
+            if let Some(node) = &self.cluster {
+                // Answered once acknowledged by JetStream and applied here.
+                self.answered = publish_burst_through(node, burst).await;
+                continue;
+            }
+            self.answered = publish_burst(&self.log, burst);
+            // With a data directory, acknowledged means written as the fsync mode says: wait
+            // for the burst's newest.
+            let newest = self
+                .answered
+                .iter()
+                .filter_map(|response| match &response.result {
+                    Some(pb::publish_stream_response::Result::Accepted(receipt)) => {
+                        Some(receipt.sequence)
+                    }
+                    _ => None,
+                });
+            if let Some(newest) = newest.max() {
+                self.log.acknowledged(newest).await;
+            }
+        }
+    }
+}
+
+/// The stream type PublishStream returns.
+pub type PublishResponseStream =
+    Pin<Box<dyn Stream<Item = Result<pb::PublishStreamResponse, Status>> + Send + 'static>>;
