@@ -119,6 +119,11 @@ impl Tokens {
             let [name, roles, secret] = fields[..] else {
                 return Err(error("expected NAME ROLES TOKEN".to_owned()));
             };
+            if name == crate::service::ANONYMOUS {
+                return Err(error(format!(
+                    "the name {name:?} is kept for events published without a token; name the token otherwise"
+                )));
+            }
             let roles = roles
                 .split(',')
                 .map(|role| {

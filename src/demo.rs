@@ -30,10 +30,13 @@ pub fn requests(fixture: &str) -> Vec<pb::PublishRequest> {
         .collect()
 }
 
+/// Who the demo's events are published by.
+pub const DEMO_PUBLISHER: &str = "demo";
+
 /// Publishes the seed story, the same way the Publish RPC would.
 pub fn publish_seed(log: &EventLog) -> Result<(), service::Error> {
     for request in requests(SEED) {
-        service::publish(log, request)?;
+        service::publish(log, request, DEMO_PUBLISHER)?;
     }
     Ok(())
 }
@@ -54,7 +57,7 @@ pub async fn replay_live(log: &EventLog, interval: Duration) -> Result<(), servi
     }
     for request in requests(LIVE) {
         tokio::time::sleep(interval).await;
-        let receipt = service::publish(log, request)?;
+        let receipt = service::publish(log, request, DEMO_PUBLISHER)?;
         tracing::info!(sequence = receipt.sequence, "demo: published a live update");
     }
     tracing::info!("demo: every live update is published");
@@ -73,7 +76,7 @@ mod tests {
         let log = EventLog::new(1_000, Arc::new(SystemClock));
         publish_seed(&log).expect("the seed is valid");
         for request in requests(LIVE) {
-            service::publish(&log, request).expect("every live update is valid");
+            service::publish(&log, request, DEMO_PUBLISHER).expect("every live update is valid");
         }
         let story = log
             .story("nk-diplomat-italy", None)

@@ -8,14 +8,15 @@
 //! every property to camelCase (`contactInfo`, `sizeInBytes`) and keeps changing; moving to it is
 //! a rename of the keys below and of `schemas/ninjs-2.1.json`. docs/ninjs.md has the mapping.
 //!
-//! The export is a pure function of the story and its history: nothing here reads the log or the
-//! clock, so the same state always exports to the same item.
+//! The export is a pure function of the story: nothing here reads the log or the clock, so the
+//! same state always exports to the same item. The story's state keeps its corrections and status
+//! changes, so the editorial note is whole whatever the log still retains.
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use pbjson_types::Timestamp;
 use serde_json::{Map, Value, json};
 
-use crate::pb::{self, change::Kind};
+use crate::pb::{self, fact_revision::Change};
 
 /// The ninjs version the export follows, as its `standard.version` says.
 pub const NINJS_VERSION: &str = "2.1";
@@ -29,13 +30,9 @@ pub const NINJS_SCHEMA: &str = "http://www.iptc.org/std/ninjs/ninjs-schema_2.1.j
 /// `uri` through all its versions, as ninjs asks (the version is in `version`).
 pub const URI_PREFIX: &str = "urn:storywire:story:";
 
-/// The ninjs item for `story`.
-///
-/// `history` is the story's events (from ListEvents, or the log): only its corrections and its
-/// withdrawal are read, for the editorial note, and only those at or before `story.version`, so
-/// the item for an older version notes only what had happened by then. Events of other stories
-/// are ignored. Events the log no longer retains cannot be noted; pass `&[]` for no note.
-pub fn to_ninjs(story: &pb::Story, history: &[pb::UpdateEvent]) -> Value {
+/// The ninjs item for `story` (its current state, or a past version from GetStory's
+/// `as_of_version`, whose history ends at that version).
+pub fn to_ninjs(story: &pb::Story) -> Value {
     let mut item = Map::new();
     item.insert("uri".into(), json!(story_uri(&story.id)));
     item.insert("type".into(), json!("text"));
@@ -50,6 +47,9 @@ pub fn to_ninjs(story: &pb::Story, history: &[pb::UpdateEvent]) -> Value {
         item.insert("versioncreated".into(), json!(updated));
     }
     item.insert("pubstatus".into(), json!(pubstatus(story)));
+    if !story.language.is_empty() {
+        item.insert("language".into(), json!(story.language));
+    }
     item.insert(
         "headlines".into(),
         json!([{ "role": "main", "value": story.headline }]),
@@ -76,7 +76,7 @@ pub fn to_ninjs(story: &pb::Story, history: &[pb::UpdateEvent]) -> Value {
     if !sources.is_empty() {
         item.insert("infosources".into(), Value::Array(sources));
     }
-    let note = ednote(story, history);
+    let note = ednote(story);
     if !note.is_empty() {
         item.insert("ednote".into(), json!(note));
     }
@@ -134,25 +134,34 @@ fn fact_status(status: i32) -> String {
 }
 
 /// Every source the story cites, by facts and background alike, with every source its statements
-/// came through (`via`), each once, in the order first cited.
+/// came through (`via`), each once, in the order first cited, with the first `url` it was cited
+/// with as its `uri`.
 fn infosources(story: &pb::Story) -> Vec<Value> {
     let attributions = story
         .facts
         .iter()
         .flat_map(|fact| &fact.attributions)
         .chain(story.context.iter().flat_map(|note| &note.attributions));
-    let mut names: Vec<String> = Vec::new();
+    let mut sources: Vec<(String, &str)> = Vec::new();
     for attribution in attributions {
         for source in attribution.source.iter().chain(&attribution.via) {
             let name = source_name(source);
-            if !names.contains(&name) {
-                names.push(name);
+            match sources.iter_mut().find(|(known, _)| *known == name) {
+                Some((_, url)) if url.is_empty() => *url = &source.url,
+                Some(_) => {}
+                None => sources.push((name, &source.url)),
             }
         }
     }
-    names
+    sources
         .into_iter()
-        .map(|name| json!({ "name": name }))
+        .map(|(name, url)| {
+            if url.is_empty() {
+                json!({ "name": name })
+            } else {
+                json!({ "name": name, "uri": url })
+            }
+        })
         .collect()
 }
 
@@ -168,40 +177,52 @@ fn source_name(source: &pb::Source) -> String {
 }
 
 /// The editorial note: every correction of a fact, and the withdrawal, one a line, oldest first,
-/// each with the version it made. Empty when there is nothing to note.
-fn ednote(story: &pb::Story, history: &[pb::UpdateEvent]) -> String {
-    let mut lines = Vec::new();
-    let own = history
+/// each with its time and the log sequence of its event. Empty when there is nothing to note.
+fn ednote(story: &pb::Story) -> String {
+    let corrections = story.facts.iter().flat_map(|fact| {
+        fact.history.iter().filter_map(move |revision| {
+            let Some(Change::Statement(statement)) = &revision.change else {
+                return None;
+            };
+            let what = format!(
+                "fact {} corrected from \"{}\" to \"{}\"",
+                fact.id, statement.from, statement.to
+            );
+            Some((
+                revision.sequence,
+                revision.occurred_at,
+                what,
+                &revision.reason,
+            ))
+        })
+    });
+    let withdrawal = story
+        .status_history
         .iter()
-        .filter(|event| event.story_id == story.id && event.story_version <= story.version);
-    for event in own {
-        let Some(kind) = event.kind() else {
-            continue;
-        };
-        let when = rfc3339(event.occurred_at.as_ref()).unwrap_or_default();
-        let version = event.story_version;
-        let (what, reason) = match kind {
-            Kind::FactCorrected(corrected) => (
-                format!(
-                    "fact {} corrected to \"{}\"",
-                    corrected.fact_id, corrected.statement
-                ),
-                &corrected.reason,
-            ),
-            Kind::StoryStatusChanged(changed)
-                if changed.status == i32::from(pb::StoryStatus::Withdrawn) =>
-            {
-                ("story withdrawn".to_owned(), &changed.reason)
+        .filter(|revision| revision.to == i32::from(pb::StoryStatus::Withdrawn))
+        .map(|revision| {
+            let what = "story withdrawn".to_owned();
+            (
+                revision.sequence,
+                revision.occurred_at,
+                what,
+                &revision.reason,
+            )
+        });
+    let mut notes: Vec<_> = corrections.chain(withdrawal).collect();
+    notes.sort_by_key(|(sequence, ..)| *sequence);
+    notes
+        .into_iter()
+        .map(|(sequence, occurred_at, what, reason)| {
+            let when = rfc3339(occurred_at.as_ref()).unwrap_or_default();
+            let mut line = format!("{when} (sequence {sequence}): {what}.");
+            if !reason.is_empty() {
+                line.push_str(&format!(" Reason: {reason}"));
             }
-            _ => continue,
-        };
-        let mut line = format!("Version {version} ({when}): {what}.");
-        if !reason.is_empty() {
-            line.push_str(&format!(" Reason: {reason}"));
-        }
-        lines.push(line);
-    }
-    lines.join("\n")
+            line
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 #[cfg(test)]
@@ -229,11 +250,13 @@ mod tests {
                         name: "an unnamed official".into(),
                         kind: pb::SourceKind::Unnamed.into(),
                         role: "NIS".into(),
+                        url: String::new(),
                     }),
                     via: vec![pb::Source {
                         name: "Kim Min-ki".into(),
                         kind: pb::SourceKind::Person.into(),
                         role: String::new(),
+                        url: String::new(),
                     }],
                     ..Default::default()
                 }],
@@ -243,20 +266,10 @@ mod tests {
         }
     }
 
-    fn event(version: u64, kind: Kind) -> pb::UpdateEvent {
-        pb::UpdateEvent {
-            story_id: "nk-diplomat-italy".into(),
-            story_version: version,
-            occurred_at: at(1_546_506_000),
-            change: Some(pb::Change { kind: Some(kind) }),
-            ..Default::default()
-        }
-    }
-
     #[test]
     fn uri_comes_from_the_story_id_and_stays_through_versions() {
-        let first = to_ninjs(&story(1, pb::StoryStatus::Developing), &[]);
-        let later = to_ninjs(&story(9, pb::StoryStatus::Concluded), &[]);
+        let first = to_ninjs(&story(1, pb::StoryStatus::Developing));
+        let later = to_ninjs(&story(9, pb::StoryStatus::Concluded));
         assert_eq!(first["uri"], "urn:storywire:story:nk-diplomat-italy");
         assert_eq!(first["uri"], later["uri"]);
     }
@@ -264,18 +277,18 @@ mod tests {
     #[test]
     fn version_is_a_string_that_follows_the_story_version() {
         assert_eq!(
-            to_ninjs(&story(3, pb::StoryStatus::Developing), &[])["version"],
+            to_ninjs(&story(3, pb::StoryStatus::Developing))["version"],
             json!("3")
         );
         assert_eq!(
-            to_ninjs(&story(4, pb::StoryStatus::Developing), &[])["version"],
+            to_ninjs(&story(4, pb::StoryStatus::Developing))["version"],
             json!("4")
         );
     }
 
     #[test]
     fn withdrawn_is_canceled_and_every_other_status_usable() {
-        let status = |s| to_ninjs(&story(2, s), &[])["pubstatus"].clone();
+        let status = |s| to_ninjs(&story(2, s))["pubstatus"].clone();
         assert_eq!(status(pb::StoryStatus::Withdrawn), "canceled");
         assert_eq!(status(pb::StoryStatus::Developing), "usable");
         assert_eq!(status(pb::StoryStatus::Concluded), "usable");
@@ -283,7 +296,7 @@ mod tests {
 
     #[test]
     fn times_are_rfc3339_in_utc() {
-        let item = to_ninjs(&story(2, pb::StoryStatus::Developing), &[]);
+        let item = to_ninjs(&story(2, pb::StoryStatus::Developing));
         assert_eq!(item["firstcreated"], "2019-01-03T08:00:00Z");
         assert_eq!(item["versioncreated"], "2019-01-03T09:00:00Z");
     }
@@ -293,7 +306,7 @@ mod tests {
         let mut twice = story(2, pb::StoryStatus::Developing);
         twice.facts.push(twice.facts[0].clone());
         twice.facts[1].id = "again".into();
-        let item = to_ninjs(&twice, &[]);
+        let item = to_ninjs(&twice);
         assert_eq!(
             item["bodies"][0]["value"],
             "Jo went into hiding. [denied]\n\nJo went into hiding. [denied]"
@@ -305,32 +318,62 @@ mod tests {
     }
 
     #[test]
-    fn ednote_lists_corrections_and_withdrawal_up_to_the_version_exported() {
-        let corrected = Kind::FactCorrected(pb::FactCorrected {
-            fact_id: "jo-in-hiding".into(),
-            statement: "Jo went into hiding in November.".into(),
-            reason: "the month was missing".into(),
-        });
-        let withdrawn = Kind::StoryStatusChanged(pb::StoryStatusChanged {
-            status: pb::StoryStatus::Withdrawn.into(),
-            reason: String::new(),
-        });
-        let history = [event(2, corrected), event(3, withdrawn)];
-
-        let at_two = to_ninjs(&story(2, pb::StoryStatus::Developing), &history);
+    fn sources_carry_their_url_as_uri_and_the_language_is_kept() {
+        let mut story = story(2, pb::StoryStatus::Developing);
+        story.language = "en-GB".into();
+        story.facts[0].attributions[0].via[0].url = "https://example.com/kim".into();
+        let item = to_ninjs(&story);
+        assert_eq!(item["language"], "en-GB");
         assert_eq!(
-            at_two["ednote"],
-            "Version 2 (2019-01-03T09:00:00Z): fact jo-in-hiding corrected to \
-             \"Jo went into hiding in November.\". Reason: the month was missing"
+            item["infosources"],
+            json!([
+                { "name": "an unnamed official, NIS" },
+                { "name": "Kim Min-ki", "uri": "https://example.com/kim" }
+            ])
         );
-        let at_three = to_ninjs(&story(3, pb::StoryStatus::Withdrawn), &history);
-        assert!(
-            at_three["ednote"]
-                .as_str()
-                .unwrap()
-                .ends_with("\nVersion 3 (2019-01-03T09:00:00Z): story withdrawn."),
-            "{at_three}"
+        assert!(to_ninjs(&story_with_history())["language"].is_null());
+    }
+
+    /// The story at version 3: a fact corrected at sequence 5, then withdrawn at sequence 6.
+    fn story_with_history() -> pb::Story {
+        let mut story = story(3, pb::StoryStatus::Withdrawn);
+        story.facts[0].history.push(pb::FactRevision {
+            change: Some(Change::Statement(pb::FactStatementRevision {
+                from: "Jo went into hiding.".into(),
+                to: "Jo went into hiding in November.".into(),
+            })),
+            reason: "the month was missing".into(),
+            sequence: 5,
+            occurred_at: at(1_546_506_000),
+        });
+        // A status change is no correction: not noted.
+        story.facts[0].history.push(pb::FactRevision {
+            change: Some(Change::Status(pb::FactStatusRevision {
+                from: pb::FactStatus::Reported.into(),
+                to: pb::FactStatus::Denied.into(),
+            })),
+            sequence: 4,
+            ..Default::default()
+        });
+        story.status_history.push(pb::StoryStatusRevision {
+            from: pb::StoryStatus::Developing.into(),
+            to: pb::StoryStatus::Withdrawn.into(),
+            reason: String::new(),
+            sequence: 6,
+            occurred_at: at(1_546_509_600),
+        });
+        story
+    }
+
+    #[test]
+    fn ednote_lists_corrections_and_the_withdrawal_from_the_story_s_history() {
+        assert_eq!(
+            to_ninjs(&story_with_history())["ednote"],
+            "2019-01-03T09:00:00Z (sequence 5): fact jo-in-hiding corrected from \
+             \"Jo went into hiding.\" to \"Jo went into hiding in November.\". \
+             Reason: the month was missing\n\
+             2019-01-03T10:00:00Z (sequence 6): story withdrawn."
         );
-        assert!(to_ninjs(&story(1, pb::StoryStatus::Developing), &history)["ednote"].is_null());
+        assert!(to_ninjs(&story(1, pb::StoryStatus::Developing))["ednote"].is_null());
     }
 }

@@ -20,6 +20,10 @@ pub const MAX_HEADLINE_CHARS: usize = 200;
 pub const MAX_TEXT_CHARS: usize = 2_000;
 /// Names, roles and hedges are short labels.
 pub const MAX_LABEL_CHARS: usize = 200;
+/// A source's URL: longer than any real link, short enough to keep a source small.
+pub const MAX_URL_CHARS: usize = 2_000;
+/// A language tag: BCP 47 allows long ones (with extensions); real ones are a few characters.
+pub const MAX_LANGUAGE_LEN: usize = 64;
 /// How many attributions one change may carry, how long a "via" chain may be, and how many tags a
 /// story may have: generous for real copy, small enough that one request cannot be huge.
 pub const MAX_LIST_LEN: usize = 50;
@@ -165,7 +169,48 @@ fn source(field: &str, source: &pb::Source) -> Checked {
         &source.role,
         MAX_LABEL_CHARS,
         false,
-    )
+    )?;
+    if source.url.is_empty() {
+        return Ok(());
+    }
+    let field = format!("{field}.url");
+    text(&field, &source.url, MAX_URL_CHARS, false)?;
+    match url::Url::parse(&source.url) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") && url.has_host() => Ok(()),
+        Ok(url) => Err(FieldError::new(
+            field,
+            format!(
+                "must be an http or https URL with a host; {:?} is a {} URL",
+                source.url,
+                url.scheme()
+            ),
+        )),
+        Err(error) => Err(FieldError::new(
+            field,
+            format!("must be an absolute http or https URL: {error}"),
+        )),
+    }
+}
+
+/// A story's language: empty, or a well-formed BCP 47 tag.
+fn language(field: &str, value: &str) -> Checked {
+    if value.is_empty() {
+        return Ok(());
+    }
+    if value.len() > MAX_LANGUAGE_LEN {
+        return Err(FieldError::new(
+            field,
+            format!("must be at most {MAX_LANGUAGE_LEN} characters"),
+        ));
+    }
+    oxilangtag::LanguageTag::parse(value)
+        .map(drop)
+        .map_err(|error| {
+            FieldError::new(
+                field,
+                format!("must be a BCP 47 language tag such as \"en\" or \"pt-BR\": {error}"),
+            )
+        })
 }
 
 fn attributions(field: &str, attributions: &[pb::Attribution]) -> Checked {
@@ -231,7 +276,8 @@ pub fn change(change: Option<&pb::Change>) -> Checked {
                 MAX_TEXT_CHARS,
                 false,
             )?;
-            tags("change.story_opened.tags", &c.tags)
+            tags("change.story_opened.tags", &c.tags)?;
+            language("change.story_opened.language", &c.language)
         }
         Kind::FactReported(c) => {
             id("change.fact_reported.fact_id", &c.fact_id)?;
@@ -271,11 +317,18 @@ pub fn change(change: Option<&pb::Change>) -> Checked {
             )
         }
         Kind::StoryRevised(c) => {
-            if c.headline.is_none() && c.summary.is_none() && c.tags.is_none() {
+            if c.headline.is_none()
+                && c.summary.is_none()
+                && c.tags.is_none()
+                && c.language.is_none()
+            {
                 return Err(FieldError::new(
                     "change.story_revised",
-                    "changes nothing: set at least one of headline, summary, tags",
+                    "changes nothing: set at least one of headline, summary, tags, language",
                 ));
+            }
+            if let Some(value) = &c.language {
+                language("change.story_revised.language", value)?;
             }
             if let Some(headline) = &c.headline {
                 text(

@@ -224,6 +224,10 @@ fn a_tokens_file_with_mistakes_is_refused_naming_the_line() {
             "already",
         ),
         ("\n# nothing\n", "no token"),
+        (
+            "anonymous publish some-long-secret-token\n",
+            "kept for events published without a token",
+        ),
     ];
     for (text, expected) in cases {
         let error = Tokens::parse(text).expect_err(text).to_string();

@@ -220,6 +220,7 @@ async fn subscribe_prints_each_update_readably_then_caught_up_then_live_ones() {
     assert_eq!(live.len(), 1, "{live:#?}");
     assert_eq!(printed_sequence(&live[0]), Some(4));
     assert!(live[0].contains("context: \"Italy says no application was made\""));
+    assert!(live[0].ends_with("]  by anonymous"), "{live:#?}");
 }
 
 #[tokio::test]
@@ -311,6 +312,7 @@ async fn story_prints_one_story_for_people_and_as_json() {
             .starts_with("  fact asylum-italy [DENIED]: Statement of asylum-italy. (Kim Min-ki"),
         "{finished}"
     );
+    assert_eq!(lines[3], "    #3 REPORTED -> DENIED", "{finished}");
 
     let finished = run(storywire(&["story", "story", "--json", "--server", &url])).await;
     let story: pb::Story =

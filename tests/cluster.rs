@@ -377,6 +377,15 @@ async fn events_published_on_any_node_arrive_at_the_same_sequences_on_every_node
         assert_exactly_once(events, 1, &acknowledged);
         assert_eq!(events, &received[0], "every node delivers the same events");
     }
+    // Who published travels in the stream's messages (these nodes take no tokens).
+    assert!(
+        received[0].iter().all(|e| e.published_by == "anonymous"),
+        "{:?}",
+        received[0]
+            .iter()
+            .map(|e| &e.published_by)
+            .collect::<Vec<_>>()
+    );
     for node in &nodes {
         let (events, first, log_id) = all_events(node).await;
         assert_eq!((first, &log_id), (1, &log_ids[0]));

@@ -120,9 +120,10 @@ async fn a_restart_keeps_the_log_id_sequences_stories_and_idempotency() {
 /// the byte offset where each record starts.
 fn write_log(dir: &Path, count: u64) -> (PathBuf, Vec<u64>) {
     let log = open_log(&config(dir));
-    storywire::service::publish(&log, open("story", &[])).expect("open");
+    storywire::service::publish(&log, open("story", &[]), "test").expect("open");
     for i in 1..count {
-        storywire::service::publish(&log, note("story", &format!("Update {i}"))).expect("note");
+        storywire::service::publish(&log, note("story", &format!("Update {i}")), "test")
+            .expect("note");
     }
     log.close();
     drop(log);
@@ -195,7 +196,7 @@ async fn a_torn_tail_at_every_byte_offset_of_the_last_two_records_loses_only_the
             );
         }
         // The repaired log takes the next event at the next sequence, and keeps it.
-        let receipt = storywire::service::publish(&log, note("story", "After the tear"))
+        let receipt = storywire::service::publish(&log, note("story", "After the tear"), "test")
             .expect("publish after repair");
         assert_eq!(receipt.sequence, kept + 1);
         log.close();
@@ -456,15 +457,17 @@ async fn a_restart_with_lowered_story_limits_recovers_every_story_and_refuses_on
         Code::FailedPrecondition,
         &["story story", "--max-facts-per-story"],
     );
-    // Changes that add no content still go through: a bare status change of a fact that holds
-    // more attributions than allowed now, and the story's withdrawal.
-    publish(
-        &mut client,
-        bare_status("story", "asylum", pb::FactStatus::Confirmed),
-    )
-    .await;
+    // A bare status change adds no content, but its history is past the lowered limit and its
+    // reserve; the story's withdrawal always goes through.
+    expect_status(
+        client
+            .publish(bare_status("story", "asylum", pb::FactStatus::Confirmed))
+            .await,
+        Code::FailedPrecondition,
+        &["story story", "history of corrections and status changes"],
+    );
     let receipt = publish(&mut client, withdraw("story")).await;
-    assert_eq!(receipt.story_version, before.version + 2);
+    assert_eq!(receipt.story_version, before.version + 1);
     serve.stop_cleanly().await;
 }
 
@@ -478,8 +481,8 @@ async fn a_segment_torn_inside_its_header_is_set_aside_and_writing_goes_on() {
 
     let log = open_log(&config(&dir.0));
     assert_eq!(log.head(), 10);
-    let receipt =
-        storywire::service::publish(&log, note("story", "After the torn roll")).expect("publish");
+    let receipt = storywire::service::publish(&log, note("story", "After the torn roll"), "test")
+        .expect("publish");
     assert_eq!(receipt.sequence, 11);
     log.close();
     drop(log);

@@ -104,6 +104,7 @@ async fn malformed_publish_requests_are_invalid_argument_naming_the_field() {
                         name: "Kim Min-ki".into(),
                         kind: pb::SourceKind::Unspecified.into(),
                         role: String::new(),
+                        url: String::new(),
                     });
                 }
             }),

@@ -27,6 +27,7 @@ fn mutated_request() -> impl Strategy<Value = Vec<u8>> {
                 headline: "Opened".into(),
                 summary: "A summary.".into(),
                 tags: vec!["italy".into()],
+                language: "en".into(),
             })),
         }),
     }
@@ -65,7 +66,7 @@ proptest! {
         let mut appended = 0;
         for bytes in inputs {
             let Ok(request) = pb::PublishRequest::decode(bytes.as_slice()) else { continue };
-            if let Ok(receipt) = service::publish(&log, request)
+            if let Ok(receipt) = service::publish(&log, request, "test")
                 && !receipt.duplicate
             {
                 appended += 1;
@@ -94,7 +95,7 @@ proptest! {
         {
             let log = EventLog::open(100, Arc::new(SystemClock), &config).expect("open");
             for (i, request) in [open_request(), note_request(1), note_request(2)].into_iter().enumerate() {
-                let receipt = service::publish(&log, request).expect("publish");
+                let receipt = service::publish(&log, request, "test").expect("publish");
                 prop_assert_eq!(receipt.sequence, i as u64 + 1);
             }
             log.close();

@@ -66,6 +66,7 @@ fn request(story: usize, change: Change, event_id: Option<u8>) -> pb::PublishReq
             headline: "Opened".into(),
             summary: String::new(),
             tags: Vec::new(),
+            language: String::new(),
         }),
         Change::Report(fact) => Kind::FactReported(pb::FactReported {
             fact_id: FACTS[fact].into(),
@@ -197,7 +198,8 @@ fn actual(result: Result<pb::PublishResponse, LogError>) -> Outcome {
             StoryError::TooManyFacts { .. }
             | StoryError::TooManyNotes { .. }
             | StoryError::TooManyAttributions { .. }
-            | StoryError::TooLarge { .. } => "story limit",
+            | StoryError::TooLarge { .. }
+            | StoryError::HistoryFull { .. } => "story limit",
         }),
         Err(other) => panic!("unexpected {other:?}"),
     }
@@ -216,13 +218,13 @@ proptest! {
                 Op::Publish { story, change, event_id } => {
                     let request = request(story, change, event_id);
                     let expected = model.publish(story, change, &request);
-                    prop_assert_eq!(actual(log.append(request.clone())), expected);
+                    prop_assert_eq!(actual(log.append(request.clone(), "test")), expected);
                     sent.push((story, change, request));
                 }
                 Op::Retry { step } if !sent.is_empty() => {
                     let (story, change, request) = sent[step % sent.len()].clone();
                     let expected = model.publish(story, change, &request);
-                    prop_assert_eq!(actual(log.append(request)), expected);
+                    prop_assert_eq!(actual(log.append(request, "test")), expected);
                 }
                 Op::Retry { .. } => {}
                 Op::Read { back } => {

@@ -12,7 +12,7 @@ use std::{
 };
 
 use process::{run, storywire};
-use serde_json::Value;
+use serde_json::{Value, json};
 use storywire::{
     demo,
     pb::{self, change::Kind},
@@ -116,11 +116,21 @@ async fn demo_story_exports_as_valid_ninjs_with_its_version_and_sources() {
 }
 
 #[tokio::test]
-async fn corrected_story_exports_as_valid_ninjs_noting_the_correction() {
-    let server = TestServer::start().await;
+async fn corrected_story_exports_as_valid_ninjs_noting_the_correction_after_retention() {
+    // The log keeps one event: the correction's is gone by the export, the story's history not.
+    let server = TestServer::with_retention(1).await;
     let mut client = server.client().await;
-    publish(&mut client, open("story", &["italy"])).await;
-    publish(&mut client, report("story", "asylum-italy")).await;
+    let mut opened = open("story", &["italy"]);
+    if let Some(Kind::StoryOpened(story)) = opened.change.as_mut().and_then(|c| c.kind.as_mut()) {
+        story.language = "en-GB".into();
+    }
+    publish(&mut client, opened).await;
+    let mut reported = report("story", "asylum-italy");
+    if let Some(Kind::FactReported(fact)) = reported.change.as_mut().and_then(|c| c.kind.as_mut()) {
+        fact.attributions[0].source.as_mut().unwrap().url =
+            "https://example.com/kim-min-ki/briefing".into();
+    }
+    publish(&mut client, reported).await;
     let corrected = Kind::FactCorrected(pb::FactCorrected {
         fact_id: "asylum-italy".into(),
         statement: "Jo asked Italy for protection.".into(),
@@ -131,24 +141,33 @@ async fn corrected_story_exports_as_valid_ninjs_noting_the_correction() {
         request("story", "", "Fact corrected", corrected),
     )
     .await;
+    publish(&mut client, note("story", "Background")).await;
+    assert_eq!(server.log.first_retained(), 4, "the correction is evicted");
 
     let item = export(&server.url(), "story", &[]).await;
-    assert_eq!(item["version"], "3");
+    assert_eq!(item["version"], "4");
+    assert_eq!(item["language"], "en-GB");
+    assert_eq!(
+        item["infosources"][0],
+        json!({
+            "name": "Kim Min-ki, South Korean lawmaker",
+            "uri": "https://example.com/kim-min-ki/briefing"
+        })
+    );
     let body = item["bodies"][0]["value"].as_str().unwrap();
-    assert_eq!(body, "Jo asked Italy for protection. [reported]");
+    assert!(
+        body.starts_with("Jo asked Italy for protection. [reported]"),
+        "{body}"
+    );
     let note = item["ednote"].as_str().unwrap();
     assert!(
-        note.starts_with("Version 3 (") && note.contains("fact asylum-italy corrected to"),
+        note.contains(" (sequence 3): fact asylum-italy corrected from \"Statement of asylum-italy.\" to \"Jo asked Italy for protection.\""),
         "{note}"
     );
     assert!(
         note.ends_with("Reason: He asked for protection, not asylum"),
         "{note}"
     );
-
-    let before = export(&server.url(), "story", &["--as-of-version", "2"]).await;
-    assert_eq!(before["version"], "2");
-    assert!(before.get("ednote").is_none(), "{before}");
 }
 
 #[tokio::test]

@@ -213,6 +213,7 @@ async fn status_changes_and_corrections_fold_into_the_story() {
                 tags: Some(pb::TagList {
                     tags: vec!["north-korea".into()],
                 }),
+                language: None,
             }),
         ),
     )

@@ -146,7 +146,7 @@ async fn publishes_do_not_wait_while_get_story_rebuilds_a_long_history() {
     const HISTORY: u64 = 20_000;
     const PUBLISHES: usize = 100;
     let server = TestServer::start().await;
-    storywire::service::publish(&server.log, open("long", &[])).expect("open");
+    storywire::service::publish(&server.log, open("long", &[]), "test").expect("open");
     for i in 1..HISTORY {
         let revise = request(
             "long",
@@ -157,7 +157,7 @@ async fn publishes_do_not_wait_while_get_story_rebuilds_a_long_history() {
                 ..Default::default()
             }),
         );
-        storywire::service::publish(&server.log, revise).expect("revise");
+        storywire::service::publish(&server.log, revise, "test").expect("revise");
     }
 
     // One reader rebuilds the whole history again and again, timing each call.

@@ -1,7 +1,8 @@
 //! What one story may hold: facts, context notes, attributions per fact and encoded bytes. A
 //! publish past a limit is FAILED_PRECONDITION naming the story, the limit and its value, and
-//! appends nothing; a change that adds no content still goes through; a story at the limit is
-//! still read whole.
+//! appends nothing; the history of corrections and status changes has a reserve of a quarter
+//! beyond the limit, and a withdrawal always goes through; a story at the limit is still read
+//! whole.
 
 mod support;
 
@@ -191,8 +192,22 @@ async fn a_story_at_the_default_bytes_limit_refuses_more_and_is_read_whole_by_a_
     );
 }
 
+/// A correction of `fact_id` in `story_id` to `statement`.
+fn correct(story_id: &str, fact_id: &str, statement: &str) -> pb::PublishRequest {
+    request(
+        story_id,
+        "",
+        &format!("Fact {fact_id} corrected"),
+        pb::change::Kind::FactCorrected(pb::FactCorrected {
+            fact_id: fact_id.to_owned(),
+            statement: statement.to_owned(),
+            reason: "Trimmed".to_owned(),
+        }),
+    )
+}
+
 #[tokio::test]
-async fn a_story_past_its_bytes_limit_refuses_any_growth_but_is_still_corrected_and_withdrawn() {
+async fn a_story_past_its_bytes_limit_refuses_growth_and_history_but_is_still_withdrawn() {
     let server = TestServer::start().await;
     let mut client = server.client().await;
     publish(&mut client, open("big", &[])).await;
@@ -215,20 +230,96 @@ async fn a_story_past_its_bytes_limit_refuses_any_growth_but_is_still_corrected_
         ],
     )
     .await;
-    // Changes that add no content still go through: a shorter statement, the withdrawal.
-    let corrected = request(
-        "big",
-        "",
-        "Fact 0 corrected",
-        pb::change::Kind::FactCorrected(pb::FactCorrected {
-            fact_id: "fact-0".to_owned(),
-            statement: "Shorter.".to_owned(),
-            reason: "Trimmed".to_owned(),
-        }),
-    );
-    publish(&mut client, corrected).await;
+    // A shorter statement adds no content, but the correction's history is past the reserve too.
+    let reserve = size / 2 + size / 2 / 4;
+    expect_refused(
+        &server,
+        correct("big", "fact-0", "Shorter."),
+        &[
+            "story big",
+            "history of corrections and status changes",
+            &reserve.to_string(),
+            "follow-up story",
+        ],
+    )
+    .await;
+    // The withdrawal, which ends the story, always goes through.
     publish(&mut client, withdraw("big")).await;
     let story = get_story(&mut client, "big", None).await;
     assert_eq!(story.status, i32::from(pb::StoryStatus::Withdrawn));
-    assert_eq!(fact(&story, "fact-0").statement, "Shorter.");
+    assert_eq!(story.status_history.len(), 1);
+}
+
+#[tokio::test]
+async fn a_story_full_of_facts_is_still_corrected_and_concluded_within_its_reserve() {
+    let max = 20_000;
+    let server = TestServer::with_story_limits(StoryLimits {
+        max_story_bytes: max,
+        ..StoryLimits::default()
+    })
+    .await;
+    let mut client = server.client().await;
+    publish(&mut client, open("story", &[])).await;
+    // Facts until the content limit refuses one.
+    let mut facts = 0;
+    loop {
+        let fact_id = format!("fact-{facts}");
+        match within("publish", client.publish(report("story", &fact_id))).await {
+            Ok(_) => facts += 1,
+            Err(status) => {
+                assert!(status.message().contains("--max-story-bytes"), "{status:?}");
+                assert!(!status.message().contains("history"), "{status:?}");
+                break;
+            }
+        }
+        assert!(facts < 1_000, "the story should be full by now");
+    }
+    // Concluded, then corrections no longer than the statement, each leaving its history,
+    // until the reserve refuses one.
+    publish(
+        &mut client,
+        request(
+            "story",
+            "",
+            "Concluded",
+            pb::change::Kind::StoryStatusChanged(pb::StoryStatusChanged {
+                status: pb::StoryStatus::Concluded.into(),
+                reason: "No further developments expected".to_owned(),
+            }),
+        ),
+    )
+    .await;
+    let mut corrections = 0;
+    loop {
+        let statement = format!("Corrected {corrections:>9}.");
+        assert_eq!(statement.len(), "Statement of fact-0.".len());
+        match within(
+            "publish",
+            client.publish(correct("story", "fact-0", &statement)),
+        )
+        .await
+        {
+            Ok(_) => corrections += 1,
+            Err(status) => {
+                assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+                assert!(status.message().contains("follow-up story"), "{status:?}");
+                break;
+            }
+        }
+        assert!(corrections < 1_000, "the reserve should be full by now");
+    }
+    assert!(
+        corrections > 5,
+        "{corrections} corrections within the reserve"
+    );
+    let story = get_story(&mut client, "story", None).await;
+    assert_eq!(story.status_history.len(), 1);
+    assert_eq!(fact(&story, "fact-0").history.len(), corrections);
+    assert!(
+        story.encoded_len() <= max + max / 4,
+        "{} bytes: within the limit and its reserve",
+        story.encoded_len()
+    );
+    // Withdrawn, whatever the reserve.
+    publish(&mut client, withdraw("story")).await;
 }

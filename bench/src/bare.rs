@@ -66,6 +66,8 @@ impl StoryService for Bare {
                 occurred_at: request.occurred_at,
                 recorded_at: request.occurred_at,
                 change: request.change,
+                // As storywire stamps an event published without a token.
+                published_by: storywire::service::ANONYMOUS.into(),
             };
             let item = pb::subscribe_response::Item::Event(event);
             // No receivers is fine: nobody is listening yet.

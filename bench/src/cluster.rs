@@ -426,6 +426,7 @@ async fn jetstream_alone(
         recorded_at: None,
         story_version: 2,
         filter_tags: vec!["bench".into()],
+        published_by: storywire::service::ANONYMOUS.into(),
     }
     .encode_to_vec()
     .into();

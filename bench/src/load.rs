@@ -68,6 +68,7 @@ fn bench_request(n: u64) -> pb::PublishRequest {
         headline: "Bench story".into(),
         summary: String::new(),
         tags: vec!["bench".into()],
+        language: String::new(),
     });
     pb::PublishRequest {
         change: Some(pb::Change { kind: Some(kind) }),
@@ -89,6 +90,7 @@ pub fn revision(story_id: String, n: u64) -> pb::PublishRequest {
                 headline: None,
                 summary: Some(format!("Summary {n:>10}: {SUMMARY}")),
                 tags: None,
+                language: None,
             })),
         }),
     }
@@ -114,6 +116,7 @@ fn story_opening(n: u64) -> pb::PublishRequest {
                 headline,
                 summary: format!("Story {n:>10}: {SUMMARY}"),
                 tags: vec!["bench".into()],
+                language: String::new(),
             })),
         }),
     }
@@ -131,6 +134,7 @@ pub fn typical_event_size() -> usize {
         occurred_at: request.occurred_at,
         recorded_at: request.occurred_at,
         change: request.change,
+        published_by: storywire::service::ANONYMOUS.into(),
     }
     .encoded_len()
 }

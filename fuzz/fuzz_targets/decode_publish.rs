@@ -20,7 +20,7 @@ fuzz_target!(|data: &[u8]| {
             break;
         };
         let before = Observed::of(&log);
-        let outcome = service::publish(&log, request.clone());
+        let outcome = service::publish(&log, request.clone(), "fuzz");
         let sent = [(request, outcome)];
         invariants::check_outcomes(&before, &log, &sent);
         let [(mut request, Ok(receipt))] = sent else {
@@ -29,7 +29,7 @@ fuzz_target!(|data: &[u8]| {
         // Sent again with the event_id it was given (the same one, or the one the server assigned).
         request.event_id.clone_from(&receipt.event_id);
         let before = Observed::of(&log);
-        let retry = service::publish(&log, request.clone());
+        let retry = service::publish(&log, request.clone(), "fuzz");
         invariants::assert_duplicate_of(&receipt, &retry);
         invariants::check_outcomes(&before, &log, &[(request, retry)]);
     }

@@ -133,7 +133,7 @@ fn retained(log: &EventLog, outcome: &Outcome) -> bool {
 /// Publishes `request` as the Publish RPC does and checks what it changed.
 fn publish_one(log: &EventLog, request: pb::PublishRequest) -> Sent {
     let before = Observed::of(log);
-    let outcome = service::publish(log, request.clone());
+    let outcome = service::publish(log, request.clone(), "fuzz");
     let sent = [(request, outcome)];
     invariants::check_outcomes(&before, log, &sent);
     let [(request, outcome)] = sent;
@@ -150,7 +150,7 @@ fn publish_burst(log: &EventLog, requests: Vec<pb::PublishRequest>) -> Vec<Sent>
         .zip(&checked)
         .filter(|(_, check)| check.is_ok())
         .map(|(request, _)| request.clone());
-    let mut appended = log.append_all(valid).into_iter();
+    let mut appended = log.append_all(valid, "fuzz").into_iter();
     let sent: Vec<(pb::PublishRequest, Outcome)> = requests
         .into_iter()
         .zip(checked)

@@ -49,7 +49,7 @@ fuzz_target!(|segment: Segment| {
         "recovery changed intact records"
     );
 
-    let receipt = match service::publish(&log, opened_after_recovery()) {
+    let receipt = match service::publish(&log, opened_after_recovery(), "fuzz") {
         Ok(receipt) => receipt,
         Err(error) => {
             assert!(

@@ -187,6 +187,7 @@ impl Change {
                 headline: Text::Line.text(),
                 summary: String::new(),
                 tags: tags(list),
+                language: "en".to_owned(),
             }),
             Self::Report(fact) => Kind::FactReported(pb::FactReported {
                 fact_id: fact.id().to_owned(),
@@ -208,6 +209,7 @@ impl Change {
                 headline: headline.map(Text::text),
                 summary: None,
                 tags: list.as_ref().map(|list| pb::TagList { tags: tags(list) }),
+                language: None,
             }),
             Self::SetStoryStatus(status) => Kind::StoryStatusChanged(pb::StoryStatusChanged {
                 status: i32::from(status % 5),

@@ -191,6 +191,7 @@ impl Writer {
             occurred_at: Some(request.occurred_at.unwrap_or(RECORDED_AT)),
             recorded_at: Some(RECORDED_AT),
             change: request.change,
+            published_by: "fuzz".to_owned(),
         };
         let record = wal::Record {
             event: event.encode_to_vec().into(),

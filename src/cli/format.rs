@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use pbjson_types::Timestamp;
 
-use crate::pb::{self, change::Kind};
+use crate::pb::{self, change::Kind, fact_revision::Change};
 
 /// A timestamp as `2019-01-03 10:00:00Z`, or `-` when absent.
 pub fn time(timestamp: Option<&Timestamp>) -> String {
@@ -94,14 +94,20 @@ pub struct Narrator {
 }
 
 impl Narrator {
-    /// One line for an update: sequence, time, story, headline, and what changed.
+    /// One line for an update: sequence, time, story, headline, what changed, and who
+    /// published it.
     pub fn event(&mut self, event: &pb::UpdateEvent) -> String {
         let what = event
             .kind()
             .map(|kind| self.change(&event.story_id, kind))
             .unwrap_or_default();
+        let by = if event.published_by.is_empty() {
+            String::new()
+        } else {
+            format!("  by {}", event.published_by)
+        };
         format!(
-            "#{:<5} {}  {} v{}  {}  [{what}]",
+            "#{:<5} {}  {} v{}  {}  [{what}]{by}",
             event.sequence,
             time(event.occurred_at.as_ref()),
             event.story_id,
@@ -147,11 +153,7 @@ impl Narrator {
                 )
             }
             Kind::FactCorrected(c) => {
-                let reason = if c.reason.is_empty() {
-                    String::new()
-                } else {
-                    format!(" ({})", c.reason)
-                };
+                let reason = reason(&c.reason);
                 format!("fact {} corrected: {:?}{reason}", c.fact_id, c.statement)
             }
             Kind::StoryRevised(c) => {
@@ -165,6 +167,9 @@ impl Narrator {
                 if let Some(list) = &c.tags {
                     parts.push(format!("tags: {}", list.tags.join(", ")));
                 }
+                if let Some(language) = &c.language {
+                    parts.push(format!("language {language:?}"));
+                }
                 format!("story revised: {}", parts.join("; "))
             }
             Kind::StoryStatusChanged(c) => {
@@ -173,11 +178,7 @@ impl Narrator {
                     .insert(story_id.to_owned(), c.status)
                     .map(|old| format!("{} -> ", story_status(old)))
                     .unwrap_or_default();
-                let reason = if c.reason.is_empty() {
-                    String::new()
-                } else {
-                    format!(" ({})", c.reason)
-                };
+                let reason = reason(&c.reason);
                 format!("story: {before}{}{reason}", story_status(c.status))
             }
             Kind::ContextAdded(c) => {
@@ -209,6 +210,15 @@ pub fn story_line(story: &pb::Story) -> String {
     )
 }
 
+/// ` (reason)`, or nothing without one.
+fn reason(reason: &str) -> String {
+    if reason.is_empty() {
+        String::new()
+    } else {
+        format!(" ({reason})")
+    }
+}
+
 /// A story with its facts and context, as `story` shows it.
 pub fn story_block(story: &pb::Story) -> String {
     let mut out = format!(
@@ -220,6 +230,18 @@ pub fn story_block(story: &pb::Story) -> String {
     if !story.summary.is_empty() {
         out.push_str(&format!("  {}\n", story.summary));
     }
+    if !story.language.is_empty() {
+        out.push_str(&format!("  language: {}\n", story.language));
+    }
+    for revision in &story.status_history {
+        out.push_str(&format!(
+            "  #{} story: {} -> {}{}\n",
+            revision.sequence,
+            story_status(revision.from),
+            story_status(revision.to),
+            reason(&revision.reason)
+        ));
+    }
     for fact in &story.facts {
         out.push_str(&format!(
             "  fact {} [{}]: {}{}\n",
@@ -228,6 +250,22 @@ pub fn story_block(story: &pb::Story) -> String {
             fact.statement,
             attributions(&fact.attributions)
         ));
+        for revision in &fact.history {
+            let what = match &revision.change {
+                Some(Change::Status(status)) => {
+                    format!("{} -> {}", fact_status(status.from), fact_status(status.to))
+                }
+                Some(Change::Statement(statement)) => {
+                    format!("corrected from {:?}", statement.from)
+                }
+                None => continue,
+            };
+            out.push_str(&format!(
+                "    #{} {what}{}\n",
+                revision.sequence,
+                reason(&revision.reason)
+            ));
+        }
     }
     for note in &story.context {
         out.push_str(&format!(

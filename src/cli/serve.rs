@@ -385,7 +385,8 @@ struct StoryLimitArgs {
     /// Attributions one fact may gather, over its report and status changes.
     #[arg(long, default_value_t = StoryLimits::default().max_attributions_per_fact)]
     max_attributions_per_fact: usize,
-    /// A story's size as a protobuf message, in bytes; at most half of --max-response-bytes.
+    /// A story's size as a protobuf message, in bytes; at most half of --max-response-bytes. Its
+    /// history of corrections and status changes may take it a quarter further.
     #[arg(long, default_value_t = StoryLimits::default().max_story_bytes)]
     max_story_bytes: usize,
 }

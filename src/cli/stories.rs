@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use super::{CliError, Connect, StoryClient, describe, format, print_json};
+use super::{CliError, Connect, describe, format, print_json};
 use crate::{ninjs, pb};
 
 /// Arguments of `storywire story`.
@@ -37,46 +37,13 @@ pub async fn run_story(args: StoryArgs) -> Result<ExitCode, CliError> {
         .map_err(|status| describe(&status))?;
     let story = response.into_inner().story.unwrap_or_default();
     if args.ninjs {
-        let history = story_events(&mut client, &story).await?;
-        say!("{}", ninjs::to_ninjs(&story, &history))?;
+        say!("{}", ninjs::to_ninjs(&story))?;
     } else if args.json {
         print_json(&story)?;
     } else {
         say!("{}", format::story_block(&story))?;
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// The retained events of `story` up to its version, oldest first: what the ninjs editorial note
-/// is made of. Reads page after page until the log's head.
-async fn story_events(
-    client: &mut StoryClient,
-    story: &pb::Story,
-) -> Result<Vec<pb::UpdateEvent>, CliError> {
-    let mut events = Vec::new();
-    let mut from_sequence = 0;
-    loop {
-        let request = pb::ListEventsRequest {
-            from_sequence,
-            story_ids: vec![story.id.clone()],
-            ..Default::default()
-        };
-        let page = client
-            .list_events(request)
-            .await
-            .map_err(|status| describe(&status))?
-            .into_inner();
-        events.extend(
-            page.events
-                .into_iter()
-                .filter(|event| event.story_version <= story.version),
-        );
-        // Past the story's latest event nothing more of it, as of this version, can follow.
-        if page.next_sequence > page.head_sequence || page.next_sequence > story.last_sequence {
-            return Ok(events);
-        }
-        from_sequence = page.next_sequence;
-    }
 }
 
 /// Arguments of `storywire stories`.

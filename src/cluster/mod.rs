@@ -206,9 +206,10 @@ impl Node {
     pub async fn publish(
         &self,
         request: pb::PublishRequest,
+        published_by: &str,
     ) -> Result<pb::PublishResponse, Refused> {
-        let begun = self.begin(&request).await;
-        self.finish(request, begun).await
+        let begun = self.begin(&request, published_by).await;
+        self.finish(request, published_by, begun).await
     }
 
     /// Publishes requests to distinct stories as [`Self::publish`] does each: decided and sent
@@ -217,23 +218,28 @@ impl Node {
     pub async fn publish_in_order(
         &self,
         requests: Vec<pb::PublishRequest>,
+        published_by: &str,
     ) -> Vec<Result<pb::PublishResponse, Refused>> {
         let mut begun = Vec::with_capacity(requests.len());
         for request in &requests {
-            begun.push(self.begin(request).await);
+            begun.push(self.begin(request, published_by).await);
         }
         let finishing = requests
             .into_iter()
             .zip(begun)
-            .map(|(request, begun)| self.finish(request, begun));
+            .map(|(request, begun)| self.finish(request, published_by, begun));
         futures_util::future::join_all(finishing).await
     }
 
     /// Decides `request` against the replica and, unless it repeats a retained request, sends
     /// it to JetStream without waiting for the acknowledgement.
-    async fn begin(&self, request: &pb::PublishRequest) -> Result<Begun, Refused> {
+    async fn begin(
+        &self,
+        request: &pb::PublishRequest,
+        published_by: &str,
+    ) -> Result<Begun, Refused> {
         self.check_following()?;
-        match self.log.plan(request.clone())? {
+        match self.log.plan(request.clone(), published_by)? {
             Plan::Duplicate(original) => Ok(Begun::Done(original)),
             Plan::Publish {
                 proposal,
@@ -243,7 +249,7 @@ impl Node {
                     .send(request, &proposal, expected_subject_sequence)
                     .await;
                 Ok(Begun::Sent(Box::new(Sent {
-                    proposal,
+                    proposal: *proposal,
                     expected: expected_subject_sequence,
                     ack,
                 })))
@@ -256,6 +262,7 @@ impl Node {
     async fn finish(
         &self,
         request: pb::PublishRequest,
+        published_by: &str,
         begun: Result<Begun, Refused>,
     ) -> Result<pb::PublishResponse, Refused> {
         let mut begun = begun?;
@@ -273,7 +280,7 @@ impl Node {
                 Err(error) if is_conflict(&error) => {
                     // Another node changed the story first: catch up, and decide again.
                     self.catch_up(&request.story_id, expected).await?;
-                    begun = self.begin(&request).await?;
+                    begun = self.begin(&request, published_by).await?;
                 }
                 Err(error) if error.kind() == PublishErrorKind::MaxPayloadExceeded => {
                     return Err(Refused::TooLarge(format!(

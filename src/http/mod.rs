@@ -190,14 +190,8 @@ async fn get_ninjs(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Response {
-    let answer = async {
-        let (found, caller) = app.story(id.clone(), &headers, query.as_deref()).await?;
-        let story = found.story.unwrap_or_default();
-        let history = app.story_events(&id, caller).await?;
-        Ok::<_, Status>(crate::ninjs::to_ninjs(&story, &history))
-    };
-    match answer.await {
-        Ok(item) => json(&item),
+    match app.story(id, &headers, query.as_deref()).await {
+        Ok((found, _)) => json(&crate::ninjs::to_ninjs(&found.story.unwrap_or_default())),
         Err(status) => error::response(&status),
     }
 }

@@ -326,15 +326,20 @@ impl EventLog {
         self.heads.watch()
     }
 
-    /// Appends one validated request as the next event, or explains why not.
+    /// Appends one validated request, published by `published_by` (a token's name), as the next
+    /// event, or explains why not.
     ///
     /// Under the write lock: a retained `event_id` answers with the original receipt (or
     /// `EventIdReused`), `expected_version` is checked, the story rules are applied, and only then
     /// does the journal give the event its sequence, so a rejected request leaves no trace. The
     /// event is visible once the journal says so; wait with [`Self::acknowledged`] before
     /// answering its publisher.
-    pub fn append(&self, request: pb::PublishRequest) -> Result<pb::PublishResponse, LogError> {
-        self.append_all([request])
+    pub fn append(
+        &self,
+        request: pb::PublishRequest,
+        published_by: &str,
+    ) -> Result<pb::PublishResponse, LogError> {
+        self.append_all([request], published_by)
             .pop()
             .expect("one outcome for one request")
     }
@@ -344,6 +349,7 @@ impl EventLog {
     pub fn append_all(
         &self,
         requests: impl IntoIterator<Item = pb::PublishRequest>,
+        published_by: &str,
     ) -> Vec<Result<pb::PublishResponse, LogError>> {
         let outcomes: Vec<_> = {
             let mut state = self.write();
@@ -355,6 +361,7 @@ impl EventLog {
                         &*self.clock,
                         &*self.journal,
                         request,
+                        published_by,
                         self.retain_events,
                     )
                 })

@@ -14,8 +14,11 @@ use pbjson_types::Timestamp;
 use prost::Message;
 
 use super::{
-    EventLog, LogError, LoggedEvent, journal::Heads, memory::Memory, state::LogState,
-    state::new_event,
+    EventLog, LogError, LoggedEvent,
+    journal::Heads,
+    memory::Memory,
+    state::LogState,
+    state::{Stamp, new_event},
 };
 use crate::{
     clock::Clock,
@@ -42,6 +45,10 @@ pub struct Proposal {
     /// applying it (it started from a snapshot newer than the event).
     #[prost(string, repeated, tag = "4")]
     pub filter_tags: Vec<String>,
+    /// The name of the publisher's token, as the deciding node's service found it: the event's
+    /// `published_by` on every node.
+    #[prost(string, tag = "5")]
+    pub published_by: String,
 }
 
 /// What a publish through the stream does, decided against the replica.
@@ -53,7 +60,7 @@ pub enum Plan {
     /// stream is still at `expected_subject_sequence` (0: the story has none there).
     Publish {
         /// What to publish.
-        proposal: Proposal,
+        proposal: Box<Proposal>,
         /// The stream sequence of the story's newest event, which JetStream must still find.
         expected_subject_sequence: u64,
     },
@@ -91,7 +98,7 @@ impl EventLog {
     /// Decides `request` (already validated) against the replica as [`Self::append`] would,
     /// without appending it: its original receipt if it repeats a retained request, or the
     /// proposal to publish. A refusal is the one `append` would give.
-    pub fn plan(&self, request: pb::PublishRequest) -> Result<Plan, LogError> {
+    pub fn plan(&self, request: pb::PublishRequest, published_by: &str) -> Result<Plan, LogError> {
         let recorded_at = self.clock.timestamp();
         let state = self.read();
         if let Some(original) = state.check(&self.log_id, &request)? {
@@ -99,19 +106,24 @@ impl EventLog {
         }
         let story_version = state.stories.version(&request.story_id) + 1;
         let expected_subject_sequence = subject_sequence(&state, &request.story_id);
-        let event = new_event(&self.log_id, 0, story_version, request.clone(), recorded_at);
+        let stamp = Stamp {
+            published_by,
+            recorded_at,
+        };
+        let event = new_event(&self.log_id, 0, story_version, request.clone(), stamp);
         let filter_tags = state
             .stories
             .check_within(&event, &state.story_limits)?
             .to_vec();
         drop(state);
         Ok(Plan::Publish {
-            proposal: Proposal {
+            proposal: Box::new(Proposal {
                 request: Some(request),
                 recorded_at: Some(recorded_at),
                 story_version,
                 filter_tags,
-            },
+                published_by: published_by.to_owned(),
+            }),
             expected_subject_sequence,
         })
     }
@@ -126,7 +138,7 @@ impl EventLog {
     /// see it once [`Self::show`] is called. An error means the stream holds what no node can
     /// apply: the replica must stop rather than build a projection with a hole.
     pub fn replicate(&self, sequence: u64, proposal: Proposal) -> Result<(), String> {
-        let (request, recorded_at) = parts(sequence, &proposal)?;
+        let (request, stamp) = parts(sequence, &proposal)?;
         let mut state = self.write();
         let version = state.stories.version(&request.story_id) + 1;
         if version != proposal.story_version {
@@ -140,7 +152,7 @@ impl EventLog {
                 &self.log_id,
                 sequence,
                 request,
-                recorded_at,
+                stamp,
                 None,
                 self.retain_events,
             )
@@ -156,7 +168,7 @@ impl EventLog {
         proposal: Proposal,
         snapshot_head: u64,
     ) -> Result<(), String> {
-        let (request, recorded_at) = parts(sequence, &proposal)?;
+        let (request, stamp) = parts(sequence, &proposal)?;
         let record = wal::Record {
             expected_version: request.expected_version,
             occurred_at_given: request.occurred_at,
@@ -166,7 +178,7 @@ impl EventLog {
                     sequence,
                     proposal.story_version,
                     request,
-                    recorded_at,
+                    stamp,
                 )
                 .encode_to_vec(),
             ),
@@ -270,10 +282,17 @@ fn subject_sequence(state: &LogState, story_id: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// The request and `recorded_at` of a proposal, which every message must carry.
-fn parts(sequence: u64, proposal: &Proposal) -> Result<(pb::PublishRequest, Timestamp), String> {
+/// The request and the stamp of a proposal, which every message must carry (`published_by`
+/// is empty in messages from before it was recorded).
+fn parts(sequence: u64, proposal: &Proposal) -> Result<(pb::PublishRequest, Stamp<'_>), String> {
     match (&proposal.request, proposal.recorded_at) {
-        (Some(request), Some(recorded_at)) => Ok((request.clone(), recorded_at)),
+        (Some(request), Some(recorded_at)) => Ok((
+            request.clone(),
+            Stamp {
+                published_by: &proposal.published_by,
+                recorded_at,
+            },
+        )),
         _ => Err(format!(
             "sequence {sequence}: the message lacks its request or recorded_at"
         )),

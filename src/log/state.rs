@@ -94,6 +94,7 @@ impl LogState {
         clock: &dyn Clock,
         journal: &dyn Journal,
         request: pb::PublishRequest,
+        published_by: &str,
         retain: usize,
     ) -> Result<pb::PublishResponse, LogError> {
         if let Some(original) = self.check(log_id, &request)? {
@@ -107,7 +108,10 @@ impl LogState {
             log_id,
             sequence,
             request,
-            clock.timestamp(),
+            Stamp {
+                published_by,
+                recorded_at: clock.timestamp(),
+            },
             Some(&limits),
             retain,
         )?;
@@ -164,7 +168,8 @@ impl LogState {
         Ok(None)
     }
 
-    /// Makes `request` the event at `sequence` (the next one): applies it to its story (held to
+    /// Makes `request`, stamped with `stamp`, the event at `sequence` (the next one): applies it
+    /// to its story (held to
     /// `limits` for a new request; `None` for an event already ordered elsewhere, as replay
     /// does), indexes its event_id, keeps it and evicts beyond `retain`. On error nothing
     /// changes.
@@ -173,7 +178,7 @@ impl LogState {
         log_id: &str,
         sequence: u64,
         request: pb::PublishRequest,
-        recorded_at: Timestamp,
+        stamp: Stamp<'_>,
         limits: Option<&StoryLimits>,
         retain: usize,
     ) -> Result<(pb::PublishResponse, Arc<LoggedEvent>), LogError> {
@@ -186,7 +191,7 @@ impl LogState {
         let expected_version = request.expected_version;
         let occurred_at_given = request.occurred_at;
         let client_event_id = (!request.event_id.is_empty()).then(|| request.event_id.clone());
-        let event = new_event(log_id, sequence, current + 1, request, recorded_at);
+        let event = new_event(log_id, sequence, current + 1, request, stamp);
         let (applied, entered) = apply(&mut self.stories, &event, limits)?;
         let receipt = receipt(&event, false);
 
@@ -280,14 +285,27 @@ impl LogState {
     }
 }
 
+/// What the server adds to a request that becomes an event: who published it and when.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Stamp<'a> {
+    /// The name of the publisher's token (or [`crate::service::ANONYMOUS`]).
+    pub(super) published_by: &'a str,
+    /// When the server accepted it.
+    pub(super) recorded_at: Timestamp,
+}
+
 /// The event `request` becomes at `sequence`, as version `story_version` of its story.
 pub(super) fn new_event(
     log_id: &str,
     sequence: u64,
     story_version: u64,
     request: pb::PublishRequest,
-    recorded_at: Timestamp,
+    stamp: Stamp<'_>,
 ) -> pb::UpdateEvent {
+    let Stamp {
+        published_by,
+        recorded_at,
+    } = stamp;
     let event_id = if request.event_id.is_empty() {
         assigned_event_id(log_id, sequence)
     } else {
@@ -302,6 +320,7 @@ pub(super) fn new_event(
         occurred_at: Some(request.occurred_at.unwrap_or(recorded_at)),
         recorded_at: Some(recorded_at),
         change: request.change,
+        published_by: published_by.to_owned(),
     }
 }
 

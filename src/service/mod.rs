@@ -104,7 +104,8 @@ pub fn status(error: impl Into<Error>) -> Status {
             StoryError::TooManyFacts { .. }
             | StoryError::TooManyNotes { .. }
             | StoryError::TooManyAttributions { .. }
-            | StoryError::TooLarge { .. } => Code::FailedPrecondition,
+            | StoryError::TooLarge { .. }
+            | StoryError::HistoryFull { .. } => Code::FailedPrecondition,
             StoryError::NoChange => Code::InvalidArgument,
         },
         Error::Log(log) => match log {
@@ -180,10 +181,26 @@ impl Service {
     }
 }
 
-/// Publishes one request the way the Publish RPC does: validate, then append.
-pub fn publish(log: &EventLog, request: pb::PublishRequest) -> Result<pb::PublishResponse, Error> {
+/// Publishes one request, as `published_by` (a token's name), the way the Publish RPC does:
+/// validate, then append.
+pub fn publish(
+    log: &EventLog,
+    request: pb::PublishRequest,
+    published_by: &str,
+) -> Result<pb::PublishResponse, Error> {
     validate::publish(&request)?;
-    Ok(log.append(request)?)
+    Ok(log.append(request, published_by)?)
+}
+
+/// Who an event is published by when the server takes no tokens.
+pub const ANONYMOUS: &str = "anonymous";
+
+/// Who publishes what `request` carries: its token's name, or [`ANONYMOUS`].
+fn publisher<T>(request: &Request<T>) -> Arc<str> {
+    request
+        .extensions()
+        .get::<Caller>()
+        .map_or_else(|| ANONYMOUS.into(), |caller| caller.name.clone())
 }
 
 /// The stream type Subscribe returns.
@@ -196,13 +213,14 @@ impl StoryService for Service {
         &self,
         request: Request<pb::PublishRequest>,
     ) -> Result<Response<pb::PublishResponse>, Status> {
+        let published_by = publisher(&request);
         if let Some(node) = &self.cluster {
             let request = request.into_inner();
             validate::publish(&request).map_err(status)?;
-            let receipt = node.publish(request).await.map_err(status)?;
+            let receipt = node.publish(request, &published_by).await.map_err(status)?;
             return Ok(Response::new(receipt));
         }
-        let receipt = publish(&self.log, request.into_inner()).map_err(status)?;
+        let receipt = publish(&self.log, request.into_inner(), &published_by).map_err(status)?;
         // With a data directory, acknowledged means written as the fsync mode says.
         self.log.acknowledged(receipt.sequence).await;
         Ok(Response::new(receipt))
@@ -215,6 +233,7 @@ impl StoryService for Service {
         request: Request<Streaming<pb::PublishStreamRequest>>,
     ) -> Result<Response<Self::PublishStreamStream>, Status> {
         let session = PublishSession::new(
+            publisher(&request),
             request.into_inner(),
             self.log.clone(),
             self.cluster.clone(),

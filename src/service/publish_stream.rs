@@ -70,10 +70,11 @@ fn burst_responses(
 fn publish_burst(
     log: &EventLog,
     messages: Vec<pb::PublishStreamRequest>,
+    published_by: &str,
 ) -> VecDeque<pb::PublishStreamResponse> {
     let (checked, valid) = check_burst(messages);
     let outcomes = log
-        .append_all(valid)
+        .append_all(valid, published_by)
         .into_iter()
         .map(|outcome| outcome.map_err(Error::from))
         .collect();
@@ -86,6 +87,7 @@ fn publish_burst(
 async fn publish_burst_through(
     node: &Node,
     messages: Vec<pb::PublishStreamRequest>,
+    published_by: &str,
 ) -> VecDeque<pb::PublishStreamResponse> {
     let (checked, valid) = check_burst(messages);
     let mut outcomes = Vec::with_capacity(valid.len());
@@ -97,7 +99,7 @@ async fn publish_burst_through(
             stories.insert(request.story_id.clone());
             run.push(request);
         }
-        let published = node.publish_in_order(run).await;
+        let published = node.publish_in_order(run, published_by).await;
         outcomes.extend(
             published
                 .into_iter()
@@ -132,6 +134,8 @@ fn publish_response(outcome: Result<pb::PublishResponse, Error>) -> pb::PublishS
 
 /// One PublishStream call: its incoming messages, answered in order.
 pub(super) struct PublishSession {
+    /// Who publishes: the name of the client's token.
+    published_by: Arc<str>,
     /// The client's messages.
     requests: Streaming<pb::PublishStreamRequest>,
     /// The log they are published to.
@@ -148,15 +152,17 @@ pub(super) struct PublishSession {
 }
 
 impl PublishSession {
-    /// A session publishing `requests` to `log` (through `cluster` on a cluster node), which
-    /// stops taking messages when `shutdown` turns true.
+    /// A session publishing `requests` as `published_by` to `log` (through `cluster` on a
+    /// cluster node), which stops taking messages when `shutdown` turns true.
     pub(super) fn new(
+        published_by: Arc<str>,
         requests: Streaming<pb::PublishStreamRequest>,
         log: Arc<EventLog>,
         cluster: Option<Arc<Node>>,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
         Self {
+            published_by,
             requests,
             log,
             cluster,
@@ -219,10 +225,10 @@ impl PublishSession {
             }
             if let Some(node) = &self.cluster {
                 // Answered once acknowledged by JetStream and applied here.
-                self.answered = publish_burst_through(node, burst).await;
+                self.answered = publish_burst_through(node, burst, &self.published_by).await;
                 continue;
             }
-            self.answered = publish_burst(&self.log, burst);
+            self.answered = publish_burst(&self.log, burst, &self.published_by);
             // With a data directory, acknowledged means written as the fsync mode says: wait
             // for the burst's newest.
             let newest = self

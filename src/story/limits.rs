@@ -6,18 +6,21 @@ use prost::{Message, encoding};
 
 use std::sync::Arc;
 
-use super::{Applied, Stories, StoryError, check, fact, filter_tags};
+use super::{Applied, Revision, Stories, StoryError, check, fact, filter_tags, revision};
 use crate::{
     limits::StoryLimits,
     pb::{self, change::Kind},
 };
 
-/// The field numbers of `Story.facts`, `Story.context` and `Fact.attributions` in story.proto: the
-/// bytes an entry of a repeated field takes include its key. The unit tests below compare the
-/// tracked size with the encoded one, so a renumbering cannot go unnoticed.
+/// The field numbers of `Story.facts`, `Story.context`, `Story.status_history`,
+/// `Fact.attributions` and `Fact.history` in story.proto: the bytes an entry of a repeated field
+/// takes include its key. The unit tests below compare the tracked size with the encoded one, so a
+/// renumbering cannot go unnoticed.
 const FACTS_FIELD: u32 = 6;
 const CONTEXT_FIELD: u32 = 11;
+const STATUS_HISTORY_FIELD: u32 = 12;
 const ATTRIBUTIONS_FIELD: u32 = 4;
+const FACT_HISTORY_FIELD: u32 = 7;
 
 /// The most an accepted change adds to a story besides the content it carries: a new fact's
 /// status and two timestamps, a new entry's key and length, and the story's version, sequence and
@@ -35,6 +38,26 @@ pub(super) fn note_entry_len(note: &pb::ContextNote) -> usize {
     encoding::message::encoded_len(CONTEXT_FIELD, note)
 }
 
+/// The bytes a story status change takes in a story's history.
+pub(super) fn status_history_len(revision: &pb::StoryStatusRevision) -> usize {
+    encoding::message::encoded_len(STATUS_HISTORY_FIELD, revision)
+}
+
+/// The bytes the history entry a change leaves takes in its story.
+fn revision_len(revision: &Revision) -> usize {
+    match revision {
+        Revision::Fact(revision) => encoding::message::encoded_len(FACT_HISTORY_FIELD, revision),
+        Revision::Story(revision) => status_history_len(revision),
+    }
+}
+
+/// The history of corrections and status changes may take a story this far past
+/// `--max-story-bytes`: a story full of facts can still be corrected, and its status changed,
+/// for a while, and is still bounded.
+pub fn with_history_reserve(max_story_bytes: usize) -> usize {
+    max_story_bytes.saturating_add(max_story_bytes / 4)
+}
+
 /// The bytes a text takes as a field: its key, its length, itself. (Proto3 leaves an empty text
 /// out; the two bytes that makes this overcount are within `MAX_BOOKKEEPING_BYTES`.)
 fn text_len(text: &str) -> usize {
@@ -47,11 +70,12 @@ impl Stories {
     /// folded again for `as_of_version`) go through `apply`, so that lowering a limit never
     /// refuses what was once accepted.
     ///
-    /// A change the story rules refuse is refused for that reason, not for a limit. A change that
-    /// adds no content (a status change of the story, or of a fact without attributions; a
-    /// correction or revision no longer than what it replaces) is never refused, so that a full
-    /// story can still be corrected, concluded or withdrawn; it can add only the few bytes of
-    /// `MAX_BOOKKEEPING_BYTES`.
+    /// A change the story rules refuse is refused for that reason, not for a limit. The story's
+    /// content (facts, attributions, notes, wording) is held to `limits.max_story_bytes`. The
+    /// history a correction or status change leaves is held to the limit and a reserve of a
+    /// quarter more ([`with_history_reserve`]), so that a story full of facts can still be
+    /// corrected and concluded; a withdrawal, which happens once and ends the story, is never
+    /// refused.
     pub fn apply_within(
         &mut self,
         event: &pb::UpdateEvent,
@@ -99,15 +123,20 @@ impl Stories {
             return Ok(());
         };
         let story_id = &event.story_id;
-        let (size, content) = match (kind, self.by_id.get(story_id)) {
-            (Kind::StoryOpened(opened), None) => (0, opened.encoded_len()),
+        let (size, content, history) = match (kind, self.by_id.get(story_id)) {
+            (Kind::StoryOpened(opened), None) => (0, opened.encoded_len(), 0),
             (Kind::StoryOpened(_), Some(_)) | (_, None) => return Ok(()),
             (_, Some(record)) => {
                 if check(&record.state, kind).is_err() {
                     return Ok(());
                 }
                 check_counts(&record.state, kind, limits)?;
-                (record.encoded_len, added_content(&record.state, kind))
+                let history = revision(&record.state, kind, event).map_or(0, |r| revision_len(&r));
+                (
+                    record.encoded_len,
+                    added_content(&record.state, kind),
+                    history,
+                )
             }
         };
         let added = content + MAX_BOOKKEEPING_BYTES;
@@ -117,6 +146,18 @@ impl Stories {
                 size,
                 added,
                 max: limits.max_story_bytes,
+            });
+        }
+        let withdrawal = matches!(kind, Kind::StoryStatusChanged(changed)
+            if changed.status == i32::from(pb::StoryStatus::Withdrawn));
+        let added = added + history;
+        let max = with_history_reserve(limits.max_story_bytes);
+        if history > 0 && !withdrawal && size + added > max {
+            return Err(StoryError::HistoryFull {
+                story_id: story_id.clone(),
+                size,
+                added,
+                max,
             });
         }
         Ok(())
@@ -229,6 +270,7 @@ mod tests {
                 name: name.to_owned(),
                 kind: pb::SourceKind::Person.into(),
                 role: "spokesperson".to_owned(),
+                url: "https://example.com/statement".to_owned(),
             }),
             stance: pb::Stance::Asserts.into(),
             quote: "x".repeat(300),
@@ -243,6 +285,7 @@ mod tests {
                 headline: "Opened".to_owned(),
                 summary: String::new(),
                 tags: vec!["italy".to_owned()],
+                language: "en".to_owned(),
             }),
             Kind::FactReported(pb::FactReported {
                 fact_id: "fact".to_owned(),
@@ -276,6 +319,7 @@ mod tests {
                 tags: Some(pb::TagList {
                     tags: vec!["italy".to_owned(), "north-korea".to_owned()],
                 }),
+                language: Some("en-GB".to_owned()),
             }),
             Kind::StoryRevised(pb::StoryRevised {
                 summary: Some(String::new()),
@@ -308,19 +352,24 @@ mod tests {
     }
 
     #[test]
-    fn no_change_grows_a_story_by_more_than_its_content_and_the_bookkeeping() {
+    fn no_change_grows_a_story_by_more_than_its_content_history_and_the_bookkeeping() {
         let mut stories = Stories::default();
         for (n, kind) in every_kind_of_change().into_iter().enumerate() {
+            let event = event(n as u64 + 1, kind);
+            let kind = event.kind().expect("a change");
             let before = stories.by_id.get("story").map_or(0, |r| r.encoded_len);
-            let content = match stories.get("story") {
-                Some(story) => added_content(story, &kind),
-                None => added_content(&pb::Story::default(), &kind),
+            let (content, history) = match stories.get("story") {
+                Some(story) => (
+                    added_content(story, kind),
+                    revision(story, kind, &event).map_or(0, |r| revision_len(&r)),
+                ),
+                None => (added_content(&pb::Story::default(), kind), 0),
             };
-            stories.apply(&event(n as u64 + 1, kind)).expect("applies");
+            stories.apply(&event).expect("applies");
             let after = stories.by_id["story"].encoded_len;
             assert!(
-                after <= before + content + MAX_BOOKKEEPING_BYTES,
-                "change {n}: {before} + {content} -> {after}"
+                after <= before + content + history + MAX_BOOKKEEPING_BYTES,
+                "change {n}: {before} + {content} + {history} -> {after}"
             );
         }
     }

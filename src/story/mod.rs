@@ -18,7 +18,7 @@ use crate::pb::{self, change::Kind};
 
 mod limits;
 
-use limits::{fact_entry_len, note_entry_len};
+use limits::{fact_entry_len, note_entry_len, status_history_len};
 
 /// A change that breaks a story rule. The service maps each variant to one gRPC status code.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -115,6 +115,21 @@ pub enum StoryError {
         /// The limit.
         max: usize,
     },
+    /// A correction or status change that could take a story past its limit of encoded bytes and
+    /// the reserve kept beyond it for the history such changes leave.
+    #[error(
+        "story {story_id} is {size} bytes encoded and this change could add {added} more to its history of corrections and status changes; with them a story may hold at most {max} bytes (--max-story-bytes and a quarter more); publish further corrections in a follow-up story"
+    )]
+    HistoryFull {
+        /// The story.
+        story_id: String,
+        /// Its encoded size now.
+        size: usize,
+        /// The most the change could add.
+        added: usize,
+        /// The limit with its reserve.
+        max: usize,
+    },
 }
 
 /// One story's state and what the log still holds of its history.
@@ -138,8 +153,10 @@ struct StoryRecord {
     facts_bytes: usize,
     /// See `facts_bytes`.
     context_bytes: usize,
-    /// `state`'s encoded size: everything but facts and context (at most about 12 KiB, measured
-    /// after each change), plus the two above.
+    /// See `facts_bytes`: `state.status_history`.
+    status_bytes: usize,
+    /// `state`'s encoded size: everything but facts, context and status history (at most about
+    /// 12 KiB, measured after each change), plus the three above.
     encoded_len: usize,
 }
 
@@ -148,6 +165,7 @@ impl StoryRecord {
     fn new(id: Arc<str>, state: pb::Story, retained: VecDeque<u64>) -> Self {
         let facts_bytes = state.facts.iter().map(fact_entry_len).sum();
         let context_bytes = state.context.iter().map(note_entry_len).sum();
+        let status_bytes = state.status_history.iter().map(status_history_len).sum();
         let mut record = Self {
             id,
             tags: state.tags.clone().into(),
@@ -155,22 +173,26 @@ impl StoryRecord {
             retained,
             facts_bytes,
             context_bytes,
+            status_bytes,
             encoded_len: 0,
         };
         record.measure();
         record
     }
 
-    /// Brings `encoded_len` up to date after a change, from `facts_bytes` and `context_bytes`.
+    /// Brings `encoded_len` up to date after a change, from `facts_bytes`, `context_bytes` and
+    /// `status_bytes`.
     fn measure(&mut self) {
         // Unique by now: the change being measured made it so, or the record is new.
         let story = Arc::make_mut(&mut self.state);
         let facts = std::mem::take(&mut story.facts);
         let context = std::mem::take(&mut story.context);
+        let status_history = std::mem::take(&mut story.status_history);
         let rest = story.encoded_len();
         story.facts = facts;
         story.context = context;
-        self.encoded_len = rest + self.facts_bytes + self.context_bytes;
+        story.status_history = status_history;
+        self.encoded_len = rest + self.facts_bytes + self.context_bytes + self.status_bytes;
     }
 }
 
@@ -297,6 +319,8 @@ impl Stories {
                 created_at: event.occurred_at,
                 updated_at: event.occurred_at,
                 context: Vec::new(),
+                status_history: Vec::new(),
+                language: opened.language.clone(),
             };
             let id: Arc<str> = story_id.as_str().into();
             let record = StoryRecord::new(id.clone(), state, VecDeque::from([event.sequence]));
@@ -314,6 +338,7 @@ impl Stories {
         check(&record.state, kind)?;
 
         let filter_tags = filter_tags(&record.tags, kind);
+        let revision = revision(&record.state, kind, event);
         let story = Arc::make_mut(&mut record.state);
         match kind {
             Kind::StoryOpened(_) => unreachable!("handled above"),
@@ -325,6 +350,7 @@ impl Stories {
                     attributions: reported.attributions.clone(),
                     reported_at: event.occurred_at,
                     updated_at: event.occurred_at,
+                    history: Vec::new(),
                 };
                 record.facts_bytes += fact_entry_len(&fact);
                 story.facts.push(fact);
@@ -335,6 +361,7 @@ impl Stories {
                 fact.status = changed.status;
                 fact.attributions
                     .extend(changed.attributions.iter().cloned());
+                fact.history.extend(revision.and_then(Revision::of_fact));
                 fact.updated_at = event.occurred_at;
                 record.facts_bytes = record.facts_bytes - before + fact_entry_len(fact);
             }
@@ -342,6 +369,7 @@ impl Stories {
                 let fact = fact_mut(story, &corrected.fact_id);
                 let before = fact_entry_len(fact);
                 fact.statement.clone_from(&corrected.statement);
+                fact.history.extend(revision.and_then(Revision::of_fact));
                 fact.updated_at = event.occurred_at;
                 record.facts_bytes = record.facts_bytes - before + fact_entry_len(fact);
             }
@@ -356,8 +384,17 @@ impl Stories {
                     story.tags.clone_from(&list.tags);
                     record.tags = list.tags.clone().into();
                 }
+                if let Some(language) = &revised.language {
+                    story.language.clone_from(language);
+                }
             }
-            Kind::StoryStatusChanged(changed) => story.status = changed.status,
+            Kind::StoryStatusChanged(changed) => {
+                story.status = changed.status;
+                if let Some(Revision::Story(revision)) = revision {
+                    record.status_bytes += status_history_len(&revision);
+                    story.status_history.push(revision);
+                }
+            }
             Kind::ContextAdded(added) => {
                 let note = pb::ContextNote {
                     text: added.text.clone(),
@@ -392,6 +429,63 @@ fn filter_tags(before: &Arc<[String]>, kind: &Kind) -> Arc<[String]> {
             union.into()
         }
         _ => before.clone(),
+    }
+}
+
+/// What a change records in a story's history.
+#[derive(Debug)]
+enum Revision {
+    /// A fact's status change or correction, kept in the fact.
+    Fact(pb::FactRevision),
+    /// A status change of the story, kept in the story.
+    Story(pb::StoryStatusRevision),
+}
+
+impl Revision {
+    fn of_fact(self) -> Option<pb::FactRevision> {
+        match self {
+            Self::Fact(revision) => Some(revision),
+            Self::Story(_) => None,
+        }
+    }
+}
+
+/// The history entry `kind`, applied to `story` as `event`, leaves: for a fact's status change
+/// or correction, and for a change of the story's status; `None` for every other change. The
+/// change has passed [`check`].
+fn revision(story: &pb::Story, kind: &Kind, event: &pb::UpdateEvent) -> Option<Revision> {
+    use pb::fact_revision::Change;
+    let fact_revision = |change, reason: &str| {
+        Revision::Fact(pb::FactRevision {
+            change: Some(change),
+            reason: reason.to_owned(),
+            sequence: event.sequence,
+            occurred_at: event.occurred_at,
+        })
+    };
+    match kind {
+        Kind::FactStatusChanged(changed) => Some(fact_revision(
+            Change::Status(pb::FactStatusRevision {
+                from: fact(story, &changed.fact_id).status,
+                to: changed.status,
+            }),
+            &changed.note,
+        )),
+        Kind::FactCorrected(corrected) => Some(fact_revision(
+            Change::Statement(pb::FactStatementRevision {
+                from: fact(story, &corrected.fact_id).statement.clone(),
+                to: corrected.statement.clone(),
+            }),
+            &corrected.reason,
+        )),
+        Kind::StoryStatusChanged(changed) => Some(Revision::Story(pb::StoryStatusRevision {
+            from: story.status,
+            to: changed.status,
+            reason: changed.reason.clone(),
+            sequence: event.sequence,
+            occurred_at: event.occurred_at,
+        })),
+        _ => None,
     }
 }
 

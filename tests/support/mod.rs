@@ -209,6 +209,7 @@ pub fn open(story_id: &str, tags: &[&str]) -> pb::PublishRequest {
             headline: format!("The {story_id} story"),
             summary: String::new(),
             tags: tags.iter().map(|t| (*t).to_owned()).collect(),
+            language: String::new(),
         }),
     )
 }
@@ -219,6 +220,7 @@ pub fn source(name: &str, kind: pb::SourceKind, role: &str) -> pb::Source {
         name: name.to_owned(),
         kind: kind.into(),
         role: role.to_owned(),
+        url: String::new(),
     }
 }
 
