@@ -9,7 +9,6 @@
   const liveState = document.getElementById("live-state");
   const feed = document.getElementById("updates");
   const shown = new Set();
-  const corrections = new Map();
   let caughtUp = false;
   let ended = false;
   let refreshing = null;
@@ -32,10 +31,21 @@
   };
   const source = (s) => [s && s.name, s && s.role].filter(Boolean).join(", ");
 
+  // A source's name, linked to where its words can be read when it has a URL (the server takes
+  // only http and https URLs; checked again here, as the page never links anything else).
+  function sourceName(s) {
+    const name = source(s) || "An unnamed source";
+    if (!s || !/^https?:\/\//.test(s.url || "")) return el("span", "source", name);
+    const link = el("a", "source", name);
+    link.href = s.url;
+    link.rel = "nofollow noopener";
+    return link;
+  }
+
   function attribution(a) {
     const li = el("li", "attribution");
     const stance = words(a.stance, "STANCE_");
-    li.append(el("span", "source", source(a.source) || "An unnamed source"));
+    li.append(sourceName(a.source));
     li.append(" ", el("span", `stance ${stance.replace(/ /g, "-")}`, stance));
     if (a.via && a.via.length) li.append(" ", el("span", "via", `via ${a.via.map(source).join(" via ")}`));
     if (a.hedge) li.append(" ", el("span", "hedge", `(${a.hedge})`));
@@ -45,7 +55,21 @@
     return li;
   }
 
+  // One line of a fact's history: a correction, or a change of the desk's status.
+  function revision(r) {
+    const reason = r.reason ? ` (${r.reason})` : "";
+    if (r.statement) {
+      const note = el("p", "correction");
+      note.append(el("strong", "", "Correction: "), `earlier read “${r.statement.from}”${reason}`);
+      return note;
+    }
+    const from = words(r.status.from, "FACT_STATUS_");
+    const to = words(r.status.to, "FACT_STATUS_");
+    return el("p", "status-change", `Was ${from}, now ${to}${reason}`);
+  }
+
   function renderStory(story) {
+    main.lang = story.language || "";
     document.getElementById("headline").textContent = story.headline;
     document.title = story.headline;
     document.getElementById("summary").textContent = story.summary || "";
@@ -53,6 +77,9 @@
     const statusEl = document.getElementById("story-status");
     statusEl.textContent = status;
     statusEl.className = `status status-${status}`;
+    const changes = story.statusHistory || [];
+    const latest = changes[changes.length - 1];
+    document.getElementById("status-reason").textContent = latest && latest.reason ? latest.reason : "";
     const tags = document.getElementById("tags");
     tags.replaceChildren(...(story.tags || []).map((t) => el("span", "tag", t)));
     const updated = document.getElementById("updated");
@@ -69,12 +96,7 @@
       const sources = el("ul", "attributions");
       sources.append(...(fact.attributions || []).map(attribution));
       li.append(sources);
-      for (const c of corrections.get(fact.id) || []) {
-        const note = el("p", "correction");
-        note.append(el("strong", "", "Correction: "), `now reads “${c.statement}”`);
-        if (c.reason) note.append(` (${c.reason})`);
-        li.append(note);
-      }
+      li.append(...(fact.history || []).filter((r) => r.statement || r.status).map(revision));
       return li;
     }));
     const context = document.getElementById("context");
@@ -120,17 +142,12 @@
     const sequence = String(event.sequence);
     if (shown.has(sequence)) return;
     shown.add(sequence);
-    const corrected = event.change && event.change.factCorrected;
-    if (corrected) {
-      const list = corrections.get(corrected.factId) || [];
-      list.push(corrected);
-      corrections.set(corrected.factId, list);
-    }
     const li = el("li", fresh ? "update fresh" : "update");
     li.dataset.sequence = sequence;
     const time = el("time", "", when(event.occurredAt));
     time.dateTime = event.occurredAt || "";
     li.append(time, el("p", "update-headline", event.headline), el("p", "update-change", describe(event)));
+    if (event.publishedBy) li.append(el("p", "update-by", `by ${event.publishedBy}`));
     feed.prepend(li);
   }
 

@@ -102,8 +102,9 @@ pub(super) async fn story(
         .replace("</", "<\\/");
     let body = format!(
         r#"<header class="masthead"><a href="/">storywire</a><span id="live-state" data-state="connecting" role="status">Connecting…</span></header>
-<main class="story" data-story-id="{id}">
+<main class="story" data-story-id="{id}"{lang}>
   <p class="kicker"><span id="story-status" class="status status-{status}">{status_word}</span> <span id="tags"></span></p>
+  <p id="status-reason" class="status-reason">{status_reason}</p>
   <h1 id="headline">{headline}</h1>
   <p id="summary" class="summary">{summary}</p>
   <p class="meta">Updated <time id="updated">{updated}</time></p>
@@ -117,6 +118,17 @@ pub(super) async fn story(
         id = escape(&story.id),
         status = status_class(story.status),
         status_word = status_word(story.status),
+        lang = if story.language.is_empty() {
+            String::new()
+        } else {
+            format!(r#" lang="{}""#, escape(&story.language))
+        },
+        status_reason = escape(
+            story
+                .status_history
+                .last()
+                .map_or("", |revision| revision.reason.as_str())
+        ),
         headline = escape(&story.headline),
         summary = escape(&story.summary),
         updated = escape(&time(story.updated_at.as_ref())),
@@ -158,6 +170,9 @@ pub fn live_blog_posting(story: &pb::Story, events: &[pb::UpdateEvent]) -> Value
         "keywords": story.tags,
         "liveBlogUpdate": updates,
     });
+    if !story.language.is_empty() {
+        posting["inLanguage"] = json!(story.language);
+    }
     let ended = story.status != i32::from(pb::StoryStatus::Developing);
     if ended {
         posting["coverageEndTime"] = json!(iso(story.updated_at.as_ref()));

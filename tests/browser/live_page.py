@@ -9,12 +9,13 @@ It holds the page to its DOM contract:
   `.attribution`s;
 - `#live-state[data-state]` says `live` once the page's EventSource is open;
 - an update published over gRPC (the CLI) appears in `#updates` within 2 s, without a reload;
-  a correction shows as `.correction` inside its fact;
+  a correction shows as `.correction` inside its fact, with the wording it replaced (from the
+  story's history) and its reason, and the update says who published it (`.update-by`);
 - after the server is stopped (SIGTERM) and started again on the same ports and `--data-dir`, the
   page says so, reconnects by itself and shows the next update exactly once, no sequence twice;
 - the server-rendered JSON-LD (`script#jsonld`, fetched without JavaScript) is a schema.org
-  `LiveBlogPosting` that matches the story: its headline, one `BlogPosting` per event, and a
-  `coverageEndTime` once the story is concluded;
+  `LiveBlogPosting` that matches the story: its headline, `inLanguage`, one `BlogPosting` per
+  event, and a `coverageEndTime` once the story is concluded;
 - a concluded story shows CONCLUDED and `#live-state[data-state=ended]`;
 - a screenshot of the page is not blank (more than 50 colours). With STORYWIRE_SCREENSHOT_OUT set
   to a path (e.g. docs/live-page.png) the screenshot is written there too, for the README.
@@ -225,6 +226,11 @@ def wait_for(driver, seconds, condition, what):
         raise CheckFailed(f"{what} not within {seconds} s") from None
 
 
+def fact_of(story, fact_id):
+    """The fact `fact_id` of `story` (as the JSON has it), or {} when it has none."""
+    return next((fact for fact in story.get("facts", []) if fact["id"] == fact_id), {})
+
+
 def css(driver, selector):
     return driver.find_elements(By.CSS_SELECTOR, selector)
 
@@ -340,6 +346,8 @@ def check_jsonld(server, concluded):
     check(posting.get("headline") == story["headline"],
           f"headline {posting.get('headline')!r} is not the story's {story['headline']!r}")
     check(posting.get("coverageStartTime"), "no coverageStartTime")
+    check(posting.get("inLanguage") == story.get("language"),
+          f"inLanguage {posting.get('inLanguage')!r} is not the story's {story.get('language')!r}")
     if concluded:
         check(posting.get("coverageEndTime"), "a concluded story has no coverageEndTime")
     else:
@@ -476,6 +484,17 @@ def run(binary):
                      lambda d: css(d, f"{selector} .correction") and normalise(
                          css(d, f"{selector} .statement")[0].text) == fact["statement"],
                      f"{selector} with .correction and the corrected .statement")
+            # The correction says what the fact read before, from the story's own history.
+            earlier = [revision["statement"]["from"]
+                       for revision in fact_of(server.story(), fact["factId"]).get("history", [])
+                       if "statement" in revision]
+            shown = normalise(css(driver, f"{selector} .correction")[-1].text)
+            check(earlier and normalise(earlier[-1]) in shown and fact["reason"] in shown,
+                  f"{selector} .correction {shown!r} does not give the earlier wording "
+                  f"{earlier!r} and the reason")
+            by = css(driver, f'#updates li.update[data-sequence="{seen["correction"]}"] .update-by')
+            check(by and normalise(by[0].text) == "by anonymous",
+                  f"the correction's update does not say who published it: {by and by[0].text!r}")
             check_not_reloaded(driver)
 
         def jsonld_matches_the_story_while_developing():
