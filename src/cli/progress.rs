@@ -110,6 +110,13 @@ impl Progress {
         self.bar.inc(1);
     }
 
+    /// Sets how many are done, up to the length: a count past it (the log grew meanwhile) shows
+    /// as done rather than as more than all.
+    pub fn set_position(&self, done: u64) {
+        let done = self.bar.length().map_or(done, |length| done.min(length));
+        self.bar.set_position(done);
+    }
+
     /// Runs `print`, which writes to stdout, with the bar off the screen if stdout is on it.
     pub fn print<T>(&self, print: impl FnOnce() -> T) -> T {
         if self.stdout_on_screen {
@@ -127,5 +134,11 @@ impl Progress {
     /// Draws the final count and leaves it on the screen; what is printed next goes below it.
     pub fn finish(&self) {
         self.bar.finish();
+    }
+
+    /// Erases the bar, for good: what follows is printed as if it had never been there.
+    pub fn clear(&mut self) {
+        self.bar.finish_and_clear();
+        *self = Self::hidden();
     }
 }
