@@ -3,6 +3,7 @@
 
 mod process;
 mod support;
+mod terminal;
 
 use std::{
     net::SocketAddr,
@@ -612,5 +613,293 @@ async fn subscribe_cut_off_during_catch_up_resumes_only_against_the_same_log() {
     assert!(
         !printed.iter().any(|line| line.contains("Another log")),
         "nothing of the other log is printed: {printed:#?}"
+    );
+}
+
+// Progress on the terminal. Every run below has TERM=xterm (indicatif draws nothing without a
+// TERM), so that only where the output goes decides whether progress shows.
+
+/// How many lines the progress tests publish: a story opened, then notes.
+const LINES: usize = 300;
+
+/// Story "story" opened, then notes, [`LINES`] requests in all, each with an event_id of its own:
+/// every run against a new server prints the same receipts.
+fn a_story_of_notes() -> Vec<pb::PublishRequest> {
+    let mut requests = vec![open("story", &[])];
+    requests.extend((1..LINES).map(|n| note("story", &format!("Note {n}"))));
+    for (request, n) in requests.iter_mut().zip(1..) {
+        request.event_id = format!("event-{n}");
+    }
+    requests
+}
+
+/// Where a progress test sends the CLI's stdout or stderr.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum To {
+    Pipe,
+    /// A terminal of its own.
+    Terminal,
+    /// For stderr: the terminal stdout is on, as in a person's shell.
+    StdoutsTerminal,
+    /// For stdout: a file, output that a person reads later, not a program now.
+    File,
+}
+
+/// What a progress test gives the CLI on stdin.
+enum Input<'a> {
+    Nothing,
+    /// This text through a pipe, closed after it.
+    Pipe(&'a str),
+    /// The file at this path.
+    File(&'a str),
+}
+
+/// The CLI started for a progress test, with its stdout and stderr where the test says.
+struct Watched {
+    child: tokio::process::Child,
+    /// What reaches stdout, and stderr too with [`To::StdoutsTerminal`].
+    stdout: terminal::Written,
+    /// What reaches stderr; nothing with [`To::StdoutsTerminal`].
+    stderr: terminal::Written,
+    /// The file stdout goes to, with [`To::File`].
+    stdout_file: Option<TempFile>,
+}
+
+impl Watched {
+    fn start(mut command: tokio::process::Command, input: Input, stdout: To, stderr: To) -> Self {
+        use std::process::Stdio;
+        let mut stdout_file = None;
+        let mut stdout_terminal = None;
+        // What reaches a terminal; a pipe's is taken from the child once it runs.
+        let (mut on_stdout, mut on_stderr) = (None, None);
+        match stdout {
+            To::Pipe => command.stdout(Stdio::piped()),
+            To::Terminal => {
+                let (child_end, written) = terminal::terminal();
+                stdout_terminal = Some(child_end.try_clone().expect("clone a terminal's end"));
+                on_stdout = Some(written);
+                command.stdout(child_end)
+            }
+            To::File => {
+                let file = TempFile::with("");
+                let opened = std::fs::File::create(&file.0).expect("create stdout's file");
+                stdout_file = Some(file);
+                command.stdout(opened)
+            }
+            To::StdoutsTerminal => unreachable!("stdout's terminal is for stderr"),
+        };
+        match stderr {
+            To::Pipe => command.stderr(Stdio::piped()),
+            To::Terminal => {
+                let (child_end, written) = terminal::terminal();
+                on_stderr = Some(written);
+                command.stderr(child_end)
+            }
+            To::StdoutsTerminal => command.stderr(stdout_terminal.take().expect("stdout's")),
+            To::File => unreachable!("stderr goes to a person or a program"),
+        };
+        drop(stdout_terminal);
+        match input {
+            Input::Nothing => command.stdin(Stdio::null()),
+            Input::Pipe(_) => command.stdin(Stdio::piped()),
+            Input::File(path) => command.stdin(std::fs::File::open(path).expect("open stdin")),
+        };
+        command.env("TERM", "xterm").kill_on_drop(true);
+        let mut child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {command:?}: {e}"));
+        // The command holds the terminals' child ends until it is dropped.
+        drop(command);
+        if let (Input::Pipe(text), Some(mut stdin)) = (input, child.stdin.take()) {
+            let text = text.to_owned();
+            tokio::spawn(async move {
+                // A process may exit without reading everything; its exit status tells that.
+                let _ = stdin.write_all(text.as_bytes()).await;
+            });
+        }
+        let nothing = || terminal::Written::from_pipe(tokio::io::empty());
+        let stdout = on_stdout
+            .or_else(|| child.stdout.take().map(terminal::Written::from_pipe))
+            .unwrap_or_else(nothing);
+        let stderr = on_stderr
+            .or_else(|| child.stderr.take().map(terminal::Written::from_pipe))
+            .unwrap_or_else(nothing);
+        Self {
+            child,
+            stdout,
+            stderr,
+            stdout_file,
+        }
+    }
+
+    /// Waits for the process to exit; returns how, and every byte of its stdout and stderr.
+    async fn finish(&mut self) -> (std::process::ExitStatus, Vec<u8>, Vec<u8>) {
+        let status = within("the CLI to exit", self.child.wait())
+            .await
+            .expect("wait for the CLI");
+        let mut stdout = self.stdout.read_to_end().await;
+        if let Some(file) = &self.stdout_file {
+            stdout = std::fs::read(&file.0).expect("read stdout's file");
+        }
+        (status, stdout, self.stderr.read_to_end().await)
+    }
+
+    /// Kills the process, then as [`Watched::finish`].
+    async fn kill(&mut self) -> (Vec<u8>, Vec<u8>) {
+        self.child.start_kill().expect("kill the CLI");
+        let (_, stdout, stderr) = self.finish().await;
+        (stdout, stderr)
+    }
+}
+
+/// Publishes `file` to a new server with stdout and stderr where the test says; returns its
+/// stdout and stderr. Every line must be acknowledged.
+async fn publish_file_to(file: &TempFile, stdout: To, stderr: To) -> (Vec<u8>, Vec<u8>) {
+    let server = TestServer::start().await;
+    let command = storywire(&["publish", file.path(), "--server", &server.url()]);
+    let mut publisher = Watched::start(command, Input::Nothing, stdout, stderr);
+    let (status, stdout, stderr) = publisher.finish().await;
+    let shown = String::from_utf8_lossy(&stderr);
+    assert!(status.success(), "{status}: {shown}");
+    assert_eq!(server.log.head(), LINES as u64, "{shown}");
+    (stdout, stderr)
+}
+
+/// The text of `bytes`, which must hold nothing that draws: no carriage return, no escape.
+fn undrawn(bytes: &[u8]) -> &str {
+    let text = std::str::from_utf8(bytes).expect("UTF-8");
+    assert!(
+        !text.contains(['\r', '\x1b']),
+        "something was drawn: {text:?}"
+    );
+    text
+}
+
+/// The last line a terminal shows that is not blank.
+fn last_shown(bytes: &[u8]) -> String {
+    let screen = terminal::screen(bytes);
+    let last = screen.iter().rev().find(|line| !line.is_empty());
+    last.cloned().unwrap_or_default()
+}
+
+/// Publishes a file, then subscribes from the start until caught up, with stdout into a pipe and
+/// stderr to `stderr`, and expects nothing drawn anywhere: all either wrote was its lines.
+async fn expect_nothing_drawn_with_stdout_into_a_pipe(stderr: To) {
+    let file = TempFile::with(&json_lines(&a_story_of_notes()));
+    let (stdout, drawn) = publish_file_to(&file, To::Pipe, stderr).await;
+    assert_eq!(undrawn(&stdout).lines().count(), LINES);
+    assert_eq!(
+        undrawn(&drawn),
+        "",
+        "publish: nothing but errors goes to stderr"
+    );
+
+    let server = TestServer::start().await;
+    publish_all(&mut server.client().await, a_story_of_notes()).await;
+    let command = storywire(&["subscribe", "--from", "1", "--server", &server.url()]);
+    let mut subscriber = Watched::start(command, Input::Nothing, To::Pipe, stderr);
+    subscriber.stdout.read_until("caught up").await;
+    let (stdout, drawn) = subscriber.kill().await;
+    assert_eq!(undrawn(&stdout).lines().count(), LINES + 1, "and caught up");
+    assert_eq!(
+        undrawn(&drawn),
+        "",
+        "subscribe: nothing but errors goes to stderr"
+    );
+}
+
+#[tokio::test]
+async fn publish_and_subscribe_into_pipes_draw_no_progress() {
+    expect_nothing_drawn_with_stdout_into_a_pipe(To::Pipe).await;
+}
+
+#[tokio::test]
+async fn output_into_a_pipe_draws_no_progress_even_with_stderr_on_a_terminal() {
+    expect_nothing_drawn_with_stdout_into_a_pipe(To::Terminal).await;
+}
+
+#[tokio::test]
+async fn publish_on_a_terminal_shows_the_lines_done_and_prints_the_same_receipts() {
+    let file = TempFile::with(&json_lines(&a_story_of_notes()));
+    let (piped, _) = publish_file_to(&file, To::Pipe, To::Pipe).await;
+    let done = format!("] {LINES}/{LINES} lines");
+    let finished_bar = |line: &str| line.starts_with("publishing [") && line.contains(&done);
+
+    // Stdout on a terminal too (one of its own, so that its bytes can be told from stderr's),
+    // where the bar is lifted off the screen for each receipt; or stdout into a file, the receipts
+    // for later, and the bar the one sign of life meanwhile. Either way stdout is as into a pipe.
+    for stdout_to in [To::Terminal, To::File] {
+        let (stdout, stderr) = publish_file_to(&file, stdout_to, To::Terminal).await;
+        assert_eq!(stdout, piped, "stdout to {stdout_to:?}");
+        let last = last_shown(&stderr);
+        assert!(finished_bar(&last), "{last:?}");
+    }
+
+    // Both on one terminal, as in a shell: every receipt shows whole, with the bar below them.
+    let (both, _) = publish_file_to(&file, To::Terminal, To::StdoutsTerminal).await;
+    let mut screen = terminal::screen(&both);
+    while screen.last().is_some_and(|line| line.is_empty()) {
+        screen.pop();
+    }
+    let bar = screen.pop().unwrap_or_default();
+    assert!(finished_bar(&bar), "{bar:?}");
+    assert_eq!(screen, undrawn(&piped).lines().collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn publish_from_stdin_on_a_terminal_counts_a_file_s_lines_and_spins_for_a_pipe() {
+    let lines = json_lines(&a_story_of_notes());
+    let file = TempFile::with(&lines);
+    for (input, shown) in [
+        (Input::File(file.path()), format!("] {LINES}/{LINES} lines")),
+        (Input::Pipe(&lines), format!("publishing {LINES} lines")),
+    ] {
+        let server = TestServer::start().await;
+        let command = storywire(&["publish", "--server", &server.url()]);
+        let mut publisher = Watched::start(command, input, To::Terminal, To::Terminal);
+        let (status, stdout, stderr) = publisher.finish().await;
+        assert!(status.success(), "{status}");
+        // A file is read through once to count its lines, then published from where it stood.
+        assert_eq!(
+            undrawn(&stdout).lines().count(),
+            LINES,
+            "every line published"
+        );
+        assert_eq!(server.log.head(), LINES as u64);
+        let last = last_shown(&stderr);
+        assert!(last.contains(&shown), "{last:?} should show {shown:?}");
+    }
+}
+
+#[tokio::test]
+async fn subscribe_from_on_a_terminal_shows_the_catch_up_then_erases_it() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    publish_all(&mut client, a_story_of_notes()).await;
+    let mut piped = subscribe_from_the_start(&server.url());
+    let mut printed = piped.read_until(Pipe::Stdout, "caught up").await;
+
+    let command = storywire(&["subscribe", "--from", "1", "--server", &server.url()]);
+    let mut subscriber = Watched::start(command, Input::Nothing, To::Terminal, To::Terminal);
+    subscriber.stdout.read_until("caught up").await;
+    publish(&mut client, note("story", "A live note")).await;
+    printed.extend(piped.read_until(Pipe::Stdout, "A live note").await);
+    subscriber.stdout.read_until("A live note").await;
+    let (stdout, stderr) = subscriber.kill().await;
+
+    assert_eq!(
+        undrawn(&stdout),
+        printed.join("\n") + "\n",
+        "as into a pipe"
+    );
+    let drawn = String::from_utf8_lossy(&stderr);
+    assert!(
+        drawn.contains("catching up [") && drawn.contains(&format!("/{LINES} events")),
+        "the catch-up was shown: {drawn:?}"
+    );
+    let screen = terminal::screen(&stderr);
+    assert!(
+        screen.iter().all(|line| line.is_empty()),
+        "erased once caught up: {screen:#?}"
     );
 }

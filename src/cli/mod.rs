@@ -1,7 +1,8 @@
 //! The `storywire` command: `serve`, and the client subcommands that talk to a server.
 //!
 //! Each subcommand lives in its own file with its arguments and its `run`. Client subcommands
-//! print for people by default and proto3 JSON with `--json`, one item a line.
+//! print for people by default and proto3 JSON with `--json`, one item a line; the long runs of
+//! `publish` and `subscribe --from` show their progress on stderr where a person watches it.
 
 /// Prints a line on stdout. Unlike `println!` it returns an error instead of panicking when stdout
 /// is closed (piped into `head`, say); `main` treats that as a quiet end.
@@ -14,6 +15,7 @@ macro_rules! say {
 
 pub mod format;
 mod health;
+mod progress;
 mod publish;
 mod serve;
 mod stories;

@@ -1,11 +1,12 @@
 //! `storywire subscribe`: print updates as they arrive, and resume after a dropped connection
 //! from the last sequence printed, with the log_id seen, so nothing is missed or printed twice.
+//! On a terminal, `--from N` shows how far it has caught up until the caught_up marker.
 
 use std::{process::ExitCode, time::Duration};
 
 use tonic::{Code, Status};
 
-use super::{CliError, Connect, describe, format::Narrator, print_json};
+use super::{CliError, Connect, describe, format::Narrator, print_json, progress::Progress};
 use crate::pb::{self, subscribe_response::Item};
 
 /// The first pause before reconnecting: short, since most drops are a server restart.
@@ -46,10 +47,55 @@ struct Position {
     log_id: String,
 }
 
+/// The bar of `subscribe --from N` while it catches up: over the sequences from N to the head the
+/// stream reported when it started, and erased at caught_up, before live updates follow.
+#[derive(Debug)]
+struct CatchUp {
+    /// `--from`'s N, where the bar counts from; `None` without `--from`, and then no bar.
+    from: Option<u64>,
+    /// Whether the stream has started once: only the first start makes the bar, so that a stream
+    /// resumed after a dropped connection goes on with the bar it had.
+    started_once: bool,
+    /// The bar; hidden before the first start, where progress does not show, and once caught up.
+    progress: Progress,
+}
+
+impl CatchUp {
+    fn new(from: Option<u64>) -> Self {
+        Self {
+            from,
+            started_once: false,
+            progress: Progress::hidden(),
+        }
+    }
+
+    /// The stream started, with the log's head at `head`: the first time, the bar is made, if
+    /// there is anything to catch up on.
+    fn started(&mut self, head: u64) {
+        if std::mem::replace(&mut self.started_once, true) {
+            return;
+        }
+        if let Some(from) = self.from
+            && head >= from
+        {
+            self.progress = Progress::bar("catching up", head - from + 1, "events");
+        }
+    }
+
+    /// The stream has passed `sequence`: an event, or a checkpoint of a filtered stream.
+    fn passed(&self, sequence: u64) {
+        if let Some(from) = self.from {
+            self.progress
+                .set_position((sequence + 1).saturating_sub(from));
+        }
+    }
+}
+
 /// Subscribes and prints until the server refuses or the process is stopped.
 pub async fn run(args: Args) -> Result<ExitCode, CliError> {
     let mut client = args.connect.client()?;
     let mut narrator = Narrator::default();
+    let mut catch_up = CatchUp::new(args.from);
     let mut position = Position {
         from: args.from,
         snapshot: args.snapshot,
@@ -74,7 +120,7 @@ pub async fn run(args: Args) -> Result<ExitCode, CliError> {
                     match stream.message().await {
                         Ok(Some(item)) => {
                             retry = FIRST_RETRY;
-                            show(item, &mut position, &mut narrator, args.json)?;
+                            show(item, &mut position, &mut narrator, &mut catch_up, args.json)?;
                         }
                         Ok(None) => break Status::unavailable("the server ended the stream"),
                         Err(status) => break status,
@@ -89,41 +135,51 @@ pub async fn run(args: Args) -> Result<ExitCode, CliError> {
         let resume = position
             .from
             .map_or_else(|| "new updates".to_owned(), |from| format!("#{from}"));
-        eprintln!(
+        catch_up.progress.note(&format!(
             "connection lost ({}); resuming from {resume} in {retry:?}",
             describe(&lost)
-        );
+        ));
         tokio::time::sleep(retry).await;
         retry = (retry * 2).min(MAX_RETRY);
     }
 }
 
-/// Prints one item and moves the resume position past it.
+/// Prints one item, moves the resume position past it and the catch-up bar with it.
 fn show(
     item: pb::SubscribeResponse,
     position: &mut Position,
     narrator: &mut Narrator,
+    catch_up: &mut CatchUp,
     json: bool,
 ) -> Result<(), CliError> {
+    // Erased before anything of caught_up is printed: live updates follow on a clean screen.
+    if let Some(Item::CaughtUp(_)) = item.item {
+        catch_up.progress.clear();
+    }
+    let progress = &catch_up.progress;
     if json {
-        print_json(&item)?;
+        progress.print(|| print_json(&item))?;
     }
     match item.item {
         Some(Item::Event(event)) => {
             position.from = Some(event.sequence + 1);
             if !json {
-                say!("{}", narrator.event(&event))?;
+                progress.print(|| say!("{}", narrator.event(&event)))?;
             }
+            catch_up.passed(event.sequence);
         }
         Some(Item::Started(started)) => {
             position.log_id = started.log_id;
+            catch_up.started(started.head_sequence);
             // A live subscription that drops before its first event resumes right after the
             // head it started at, so that nothing published in between is missed.
             if position.from.is_none() && !position.snapshot {
                 position.from = Some(started.head_sequence + 1);
             }
         }
-        Some(Item::Story(story)) if !json => say!("{}", narrator.story(&story))?,
+        Some(Item::Story(story)) if !json => {
+            progress.print(|| say!("{}", narrator.story(&story)))?;
+        }
         Some(Item::CaughtUp(caught_up)) => {
             position.from = Some(caught_up.head_sequence + 1);
             position.snapshot = false;
@@ -138,6 +194,7 @@ fn show(
         Some(Item::Checkpoint(checkpoint)) => {
             position.from = Some(checkpoint.sequence + 1);
             position.log_id = checkpoint.log_id;
+            catch_up.passed(checkpoint.sequence);
         }
         Some(Item::Story(_)) | None => {}
     }
