@@ -318,3 +318,54 @@ async fn the_live_page_lists_stories_and_carries_the_storys_json_ld_safely() {
     let missing = get(server.http, "/stories/nope", &[]).await;
     assert_eq!(missing.status, 404);
 }
+
+#[tokio::test]
+async fn the_live_page_opens_on_the_story_s_newest_hundred_updates_without_scanning_from_one() {
+    // The log keeps 150 events: the first ones, and the story's opening, are evicted.
+    let server = Server::start(&["--retain-events", "150"]).await;
+    let mut client = server.client().await;
+    client.publish(open("alpha", &[])).await.expect("open");
+    client.publish(open("other", &[])).await.expect("open");
+    let mut last = 0;
+    for i in 0..200 {
+        let story = if i % 2 == 0 { "alpha" } else { "other" };
+        let note = support::note(story, &format!("Update {i}"));
+        last = client
+            .publish(note)
+            .await
+            .expect("note")
+            .into_inner()
+            .sequence;
+    }
+    assert_eq!(last, 202);
+    // alpha's events are the odd sequences from 3; the retained ones run from 53 to 201: 75.
+    let page = get(server.http, "/stories/alpha", &[]).await;
+    assert_eq!(page.status, 200);
+    assert!(
+        page.body.contains(r#"data-from-sequence="53""#),
+        "the feed starts at alpha's oldest retained event: {}",
+        &page.body[..page.body.find("<h1").unwrap_or(0)]
+    );
+    let start = page.body.find(r#"id="jsonld">"#).expect("JSON-LD") + r#"id="jsonld">"#.len();
+    let text = &page.body[start..start + page.body[start..].find("</script>").expect("end")];
+    let jsonld: serde_json::Value = serde_json::from_str(text).expect("JSON-LD parses");
+    let updates = jsonld["liveBlogUpdate"].as_array().expect("updates");
+    assert_eq!(updates.len(), 75);
+    assert_eq!(updates[0]["headline"], "Update 198", "newest first");
+
+    // With more than a hundred retained, the newest hundred.
+    for i in 0..60 {
+        let note = support::note("alpha", &format!("More {i}"));
+        client.publish(note).await.expect("note");
+    }
+    let page = get(server.http, "/stories/alpha", &[]).await;
+    let from: u64 = page
+        .body
+        .split(r#"data-from-sequence=""#)
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .and_then(|n| n.parse().ok())
+        .expect("data-from-sequence");
+    // alpha's newest hundred: the 60 just published (203..=262) and the newest 40 before them.
+    assert_eq!(from, 201 - 2 * 39);
+}

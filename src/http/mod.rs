@@ -177,7 +177,7 @@ async fn get_story(
     RawQuery(query): RawQuery,
 ) -> Response {
     match app.story(id, &headers, query.as_deref()).await {
-        Ok((story, _)) => json(&story),
+        Ok(story) => json(&story),
         Err(status) => error::response(&status),
     }
 }
@@ -191,59 +191,28 @@ async fn get_ninjs(
     RawQuery(query): RawQuery,
 ) -> Response {
     match app.story(id, &headers, query.as_deref()).await {
-        Ok((found, _)) => json(&crate::ninjs::to_ninjs(&found.story.unwrap_or_default())),
+        Ok(found) => json(&crate::ninjs::to_ninjs(&found.story.unwrap_or_default())),
         Err(status) => error::response(&status),
     }
 }
 
 impl App {
-    /// GetStory of story `id` with the query's parameters (`as_of_version`), and the caller
-    /// the request's token names.
+    /// GetStory of story `id` with the query's parameters (`as_of_version`).
     async fn story(
         &self,
         id: String,
         headers: &HeaderMap,
         query: Option<&str>,
-    ) -> Result<(pb::GetStoryResponse, Option<Caller>), Status> {
+    ) -> Result<pb::GetStoryResponse, Status> {
         let caller = self.authorize(headers, "GetStory")?;
         let mut object = query_object(query, &[], &[]);
         object.insert("story_id".to_owned(), Value::String(id));
         let request: pb::GetStoryRequest = parse(object)?;
         let found = self
             .service
-            .get_story(self.request(request, caller.clone()))
+            .get_story(self.request(request, caller))
             .await?
             .into_inner();
-        Ok((found, caller))
-    }
-
-    /// Every retained event of `story_id`, oldest first, paging through ListEvents.
-    async fn story_events(
-        &self,
-        story_id: &str,
-        caller: Option<Caller>,
-    ) -> Result<Vec<pb::UpdateEvent>, Status> {
-        let mut events = Vec::new();
-        let mut from = 0;
-        loop {
-            let page = self
-                .service
-                .list_events(self.request(
-                    pb::ListEventsRequest {
-                        story_ids: vec![story_id.to_owned()],
-                        from_sequence: from,
-                        page_size: 1_000,
-                        ..Default::default()
-                    },
-                    caller.clone(),
-                ))
-                .await?
-                .into_inner();
-            events.extend(page.events);
-            if page.next_sequence > page.head_sequence || page.next_sequence == from {
-                return Ok(events);
-            }
-            from = page.next_sequence;
-        }
+        Ok(found)
     }
 }

@@ -151,7 +151,9 @@
     feed.prepend(li);
   }
 
-  const stream = new EventSource(`/v1/events?story=${encodeURIComponent(id)}&from_sequence=1`);
+  // From the story's newest retained updates (the server says where they start), then live.
+  const from = main.dataset.fromSequence || "1";
+  const stream = new EventSource(`/v1/events?story=${encodeURIComponent(id)}&from_sequence=${from}`);
   stream.onmessage = (message) => {
     addUpdate(JSON.parse(message.data), caughtUp);
     if (caughtUp) refresh();

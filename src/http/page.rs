@@ -28,8 +28,9 @@ const CSS: &str = include_str!("page.css");
 /// The page's script.
 const SCRIPT: &str = include_str!("page.js");
 
-/// How many of a story's newest updates the JSON-LD lists.
-const JSONLD_UPDATES: usize = 100;
+/// How many of a story's newest updates the page shows when it opens (its feed, from the
+/// story's retained events, then live) and the JSON-LD lists.
+const FEED_UPDATES: usize = 100;
 
 /// `GET /`: every story, newest page first.
 pub(super) async fn index(State(app): State<App>, headers: HeaderMap) -> Response {
@@ -84,16 +85,16 @@ pub(super) async fn story(
                     story_id: id.clone(),
                     as_of_version: None,
                 },
-                caller.clone(),
+                caller,
             ))
             .await?
             .into_inner()
             .story
             .unwrap_or_default();
-        let events = app.story_events(&id, caller).await?;
-        Ok::<_, Status>((story, events))
+        let (events, from) = app.service.story_tail(&id, FEED_UPDATES);
+        Ok::<_, Status>((story, events, from))
     };
-    let (story, events) = match answer.await {
+    let (story, events, from) = match answer.await {
         Ok(found) => found,
         Err(status) => return error_page(&status),
     };
@@ -102,7 +103,7 @@ pub(super) async fn story(
         .replace("</", "<\\/");
     let body = format!(
         r#"<header class="masthead"><a href="/">storywire</a><span id="live-state" data-state="connecting" role="status">Connecting…</span></header>
-<main class="story" data-story-id="{id}"{lang}>
+<main class="story" data-story-id="{id}" data-from-sequence="{from}"{lang}>
   <p class="kicker"><span id="story-status" class="status status-{status}">{status_word}</span> <span id="tags"></span></p>
   <p id="status-reason" class="status-reason">{status_reason}</p>
   <h1 id="headline">{headline}</h1>
@@ -138,7 +139,7 @@ pub(super) async fn story(
 }
 
 /// The story as a schema.org `LiveBlogPosting`, one `BlogPosting` per update (the newest
-/// [`JSONLD_UPDATES`]), newest first.
+/// [`FEED_UPDATES`]), newest first.
 pub fn live_blog_posting(story: &pb::Story, events: &[pb::UpdateEvent]) -> Value {
     let mut narrator = Narrator::default();
     let mut updates: Vec<Value> = events
@@ -157,7 +158,7 @@ pub fn live_blog_posting(story: &pb::Story, events: &[pb::UpdateEvent]) -> Value
         })
         .collect();
     updates.reverse();
-    updates.truncate(JSONLD_UPDATES);
+    updates.truncate(FEED_UPDATES);
     let mut posting = json!({
         "@context": "https://schema.org",
         "@type": "LiveBlogPosting",

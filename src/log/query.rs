@@ -239,6 +239,23 @@ impl EventLog {
         Ok(story)
     }
 
+    /// The newest `max` retained events of `story_id` that readers may see, oldest first: what a
+    /// live page shows of a story, found without scanning the log.
+    pub fn story_tail(&self, story_id: &str, max: usize) -> Vec<pb::UpdateEvent> {
+        let visible = self.head();
+        let entries: Vec<Arc<LoggedEvent>> = {
+            let state = self.read();
+            state
+                .stories
+                .newest_retained(story_id, max)
+                .into_iter()
+                .filter(|&sequence| sequence <= visible)
+                .filter_map(|sequence| state.entry(sequence).cloned())
+                .collect()
+        };
+        entries.iter().map(|entry| entry.event()).collect()
+    }
+
     /// The story now, or the retained events its state as of `as_of_version` folds.
     fn history(&self, story_id: &str, as_of_version: Option<u64>) -> Result<Found, LogError> {
         let not_found = || StoryError::NotFound {

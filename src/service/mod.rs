@@ -173,6 +173,17 @@ impl Service {
         self.log.log_id()
     }
 
+    /// The newest `max` retained events of `story_id` readers may see, oldest first, and the
+    /// sequence a subscription to the story should start from to show them and then what
+    /// follows (one past the head when none is retained). For a live page: no scan of the log.
+    /// The caller has authorized the read.
+    pub fn story_tail(&self, story_id: &str, max: usize) -> (Vec<pb::UpdateEvent>, u64) {
+        let head = self.log.head();
+        let events = self.log.story_tail(story_id, max);
+        let from = events.first().map_or(head + 1, |event| event.sequence);
+        (events, from)
+    }
+
     /// The service of a cluster node: publishes go through `node`'s stream, and everything is
     /// read from its replica.
     pub fn through(mut self, node: Option<Arc<Node>>) -> Self {

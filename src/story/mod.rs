@@ -265,6 +265,15 @@ impl Stories {
         })
     }
 
+    /// The log sequences of a story's newest `max` events that retention has not evicted, oldest
+    /// first.
+    pub fn newest_retained(&self, story_id: &str, max: usize) -> Vec<u64> {
+        self.by_id.get(story_id).map_or_else(Vec::new, |record| {
+            let skip = record.retained.len().saturating_sub(max);
+            record.retained.iter().skip(skip).copied().collect()
+        })
+    }
+
     /// The story's id as logged events share it.
     pub fn shared_id(&self, story_id: &str) -> Option<Arc<str>> {
         self.by_id.get(story_id).map(|record| record.id.clone())
