@@ -22,10 +22,11 @@
 //! - [`http`]: the read side as proto3 JSON over HTTP, and Subscribe as Server-Sent Events
 //!   (`serve --http`), through the same service.
 //! - [`auth`]: bearer tokens with roles, checked before any StoryService method runs.
+//! - [`cors`]: which web pages may call from a browser, over gRPC-Web and over HTTP.
 //! - [`tls`]: the server's TLS and mutual TLS from PEM files.
 //! - [`limits`]: what one client may take and one story may hold, and the subscriber slots.
 //! - [`throttle`]: each connection's budget of wasted streams; past it, its reads pause.
-//! - [`server`]: the tonic server with health, reflection and graceful shutdown.
+//! - [`server`]: the tonic server with health, reflection, gRPC-Web and graceful shutdown.
 //! - [`clock`]: the one clock timestamps come from, so tests can control it.
 //! - [`demo`]: the seed story and its live replay for `serve --demo`.
 //! - [`cli`]: the `storywire` command: `serve` and the client subcommands.
@@ -36,6 +37,7 @@ pub mod auth;
 pub mod cli;
 pub mod clock;
 pub mod cluster;
+pub mod cors;
 pub mod demo;
 pub mod encoded;
 pub mod http;

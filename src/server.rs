@@ -1,5 +1,6 @@
 //! Building and running the gRPC server: the StoryService, gRPC health, server reflection (v1 and
-//! v1alpha), and a graceful shutdown that lets every stream flush before it ends.
+//! v1alpha), gRPC-Web for browsers on the same port, and a graceful shutdown that lets every
+//! stream flush before it ends.
 
 use std::{future::Future, sync::Arc};
 
@@ -10,6 +11,7 @@ use tonic::{server::NamedService, transport::Server};
 use crate::{
     auth::{Authorized, Tokens},
     cluster::Node,
+    cors::Origins,
     http::HttpOptions,
     limits::{Limits, SubscriberSlots},
     log::EventLog,
@@ -45,6 +47,8 @@ pub struct ServerOptions {
     /// On a cluster node: the node whose replica `log` is. Publishes go through its stream,
     /// and health follows it (NOT_SERVING while it cannot reach JetStream or is catching up).
     pub cluster: Option<Arc<Node>>,
+    /// The origins whose pages may call over gRPC-Web ([`crate::cors`]).
+    pub cors: Origins,
 }
 
 /// Serves `log` on `listener` until `shutdown` completes.
@@ -167,8 +171,16 @@ pub async fn run_with_http(
     if let Some(tls) = &options.tls {
         builder = builder.tls_config(tls.server_config()?)?;
     }
+    // gRPC-Web: a browser's calls, over HTTP/1.1 or HTTP/2, become gRPC calls before they are
+    // routed, so tokens and limits apply to them as to any other; CORS answers a browser's
+    // preflight before that. Over HTTP/1.1 a connection carries one call at a time, and a call
+    // abandoned early closes it: the budget of wasted streams still counts it, on that
+    // connection.
     let serve = builder
+        .accept_http1(true)
         .layer(WasteLayer::new(budgets))
+        .layer(options.cors.grpc_web())
+        .layer(tonic_web::GrpcWebLayer::new())
         .add_service(Authorized::new(story_service, options.tokens))
         .add_service(health_service)
         .add_service(reflection_v1)

@@ -1,17 +1,18 @@
 //! The HTTP face (`serve --http`) of the real binary: the stories as the same proto3 JSON grpcurl
 //! prints, errors as JSON with the gRPC code and message, Subscribe as Server-Sent Events that a
-//! browser resumes with `Last-Event-ID`, and the same tokens as gRPC.
+//! browser resumes with `Last-Event-ID`, and the same tokens as gRPC; JSON gzipped for a client
+//! that asks while events are never held back, and reads from pages on the origins CORS allows.
 
 mod process;
 mod support;
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, time::Duration};
 
 use process::Running;
 use storywire::pb::{self, story_service_client::StoryServiceClient};
 use support::{
     client_at,
-    http1::{EventStream, get},
+    http1::{EventStream, get, get_gzip, options},
     open, report,
 };
 use tonic::transport::Channel;
@@ -47,6 +48,23 @@ impl Server {
     async fn client(&self) -> StoryServiceClient<Channel> {
         client_at(&self.grpc).await
     }
+}
+
+/// How soon a live event must arrive once published. Publishing and reading are loopback round
+/// trips of milliseconds; a compressor holding events back would hold this one until kilobytes
+/// more came, or the stream ended: far longer.
+const PROMPTLY: Duration = Duration::from_secs(5);
+
+/// Writes a tokens file with a reader's token into a new directory; returns the directory.
+fn reader_tokens(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("storywire-http-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a directory");
+    std::fs::write(
+        dir.join("tokens"),
+        "reader subscribe reader-token-0123456789\n",
+    )
+    .expect("a tokens file");
+    dir
 }
 
 /// `value` as proto3 JSON, the way the server writes it.
@@ -368,4 +386,87 @@ async fn the_live_page_opens_on_the_story_s_newest_hundred_updates_without_scann
         .expect("data-from-sequence");
     // alpha's newest hundred: the 60 just published (203..=262) and the newest 40 before them.
     assert_eq!(from, 201 - 2 * 39);
+}
+
+#[tokio::test]
+async fn json_is_gzipped_for_a_client_that_asks_and_events_are_never_held_back() {
+    let server = Server::start(&[]).await;
+    let mut client = server.client().await;
+    client.publish(open("alpha", &[])).await.expect("open");
+
+    let plain = get(server.http, "/v1/stories/alpha", &[]).await;
+    assert!(plain.headers.get("content-encoding").is_none(), "{plain:?}");
+    let (gzipped, was_gzipped) = get_gzip(server.http, "/v1/stories/alpha").await;
+    assert!(was_gzipped, "{gzipped:?}");
+    assert_eq!(gzipped.status, 200);
+    assert_eq!(gzipped.json(), plain.json());
+
+    let mut stream = EventStream::open(
+        server.http,
+        "/v1/events?from_sequence=1",
+        &[("accept-encoding", "gzip")],
+    )
+    .await
+    .expect("an event stream");
+    assert!(
+        stream.headers.get("content-encoding").is_none(),
+        "events are sent as they are: {:?}",
+        stream.headers
+    );
+    stream
+        .until(|e| e.event.as_deref() == Some("caught_up"))
+        .await;
+    client.publish(report("alpha", "f1")).await.expect("report");
+    let live = tokio::time::timeout(PROMPTLY, stream.next())
+        .await
+        .expect("the live event arrives promptly")
+        .expect("a live event");
+    assert_eq!(live.id.as_deref(), Some("2"));
+}
+
+#[tokio::test]
+async fn pages_on_the_origins_cors_allows_may_read() {
+    let page = "https://live.news.example";
+    let preflight_headers = [
+        ("origin", page),
+        ("access-control-request-method", "GET"),
+        ("access-control-request-headers", "authorization"),
+    ];
+    let dir = reader_tokens("cors");
+    let tokens = dir.join("tokens");
+    let guarded = Server::start(&["--tokens", tokens.to_str().expect("UTF-8")]).await;
+    let preflight = options(guarded.http, "/v1/stories", &preflight_headers).await;
+    assert_eq!(preflight.status, 200, "{preflight:?}");
+    assert_eq!(preflight.headers["access-control-allow-origin"], "*");
+    assert_eq!(preflight.headers["access-control-allow-methods"], "GET");
+    let allowed = preflight.headers["access-control-allow-headers"]
+        .to_str()
+        .expect("ASCII")
+        .to_ascii_lowercase();
+    assert!(allowed.contains("authorization"), "{allowed}");
+    let read = get(
+        guarded.http,
+        "/v1/stories",
+        &[
+            ("origin", page),
+            ("authorization", "Bearer reader-token-0123456789"),
+        ],
+    )
+    .await;
+    assert_eq!(read.status, 200, "{read:?}");
+    assert_eq!(read.headers["access-control-allow-origin"], "*");
+
+    // Without tokens, only the origins named: the server answers, the browser refuses.
+    let anonymous = Server::start(&[]).await;
+    let read = get(anonymous.http, "/v1/stories", &[("origin", page)]).await;
+    assert_eq!(read.status, 200);
+    assert!(
+        read.headers.get("access-control-allow-origin").is_none(),
+        "{read:?}"
+    );
+    let named = Server::start(&["--cors-origin", page]).await;
+    let read = get(named.http, "/v1/stories", &[("origin", page)]).await;
+    assert_eq!(read.headers["access-control-allow-origin"], page);
+    drop((guarded.process, anonymous.process, named.process));
+    std::fs::remove_dir_all(&dir).expect("remove the tokens");
 }

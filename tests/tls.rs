@@ -1,7 +1,7 @@
 //! TLS and mutual TLS, with certificates made fresh for each test: a client that trusts the CA
 //! talks to the server end to end, and a plaintext client or one that trusts another CA does not;
-//! with a client CA the server admits only certificates that CA signed; and the `storywire`
-//! binary serves and calls over https.
+//! with a client CA the server admits only certificates that CA signed; a browser's gRPC-Web call
+//! is answered over TLS; and the `storywire` binary serves and calls over https.
 
 mod process;
 mod support;
@@ -22,7 +22,10 @@ use storywire::{
     tls::TlsFiles,
 };
 use support::*;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::{
+    codegen::{Service as _, http},
+    transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity},
+};
 
 /// A CA and what it signed, as PEM files in a directory of their own, removed when dropped.
 ///
@@ -238,6 +241,44 @@ async fn a_client_trusting_the_ca_publishes_and_subscribes_over_tls() {
     assert_eq!(event.story_id, "election");
 
     drop(stream);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_grpc_web_call_is_answered_over_tls_on_http2_as_browsers_negotiate_it() {
+    // The server offers only h2 in ALPN (tonic's TLS), which every browser speaks.
+    let certificates = Certificates::new();
+    let server = tls_server(&certificates, None).await;
+    let url = https_url(&server, "127.0.0.1");
+    let mut publisher = tls_client(url.clone(), certificates.trusting("ca.pem")).await;
+    publish(&mut publisher, open("election", &[])).await;
+
+    let mut channel = tls_channel(url, certificates.trusting("ca.pem")).await;
+    let message = pb::GetStoryRequest {
+        story_id: "election".to_owned(),
+        as_of_version: None,
+    };
+    let mut request = http::Request::post("/storywire.v1.StoryService/GetStory");
+    for (name, value) in grpc_web::HEADERS {
+        request = request.header(name, value);
+    }
+    let body = tonic::body::Body::new(http_body_util::Full::new(grpc_web::frame(&message)));
+    let request = request.body(body).expect("a request");
+    within(
+        "the channel to be ready",
+        std::future::poll_fn(|cx| channel.poll_ready(cx)),
+    )
+    .await
+    .expect("ready");
+    let response = within("a gRPC-Web call", channel.call(request))
+        .await
+        .expect("an answer");
+    let mut answer = grpc_web::Response::new(response);
+    assert_eq!(answer.version, http::Version::HTTP_2);
+    assert_eq!(answer.header("content-type"), Some(grpc_web::CONTENT_TYPE));
+    let found: pb::GetStoryResponse = answer.message().await;
+    assert_eq!(found.story.expect("a story").id, "election");
+    assert_eq!(answer.status().await.0, "0");
     server.stop().await;
 }
 

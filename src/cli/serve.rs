@@ -12,6 +12,7 @@ use crate::{
     auth::Tokens,
     clock::SystemClock,
     cluster::{NatsConfig, Node},
+    cors::{self, Origins},
     demo,
     http::HttpOptions,
     limits::{Limits, StoryLimits},
@@ -79,6 +80,13 @@ pub struct Args {
     /// still needs one.
     #[arg(long)]
     public_read: bool,
+    /// Let web pages on this origin (scheme://host[:port], or * for any) call from a browser,
+    /// over gRPC-Web and HTTP; repeatable. Without it: any origin with --tokens (a call's only
+    /// credential is the token it carries), none without (the server then trusts whoever can
+    /// reach it, which includes every page open in a browser on this machine).
+    #[arg(long, env = "STORYWIRE_CORS_ORIGIN", value_name = "ORIGIN", value_delimiter = ',',
+          value_parser = cors::parse_origin)]
+    cors_origin: Vec<axum::http::HeaderValue>,
     /// With --data-dir: when a publish is acknowledged. always: after its record is fsynced
     /// (concurrent publishers share fsyncs); batch: after it is written, fsync every
     /// --fsync-interval-ms, and readers see it after the fsync; never: after it is written,
@@ -138,11 +146,14 @@ pub async fn run(args: Args) -> Result<ExitCode, CliError> {
         }),
         _ => None,
     };
+    let cors = Origins::from_flags(args.cors_origin, tokens.is_some());
+    tracing::info!(origins = %cors, "browsers: pages on these origins may call (CORS)");
     let mut options = ServerOptions {
         tokens,
         tls,
         limits: args.limits.into(),
         cluster: None,
+        cors,
     };
     let story_limits = StoryLimits::from(args.story_limits);
     check_story_bytes(&story_limits, &options.limits)?;
@@ -230,6 +241,7 @@ pub async fn run(args: Args) -> Result<ExitCode, CliError> {
             let http_options = HttpOptions {
                 tokens: options.tokens.clone(),
                 public_read: args.public_read,
+                cors: options.cors.clone(),
             };
             Some((listener, http_options))
         }

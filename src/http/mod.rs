@@ -11,6 +11,9 @@
 //!   ([`crate::ninjs`]).
 //! - `GET /v1/events?from_sequence=&story=&tag=&log_id=`: Subscribe as SSE ([`events`]).
 //! - `GET /` and `GET /stories/{id}`: the live page ([`page`]).
+//!
+//! Responses are gzipped for a client that asks (`Accept-Encoding: gzip`), except the event
+//! streams, and pages on the origins [`crate::cors`] allows may read them from a browser.
 
 use std::sync::Arc;
 
@@ -23,9 +26,11 @@ use axum::{
 };
 use serde_json::{Map, Value};
 use tonic::{Request, Status};
+use tower_http::compression::{CompressionLayer, predicate::DefaultPredicate};
 
 use crate::{
     auth::Tokens,
+    cors::Origins,
     limits::Caller,
     pb::{self, server::story_service_server::StoryService},
     service::Service,
@@ -44,6 +49,8 @@ pub struct HttpOptions {
     pub tokens: Option<Arc<Tokens>>,
     /// ...unless anyone may read (`--public-read`: a public live page). Never anything else.
     pub public_read: bool,
+    /// The origins whose pages may read from a browser ([`crate::cors`]).
+    pub cors: Origins,
 }
 
 /// What every handler shares.
@@ -57,6 +64,11 @@ struct App {
 
 /// The HTTP routes over `service`.
 pub fn router(service: Service, options: HttpOptions) -> Router {
+    let cors = options.cors.http();
+    // tower-http's default predicate leaves out `text/event-stream`: a compressor holds what it
+    // is given until it has enough to compress, and an event must reach the page when it
+    // happens. It leaves out bodies under 32 bytes too, which gzip would only make longer.
+    let compression = CompressionLayer::new().compress_when(DefaultPredicate::new());
     Router::new()
         .route("/", get(page::index))
         .route("/stories/{id}", get(page::story))
@@ -65,6 +77,8 @@ pub fn router(service: Service, options: HttpOptions) -> Router {
         .route("/v1/stories/{id}/ninjs", get(get_ninjs))
         .route("/v1/events", get(events::events))
         .with_state(App { service, options })
+        .layer(compression)
+        .layer(cors)
 }
 
 impl App {

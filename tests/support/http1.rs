@@ -1,10 +1,12 @@
-//! A plain HTTP/1.1 client for the HTTP face (`serve --http`): one request per connection, a
-//! whole reply for JSON, or a stream of Server-Sent Events read as they arrive.
+//! A plain HTTP/1.1 client for the HTTP face (`serve --http`) and for gRPC-Web on the gRPC port:
+//! one request per connection, a whole reply for JSON, or a stream of Server-Sent Events read as
+//! they arrive.
 
-use std::net::SocketAddr;
+use std::{io::Read, net::SocketAddr};
 
-use http_body_util::{BodyExt, Empty};
-use hyper::{Request, body::Incoming, header::HeaderMap};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Method, Request, body::Incoming, header::HeaderMap};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
@@ -46,11 +48,14 @@ impl SseEvent {
     }
 }
 
-/// Sends `GET path` with `headers` to `address`; the reply's head and its body still to read.
-async fn send(
+/// Sends `method path` with `headers` and `body` to `address` on a connection of its own; the
+/// reply's head and its body still to read.
+pub async fn send(
     address: SocketAddr,
+    method: Method,
     path: &str,
     headers: &[(&str, &str)],
+    body: Bytes,
 ) -> hyper::Response<Incoming> {
     let stream = within("an HTTP connection", TcpStream::connect(address))
         .await
@@ -59,31 +64,74 @@ async fn send(
         .await
         .expect("HTTP/1.1 handshake");
     tokio::spawn(connection);
-    let mut request = Request::get(path).header("host", address.to_string());
+    let what = format!("{method} {path}");
+    let mut request = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", address.to_string());
     for (name, value) in headers {
         request = request.header(*name, *value);
     }
-    let request = request
-        .body(Empty::<bytes::Bytes>::new())
-        .expect("a request");
-    within(&format!("GET {path}"), sender.send_request(request))
+    let request = request.body(Full::new(body)).expect("a request");
+    within(&what, sender.send_request(request))
         .await
         .expect("a reply")
 }
 
 /// `GET path`, read whole.
 pub async fn get(address: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Reply {
-    let response = send(address, path, headers).await;
-    let status = response.status().as_u16();
-    let headers = response.headers().clone();
-    let body = within("the body", response.into_body().collect())
+    let response = send(address, Method::GET, path, headers, Bytes::new()).await;
+    Reply::read(response).await
+}
+
+/// `OPTIONS path` with `headers`, as a browser's CORS preflight, read whole.
+pub async fn options(address: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Reply {
+    let response = send(address, Method::OPTIONS, path, headers, Bytes::new()).await;
+    Reply::read(response).await
+}
+
+/// `GET path` from a client that takes gzip (`Accept-Encoding: gzip`), read whole: the reply,
+/// its body gunzipped if the server gzipped it, and whether it did (`Content-Encoding: gzip`).
+pub async fn get_gzip(address: SocketAddr, path: &str) -> (Reply, bool) {
+    let headers = [("accept-encoding", "gzip")];
+    let response = send(address, Method::GET, path, &headers, Bytes::new()).await;
+    let gzipped = response
+        .headers()
+        .get("content-encoding")
+        .is_some_and(|encoding| encoding == "gzip");
+    if !gzipped {
+        return (Reply::read(response).await, false);
+    }
+    let (head, body) = response.into_parts();
+    let body = within("the body", body.collect())
         .await
         .expect("the body")
         .to_bytes();
-    Reply {
-        status,
-        headers,
-        body: String::from_utf8(body.to_vec()).expect("UTF-8"),
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(&body[..])
+        .read_to_string(&mut text)
+        .expect("a gzip stream of UTF-8");
+    let reply = Reply {
+        status: head.status.as_u16(),
+        headers: head.headers,
+        body: text,
+    };
+    (reply, true)
+}
+
+impl Reply {
+    /// Reads `response` whole; its body must be UTF-8.
+    async fn read(response: hyper::Response<Incoming>) -> Self {
+        let (head, body) = response.into_parts();
+        let body = within("the body", body.collect())
+            .await
+            .expect("the body")
+            .to_bytes();
+        Self {
+            status: head.status.as_u16(),
+            headers: head.headers,
+            body: String::from_utf8(body.to_vec()).expect("UTF-8"),
+        }
     }
 }
 
@@ -104,21 +152,9 @@ impl EventStream {
         path: &str,
         headers: &[(&str, &str)],
     ) -> Result<Self, Reply> {
-        let response = send(address, path, headers).await;
+        let response = send(address, Method::GET, path, headers, Bytes::new()).await;
         if response.status() != 200 {
-            let status = response.status().as_u16();
-            let headers = response.headers().clone();
-            let body = response
-                .into_body()
-                .collect()
-                .await
-                .expect("body")
-                .to_bytes();
-            return Err(Reply {
-                status,
-                headers,
-                body: String::from_utf8(body.to_vec()).expect("UTF-8"),
-            });
+            return Err(Reply::read(response).await);
         }
         Ok(Self {
             headers: response.headers().clone(),

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)] // Each test file uses its own part of this module.
 
+pub mod grpc_web;
 pub mod http1;
 pub mod http2;
 
