@@ -206,6 +206,7 @@ impl LogState {
             entered,
             client_event_id,
             encoded: encode_event(event),
+            appended_at: Some(std::time::Instant::now()),
         });
         self.entries.push_back(entry.clone());
         self.appended = sequence;
@@ -262,6 +263,7 @@ impl LogState {
             }),
             client_event_id,
             encoded: from_event_bytes(&record.event),
+            appended_at: None,
         }));
         self.appended = sequence;
         Ok(())
