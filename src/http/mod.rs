@@ -11,6 +11,7 @@
 //!   ([`crate::ninjs`]).
 //! - `GET /v1/events?from_sequence=&story=&tag=&log_id=`: Subscribe as SSE ([`events`]).
 //! - `GET /` and `GET /stories/{id}`: the live page ([`page`]).
+//! - `GET /metrics`: what the server measures, for Prometheus ([`metrics`]).
 
 use std::sync::Arc;
 
@@ -33,6 +34,7 @@ use crate::{
 
 mod error;
 mod events;
+mod metrics;
 mod page;
 
 pub use error::http_status;
@@ -44,6 +46,8 @@ pub struct HttpOptions {
     pub tokens: Option<Arc<Tokens>>,
     /// ...unless anyone may read (`--public-read`: a public live page). Never anything else.
     pub public_read: bool,
+    /// Anyone may scrape `GET /metrics` (`--metrics-public`; `--public-read` opens it too).
+    pub metrics_public: bool,
 }
 
 /// What every handler shares.
@@ -64,6 +68,7 @@ pub fn router(service: Service, options: HttpOptions) -> Router {
         .route("/v1/stories/{id}", get(get_story))
         .route("/v1/stories/{id}/ninjs", get(get_ninjs))
         .route("/v1/events", get(events::events))
+        .route("/metrics", get(metrics::metrics))
         .with_state(App { service, options })
 }
 
