@@ -171,13 +171,13 @@ pub struct Metrics {
     /// Events the log appended (on a cluster node: applied from the stream).
     events_appended: Counter,
     /// Publishes answered, by RPC and code; indexed `[rpc][code]`. Shared with `publishes_by`.
-    publishes: [[Counter; 17]; 2],
+    publishes: [[Counter; CODES.len()]; Rpc::ALL.len()],
     /// The same counters with their labels, in order, for the exposition.
     publishes_by: Labeled<Counter>,
     /// Publishes answered with the original receipt (`duplicate: true`).
     duplicates: Counter,
     /// Open subscriptions, by transport; indexed like [`Transport::ALL`].
-    subscribers_open: [Gauge; 2],
+    subscribers_open: [Gauge; Transport::ALL.len()],
     /// The same gauges with their labels.
     subscribers_open_by: Labeled<Gauge>,
     /// Head minus a subscriber's position after each batch it is handed, in events.
@@ -224,24 +224,19 @@ impl Default for Metrics {
 impl Metrics {
     /// Handles at zero.
     pub fn new() -> Self {
-        let publishes: [[Counter; 17]; 2] = Default::default();
+        let publishes: [[Counter; CODES.len()]; Rpc::ALL.len()] = Default::default();
         let publishes_by = Labeled(
             Rpc::ALL
                 .iter()
-                .flat_map(|&rpc| {
-                    CODES.iter().map(move |&code| {
-                        (
-                            vec![("rpc", rpc.label()), ("code", code_name(code))],
-                            rpc,
-                            code,
-                        )
-                    })
+                .flat_map(|&rpc| CODES.iter().map(move |&code| (rpc, code)))
+                .map(|(rpc, code)| {
+                    let labels = vec![("rpc", rpc.label()), ("code", code_name(code))];
+                    (labels, publishes[rpc as usize][code as usize].clone())
                 })
-                .map(|(labels, rpc, code)| (labels, publishes[rpc as usize][code as usize].clone()))
                 .collect::<Vec<_>>()
                 .into(),
         );
-        let subscribers_open: [Gauge; 2] = Default::default();
+        let subscribers_open: [Gauge; Transport::ALL.len()] = Default::default();
         let subscribers_open_by = Labeled(
             Transport::ALL
                 .iter()
