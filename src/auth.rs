@@ -1,11 +1,13 @@
 //! Who may call what: named bearer tokens with roles, checked before any StoryService method runs.
 //!
 //! The tokens file (`serve --tokens FILE`) has one token a line, `NAME ROLES TOKEN`, where ROLES is
-//! a comma-separated list of `publish`, `subscribe` and `admin`, and TOKEN is the secret itself or
-//! `sha256:` and its hex digest. Only SHA-256 digests are kept in memory; a presented token is
-//! hashed and compared against every digest in constant time. Tokens are never logged.
+//! a comma-separated list of `publish`, `subscribe`, `metrics` and `admin`, and TOKEN is the
+//! secret itself or `sha256:` and its hex digest. Only SHA-256 digests are kept in memory; a
+//! presented token is hashed and compared against every digest in constant time. Tokens are
+//! never logged.
 //!
-//! Health and reflection stay open: [`Authorized`] wraps only the StoryService.
+//! Health and reflection stay open: [`Authorized`] wraps only the StoryService. The HTTP face
+//! checks the same tokens ([`Tokens::check_role`]), `GET /metrics` with the `metrics` role.
 
 use std::{path::Path, sync::Arc, task::Poll};
 
@@ -28,6 +30,9 @@ pub enum Role {
     Publish,
     /// Subscribe, GetStory, ListStories and ListEvents.
     Subscribe,
+    /// `GET /metrics` on the HTTP face, and nothing else: a scraper's token, which cannot read
+    /// or publish stories.
+    Metrics,
     /// Everything.
     Admin,
 }
@@ -37,6 +42,7 @@ impl Role {
         match name {
             "publish" => Some(Self::Publish),
             "subscribe" => Some(Self::Subscribe),
+            "metrics" => Some(Self::Metrics),
             "admin" => Some(Self::Admin),
             _ => None,
         }
@@ -46,6 +52,7 @@ impl Role {
         match self {
             Self::Publish => "publish",
             Self::Subscribe => "subscribe",
+            Self::Metrics => "metrics",
             Self::Admin => "admin",
         }
     }
@@ -129,7 +136,7 @@ impl Tokens {
                 .map(|role| {
                     Role::parse(role).ok_or_else(|| {
                         error(format!(
-                            "unknown role {role:?}: use publish, subscribe or admin"
+                            "unknown role {role:?}: use publish, subscribe, metrics or admin"
                         ))
                     })
                 })
@@ -185,6 +192,18 @@ impl Tokens {
         let Some(needed) = required_role(path) else {
             return Ok(None);
         };
+        let method = path.rsplit('/').next().unwrap_or(path);
+        self.check_role(needed, method, authorization)
+    }
+
+    /// Checks a request's `authorization` header for `what` (a method's or an endpoint's name),
+    /// which needs the role `needed` (or admin); `Ok` names the caller.
+    pub fn check_role(
+        &self,
+        needed: Role,
+        what: &str,
+        authorization: Option<&http::HeaderValue>,
+    ) -> Result<Option<Caller>, Status> {
         let secret = authorization
             .and_then(|value| value.to_str().ok())
             .and_then(|value| {
@@ -204,10 +223,9 @@ impl Tokens {
                 name: token.name.clone(),
             }))
         } else {
-            let method = path.rsplit('/').next().unwrap_or(path);
             let held: Vec<&str> = token.roles.iter().map(|r| r.name()).collect();
             Err(Status::permission_denied(format!(
-                "token {} has the roles [{}]; {method} needs {}",
+                "token {} has the roles [{}]; {what} needs {}",
                 token.name,
                 held.join(", "),
                 needed.name()

@@ -21,6 +21,8 @@
 //! - [`service`]: the StoryService, and the one mapping from domain errors to gRPC status codes.
 //! - [`http`]: the read side as proto3 JSON over HTTP, and Subscribe as Server-Sent Events
 //!   (`serve --http`), through the same service.
+//! - [`metrics`]: what the server measures (appends, publishes by code, subscribers, lag,
+//!   delivery latency, fsync time, replica lag), recorded without locks, for `GET /metrics`.
 //! - [`auth`]: bearer tokens with roles, checked before any StoryService method runs.
 //! - [`cors`]: which web pages may call from a browser, over gRPC-Web and over HTTP.
 //! - [`tls`]: the server's TLS and mutual TLS from PEM files.
@@ -43,6 +45,7 @@ pub mod encoded;
 pub mod http;
 pub mod limits;
 pub mod log;
+pub mod metrics;
 pub mod ninjs;
 pub mod pb;
 pub mod server;

@@ -175,6 +175,10 @@ impl Subscription {
                 Err(error) => return Some(Err(self.end(error.into()))),
             };
             self.cursor = batch.next;
+            // Delivery latency counts live hand-overs only: a catch-up's old events would say
+            // how far back the subscriber asked to start, not how fast the server delivers.
+            let live_since = self.caught_up_sent.then(std::time::Instant::now);
+            let metrics = self.log.metrics();
             for entry in &batch.events {
                 if self
                     .ahead
@@ -191,6 +195,12 @@ impl Subscription {
                 }
                 self.ready
                     .push_back(EncodedResponse::Encoded(entry.encoded.clone()));
+                if let (Some(now), Some(appended_at)) = (live_since, entry.appended_at) {
+                    metrics.delivered(now.saturating_duration_since(appended_at));
+                }
+            }
+            if !self.ready.is_empty() {
+                metrics.subscriber_lag(batch.head.saturating_sub(self.cursor - 1));
             }
             // Once the cursor is past every story the snapshot sent ahead, nothing is skipped.
             if self.ahead.values().all(|&upto| upto < self.cursor) {

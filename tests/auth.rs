@@ -20,6 +20,8 @@ use tonic::{Code, Request, Status, transport::Channel};
 const PUBLISHER: &str = "publisher-secret-0123456789";
 const READER: &str = "reader-secret-0123456789";
 const OPERATOR: &str = "operator-secret-0123456789";
+/// A token with the metrics role, which reaches GET /metrics (tests/metrics.rs) and no RPC.
+const SCRAPER: &str = "scraper-secret-0123456789";
 
 fn tokens() -> Tokens {
     let reader_digest = {
@@ -34,7 +36,8 @@ fn tokens() -> Tokens {
         "# name roles token\n\
          desk publish {PUBLISHER}\n\
          wire subscribe sha256:{reader_digest}\n\
-         ops admin {OPERATOR}\n"
+         ops admin {OPERATOR}\n\
+         prometheus metrics {SCRAPER}\n"
     ))
     .expect("valid tokens")
 }
@@ -163,6 +166,12 @@ async fn each_role_reaches_exactly_its_methods() {
             "{method}: {denied:?}"
         );
         assert!(denied.message().contains(method), "{method}: {denied:?}");
+        let by_scraper = call(&mut client, method, Some(SCRAPER)).await;
+        assert_eq!(
+            by_scraper.map(|status| status.code()),
+            Some(Code::PermissionDenied),
+            "the metrics role reaches no RPC: {method}"
+        );
     }
 }
 

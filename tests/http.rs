@@ -6,49 +6,14 @@
 mod process;
 mod support;
 
-use std::{net::SocketAddr, time::Duration};
+use std::time::Duration;
 
-use process::Running;
-use storywire::pb::{self, story_service_client::StoryServiceClient};
+use process::HttpServer as Server;
+use storywire::pb;
 use support::{
-    client_at,
     http1::{EventStream, get, get_gzip, options},
     open, report,
 };
-use tonic::transport::Channel;
-
-/// A server with its gRPC and HTTP addresses.
-struct Server {
-    /// The process.
-    process: Running,
-    /// Its gRPC URL.
-    grpc: String,
-    /// Its HTTP address.
-    http: SocketAddr,
-}
-
-impl Server {
-    /// `storywire serve --listen 127.0.0.1:0 --http 127.0.0.1:0` with `extra` flags.
-    async fn start(extra: &[&str]) -> Self {
-        let mut args = vec!["serve", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"];
-        args.extend_from_slice(extra);
-        let mut process = Running::spawn(process::storywire(&args));
-        let (grpc, _) = process.listening_address().await;
-        let (http, _) = process
-            .announced_address("storywire HTTP listening address=")
-            .await;
-        Self {
-            process,
-            grpc: format!("http://{grpc}"),
-            http,
-        }
-    }
-
-    /// A gRPC client of this server.
-    async fn client(&self) -> StoryServiceClient<Channel> {
-        client_at(&self.grpc).await
-    }
-}
 
 /// How soon a live event must arrive once published. Publishing and reading are loopback round
 /// trips of milliseconds; a compressor holding events back would hold this one until kilobytes

@@ -40,7 +40,8 @@ pub struct Args {
     #[arg(long)]
     demo: bool,
     /// Require a bearer token with the right role for every StoryService call; the file has one
-    /// `NAME ROLES TOKEN` a line (roles: publish, subscribe, admin; TOKEN may be sha256:HEX).
+    /// `NAME ROLES TOKEN` a line (roles: publish, subscribe, metrics, admin; TOKEN may be
+    /// sha256:HEX).
     #[arg(long, env = "STORYWIRE_TOKENS", value_name = "FILE")]
     tokens: Option<PathBuf>,
     /// Serve without --tokens on an address beyond loopback, where anyone who can reach it could
@@ -87,6 +88,11 @@ pub struct Args {
     #[arg(long, env = "STORYWIRE_CORS_ORIGIN", value_name = "ORIGIN", value_delimiter = ',',
           value_parser = cors::parse_origin)]
     cors_origin: Vec<axum::http::HeaderValue>,
+    /// With --tokens: let anyone scrape GET /metrics on the HTTP listener without a token
+    /// (--public-read opens it too). Otherwise a scrape needs a token with the metrics (or
+    /// admin) role.
+    #[arg(long, env = "STORYWIRE_METRICS_PUBLIC")]
+    metrics_public: bool,
     /// With --data-dir: when a publish is acknowledged. always: after its record is fsynced
     /// (concurrent publishers share fsyncs); batch: after it is written, fsync every
     /// --fsync-interval-ms, and readers see it after the fsync; never: after it is written,
@@ -242,6 +248,7 @@ pub async fn run(args: Args) -> Result<ExitCode, CliError> {
                 tokens: options.tokens.clone(),
                 public_read: args.public_read,
                 cors: options.cors.clone(),
+                metrics_public: args.metrics_public,
             };
             Some((listener, http_options))
         }

@@ -141,6 +141,8 @@ pub struct Replica {
 impl Replica {
     /// Follows the stream until the log is dropped or the stream holds what cannot be applied.
     pub async fn run(mut self) {
+        // Exposed from the start, before the first message.
+        self.log.metrics().replica();
         if self.next > self.start_head {
             self.caught_up.send_replace(true);
         }
@@ -206,6 +208,8 @@ impl Replica {
         match self.stream.info().await {
             Ok(info) if info.state.last_sequence >= self.next => {
                 self.start_head = self.start_head.max(info.state.last_sequence);
+                let behind = info.state.last_sequence + 1 - self.next;
+                self.log.metrics().replica().behind(behind);
                 if *self.caught_up.borrow() {
                     tracing::info!(
                         next = self.next,
@@ -238,19 +242,40 @@ impl Replica {
                     Ok(Some(Err(error))) => return Stop::Transient(format!("pulling: {error}")),
                     Ok(Some(Ok(message))) => message,
                 };
-                let sequence = match message.info() {
-                    Ok(info) => info.stream_sequence,
+                let (sequence, pending, published) = match message.info() {
+                    Ok(info) => (
+                        info.stream_sequence,
+                        info.pending,
+                        info.published.unix_timestamp_nanos(),
+                    ),
                     Err(error) => return Stop::Transient(format!("message info: {error}")),
                 };
                 if let Err(stop) = self.take(sequence, &message.payload) {
                     return stop;
                 }
+                self.note_applied(pending, published);
                 // At once, not when the pull ends: a pull that finds fewer messages than it asked
                 // for waits out its expiry first.
                 self.note_caught_up();
             }
             self.note_caught_up();
         }
+    }
+
+    /// Records in the metrics that the replica applied a message JetStream stored at
+    /// `published` (nanoseconds since the Unix epoch, by the server's clock), with `pending`
+    /// messages after it.
+    fn note_applied(&self, pending: u64, published: i128) {
+        let replica = self.log.metrics().replica();
+        replica.behind(pending);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_nanos());
+        // A server clock ahead of this node's reads as no delay rather than a negative one.
+        let delay = i128::try_from(now).unwrap_or(i128::MAX) - published;
+        replica.applied_after(std::time::Duration::from_nanos(
+            u64::try_from(delay).unwrap_or(0),
+        ));
     }
 
     /// Turns the replica caught up once it has applied `start_head`.
@@ -289,6 +314,9 @@ impl Replica {
             self.log.replicate(sequence, proposal)
         };
         taken.map_err(Stop::Fatal)?;
+        if sequence > self.snapshot_head {
+            self.log.metrics().appended(1);
+        }
         self.next = sequence + 1;
         self.log.show(sequence);
         if sequence.is_multiple_of(self.snapshot_every) && sequence > self.snapshot_head {

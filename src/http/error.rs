@@ -7,6 +7,8 @@ use axum::{
 };
 use tonic::{Code, Status};
 
+use crate::service::code_name;
+
 /// The HTTP status for a gRPC code, as gRPC-HTTP gateways map them (Google's API guidelines).
 pub fn http_status(code: Code) -> StatusCode {
     match code {
@@ -43,27 +45,4 @@ pub fn response(status: &Status) -> Response {
         body(status).to_string(),
     )
         .into_response()
-}
-
-/// A code's name as gRPC spells it (`NOT_FOUND`), which tonic's `Display` does not give.
-fn code_name(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
-    }
 }

@@ -34,6 +34,7 @@ use tonic::Status;
 use super::{App, error, parse, query_object};
 use crate::{
     encoded::EncodedResponse,
+    metrics::Transport,
     pb::{self, server::story_service_server::StoryService, subscribe_response::Item},
 };
 
@@ -90,11 +91,9 @@ async fn subscribe(
         object.insert("log_id".to_owned(), Value::String(log_id));
     }
     let request: pb::SubscribeRequest = parse(object)?;
-    let items = app
-        .service
-        .subscribe(app.request(request, caller))
-        .await?
-        .into_inner();
+    let mut request = app.request(request, caller);
+    request.extensions_mut().insert(Transport::Sse);
+    let items = app.service.subscribe(request).await?.into_inner();
     let events = items
         .map(Some)
         .chain(stream::once(async { None }))

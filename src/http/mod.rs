@@ -11,6 +11,7 @@
 //!   ([`crate::ninjs`]).
 //! - `GET /v1/events?from_sequence=&story=&tag=&log_id=`: Subscribe as SSE ([`events`]).
 //! - `GET /` and `GET /stories/{id}`: the live page ([`page`]).
+//! - `GET /metrics`: what the server measures, for Prometheus ([`metrics`]).
 //!
 //! Responses are gzipped for a client that asks (`Accept-Encoding: gzip`), except the event
 //! streams, and pages on the origins [`crate::cors`] allows may read them from a browser.
@@ -38,6 +39,7 @@ use crate::{
 
 mod error;
 mod events;
+mod metrics;
 mod page;
 
 pub use error::http_status;
@@ -51,6 +53,8 @@ pub struct HttpOptions {
     pub public_read: bool,
     /// The origins whose pages may read from a browser ([`crate::cors`]).
     pub cors: Origins,
+    /// Anyone may scrape `GET /metrics` (`--metrics-public`; `--public-read` opens it too).
+    pub metrics_public: bool,
 }
 
 /// What every handler shares.
@@ -76,6 +80,7 @@ pub fn router(service: Service, options: HttpOptions) -> Router {
         .route("/v1/stories/{id}", get(get_story))
         .route("/v1/stories/{id}/ninjs", get(get_ninjs))
         .route("/v1/events", get(events::events))
+        .route("/metrics", get(metrics::metrics))
         .with_state(App { service, options })
         .layer(compression)
         .layer(cors)

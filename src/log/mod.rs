@@ -7,7 +7,10 @@
 //! [`memory`] at once, [`write_ahead`] once on disk. Readers (`query`) see only the visible
 //! head, and hold the lock only to clone `Arc`s.
 
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::{
+    sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard},
+    time::Instant,
+};
 
 use bytes::Bytes;
 use tokio::sync::watch;
@@ -16,6 +19,7 @@ use crate::{
     clock::Clock,
     encoded::decode_event,
     limits::StoryLimits,
+    metrics::{Format, Metrics},
     pb,
     story::StoryError,
     wal::{WalConfig, WalError},
@@ -147,6 +151,9 @@ pub struct LoggedEvent {
     pub(super) client_event_id: Option<Box<str>>,
     /// The event as the `SubscribeResponse` subscribers receive, encoded once at append.
     pub encoded: Bytes,
+    /// When this process appended it, for the delivery latency; `None` for an event read back
+    /// from disk or a snapshot, which nobody waited for.
+    pub appended_at: Option<Instant>,
 }
 
 impl LoggedEvent {
@@ -186,6 +193,9 @@ pub struct EventLog {
     journal: Box<dyn Journal>,
     /// The thread that rebuilds stories as of a version, started by the first such read.
     rebuilder: std::sync::OnceLock<query::Rebuilder>,
+    /// What the server measures. Here because everything that records into it holds the log:
+    /// a new log, new counts (see [`crate::metrics`]).
+    metrics: Metrics,
 }
 
 impl std::fmt::Debug for EventLog {
@@ -242,6 +252,7 @@ impl EventLog {
             heads,
             journal,
             rebuilder: std::sync::OnceLock::new(),
+            metrics: Metrics::new(),
         }
     }
 
@@ -316,6 +327,23 @@ impl EventLog {
         self.read().first_retained
     }
 
+    /// How many events are retained for reading.
+    pub fn retained(&self) -> u64 {
+        let state = self.read();
+        (state.appended + 1).saturating_sub(state.first_retained)
+    }
+
+    /// What the server measures: every component that holds the log records into it.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Everything the server measures as text in `format`, with the head and the retained
+    /// events as they stand now.
+    pub fn encode_metrics(&self, format: Format) -> String {
+        self.metrics.encode(format, self.head(), self.retained())
+    }
+
     /// How many subscriptions are open (each holds one head receiver).
     pub fn subscribers(&self) -> usize {
         self.heads.watchers()
@@ -367,11 +395,10 @@ impl EventLog {
                 })
                 .collect()
         };
-        let newest = outcomes
-            .iter()
-            .filter_map(|o| o.as_ref().ok())
-            .map(|r| r.sequence)
-            .max();
+        let appended = outcomes.iter().filter_map(|o| o.as_ref().ok());
+        self.metrics
+            .appended(appended.clone().filter(|r| !r.duplicate).count() as u64);
+        let newest = appended.map(|r| r.sequence).max();
         if let Some(sequence) = newest {
             self.journal.flush(sequence);
         }

@@ -211,6 +211,7 @@ impl LogState {
             entered,
             client_event_id,
             encoded: encode_event(event),
+            appended_at: Some(std::time::Instant::now()),
         });
         self.entries.push_back(entry.clone());
         self.appended = sequence;
@@ -267,6 +268,7 @@ impl LogState {
             }),
             client_event_id,
             encoded: from_event_bytes(&record.event),
+            appended_at: None,
         }));
         self.appended = sequence;
         Ok(())

@@ -151,14 +151,17 @@ pub(super) fn open(
             signal,
             thread: Mutex::new(Some(thread)),
         };
-        EventLog::assemble(
+        let log = EventLog::assemble(
             recovery.log_id,
             retain_events,
             clock,
             RwLock::new(state),
             heads,
             Box::new(journal),
-        )
+        );
+        // Exposed from the start, before the first fsync.
+        log.metrics().wal_fsync();
+        log
     }))
 }
 
@@ -222,13 +225,13 @@ impl Rounds {
         let sync_due = self.last_sync.elapsed() >= self.interval;
         match self.fsync {
             FsyncMode::Always => {
-                self.writer.sync()?;
+                self.fsync(log)?;
                 self.heads.announce(self.last_written);
             }
             FsyncMode::Batch => {
                 self.heads.acknowledge(self.last_written);
                 if sync_due && self.writer.is_dirty() {
-                    self.sync()?;
+                    self.sync(log)?;
                 }
             }
             FsyncMode::Never => self.heads.announce(self.last_written),
@@ -251,16 +254,30 @@ impl Rounds {
         let (stories, head, first_retained, pending) =
             log.stories_for_snapshot(|| take(&self.pending));
         self.write(&pending)?;
-        self.sync()?;
+        self.sync(log)?;
         let snapshot = wal::encode_snapshot(log.log_id(), head, &stories);
         self.writer.compact(&snapshot, first_retained)
     }
 
     /// Syncs what was written, and shows it.
-    fn sync(&mut self) -> Result<(), WalError> {
-        self.writer.sync()?;
+    fn sync(&mut self, log: &EventLog) -> Result<(), WalError> {
+        self.fsync(log)?;
         self.last_sync = Instant::now();
         self.heads.announce(self.last_written);
+        Ok(())
+    }
+
+    /// Syncs what was written, timing the fsync (if there was anything to sync) in the log's
+    /// metrics.
+    fn fsync(&mut self, log: &EventLog) -> Result<(), WalError> {
+        if !self.writer.is_dirty() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        self.writer.sync()?;
+        log.metrics()
+            .wal_fsync()
+            .observe_duration(started.elapsed());
         Ok(())
     }
 

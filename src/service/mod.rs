@@ -15,6 +15,7 @@ use crate::{
     encoded::EncodedResponse,
     limits::{Caller, LimitError, SubscriberSlots},
     log::{EventLog, Filter, LogError},
+    metrics::{Format, Metrics, Rpc, Transport},
     pb::{self, server::story_service_server::StoryService},
     story::StoryError,
     subscription::{End, Start, Subscription},
@@ -133,6 +134,30 @@ pub fn status(error: impl Into<Error>) -> Status {
     Status::new(code, message)
 }
 
+/// A code's name as gRPC spells it (`NOT_FOUND`), which tonic's `Display` does not give: what
+/// the HTTP face's errors and the metrics' `code` label say.
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
 mod publish_stream;
 
 use publish_stream::PublishSession;
@@ -184,11 +209,38 @@ impl Service {
         (events, from)
     }
 
+    /// Everything the server measures, as text in `format` (`GET /metrics`).
+    pub fn encode_metrics(&self, format: Format) -> String {
+        self.log.encode_metrics(format)
+    }
+
+    /// What the server measures, carried by its log.
+    fn metrics(&self) -> &Metrics {
+        self.log.metrics()
+    }
+
     /// The service of a cluster node: publishes go through `node`'s stream, and everything is
     /// read from its replica.
     pub fn through(mut self, node: Option<Arc<Node>>) -> Self {
         self.cluster = node;
         self
+    }
+
+    /// Publishes one request as `published_by`: through the cluster node's stream, or appended
+    /// to the log and answered once acknowledged.
+    async fn publish_one(
+        &self,
+        request: pb::PublishRequest,
+        published_by: &str,
+    ) -> Result<pb::PublishResponse, Status> {
+        if let Some(node) = &self.cluster {
+            validate::publish(&request).map_err(status)?;
+            return node.publish(request, published_by).await.map_err(status);
+        }
+        let receipt = publish(&self.log, request, published_by).map_err(status)?;
+        // With a data directory, acknowledged means written as the fsync mode says.
+        self.log.acknowledged(receipt.sequence).await;
+        Ok(receipt)
     }
 }
 
@@ -225,16 +277,13 @@ impl StoryService for Service {
         request: Request<pb::PublishRequest>,
     ) -> Result<Response<pb::PublishResponse>, Status> {
         let published_by = publisher(&request);
-        if let Some(node) = &self.cluster {
-            let request = request.into_inner();
-            validate::publish(&request).map_err(status)?;
-            let receipt = node.publish(request, &published_by).await.map_err(status)?;
-            return Ok(Response::new(receipt));
-        }
-        let receipt = publish(&self.log, request.into_inner(), &published_by).map_err(status)?;
-        // With a data directory, acknowledged means written as the fsync mode says.
-        self.log.acknowledged(receipt.sequence).await;
-        Ok(Response::new(receipt))
+        let answer = self.publish_one(request.into_inner(), &published_by).await;
+        let (code, duplicate) = match &answer {
+            Ok(receipt) => (Code::Ok, receipt.duplicate),
+            Err(status) => (status.code(), false),
+        };
+        self.metrics().published(Rpc::Publish, code, duplicate);
+        answer.map(Response::new)
     }
 
     type PublishStreamStream = PublishResponseStream;
@@ -263,6 +312,11 @@ impl StoryService for Service {
             .slots
             .take(request.extensions().get::<Caller>())
             .map_err(status)?;
+        let transport = request
+            .extensions()
+            .get::<Transport>()
+            .copied()
+            .unwrap_or(Transport::Grpc);
         let request = request.into_inner();
         let heartbeat = validate::subscribe(&request).map_err(status)?;
         self.log.check_log_id(&request.log_id).map_err(status)?;
@@ -282,12 +336,13 @@ impl StoryService for Service {
             heartbeat,
             self.shutdown.clone(),
         );
-        // The slot lives as long as the stream.
+        // The slot lives as long as the stream, and so does its count in the metrics.
+        let open = self.metrics().subscriber_opened(transport);
         let items = stream::unfold(
-            (subscription, slot),
-            |(mut subscription, slot)| async move {
+            (subscription, slot, open),
+            |(mut subscription, slot, open)| async move {
                 let item = subscription.next().await?;
-                Some((item.map_err(status), (subscription, slot)))
+                Some((item.map_err(status), (subscription, slot, open)))
             },
         );
         Ok(Response::new(Box::pin(items)))

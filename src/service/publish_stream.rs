@@ -5,12 +5,13 @@ use std::{collections::VecDeque, pin::Pin, sync::Arc};
 
 use futures_util::{FutureExt, Stream, stream};
 use tokio::sync::watch;
-use tonic::{Status, Streaming};
+use tonic::{Code, Status, Streaming};
 
 use super::{Error, status};
 use crate::{
     cluster::Node,
     log::EventLog,
+    metrics::Rpc,
     pb,
     subscription::End,
     validate::{self, FieldError},
@@ -226,6 +227,7 @@ impl PublishSession {
             if let Some(node) = &self.cluster {
                 // Answered once acknowledged by JetStream and applied here.
                 self.answered = publish_burst_through(node, burst, &self.published_by).await;
+                self.count_answered();
                 continue;
             }
             self.answered = publish_burst(&self.log, burst, &self.published_by);
@@ -243,6 +245,21 @@ impl PublishSession {
             if let Some(newest) = newest.max() {
                 self.log.acknowledged(newest).await;
             }
+            self.count_answered();
+        }
+    }
+
+    /// Counts each answer to a burst in the metrics, as Publish counts its one.
+    fn count_answered(&self) {
+        use pb::publish_stream_response::Result as Outcome;
+        let metrics = self.log.metrics();
+        for response in &self.answered {
+            let (code, duplicate) = match &response.result {
+                Some(Outcome::Accepted(receipt)) => (Code::Ok, receipt.duplicate),
+                Some(Outcome::Rejected(error)) => (Code::from(error.code), false),
+                None => continue,
+            };
+            metrics.published(Rpc::PublishStream, code, duplicate);
         }
     }
 }

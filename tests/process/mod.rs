@@ -288,6 +288,42 @@ impl Drop for Running {
     }
 }
 
+/// `storywire serve` with its HTTP face: gRPC and HTTP each on a loopback port of its own.
+pub struct HttpServer {
+    /// The process; dropping it kills the server.
+    pub process: Running,
+    /// Its gRPC URL.
+    pub grpc: String,
+    /// Its HTTP address.
+    pub http: std::net::SocketAddr,
+}
+
+impl HttpServer {
+    /// `storywire serve --listen 127.0.0.1:0 --http 127.0.0.1:0` with `extra` flags, once it
+    /// has announced both addresses.
+    pub async fn start(extra: &[&str]) -> Self {
+        let mut args = vec!["serve", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"];
+        args.extend_from_slice(extra);
+        let mut process = Running::spawn(storywire(&args));
+        let (grpc, _) = process.listening_address().await;
+        let (http, _) = process
+            .announced_address("storywire HTTP listening address=")
+            .await;
+        Self {
+            process,
+            grpc: format!("http://{grpc}"),
+            http,
+        }
+    }
+
+    /// A gRPC client of this server.
+    pub async fn client(
+        &self,
+    ) -> storywire::pb::story_service_client::StoryServiceClient<tonic::transport::Channel> {
+        crate::support::client_at(&self.grpc).await
+    }
+}
+
 /// Forwards `output`'s lines to a channel as they arrive, until end of file.
 fn forward_lines(
     output: impl AsyncRead + Unpin + Send + 'static,

@@ -1,0 +1,625 @@
+//! What the server measures, for `GET /metrics` ([`crate::http`]): the handles every component
+//! records into, and their exposition as OpenMetrics or Prometheus text.
+//!
+//! One [`Metrics`] belongs to each [`crate::log::EventLog`]: every component that records into
+//! it already holds the log (the service, each subscription, the write-ahead thread, the replica
+//! task), so it travels with the log instead of living in a global, and servers started side by
+//! side in one process (the tests) never mix their counts.
+//!
+//! Recording is a few relaxed atomic additions, never a lock: the publish path already holds the
+//! log's write lock, and the fan-out runs once per subscriber per batch. prometheus-client's own
+//! histogram takes a mutex on every observation, so the histograms here are [`Histogram`]: atomic
+//! buckets in a shard per thread, added up only when scraped.
+
+use std::{
+    sync::{
+        Arc, OnceLock,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use prometheus_client::{
+    encoding::{EncodeMetric, MetricEncoder, NoLabelSet},
+    metrics::{MetricType, counter::Counter, gauge::Gauge},
+    registry::{Registry, Unit},
+};
+use tonic::Code;
+
+use crate::service::code_name;
+
+/// The prefix of every metric's name.
+const PREFIX: &str = "storywire";
+
+/// The OpenMetrics text format's content type, which Prometheus asks for first.
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The Prometheus text format's content type, for every other client (curl, older scrapers).
+pub const PROMETHEUS_CONTENT_TYPE: &str =
+    prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
+/// Bucket bounds of the histograms in seconds, kept in nanoseconds: from 100 µs (an fsync on a
+/// fast SSD, a delivery to a subscriber at the head) to 10 s (past which an alert has long fired).
+const SECONDS_BOUNDS_NS: [u64; 16] = [
+    100_000,
+    250_000,
+    500_000,
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    25_000_000,
+    50_000_000,
+    100_000_000,
+    250_000_000,
+    500_000_000,
+    1_000_000_000,
+    2_500_000_000,
+    5_000_000_000,
+    10_000_000_000,
+];
+
+/// Bucket bounds of the subscriber lag, in events: 0 (at the head) by powers of four up to the
+/// default retention (1,000,000), beyond which a subscriber has been evicted.
+const EVENTS_BOUNDS: [u64; 12] = [
+    0, 1, 4, 16, 64, 256, 1_024, 4_096, 16_384, 65_536, 262_144, 1_048_576,
+];
+
+/// How many shards a histogram spreads its observations over: threads pick one each, so that
+/// the runtime's workers rarely write the same cache line. More than the cores of most hosts;
+/// each shard costs 256 bytes.
+const SHARDS: usize = 16;
+
+/// The most bounds a histogram may have (`+Inf` is one more bucket).
+const MAX_BOUNDS: usize = 16;
+
+/// The RPCs a publish arrives by, the `rpc` label of `storywire_publishes_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rpc {
+    /// `Publish`: one request, one answer.
+    Publish,
+    /// `PublishStream`: each message counts once.
+    PublishStream,
+}
+
+impl Rpc {
+    const ALL: [Self; 2] = [Self::Publish, Self::PublishStream];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Publish => "Publish",
+            Self::PublishStream => "PublishStream",
+        }
+    }
+}
+
+/// How a subscriber reads, the `transport` label of `storywire_subscribers_open`. The HTTP face
+/// puts [`Transport::Sse`] in the extensions of the Subscribe request it makes; a request without
+/// one came over gRPC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// A gRPC Subscribe stream.
+    Grpc,
+    /// `GET /v1/events`: Server-Sent Events.
+    Sse,
+}
+
+impl Transport {
+    const ALL: [Self; 2] = [Self::Grpc, Self::Sse];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Grpc => "grpc",
+            Self::Sse => "sse",
+        }
+    }
+}
+
+/// Every gRPC code, in the order of their numbers, so that `code as usize` indexes them.
+const CODES: [Code; 17] = [
+    Code::Ok,
+    Code::Cancelled,
+    Code::Unknown,
+    Code::InvalidArgument,
+    Code::DeadlineExceeded,
+    Code::NotFound,
+    Code::AlreadyExists,
+    Code::PermissionDenied,
+    Code::ResourceExhausted,
+    Code::FailedPrecondition,
+    Code::Aborted,
+    Code::OutOfRange,
+    Code::Unimplemented,
+    Code::Internal,
+    Code::Unavailable,
+    Code::DataLoss,
+    Code::Unauthenticated,
+];
+
+/// The text format a scrape asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// OpenMetrics 1.0 text (`# EOF` at the end), which Prometheus prefers.
+    OpenMetrics,
+    /// The Prometheus text format 0.0.4.
+    Prometheus,
+}
+
+impl Format {
+    /// The format an `Accept` header asks for: OpenMetrics if it names it, as Prometheus's does;
+    /// the Prometheus text format otherwise.
+    pub fn from_accept(accept: Option<&str>) -> Self {
+        match accept {
+            Some(accept) if accept.contains("application/openmetrics-text") => Self::OpenMetrics,
+            _ => Self::Prometheus,
+        }
+    }
+
+    /// The response's `Content-Type`.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Self::OpenMetrics => OPENMETRICS_CONTENT_TYPE,
+            Self::Prometheus => PROMETHEUS_CONTENT_TYPE,
+        }
+    }
+}
+
+/// The handles every component records into. One per log ([`crate::log::EventLog::metrics`]).
+#[derive(Debug)]
+pub struct Metrics {
+    /// Events the log appended (on a cluster node: applied from the stream).
+    events_appended: Counter,
+    /// Publishes answered, by RPC and code; indexed `[rpc][code]`. Shared with `publishes_by`.
+    publishes: [[Counter; CODES.len()]; Rpc::ALL.len()],
+    /// The same counters with their labels, in order, for the exposition.
+    publishes_by: Labeled<Counter>,
+    /// Publishes answered with the original receipt (`duplicate: true`).
+    duplicates: Counter,
+    /// Open subscriptions, by transport; indexed like [`Transport::ALL`].
+    subscribers_open: [Gauge; Transport::ALL.len()],
+    /// The same gauges with their labels.
+    subscribers_open_by: Labeled<Gauge>,
+    /// Head minus a subscriber's position after each batch it is handed, in events.
+    subscriber_lag: Histogram,
+    /// From an event's append to its hand-over to a live subscriber, in nanoseconds.
+    delivery_latency: Histogram,
+    /// The newest sequence readers may see; set when scraped.
+    head_sequence: Gauge,
+    /// Events retained for reading; set when scraped.
+    retained_events: Gauge,
+    /// One fsync of the write-ahead log, in nanoseconds; exists once a write-ahead journal does.
+    wal_fsync: OnceLock<Histogram>,
+    /// A cluster node's replica; exists once its replica task does.
+    replica: OnceLock<ReplicaMetrics>,
+}
+
+/// What a cluster node's replica task records.
+#[derive(Debug, Clone)]
+pub struct ReplicaMetrics {
+    /// Messages the stream holds past the one the replica applied last.
+    lag_events: Gauge,
+    /// From JetStream storing a message to the replica applying it, in nanoseconds.
+    apply_delay: Histogram,
+}
+
+impl ReplicaMetrics {
+    /// Records that the stream holds `count` messages past the one the replica applied last.
+    pub fn behind(&self, count: u64) {
+        self.lag_events.set(gauge_value(count));
+    }
+
+    /// Records that the replica applied a message `delay` after JetStream stored it.
+    pub fn applied_after(&self, delay: Duration) {
+        self.apply_delay.observe_duration(delay);
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Handles at zero.
+    pub fn new() -> Self {
+        let publishes: [[Counter; CODES.len()]; Rpc::ALL.len()] = Default::default();
+        let publishes_by = Labeled(
+            Rpc::ALL
+                .iter()
+                .flat_map(|&rpc| CODES.iter().map(move |&code| (rpc, code)))
+                .map(|(rpc, code)| {
+                    let labels = vec![("rpc", rpc.label()), ("code", code_name(code))];
+                    (labels, publishes[rpc as usize][code as usize].clone())
+                })
+                .collect::<Vec<_>>()
+                .into(),
+        );
+        let subscribers_open: [Gauge; Transport::ALL.len()] = Default::default();
+        let subscribers_open_by = Labeled(
+            Transport::ALL
+                .iter()
+                .map(|&transport| {
+                    (
+                        vec![("transport", transport.label())],
+                        subscribers_open[transport as usize].clone(),
+                    )
+                })
+                .collect::<Vec<_>>()
+                .into(),
+        );
+        Self {
+            events_appended: Counter::default(),
+            publishes,
+            publishes_by,
+            duplicates: Counter::default(),
+            subscribers_open,
+            subscribers_open_by,
+            subscriber_lag: Histogram::new(&EVENTS_BOUNDS, 1.0),
+            delivery_latency: Histogram::seconds(),
+            head_sequence: Gauge::default(),
+            retained_events: Gauge::default(),
+            wal_fsync: OnceLock::new(),
+            replica: OnceLock::new(),
+        }
+    }
+
+    /// Counts `count` events appended to the log.
+    pub fn appended(&self, count: u64) {
+        if count > 0 {
+            self.events_appended.inc_by(count);
+        }
+    }
+
+    /// Counts one publish answered with `code` by `rpc`; `duplicate` when the answer was the
+    /// original receipt of a repeated event_id.
+    pub fn published(&self, rpc: Rpc, code: Code, duplicate: bool) {
+        self.publishes[rpc as usize][code as usize].inc();
+        if duplicate {
+            self.duplicates.inc();
+        }
+    }
+
+    /// Counts a subscription open over `transport` until the returned guard is dropped.
+    pub fn subscriber_opened(&self, transport: Transport) -> OpenSubscriber {
+        let gauge = self.subscribers_open[transport as usize].clone();
+        gauge.inc();
+        OpenSubscriber(gauge)
+    }
+
+    /// Records that a subscriber was handed a batch and is now `lag` events behind the head.
+    pub fn subscriber_lag(&self, lag: u64) {
+        self.subscriber_lag.observe(lag);
+    }
+
+    /// Records that a live subscriber was handed an event `latency` after it was appended.
+    pub fn delivered(&self, latency: Duration) {
+        self.delivery_latency.observe(nanos(latency));
+    }
+
+    /// The write-ahead log's fsync times, exposed from the first call on (the journal's opening).
+    pub fn wal_fsync(&self) -> &Histogram {
+        self.wal_fsync.get_or_init(Histogram::seconds)
+    }
+
+    /// A cluster node's replica's handles, exposed from the first call on (the replica's start).
+    pub fn replica(&self) -> &ReplicaMetrics {
+        self.replica.get_or_init(|| ReplicaMetrics {
+            lag_events: Gauge::default(),
+            apply_delay: Histogram::seconds(),
+        })
+    }
+
+    /// Every metric as text in `format`, with the log's `head` sequence and its `retained`
+    /// event count as they stand now.
+    pub fn encode(&self, format: Format, head: u64, retained: u64) -> String {
+        self.head_sequence.set(gauge_value(head));
+        self.retained_events.set(gauge_value(retained));
+        let registry = self.registry();
+        let mut text = String::new();
+        let encoded = match format {
+            Format::OpenMetrics => prometheus_client::encoding::text::encode(&mut text, &registry),
+            Format::Prometheus => {
+                prometheus_client::encoding::prometheus_text::encode(&mut text, &registry)
+            }
+        };
+        // Writing to a String cannot fail, and every metric here encodes.
+        encoded.expect("metrics encode to text");
+        text
+    }
+
+    /// A registry of every handle, built for one scrape: the handles are shared, so this copies
+    /// reference counts, and leaves out what this server does not run (the write-ahead log, a
+    /// replica).
+    fn registry(&self) -> Registry {
+        let mut registry = Registry::with_prefix(PREFIX);
+        registry.register(
+            "events_appended",
+            "Events this server's log appended since it started (on a cluster node: applied from the stream, whichever node published them)",
+            self.events_appended.clone(),
+        );
+        registry.register(
+            "publishes",
+            "Publishes answered by the StoryService, by RPC (PublishStream: one per message) and gRPC status code; calls refused before it (tokens, tonic's size limits) are not counted",
+            self.publishes_by.clone(),
+        );
+        registry.register(
+            "publish_duplicates",
+            "Publishes answered with the original receipt (duplicate: true) because their event_id was already in the log; also counted in publishes with code OK",
+            self.duplicates.clone(),
+        );
+        registry.register(
+            "subscribers_open",
+            "Open subscriptions, by transport: gRPC Subscribe streams and Server-Sent Event streams (GET /v1/events)",
+            self.subscribers_open_by.clone(),
+        );
+        registry.register_with_unit(
+            "subscriber_lag",
+            "Events between the log's head and a subscriber's position, observed each time it is handed a batch; 0 at the head",
+            Unit::Other("events".to_owned()),
+            self.subscriber_lag.clone(),
+        );
+        registry.register_with_unit(
+            "delivery_latency",
+            "Time from an event's append to this server's log to its hand-over to a live subscriber's stream (events sent during catch-up are not observed)",
+            Unit::Seconds,
+            self.delivery_latency.clone(),
+        );
+        registry.register(
+            "head_sequence",
+            "The newest sequence readers may see",
+            self.head_sequence.clone(),
+        );
+        registry.register_with_unit(
+            "retained",
+            "Events retained for catch-up, resumption and ListEvents (at most --retain-events)",
+            Unit::Other("events".to_owned()),
+            self.retained_events.clone(),
+        );
+        if let Some(fsync) = self.wal_fsync.get() {
+            registry.register_with_unit(
+                "wal_fsync",
+                "Time one fsync of the write-ahead log takes (--data-dir); publishers waiting together share one",
+                Unit::Seconds,
+                fsync.clone(),
+            );
+        }
+        if let Some(replica) = self.replica.get() {
+            registry.register_with_unit(
+                "replica_lag",
+                "Messages the stream held past the one this node's replica applied last, as JetStream said with it",
+                Unit::Other("events".to_owned()),
+                replica.lag_events.clone(),
+            );
+            registry.register_with_unit(
+                "replica_apply_delay",
+                "Time from JetStream storing a message to this node applying it to its replica (read from two clocks: the NATS server's and this node's)",
+                Unit::Seconds,
+                replica.apply_delay.clone(),
+            );
+        }
+        registry
+    }
+}
+
+/// An open subscription, counted in `storywire_subscribers_open` until dropped.
+#[derive(Debug)]
+pub struct OpenSubscriber(Gauge);
+
+impl Drop for OpenSubscriber {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// A duration in whole nanoseconds, saturating (at 584 years).
+pub fn nanos(duration: Duration) -> u64 {
+    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// A sequence or a count as a gauge's value, saturating.
+fn gauge_value(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// A metric with a fixed list of label sets, each with its own handle, exposed in this order
+/// (prometheus-client's `Family` would look each up in a locked map, and expose them unordered).
+#[derive(Debug, Clone)]
+struct Labeled<M>(Arc<[(Labels, M)]>);
+
+/// One series' labels, names and values.
+type Labels = Vec<(&'static str, &'static str)>;
+
+impl<M: EncodeMetric + prometheus_client::metrics::TypedMetric> EncodeMetric for Labeled<M> {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        for (labels, metric) in self.0.iter() {
+            metric.encode(encoder.encode_family(labels)?)?;
+        }
+        Ok(())
+    }
+
+    fn metric_type(&self) -> MetricType {
+        M::TYPE
+    }
+}
+
+/// A histogram of whole numbers (nanoseconds, events) that observes with two relaxed atomic
+/// additions and no lock: each thread adds to its own shard, and a scrape adds the shards up.
+///
+/// A scrape reads the shards while others add to them, so its sum may be an observation ahead of
+/// or behind its count; the count and the buckets always agree, as the count is their total.
+/// Cloning shares the counts.
+#[derive(Debug, Clone)]
+pub struct Histogram(Arc<HistogramInner>);
+
+#[derive(Debug)]
+struct HistogramInner {
+    /// The buckets' upper bounds, inclusive, ascending; a last bucket takes the rest (`+Inf`).
+    bounds: &'static [u64],
+    /// How many observed units make one exposed unit (1e9 for nanoseconds as seconds).
+    per_unit: f64,
+    /// The counts, a shard per group of threads.
+    shards: Box<[Shard]>,
+}
+
+/// One thread group's counts, on cache lines of its own.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Shard {
+    /// Observations per bucket (not cumulative); `[bounds.len()]` is `+Inf`.
+    buckets: [AtomicU64; MAX_BOUNDS + 1],
+    /// The observations' sum, in observed units.
+    sum: AtomicU64,
+}
+
+impl Histogram {
+    /// A histogram with buckets up to each of `bounds` (at most 16, ascending), of values
+    /// exposed divided by `per_unit`.
+    fn new(bounds: &'static [u64], per_unit: f64) -> Self {
+        assert!(bounds.len() <= MAX_BOUNDS, "at most {MAX_BOUNDS} bounds");
+        assert!(bounds.is_sorted(), "bounds ascend");
+        Self(Arc::new(HistogramInner {
+            bounds,
+            per_unit,
+            shards: (0..SHARDS).map(|_| Shard::default()).collect(),
+        }))
+    }
+
+    /// A histogram of durations observed in nanoseconds and exposed in seconds.
+    fn seconds() -> Self {
+        Self::new(&SECONDS_BOUNDS_NS, 1e9)
+    }
+
+    /// Observes `value` (in the histogram's unit: nanoseconds, or events).
+    pub fn observe(&self, value: u64) {
+        let inner = &*self.0;
+        let bucket = inner.bounds.partition_point(|&bound| bound < value);
+        let shard = &inner.shards[shard_index()];
+        shard.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        shard.sum.fetch_add(value, Ordering::Relaxed);
+    }
+
+    /// Observes a duration, in nanoseconds.
+    pub fn observe_duration(&self, duration: Duration) {
+        self.observe(nanos(duration));
+    }
+
+    /// The count of observations, their sum in the exposed unit, and per bucket (upper bound in
+    /// the exposed unit, count; not cumulative), added up over the shards.
+    fn totals(&self) -> (u64, f64, Vec<(f64, u64)>) {
+        let inner = &*self.0;
+        let mut counts = vec![0u64; inner.bounds.len() + 1];
+        let mut sum = 0u64;
+        for shard in inner.shards.iter() {
+            for (count, bucket) in counts.iter_mut().zip(&shard.buckets) {
+                *count += bucket.load(Ordering::Relaxed);
+            }
+            sum = sum.wrapping_add(shard.sum.load(Ordering::Relaxed));
+        }
+        let buckets = inner
+            .bounds
+            .iter()
+            .map(|&bound| bound as f64 / inner.per_unit)
+            .chain([f64::INFINITY])
+            .zip(counts.iter().copied())
+            .collect();
+        (counts.iter().sum(), sum as f64 / inner.per_unit, buckets)
+    }
+}
+
+impl EncodeMetric for Histogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let (count, sum, buckets) = self.totals();
+        encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
+
+/// The shard the current thread adds to: threads take shards in turn as they first observe.
+fn shard_index() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static SHARD: usize = NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS;
+    }
+    SHARD.with(|shard| *shard)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_histogram_counts_each_value_in_the_first_bucket_that_holds_it() {
+        let histogram = Histogram::new(&EVENTS_BOUNDS, 1.0);
+        for value in [0, 0, 1, 2, 4, 5, 2_000_000] {
+            histogram.observe(value);
+        }
+        let (count, sum, buckets) = histogram.totals();
+        assert_eq!(count, 7);
+        assert_eq!(sum, 2_000_012.0);
+        let counts: Vec<u64> = buckets.iter().map(|&(_, count)| count).collect();
+        assert_eq!(counts, [2, 1, 2, 1, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+        assert_eq!(buckets.last().map(|&(bound, _)| bound), Some(f64::INFINITY));
+    }
+
+    #[test]
+    fn observations_from_many_threads_all_count() {
+        let histogram = Histogram::seconds();
+        std::thread::scope(|scope| {
+            for _ in 0..8 {
+                scope.spawn(|| {
+                    for _ in 0..1_000 {
+                        histogram.observe_duration(Duration::from_millis(3));
+                    }
+                });
+            }
+        });
+        let (count, sum, buckets) = histogram.totals();
+        assert_eq!(count, 8_000);
+        assert!((sum - 24.0).abs() < 1e-9, "{sum}");
+        assert_eq!(buckets[5], (0.005, 8_000));
+    }
+
+    #[test]
+    fn both_formats_name_every_series_with_the_prefix_and_openmetrics_ends_with_eof() {
+        let metrics = Metrics::new();
+        metrics.published(Rpc::Publish, Code::Ok, false);
+        metrics.published(Rpc::PublishStream, Code::Ok, true);
+        metrics.published(Rpc::Publish, Code::InvalidArgument, false);
+        let open = metrics.subscriber_opened(Transport::Sse);
+        let open_metrics = metrics.encode(Format::OpenMetrics, 3, 3);
+        assert!(open_metrics.ends_with("# EOF\n"), "{open_metrics}");
+        let prometheus = metrics.encode(Format::Prometheus, 3, 3);
+        for text in [&open_metrics, &prometheus] {
+            assert!(
+                text.contains(
+                    r#"storywire_publishes_total{rpc="Publish",code="INVALID_ARGUMENT"} 1"#
+                ),
+                "{text}"
+            );
+            assert!(
+                text.contains("storywire_publish_duplicates_total 1"),
+                "{text}"
+            );
+            assert!(
+                text.contains(r#"storywire_subscribers_open{transport="sse"} 1"#),
+                "{text}"
+            );
+            assert!(text.contains("storywire_head_sequence 3"), "{text}");
+            assert!(
+                !text.contains("wal_fsync"),
+                "no write-ahead log here: {text}"
+            );
+        }
+        drop(open);
+        assert!(
+            metrics
+                .encode(Format::Prometheus, 3, 3)
+                .contains(r#"storywire_subscribers_open{transport="sse"} 0"#)
+        );
+    }
+}
