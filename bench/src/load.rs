@@ -124,19 +124,25 @@ fn story_opening(n: u64) -> pb::PublishRequest {
 
 /// The encoded size of a typical bench event as the server stores and sends it.
 pub fn typical_event_size() -> usize {
-    let request = bench_request(2);
+    update_event(2, 1_000_000).encoded_len()
+}
+
+/// The event a server sends for the `n`th bench request when it stamps it `sequence`, as
+/// storywire fills it in; what the NATS anchor publishes, so that every server carries the same
+/// bytes. Its `occurred_at` is now.
+pub fn update_event(n: u64, sequence: u64) -> pb::UpdateEvent {
+    let request = bench_request(n);
     pb::UpdateEvent {
-        sequence: 1_000_000,
+        sequence,
         event_id: uuid::Uuid::new_v4().to_string(),
         story_id: request.story_id,
-        story_version: 1_000_000,
+        story_version: sequence,
         headline: request.headline,
         occurred_at: request.occurred_at,
         recorded_at: request.occurred_at,
         change: request.change,
         published_by: storywire::service::ANONYMOUS.into(),
     }
-    .encoded_len()
 }
 
 /// Publishes `events` bench events at `rate` on one PublishStream, the first opening the story,
@@ -354,27 +360,56 @@ pub async fn receive(
     last: u64,
     deadline: Instant,
 ) -> Received {
-    let mut received = Received {
-        events: 0,
-        gaps: 0,
-        duplicates: 0,
-        latency: Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid bounds"),
-        last_at: None,
-    };
-    let mut previous = first - 1;
+    let mut tally = Tally::new(first, last);
     while let Ok(Ok(Some(message))) = tokio::time::timeout_at(deadline, stream.message()).await {
         let Some(Item::Event(event)) = message.item else {
             continue;
         };
-        let now = Instant::now();
-        received.events += 1;
-        received.last_at = Some(now);
-        if event.sequence <= previous {
-            received.duplicates += 1;
-            continue;
+        if tally.count(&event) {
+            break;
         }
-        received.gaps += event.sequence - previous - 1;
-        previous = event.sequence;
+    }
+    tally.finish()
+}
+
+/// One subscriber's count of the events it was sent, whatever carried them: sequences for gaps
+/// and duplicates, the publisher's stamp for latency.
+pub struct Tally {
+    /// What it has seen so far.
+    received: Received,
+    /// The highest sequence seen, or the one before the first expected.
+    previous: u64,
+    /// The sequence of the last event expected.
+    last: u64,
+}
+
+impl Tally {
+    /// A subscriber expecting the events from `first` to `last`.
+    pub fn new(first: u64, last: u64) -> Self {
+        Self {
+            received: Received {
+                events: 0,
+                gaps: 0,
+                duplicates: 0,
+                latency: Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid bounds"),
+                last_at: None,
+            },
+            previous: first - 1,
+            last,
+        }
+    }
+
+    /// Counts `event`, just received; true once the last expected event has arrived.
+    pub fn count(&mut self, event: &pb::UpdateEvent) -> bool {
+        let received = &mut self.received;
+        received.events += 1;
+        received.last_at = Some(Instant::now());
+        if event.sequence <= self.previous {
+            received.duplicates += 1;
+            return false;
+        }
+        received.gaps += event.sequence - self.previous - 1;
+        self.previous = event.sequence;
         if let Some(sent) = event.occurred_at.and_then(|t| {
             let nanos = u64::try_from(t.nanos).ok()?;
             let secs = u64::try_from(t.seconds).ok()?;
@@ -388,11 +423,13 @@ pub async fn receive(
                 .latency
                 .saturating_record(u64::try_from(micros).unwrap_or(u64::MAX));
         }
-        if event.sequence >= last {
-            break;
-        }
+        event.sequence >= self.last
     }
-    // A subscriber that stopped short of `last` missed the rest: those are gaps too.
-    received.gaps += last.saturating_sub(previous);
-    received
+
+    /// What the subscriber saw; one that stopped short of the last event missed the rest, and
+    /// those count as gaps too.
+    pub fn finish(mut self) -> Received {
+        self.received.gaps += self.last.saturating_sub(self.previous);
+        self.received
+    }
 }
