@@ -16,16 +16,26 @@ use prost::Message;
 use storywire::pb::{self, subscribe_response::Item};
 use tokio::time::Instant;
 
-use crate::load::{Rate, Received, Tally, update_event};
+use crate::load::{CONNECT_ATTEMPTS, CONNECT_WAVE, Rate, Received, Tally, update_event};
 
 /// The subject every bench event is published to and every subscriber listens on.
 const SUBJECT: &str = "bench.story";
 
-/// Connects one client to `url`.
+/// Connects one client to `url`, trying again after a second on failure, as many times as a
+/// gRPC subscriber would ([`CONNECT_ATTEMPTS`]).
 async fn connect_one(url: &str) -> Result<Client, String> {
-    async_nats::connect(url)
-        .await
-        .map_err(|e| format!("connect to NATS at {url}: {e}"))
+    let mut attempt = 1;
+    loop {
+        match async_nats::connect(url).await {
+            Ok(client) => return Ok(client),
+            Err(error) if attempt < CONNECT_ATTEMPTS => {
+                eprintln!("connect to NATS at {url}: {error}; trying again");
+                attempt += 1;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(error) => return Err(format!("connect to NATS at {url}: {error}")),
+        }
+    }
 }
 
 /// Connects `count` clients to `url`, one connection each.
@@ -58,6 +68,47 @@ pub async fn subscribe_many(clients: &[Client], count: usize) -> Result<Vec<Subs
             .map_err(|e| format!("NATS flush: {e}"))?;
     }
     Ok(subscribers)
+}
+
+/// Opens `count` subscriptions to `url`, each on a client (a connection) of its own, and waits
+/// until the server has registered each. The clients come back too, for [`close`].
+pub async fn subscribe_each(
+    url: &str,
+    count: usize,
+) -> Result<(Vec<Client>, Vec<Subscriber>), String> {
+    let opened: Vec<_> = futures_util::stream::iter(0..count)
+        .map(|_| async move {
+            let client = connect_one(url).await?;
+            let subscribers = subscribe_many(std::slice::from_ref(&client), 1).await?;
+            Ok::<_, String>((client, subscribers))
+        })
+        .buffer_unordered(CONNECT_WAVE)
+        .collect()
+        .await;
+    let mut clients = Vec::with_capacity(count);
+    let mut subscribers = Vec::with_capacity(count);
+    for pair in opened {
+        let (client, mut one) = pair?;
+        clients.push(client);
+        subscribers.append(&mut one);
+    }
+    Ok((clients, subscribers))
+}
+
+/// How long [`close`] waits for a client to drain before dropping it anyway.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Closes `clients` and waits until their connections are gone. Dropping a client is not enough:
+/// its connection task lives on, and once the server is gone it keeps reconnecting, holding a
+/// descriptor each; a drain ends the task.
+pub async fn close(clients: Vec<Client>) {
+    futures_util::stream::iter(clients)
+        .map(|client| async move {
+            let _ = tokio::time::timeout(DRAIN_TIMEOUT, client.drain()).await;
+        })
+        .buffer_unordered(CONNECT_WAVE)
+        .collect::<Vec<()>>()
+        .await;
 }
 
 /// The `n`th bench event (sequence `n`) as a storywire subscriber receives it, stamped now.

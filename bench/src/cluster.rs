@@ -80,7 +80,7 @@ pub struct Args {
     /// Events in the stream a new node catches up with, in the cluster case (0 skips it).
     #[arg(long, default_value_t = 1_000_000)]
     pub cluster_catch_up_events: u64,
-    /// The nats-server binary (2.12 or newer) for the cluster case [default:
+    /// The nats-server binary (2.12 or newer) for the cluster case and the NATS anchor [default:
     /// target/tools/nats/bin/nats-server in the workspace, where scripts/test installs it].
     #[arg(long, value_name = "PATH", env = "STORYWIRE_NATS_SERVER")]
     pub nats_server: Option<PathBuf>,

@@ -3,6 +3,7 @@
 
 use std::time::{Duration, SystemTime};
 
+use futures_util::StreamExt;
 use hdrhistogram::Histogram;
 use prost::Message;
 use tokio::{sync::mpsc, task::JoinSet, time::Instant};
@@ -350,6 +351,72 @@ pub async fn subscribe_many(
         opened += wave;
     }
     Ok(streams)
+}
+
+/// How many connections [`subscribe_each`] opens at once: enough to keep the server's accept
+/// loop busy, well under a listen backlog (tokio's is 1,024), so that no SYN is dropped and
+/// retried a second later.
+pub const CONNECT_WAVE: usize = 128;
+
+/// Opens `count` live subscriptions to `url`, each on an HTTP/2 connection of its own, waiting
+/// until each is registered. The channels come back too: a stream keeps its connection open, but
+/// the caller decides when they all close.
+pub async fn subscribe_each(
+    url: &str,
+    count: usize,
+) -> Result<(Vec<Channel>, Vec<Streaming<pb::SubscribeResponse>>), String> {
+    let endpoint = Endpoint::from_shared(url.to_owned())
+        .map_err(|e| e.to_string())?
+        .tcp_nodelay(true);
+    let opened: Vec<_> = futures_util::stream::iter(0..count)
+        .map(|_| {
+            let endpoint = endpoint.clone();
+            async move {
+                let channel = connect_patiently(&endpoint).await?;
+                let stream = StoryServiceClient::new(channel.clone())
+                    .subscribe(pb::SubscribeRequest::default())
+                    .await
+                    .map_err(|e| format!("subscribe: {e}"))?
+                    .into_inner();
+                Ok::<_, String>((channel, stream))
+            }
+        })
+        .buffer_unordered(CONNECT_WAVE)
+        .collect()
+        .await;
+    opened
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()
+        .map(|pairs| pairs.into_iter().unzip())
+}
+
+/// How many times [`subscribe_each`] tries each connection before it gives up: thousands of
+/// connects in a row on a loaded machine may meet a refusal that a second later is gone.
+pub const CONNECT_ATTEMPTS: u32 = 3;
+
+/// Connects to `endpoint`, trying again after a second on failure, up to [`CONNECT_ATTEMPTS`]
+/// times; the error names its cause (tonic's own says only "transport error").
+async fn connect_patiently(endpoint: &Endpoint) -> Result<Channel, String> {
+    let mut attempt = 1;
+    loop {
+        match endpoint.connect().await {
+            Ok(channel) => return Ok(channel),
+            Err(error) => {
+                let mut message = format!("connect {}: {error}", endpoint.uri());
+                let mut source = std::error::Error::source(&error);
+                while let Some(cause) = source {
+                    message.push_str(&format!(": {cause}"));
+                    source = cause.source();
+                }
+                if attempt == CONNECT_ATTEMPTS {
+                    return Err(message);
+                }
+                eprintln!("{message}; trying again");
+                attempt += 1;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
 }
 
 /// Reads `stream`, whose events should run from `first` to `last`, until `last` arrives, the

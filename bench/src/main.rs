@@ -16,7 +16,8 @@
 //!   and a subscriber.
 //! - [`cluster`]: the JetStream journal of `serve --nats` beside the others: publishing,
 //!   replication lag, a new node's catch-up, fan-out on one node.
-//! - [`nats`]: the nats-servers the cluster case starts.
+//! - [`readers`]: connections per reader (issue 13): each subscriber on a connection of its own.
+//! - [`nats`]: the nats-server binary, and the JetStream servers the cluster case starts.
 //! - [`anchor`]: the NATS anchor's client side: the same events over core NATS publish/subscribe.
 //! - [`report`]: medians, spreads and ratios as the report's markdown cells.
 //! - [`process`]: a server under test in its own process, its CPU time and memory from /proc.
@@ -32,6 +33,7 @@ mod load;
 mod matrix;
 mod nats;
 mod process;
+mod readers;
 mod report;
 
 use std::{net::SocketAddr, process::ExitCode};

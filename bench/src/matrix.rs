@@ -1,6 +1,7 @@
-//! The standard cases and the order they run in: fan-out against the baseline, publish paths,
-//! durability, catch-up and memory per retained event, memory per idle subscriber; the abuse
-//! phases, the heavy reads and the cluster case when asked for.
+//! The standard cases and the order they run in: fan-out against the baseline and the NATS
+//! anchor, publish paths, durability, catch-up and memory per retained event, memory per idle
+//! subscriber; connections per reader, the abuse phases, the heavy reads and the cluster case
+//! when asked for.
 
 use std::{path::PathBuf, time::Duration};
 
@@ -13,6 +14,7 @@ use crate::{
     load::{self, Rate, Received, connect, publish, receive, subscribe_many},
     nats,
     process::{self, ServerProcess, Target},
+    readers,
     report::{cell, ratio, ratio_within_runs, summary},
 };
 
@@ -82,6 +84,8 @@ pub struct Args {
     snapshot_subscribers: usize,
     #[command(flatten)]
     cluster: cluster::Args,
+    #[command(flatten)]
+    readers: readers::Args,
 }
 
 fn parse_rate(value: &str) -> Result<Rate, String> {
@@ -306,6 +310,9 @@ pub async fn run(args: Args) -> Result<(), String> {
         if let Err(error) = &nats {
             println!("\n(No NATS column: {error}.)");
         }
+    }
+    if args.readers.readers {
+        readers::run(&args.readers, &targets, runs).await?;
     }
     if args.unary_events > 0 {
         println!("\n{}", publish_paths(args.unary_events, runs).await?);
