@@ -80,7 +80,7 @@ pub struct Args {
     /// Events in the stream a new node catches up with, in the cluster case (0 skips it).
     #[arg(long, default_value_t = 1_000_000)]
     pub cluster_catch_up_events: u64,
-    /// The nats-server binary (2.12 or newer) for the cluster case [default:
+    /// The nats-server binary (2.12 or newer) for the cluster case and the NATS anchor [default:
     /// target/tools/nats/bin/nats-server in the workspace, where scripts/test installs it].
     #[arg(long, value_name = "PATH", env = "STORYWIRE_NATS_SERVER")]
     pub nats_server: Option<PathBuf>,
@@ -571,7 +571,7 @@ async fn lag_once(servers: &Servers, replicas: u8, run: usize) -> Result<Lag, St
 /// each run) against the same node in memory, alternating which goes first.
 async fn fan_out(servers: &Servers, connections: usize, runs: usize) -> Result<(), String> {
     println!(
-        "\nFan-out on one node: live subscribers over {connections} connections, one PublishStream publisher; median (min–max) of {runs} runs; ratio = JetStream R1 / in memory (medians).\n"
+        "\nFan-out on one node: live subscribers over {connections} connections, one PublishStream publisher; median (min–max) of {runs} runs; ratios taken within each run.\n"
     );
     println!("{FAN_OUT_HEADER}");
     for (subscribers, rate) in FAN_OUT_POINTS {
@@ -595,7 +595,7 @@ async fn fan_out(servers: &Servers, connections: usize, runs: usize) -> Result<(
             (journals[0].name(), results[0].as_slice()),
             (journals[1].name(), results[1].as_slice()),
         ];
-        println!("{}", fan_out_rows(subscribers, rate, rows));
+        println!("{}", fan_out_rows(subscribers, rate, &rows));
     }
     Ok(())
 }

@@ -3,6 +3,7 @@
 
 use std::time::{Duration, SystemTime};
 
+use futures_util::StreamExt;
 use hdrhistogram::Histogram;
 use prost::Message;
 use tokio::{sync::mpsc, task::JoinSet, time::Instant};
@@ -124,19 +125,25 @@ fn story_opening(n: u64) -> pb::PublishRequest {
 
 /// The encoded size of a typical bench event as the server stores and sends it.
 pub fn typical_event_size() -> usize {
-    let request = bench_request(2);
+    update_event(2, 1_000_000).encoded_len()
+}
+
+/// The event a server sends for the `n`th bench request when it stamps it `sequence`, as
+/// storywire fills it in; what the NATS anchor publishes, so that every server carries the same
+/// bytes. Its `occurred_at` is now.
+pub fn update_event(n: u64, sequence: u64) -> pb::UpdateEvent {
+    let request = bench_request(n);
     pb::UpdateEvent {
-        sequence: 1_000_000,
+        sequence,
         event_id: uuid::Uuid::new_v4().to_string(),
         story_id: request.story_id,
-        story_version: 1_000_000,
+        story_version: sequence,
         headline: request.headline,
         occurred_at: request.occurred_at,
         recorded_at: request.occurred_at,
         change: request.change,
         published_by: storywire::service::ANONYMOUS.into(),
     }
-    .encoded_len()
 }
 
 /// Publishes `events` bench events at `rate` on one PublishStream, the first opening the story,
@@ -346,6 +353,72 @@ pub async fn subscribe_many(
     Ok(streams)
 }
 
+/// How many connections [`subscribe_each`] opens at once: enough to keep the server's accept
+/// loop busy, well under a listen backlog (tokio's is 1,024), so that no SYN is dropped and
+/// retried a second later.
+pub const CONNECT_WAVE: usize = 128;
+
+/// Opens `count` live subscriptions to `url`, each on an HTTP/2 connection of its own, waiting
+/// until each is registered. The channels come back too: a stream keeps its connection open, but
+/// the caller decides when they all close.
+pub async fn subscribe_each(
+    url: &str,
+    count: usize,
+) -> Result<(Vec<Channel>, Vec<Streaming<pb::SubscribeResponse>>), String> {
+    let endpoint = Endpoint::from_shared(url.to_owned())
+        .map_err(|e| e.to_string())?
+        .tcp_nodelay(true);
+    let opened: Vec<_> = futures_util::stream::iter(0..count)
+        .map(|_| {
+            let endpoint = endpoint.clone();
+            async move {
+                let channel = connect_patiently(&endpoint).await?;
+                let stream = StoryServiceClient::new(channel.clone())
+                    .subscribe(pb::SubscribeRequest::default())
+                    .await
+                    .map_err(|e| format!("subscribe: {e}"))?
+                    .into_inner();
+                Ok::<_, String>((channel, stream))
+            }
+        })
+        .buffer_unordered(CONNECT_WAVE)
+        .collect()
+        .await;
+    opened
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()
+        .map(|pairs| pairs.into_iter().unzip())
+}
+
+/// How many times [`subscribe_each`] tries each connection before it gives up: thousands of
+/// connects in a row on a loaded machine may meet a refusal that a second later is gone.
+pub const CONNECT_ATTEMPTS: u32 = 3;
+
+/// Connects to `endpoint`, trying again after a second on failure, up to [`CONNECT_ATTEMPTS`]
+/// times; the error names its cause (tonic's own says only "transport error").
+async fn connect_patiently(endpoint: &Endpoint) -> Result<Channel, String> {
+    let mut attempt = 1;
+    loop {
+        match endpoint.connect().await {
+            Ok(channel) => return Ok(channel),
+            Err(error) => {
+                let mut message = format!("connect {}: {error}", endpoint.uri());
+                let mut source = std::error::Error::source(&error);
+                while let Some(cause) = source {
+                    message.push_str(&format!(": {cause}"));
+                    source = cause.source();
+                }
+                if attempt == CONNECT_ATTEMPTS {
+                    return Err(message);
+                }
+                eprintln!("{message}; trying again");
+                attempt += 1;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
 /// Reads `stream`, whose events should run from `first` to `last`, until `last` arrives, the
 /// stream ends, or `deadline`.
 pub async fn receive(
@@ -354,27 +427,56 @@ pub async fn receive(
     last: u64,
     deadline: Instant,
 ) -> Received {
-    let mut received = Received {
-        events: 0,
-        gaps: 0,
-        duplicates: 0,
-        latency: Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid bounds"),
-        last_at: None,
-    };
-    let mut previous = first - 1;
+    let mut tally = Tally::new(first, last);
     while let Ok(Ok(Some(message))) = tokio::time::timeout_at(deadline, stream.message()).await {
         let Some(Item::Event(event)) = message.item else {
             continue;
         };
-        let now = Instant::now();
-        received.events += 1;
-        received.last_at = Some(now);
-        if event.sequence <= previous {
-            received.duplicates += 1;
-            continue;
+        if tally.count(&event) {
+            break;
         }
-        received.gaps += event.sequence - previous - 1;
-        previous = event.sequence;
+    }
+    tally.finish()
+}
+
+/// One subscriber's count of the events it was sent, whatever carried them: sequences for gaps
+/// and duplicates, the publisher's stamp for latency.
+pub struct Tally {
+    /// What it has seen so far.
+    received: Received,
+    /// The highest sequence seen, or the one before the first expected.
+    previous: u64,
+    /// The sequence of the last event expected.
+    last: u64,
+}
+
+impl Tally {
+    /// A subscriber expecting the events from `first` to `last`.
+    pub fn new(first: u64, last: u64) -> Self {
+        Self {
+            received: Received {
+                events: 0,
+                gaps: 0,
+                duplicates: 0,
+                latency: Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid bounds"),
+                last_at: None,
+            },
+            previous: first - 1,
+            last,
+        }
+    }
+
+    /// Counts `event`, just received; true once the last expected event has arrived.
+    pub fn count(&mut self, event: &pb::UpdateEvent) -> bool {
+        let received = &mut self.received;
+        received.events += 1;
+        received.last_at = Some(Instant::now());
+        if event.sequence <= self.previous {
+            received.duplicates += 1;
+            return false;
+        }
+        received.gaps += event.sequence - self.previous - 1;
+        self.previous = event.sequence;
         if let Some(sent) = event.occurred_at.and_then(|t| {
             let nanos = u64::try_from(t.nanos).ok()?;
             let secs = u64::try_from(t.seconds).ok()?;
@@ -388,11 +490,13 @@ pub async fn receive(
                 .latency
                 .saturating_record(u64::try_from(micros).unwrap_or(u64::MAX));
         }
-        if event.sequence >= last {
-            break;
-        }
+        event.sequence >= self.last
     }
-    // A subscriber that stopped short of `last` missed the rest: those are gaps too.
-    received.gaps += last.saturating_sub(previous);
-    received
+
+    /// What the subscriber saw; one that stopped short of the last event missed the rest, and
+    /// those count as gaps too.
+    pub fn finish(mut self) -> Received {
+        self.received.gaps += self.last.saturating_sub(self.previous);
+        self.received
+    }
 }

@@ -4,6 +4,8 @@
 //! tonic baseline that this binary serves in its `bare` mode), drives it over real sockets, reads
 //! its CPU time and memory from /proc, and runs several times; the report gives the median and
 //! the spread, and for each storywire figure its ratio to the baseline measured in the same run.
+//! Where a nats-server is at hand, core NATS runs beside them as an anchor: what a mature broker
+//! needs to fan the same bytes out.
 //!
 //! The modules, from the command line down to the sockets:
 //!
@@ -14,13 +16,16 @@
 //!   and a subscriber.
 //! - [`cluster`]: the JetStream journal of `serve --nats` beside the others: publishing,
 //!   replication lag, a new node's catch-up, fan-out on one node.
-//! - [`nats`]: the nats-servers the cluster case starts.
+//! - [`readers`]: connections per reader (issue 13): each subscriber on a connection of its own.
+//! - [`nats`]: the nats-server binary, and the JetStream servers the cluster case starts.
+//! - [`anchor`]: the NATS anchor's client side: the same events over core NATS publish/subscribe.
 //! - [`report`]: medians, spreads and ratios as the report's markdown cells.
 //! - [`process`]: a server under test in its own process, its CPU time and memory from /proc.
 //! - [`load`]: the client side: connections, publishers, subscribers and what each saw.
 //! - [`bare`]: the bare tonic baseline server.
 
 mod abuse;
+mod anchor;
 mod bare;
 mod cluster;
 mod heavy_reads;
@@ -28,6 +33,7 @@ mod load;
 mod matrix;
 mod nats;
 mod process;
+mod readers;
 mod report;
 
 use std::{net::SocketAddr, process::ExitCode};

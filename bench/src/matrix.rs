@@ -1,6 +1,7 @@
-//! The standard cases and the order they run in: fan-out against the baseline, publish paths,
-//! durability, catch-up and memory per retained event, memory per idle subscriber; the abuse
-//! phases, the heavy reads and the cluster case when asked for.
+//! The standard cases and the order they run in: fan-out against the baseline and the NATS
+//! anchor, publish paths, durability, catch-up and memory per retained event, memory per idle
+//! subscriber; connections per reader, the abuse phases, the heavy reads and the cluster case
+//! when asked for.
 
 use std::{path::PathBuf, time::Duration};
 
@@ -9,10 +10,12 @@ use storywire::pb;
 use tokio::time::Instant;
 
 use crate::{
-    abuse, cluster, heavy_reads,
+    abuse, anchor, cluster, heavy_reads,
     load::{self, Rate, Received, connect, publish, receive, subscribe_many},
+    nats,
     process::{self, ServerProcess, Target},
-    report::{cell, ratio, summary},
+    readers,
+    report::{cell, ratio, ratio_within_runs, summary},
 };
 
 /// How long past the expected end of a case the bench waits for stragglers before it counts
@@ -31,7 +34,7 @@ pub struct Args {
     /// which `cargo build --release --workspace` puts there].
     #[arg(long, value_name = "PATH")]
     storywire: Option<PathBuf>,
-    /// Subscriber counts to run (comma-separated).
+    /// Subscriber counts to run in the fan-out case (comma-separated; 0 alone skips it).
     #[arg(long, value_delimiter = ',', default_values_t = [1usize, 100, 1000])]
     subscribers: Vec<usize>,
     /// HTTP/2 connections the subscribers are spread over.
@@ -81,6 +84,8 @@ pub struct Args {
     snapshot_subscribers: usize,
     #[command(flatten)]
     cluster: cluster::Args,
+    #[command(flatten)]
+    readers: readers::Args,
 }
 
 fn parse_rate(value: &str) -> Result<Rate, String> {
@@ -138,7 +143,21 @@ async fn fan_out(
     connections: usize,
     rate: Rate,
 ) -> Result<FanOut, String> {
-    fan_out_with(target, &[], subscribers, connections, rate).await
+    match target {
+        Target::Nats => fan_out_nats(subscribers, connections, rate).await,
+        Target::Storywire | Target::Bare => {
+            fan_out_with(target, &[], subscribers, connections, rate).await
+        }
+    }
+}
+
+/// When the subscribers of a case give up waiting.
+fn deadline_for(events: u64, rate: Rate) -> Instant {
+    let expected_seconds = match rate {
+        Rate::Max => 0,
+        Rate::PerSecond(per_second) => events / per_second,
+    };
+    Instant::now() + GRACE + Duration::from_secs(expected_seconds)
 }
 
 /// Like [`fan_out`], with more arguments for the server (`storywire serve`).
@@ -153,11 +172,7 @@ pub async fn fan_out_with(
     let server = ServerProcess::start_with(target, events as usize + 1, extra).await?;
     let channels = connect(&server.url(), connections).await?;
     let streams = subscribe_many(&channels, subscribers, &pb::SubscribeRequest::default()).await?;
-    let expected_seconds = match rate {
-        Rate::Max => 0,
-        Rate::PerSecond(per_second) => events / per_second,
-    };
-    let deadline = Instant::now() + GRACE + Duration::from_secs(expected_seconds);
+    let deadline = deadline_for(events, rate);
     let receivers: Vec<_> = streams
         .into_iter()
         .map(|stream| tokio::spawn(receive(stream, 1, events, deadline)))
@@ -174,14 +189,56 @@ pub async fn fan_out_with(
     let cpu = server.cpu_seconds() - cpu_before;
     let rss = server.rss_bytes();
     server.stop().await;
+    figures(&all, events, start, publish_time, cpu, rss)
+}
 
+/// [`fan_out`] on the NATS anchor: the same events to the same number of subscribers over as
+/// many client connections, one more client publishing.
+async fn fan_out_nats(
+    subscribers: usize,
+    connections: usize,
+    rate: Rate,
+) -> Result<FanOut, String> {
+    let events = events_for(subscribers, rate);
+    let server = ServerProcess::start(Target::Nats, 0).await?;
+    let clients = anchor::connect(&server.url(), connections).await?;
+    let subscriptions = anchor::subscribe_many(&clients, subscribers).await?;
+    let deadline = deadline_for(events, rate);
+    let receivers: Vec<_> = subscriptions
+        .into_iter()
+        .map(|subscription| tokio::spawn(anchor::receive(subscription, 1, events, deadline)))
+        .collect();
+
+    let cpu_before = server.cpu_seconds();
+    let start = Instant::now();
+    let publisher = anchor::connect(&server.url(), 1).await?.remove(0);
+    let publish_time = anchor::publish(&publisher, events, rate).await?;
+    let mut all = Vec::with_capacity(subscribers);
+    for receiver in receivers {
+        all.push(receiver.await.map_err(|e| e.to_string())?);
+    }
+    let cpu = server.cpu_seconds() - cpu_before;
+    let rss = server.rss_bytes();
+    server.stop().await;
+    figures(&all, events, start, publish_time, cpu, rss)
+}
+
+/// A fan-out run's figures from what its subscribers saw, `events` published from `start` over
+/// `publish_time`, and the server's `cpu` seconds and `rss` bytes.
+fn figures(
+    all: &[Received],
+    events: u64,
+    start: Instant,
+    publish_time: Duration,
+    cpu: f64,
+    rss: u64,
+) -> Result<FanOut, String> {
     let delivered: u64 = all.iter().map(|r| r.events).sum();
     let last = all.iter().filter_map(|r| r.last_at).max().unwrap_or(start);
     let mut latency = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("valid bounds");
-    for received in &all {
+    for received in all {
         latency.add(&received.latency).map_err(|e| e.to_string())?;
     }
-    let ms = |micros: u64| micros as f64 / 1_000.0;
     Ok(FanOut {
         delivered_per_second: delivered as f64 / (last - start).as_secs_f64().max(1e-9),
         published_per_second: events as f64 / publish_time.as_secs_f64().max(1e-9),
@@ -190,17 +247,22 @@ pub async fn fan_out_with(
         max_ms: ms(latency.max()),
         cpu_us_per_delivery: cpu * 1e6 / delivered.max(1) as f64,
         rss_mib: rss as f64 / (1024.0 * 1024.0),
-        gaps: all.iter().map(|r: &Received| r.gaps).sum(),
+        gaps: all.iter().map(|r| r.gaps).sum(),
         duplicates: all.iter().map(|r| r.duplicates).sum(),
     })
+}
+
+/// Microseconds as milliseconds.
+pub fn ms(micros: u64) -> f64 {
+    micros as f64 / 1_000.0
 }
 
 /// The fan-out table's header, for [`fan_out_rows`].
 pub const FAN_OUT_HEADER: &str = "| subscribers | rate | events | server | delivered/s | publish/s | p50 ms | p99 ms | max ms | server CPU µs/delivery | server RSS MiB | gaps | dups |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|";
 
-/// The fan-out table's rows for one case: each server's medians and spreads over its runs, and
-/// the ratio of the first's medians to the second's.
-pub fn fan_out_rows(subscribers: usize, rate: Rate, rows: [(&str, &[FanOut]); 2]) -> String {
+/// The fan-out table's rows for one case: each server's medians and spreads over its runs, then
+/// for each server after the first, the first's figures over its, taken within each run.
+pub fn fan_out_rows(subscribers: usize, rate: Rate, rows: &[(&str, &[FanOut])]) -> String {
     let events = events_for(subscribers, rate);
     let column =
         |i: usize, f: fn(&FanOut) -> f64| -> Vec<f64> { rows[i].1.iter().map(f).collect() };
@@ -217,53 +279,40 @@ pub fn fan_out_rows(subscribers: usize, rate: Rate, rows: [(&str, &[FanOut]); 2]
             cells.join(" | ")
         ));
     }
-    let ratios: Vec<String> = FIGURES
-        .iter()
-        .map(|(f, _)| ratio(&column(0, *f), &column(1, *f)))
-        .collect();
-    lines.push(format!(
-        "| {subscribers} | {rate} | | ratio | {} | | |",
-        ratios.join(" | ")
-    ));
+    for (i, (name, _)) in rows.iter().enumerate().skip(1) {
+        let ratios: Vec<String> = FIGURES
+            .iter()
+            .map(|(f, _)| ratio_within_runs(&column(0, *f), &column(i, *f)))
+            .collect();
+        lines.push(format!(
+            "| {subscribers} | {rate} | | {} / {name} | {} | | |",
+            rows[0].0,
+            ratios.join(" | ")
+        ));
+    }
     lines.join("\n")
 }
 
 /// Runs the cases and prints the report as markdown.
 pub async fn run(args: Args) -> Result<(), String> {
-    process::use_storywire_binary(args.storywire)?;
+    process::use_storywire_binary(args.storywire.clone())?;
     let runs = args.runs.max(1);
-    // Each table row is printed as soon as its case is done, so a long run that fails late
-    // still leaves what it measured.
-    println!(
-        "Fan-out: live subscribers over {} connections, one PublishStream publisher; median (min–max) of {runs} runs; ratio = storywire / bare tonic (medians).\n",
-        args.connections
-    );
-    println!("{FAN_OUT_HEADER}");
-    for &subscribers in &args.subscribers {
-        for &rate in &args.rates {
-            let mut results: [Vec<FanOut>; 2] = [Vec::new(), Vec::new()];
-            for run in 0..runs {
-                // Alternate the order so that neither server always runs on a warmer machine.
-                let order = if run % 2 == 0 {
-                    [Target::Storywire, Target::Bare]
-                } else {
-                    [Target::Bare, Target::Storywire]
-                };
-                for target in order {
-                    let result = fan_out(target, subscribers, args.connections, rate).await?;
-                    eprintln!(
-                        "{subscribers} subscribers, {rate}, {}: {result:?}",
-                        target.name()
-                    );
-                    results[usize::from(target == Target::Bare)].push(result);
-                }
-            }
-            let rows = [
-                (Target::Storywire.name(), results[0].as_slice()),
-                (Target::Bare.name(), results[1].as_slice()),
-            ];
-            println!("{}", fan_out_rows(subscribers, rate, rows));
+    // The NATS anchor runs beside the others when there is a nats-server to run; without one the
+    // report says so and goes on with the two gRPC servers.
+    let nats = nats::binary(args.cluster.nats_server.clone()).and_then(process::use_nats_binary);
+    let mut targets = vec![Target::Storywire, Target::Bare];
+    match &nats {
+        Ok(()) => targets.push(Target::Nats),
+        Err(error) => eprintln!("no NATS anchor: {error}"),
+    }
+    if args.subscribers.iter().any(|&s| s > 0) {
+        fan_out_table(&args, &targets, runs).await?;
+        if let Err(error) = &nats {
+            println!("\n(No NATS column: {error}.)");
         }
+    }
+    if args.readers.readers {
+        readers::run(&args.readers, &targets, runs).await?;
     }
     if args.unary_events > 0 {
         println!("\n{}", publish_paths(args.unary_events, runs).await?);
@@ -292,6 +341,54 @@ pub async fn run(args: Args) -> Result<(), String> {
             "\n{}",
             idle(args.idle_subscribers, args.connections, runs).await?
         );
+    }
+    Ok(())
+}
+
+/// The fan-out table: every subscriber count at every rate, on each of `targets`.
+async fn fan_out_table(args: &Args, targets: &[Target], runs: usize) -> Result<(), String> {
+    // Each table row is printed as soon as its case is done, so a long run that fails late
+    // still leaves what it measured.
+    let others: Vec<&str> = targets[1..].iter().map(|t| t.name()).collect();
+    println!(
+        "Fan-out: live subscribers over {} connections, one publisher (PublishStream; a NATS client for NATS); median (min–max) of {runs} runs; ratios storywire / {} taken within each run.{}\n",
+        args.connections,
+        others.join(", storywire / "),
+        if targets.contains(&Target::Nats) {
+            " NATS runs at fixed rates only: core NATS acknowledges nothing, so it has no \"as fast as the server acknowledges\", and a publisher that does not wait outruns its subscribers, which then lose events."
+        } else {
+            ""
+        }
+    );
+    println!("{FAN_OUT_HEADER}");
+    for &subscribers in args.subscribers.iter().filter(|&&s| s > 0) {
+        for &rate in &args.rates {
+            let targets: Vec<Target> = targets
+                .iter()
+                .copied()
+                .filter(|&target| target != Target::Nats || rate != Rate::Max)
+                .collect();
+            let mut results: Vec<Vec<FanOut>> = vec![Vec::new(); targets.len()];
+            for run in 0..runs {
+                // Rotate the order so that no server always runs on a warmer machine.
+                for k in 0..targets.len() {
+                    let i = (k + run) % targets.len();
+                    let target = targets[i];
+                    let result = fan_out(target, subscribers, args.connections, rate).await?;
+                    eprintln!(
+                        "{subscribers} subscribers, {rate}, {}: {result:?}",
+                        target.name()
+                    );
+                    results[i].push(result);
+                }
+            }
+            let rows: Vec<(&str, &[FanOut])> = targets
+                .iter()
+                .zip(&results)
+                .map(|(target, results)| (target.name(), results.as_slice()))
+                .collect();
+            println!("{}", fan_out_rows(subscribers, rate, &rows));
+        }
     }
     Ok(())
 }

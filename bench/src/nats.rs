@@ -354,7 +354,7 @@ fn free_ports(n: usize) -> Result<Vec<Ports>, String> {
 
 /// Makes a server die with the bench, so that even a bench killed outright (where nothing is
 /// dropped) leaves no server behind.
-fn die_with_parent(command: &mut Command) {
+pub fn die_with_parent(command: &mut Command) {
     // SAFETY: the closure runs in the child between fork and exec and calls only prctl(2), which
     // is async-signal-safe and touches no memory of the parent's.
     unsafe {

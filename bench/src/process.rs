@@ -47,6 +47,16 @@ pub fn use_storywire_binary(path: Option<PathBuf>) -> Result<(), String> {
         .map_err(|_| "the storywire binary was already chosen".to_owned())
 }
 
+/// The nats-server binary [`Target::Nats`] starts: set once, before the first case that runs it.
+static NATS_BINARY: OnceLock<PathBuf> = OnceLock::new();
+
+/// Makes `path` the nats-server that [`Target::Nats`] starts.
+pub fn use_nats_binary(path: PathBuf) -> Result<(), String> {
+    NATS_BINARY
+        .set(path)
+        .map_err(|_| "the nats-server binary was already chosen".to_owned())
+}
+
 /// The binary [`use_storywire_binary`] chose.
 fn storywire_binary() -> Result<&'static Path, String> {
     STORYWIRE_BINARY
@@ -62,6 +72,9 @@ pub enum Target {
     Storywire,
     /// The bare tonic baseline (`storywire-bench bare`, this binary in its other mode).
     Bare,
+    /// Core NATS publish/subscribe (a plain `nats-server`, no JetStream): the anchor, what
+    /// fanning small messages out to many connections costs a mature broker.
+    Nats,
 }
 
 impl Target {
@@ -70,6 +83,15 @@ impl Target {
         match self {
             Self::Storywire => "storywire",
             Self::Bare => "bare tonic",
+            Self::Nats => "NATS",
+        }
+    }
+
+    /// What the server writes on stderr just before its address, once it listens.
+    fn listening_marker(self) -> &'static str {
+        match self {
+            Self::Storywire | Self::Bare => "listening address=",
+            Self::Nats => "Listening for client connections on ",
         }
     }
 }
@@ -82,6 +104,8 @@ pub struct ServerProcess {
     pub address: SocketAddr,
     /// Its process id, for /proc.
     pid: u32,
+    /// Which server it is.
+    target: Target,
 }
 
 impl ServerProcess {
@@ -114,6 +138,16 @@ impl ServerProcess {
                 command.args(["bare", "--listen", "127.0.0.1:0"]);
                 command
             }
+            Target::Nats => {
+                let binary = NATS_BINARY
+                    .get()
+                    .ok_or("no nats-server chosen before the first NATS case")?;
+                let mut command = Command::new(binary);
+                // Port -1: one the system picks, reported on stderr like the others'.
+                command.args(["--addr", "127.0.0.1", "--port", "-1"]);
+                crate::nats::die_with_parent(&mut command);
+                command
+            }
         };
         command.args(extra);
         command
@@ -128,7 +162,7 @@ impl ServerProcess {
         let mut lines = BufReader::new(stderr).lines();
         let address = tokio::time::timeout(START_TIMEOUT, async {
             while let Some(line) = lines.next_line().await.map_err(|e| e.to_string())? {
-                if let Some(rest) = line.split("listening address=").nth(1) {
+                if let Some(rest) = line.split(target.listening_marker()).nth(1) {
                     let address = rest.split_whitespace().next().unwrap_or_default();
                     return address.parse::<SocketAddr>().map_err(|e| e.to_string());
                 }
@@ -149,12 +183,16 @@ impl ServerProcess {
             child,
             address,
             pid,
+            target,
         })
     }
 
-    /// The server's URL.
+    /// The server's URL: `http://` for the gRPC servers, `nats://` for NATS.
     pub fn url(&self) -> String {
-        format!("http://{}", self.address)
+        match self.target {
+            Target::Nats => format!("nats://{}", self.address),
+            Target::Storywire | Target::Bare => format!("http://{}", self.address),
+        }
     }
 
     /// User plus system CPU seconds the server has used so far.

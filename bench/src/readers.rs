@@ -1,0 +1,377 @@
+//! Connections per reader (issue 13): every subscriber on a connection of its own, as readers'
+//! browsers and apps are, rather than many subscriptions sharing a few HTTP/2 connections.
+//!
+//! For each count of subscribers and each server (storywire, the bare tonic baseline, the NATS
+//! anchor): a fresh server; its idle RSS; every subscriber connected and subscribed (one tonic
+//! `Channel` or one NATS client each), timed; then one event every [`INTERVAL`] for the case's
+//! duration, with the delivery latency, the server's CPU per delivery, and its RSS above idle
+//! per connection, read while every connection is still open.
+//!
+//! All of it runs in the bench's one process, on 127.0.0.1: the per-process open-files limit
+//! bounds the count (each subscriber holds one descriptor here and one in the server), and the
+//! case refuses a count it cannot open rather than failing half-way.
+
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use tokio::time::Instant;
+
+use crate::{
+    anchor,
+    load::{Rate, Received, connect, publish, receive, subscribe_each},
+    matrix::ms,
+    process::{ServerProcess, Target},
+    report::{cell, ratio_within_runs},
+};
+
+/// How often the publisher sends, as a busy story's live updates might come.
+const INTERVAL: Duration = Duration::from_millis(100);
+/// How long past the last event the subscribers wait for stragglers.
+const GRACE: Duration = Duration::from_secs(60);
+/// Descriptors the bench needs besides one per subscriber: the publisher, the runtime, the
+/// server's pipe, stdio, and room to spare.
+const SPARE_DESCRIPTORS: u64 = 256;
+
+/// The connections-per-reader case's switches and sizes.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Also run the connections-per-reader case (issue 13): each subscriber on a connection of
+    /// its own, one event every 100 ms, against storywire, bare tonic and NATS.
+    #[arg(long)]
+    pub readers: bool,
+    /// Subscriber counts of the connections-per-reader case (comma-separated). Each needs a
+    /// descriptor in the bench and one in the server: 19000 fits a limit of 20,000 per process.
+    #[arg(long, value_delimiter = ',', default_values_t = [1_000usize, 10_000])]
+    pub reader_counts: Vec<usize>,
+    /// How long the connections-per-reader case publishes for, in seconds.
+    #[arg(long, default_value_t = 30)]
+    pub reader_seconds: u64,
+}
+
+/// One run of the case on one server.
+#[derive(Debug, Clone, Copy)]
+struct Readers {
+    /// From the first connect to the last subscription registered.
+    subscribe_all_seconds: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+    cpu_us_per_delivery: f64,
+    /// Server RSS with every subscriber connected, less its RSS before the first, per subscriber.
+    rss_kib_per_connection: f64,
+    /// Sequences missed, and seen twice, over all subscribers.
+    gaps: u64,
+    duplicates: u64,
+}
+
+/// A figure of the table: its name, how to read it from a run, and its decimals.
+type Figure = (&'static str, fn(&Readers) -> f64, usize);
+
+/// The table's figures, one row each.
+const FIGURES: [Figure; 6] = [
+    (
+        "time to connect and subscribe all, s",
+        |r| r.subscribe_all_seconds,
+        3,
+    ),
+    ("delivery p50, ms", |r| r.p50_ms, 2),
+    ("delivery p99, ms", |r| r.p99_ms, 2),
+    ("delivery max, ms", |r| r.max_ms, 2),
+    ("server CPU per delivery, µs", |r| r.cpu_us_per_delivery, 2),
+    (
+        "server RSS per connection with a subscriber, KiB",
+        |r| r.rss_kib_per_connection,
+        1,
+    ),
+];
+
+/// Runs the case for every count on every one of `targets`, `runs` times, and prints a table
+/// per count.
+pub async fn run(args: &Args, targets: &[Target], runs: usize) -> Result<(), String> {
+    let events = (args.reader_seconds * 1_000 / INTERVAL.as_millis() as u64).max(1);
+    println!(
+        "\nConnections per reader: each subscriber on a connection of its own, one event every {} ms for {} s ({events} events); median (min–max) of {runs} runs; ratios taken within each run.",
+        INTERVAL.as_millis(),
+        args.reader_seconds
+    );
+    for &count in &args.reader_counts {
+        room_for(count)?;
+        let mut results: Vec<Vec<Readers>> = vec![Vec::new(); targets.len()];
+        let mut failed = vec![0; targets.len()];
+        for run in 0..runs {
+            for k in 0..targets.len() {
+                let i = (k + run) % targets.len();
+                // A run that fails is counted and reported, not allowed to lose the others (the
+                // ratios then pair the runs that are left, in order).
+                match once(targets[i], count, events).await {
+                    Ok(result) => {
+                        eprintln!("{count} readers, {}: {result:?}", targets[i].name());
+                        results[i].push(result);
+                    }
+                    Err(error) => {
+                        eprintln!("{count} readers, {}: failed: {error}", targets[i].name());
+                        failed[i] += 1;
+                    }
+                }
+            }
+        }
+        println!("\n{}", table(count, targets, &results, &failed));
+    }
+    Ok(())
+}
+
+/// The table for `count` subscribers: a row per figure, a column per server, then storywire
+/// over each other server.
+fn table(count: usize, targets: &[Target], results: &[Vec<Readers>], failed: &[usize]) -> String {
+    let names: Vec<&str> = targets.iter().map(|t| t.name()).collect();
+    let ratios: Vec<String> = names[1..]
+        .iter()
+        .map(|name| format!("{} / {name}", names[0]))
+        .collect();
+    let mut lines = vec![
+        format!(
+            "| {count} readers | {} | {} |",
+            names.join(" | "),
+            ratios.join(" | ")
+        ),
+        format!("|---|{}", "---|".repeat(names.len() + ratios.len())),
+    ];
+    let column =
+        |i: usize, f: fn(&Readers) -> f64| -> Vec<f64> { results[i].iter().map(f).collect() };
+    for (name, f, decimals) in FIGURES {
+        let cells: Vec<String> = (0..targets.len())
+            .map(|i| match column(i, f) {
+                values if values.is_empty() => "–".to_owned(),
+                values => cell(&values, decimals),
+            })
+            .collect();
+        let ratios: Vec<String> = (1..targets.len())
+            .map(|i| ratio_within_runs(&column(0, f), &column(i, f)))
+            .collect();
+        lines.push(format!(
+            "| {name} | {} | {} |",
+            cells.join(" | "),
+            ratios.join(" | ")
+        ));
+    }
+    let misses: Vec<String> = results
+        .iter()
+        .map(|runs| {
+            let gaps: u64 = runs.iter().map(|r| r.gaps).sum();
+            let duplicates: u64 = runs.iter().map(|r| r.duplicates).sum();
+            format!("{gaps} / {duplicates}")
+        })
+        .collect();
+    lines.push(format!(
+        "| gaps / duplicates, all runs | {} |{}",
+        misses.join(" | "),
+        " |".repeat(ratios.len())
+    ));
+    if failed.iter().any(|&n| n > 0) {
+        let failed: Vec<String> = failed.iter().map(usize::to_string).collect();
+        lines.push(format!(
+            "| runs that failed (see the log) | {} |{}",
+            failed.join(" | "),
+            " |".repeat(ratios.len())
+        ));
+    }
+    lines.join("\n")
+}
+
+/// Fails, saying why, if this process may not open `count` more sockets; raises its soft
+/// open-files limit to the hard one first (the servers it starts inherit it).
+fn room_for(count: usize) -> Result<(), String> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed by reference.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return Err(format!("getrlimit: {}", std::io::Error::last_os_error()));
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(format!("setrlimit: {}", std::io::Error::last_os_error()));
+            }
+        }
+    }
+    let needed = count as u64 + SPARE_DESCRIPTORS;
+    if needed > limit.rlim_cur {
+        return Err(format!(
+            "{count} readers need {needed} open files in the bench (and as many in the server), \
+             over the limit of {}: spreading them over several processes is not done yet",
+            limit.rlim_cur
+        ));
+    }
+    Ok(())
+}
+
+/// A run's connections, kept open until the end of the run.
+enum Connections {
+    /// One NATS client per subscriber.
+    Nats(Vec<async_nats::Client>),
+    /// One tonic channel (HTTP/2 connection) per subscriber.
+    Grpc(Vec<tonic::transport::Channel>),
+}
+
+impl Connections {
+    /// Closes every connection.
+    async fn close(self) {
+        match self {
+            Self::Nats(clients) => anchor::close(clients).await,
+            Self::Grpc(channels) => drop(channels),
+        }
+    }
+}
+
+/// How long [`settle`] waits for the last run's sockets to be closed.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Descriptors this process holds.
+fn open_descriptors() -> usize {
+    std::fs::read_dir("/proc/self/fd").map_or(0, |entries| entries.count())
+}
+
+/// Waits until this process holds no more than [`SPARE_DESCRIPTORS`] descriptors over
+/// `before`, so that a run does not start while the last one's connections, closed by tasks of
+/// their own, still hold descriptors; gives up, saying so, after [`SETTLE_TIMEOUT`].
+async fn settle(before: usize) {
+    let deadline = Instant::now() + SETTLE_TIMEOUT;
+    while open_descriptors() > before + SPARE_DESCRIPTORS as usize {
+        if Instant::now() > deadline {
+            eprintln!(
+                "{} descriptors still open after a run, {before} before it",
+                open_descriptors()
+            );
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// One run on `target`: a fresh server, `count` subscribers each on a connection of its own,
+/// `events` events one every [`INTERVAL`].
+async fn once(target: Target, count: usize, events: u64) -> Result<Readers, String> {
+    let server = ServerProcess::start(target, events as usize + 1).await?;
+    let idle_rss = server.rss_bytes();
+    let url = server.url();
+    let rate = Rate::PerSecond(1_000 / INTERVAL.as_millis() as u64);
+    let deadline = Instant::now() + GRACE + INTERVAL * events as u32;
+
+    let descriptors = open_descriptors();
+    let start = Instant::now();
+    let (receivers, open): (Vec<_>, Connections) = match target {
+        Target::Nats => {
+            let (clients, subscribers) = anchor::subscribe_each(&url, count).await?;
+            let receivers = subscribers
+                .into_iter()
+                .map(|s| tokio::spawn(anchor::receive(s, 1, events, deadline)))
+                .collect();
+            (receivers, Connections::Nats(clients))
+        }
+        Target::Storywire | Target::Bare => {
+            let (channels, streams) = subscribe_each(&url, count).await?;
+            let receivers = streams
+                .into_iter()
+                .map(|s| tokio::spawn(receive(s, 1, events, deadline)))
+                .collect();
+            (receivers, Connections::Grpc(channels))
+        }
+    };
+    let subscribe_all = start.elapsed();
+
+    let cpu_before = server.cpu_seconds();
+    match target {
+        Target::Nats => {
+            let publisher = anchor::connect(&url, 1).await?.remove(0);
+            anchor::publish(&publisher, events, rate).await?;
+        }
+        Target::Storywire | Target::Bare => {
+            let publisher = connect(&url, 1).await?.remove(0);
+            publish(publisher, events, rate).await?;
+        }
+    }
+    // Every connection is still open here, and every subscriber still subscribed.
+    let rss = server.rss_bytes();
+    let mut all: Vec<Received> = Vec::with_capacity(count);
+    for receiver in receivers {
+        all.push(receiver.await.map_err(|e| e.to_string())?);
+    }
+    let cpu = server.cpu_seconds() - cpu_before;
+    // The clients close first and the server stays until they are gone: killed while an HTTP/2
+    // client was closing gracefully, it left that client's socket in CLOSE-WAIT for good.
+    open.close().await;
+    settle(descriptors).await;
+    server.stop().await;
+
+    let delivered: u64 = all.iter().map(|r| r.events).sum();
+    let mut latency = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("valid bounds");
+    for received in &all {
+        latency.add(&received.latency).map_err(|e| e.to_string())?;
+    }
+    Ok(Readers {
+        subscribe_all_seconds: subscribe_all.as_secs_f64(),
+        p50_ms: ms(latency.value_at_quantile(0.5)),
+        p99_ms: ms(latency.value_at_quantile(0.99)),
+        max_ms: ms(latency.max()),
+        cpu_us_per_delivery: cpu * 1e6 / delivered.max(1) as f64,
+        rss_kib_per_connection: rss.saturating_sub(idle_rss) as f64 / count as f64 / 1024.0,
+        gaps: all.iter().map(|r| r.gaps).sum(),
+        duplicates: all.iter().map(|r| r.duplicates).sum(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Readers, once, table};
+    use crate::{anchor::tests::nats_server_at_hand, process::Target};
+
+    #[tokio::test]
+    async fn readers_on_connections_of_their_own_get_every_event_once() {
+        if !nats_server_at_hand() {
+            return;
+        }
+        let run = once(Target::Nats, 2, 5).await.unwrap();
+        assert_eq!((run.gaps, run.duplicates), (0, 0));
+        assert!(run.max_ms >= run.p50_ms && run.p50_ms > 0.0);
+        assert!(run.subscribe_all_seconds > 0.0);
+    }
+
+    #[test]
+    fn the_table_has_a_column_per_server_and_a_ratio_per_other_server() {
+        let run = Readers {
+            subscribe_all_seconds: 1.0,
+            p50_ms: 2.0,
+            p99_ms: 3.0,
+            max_ms: 4.0,
+            cpu_us_per_delivery: 5.0,
+            rss_kib_per_connection: 6.0,
+            gaps: 0,
+            duplicates: 0,
+        };
+        let half = Readers { p50_ms: 1.0, ..run };
+        let targets = [Target::Storywire, Target::Bare, Target::Nats];
+        let text = table(
+            10,
+            &targets,
+            &[vec![run], vec![run], vec![half]],
+            &[0, 0, 0],
+        );
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[0],
+            "| 10 readers | storywire | bare tonic | NATS | storywire / bare tonic | storywire / NATS |"
+        );
+        assert_eq!(lines[1], "|---|---|---|---|---|---|");
+        assert_eq!(
+            lines[3],
+            "| delivery p50, ms | 2.00 | 2.00 | 1.00 | 1.00x | 2.00x |"
+        );
+        assert_eq!(
+            lines.last().unwrap(),
+            &"| gaps / duplicates, all runs | 0 / 0 | 0 / 0 | 0 / 0 | | |"
+        );
+    }
+}
