@@ -14,7 +14,7 @@ use std::{collections::HashMap, time::Duration};
 use jetstream::Cluster;
 use process::{Pipe, Running};
 use storywire::pb::{self, story_service_client::StoryServiceClient, subscribe_response::Item};
-use support::{client_at, open, report, within};
+use support::{change_mut, client_at, open, report, within};
 use tokio::sync::mpsc;
 use tonic::{Code, Streaming, transport::Channel};
 use tonic_health::pb::{
@@ -814,9 +814,7 @@ async fn a_node_names_its_log_after_the_stream_and_refuses_a_stream_it_cannot_se
     assert!(full.message().contains("--max-facts-per-story"), "{full:?}");
     client.publish(open("big", &[])).await.expect("open big");
     let mut big = support::bulky_fact("big", "long");
-    if let Some(pb::change::Kind::FactReported(reported)) =
-        big.change.as_mut().and_then(|change| change.kind.as_mut())
-    {
+    if let pb::change::Kind::FactReported(reported) = change_mut(&mut big) {
         for attribution in &mut reported.attributions {
             attribution.quote = "\u{1d11e}".repeat(2_000);
         }

@@ -11,6 +11,7 @@ use std::time::Duration;
 use process::HttpServer as Server;
 use storywire::pb;
 use support::{
+    change_mut,
     http1::{EventStream, get, get_gzip, options},
     open, report,
 };
@@ -253,11 +254,7 @@ async fn the_live_page_lists_stories_and_carries_the_storys_json_ld_safely() {
     let server = Server::start(&[]).await;
     let mut client = server.client().await;
     let mut opening = open("alpha", &[]);
-    if let Some(pb::change::Kind::StoryOpened(opened)) = opening
-        .change
-        .as_mut()
-        .and_then(|change| change.kind.as_mut())
-    {
+    if let pb::change::Kind::StoryOpened(opened) = change_mut(&mut opening) {
         opened.headline = "Talks </script><b>resume</b> & end".to_owned();
     }
     client.publish(opening).await.expect("open");

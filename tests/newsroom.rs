@@ -156,11 +156,7 @@ async fn corrections_and_status_changes_stay_in_the_story_after_their_events_lea
     publish(&mut client, open("story", &[])).await; // 1
     publish(&mut client, report("story", "asylum")).await; // 2
     let mut denied = set_status("story", "asylum", pb::FactStatus::Denied);
-    if let Some(Kind::FactStatusChanged(changed)) = denied
-        .change
-        .as_mut()
-        .and_then(|change| change.kind.as_mut())
-    {
+    if let Kind::FactStatusChanged(changed) = change_mut(&mut denied) {
         changed.note = "Italy's foreign minister denies it".into();
     }
     publish(&mut client, denied).await; // 3
@@ -266,36 +262,6 @@ async fn a_past_version_carries_the_history_up_to_that_version() {
     assert_eq!(now.facts[0].history.len(), 2);
 }
 
-/// Opens `story_id` in `language`.
-fn open_in(story_id: &str, language: &str) -> pb::PublishRequest {
-    let mut request = open(story_id, &[]);
-    if let Some(Kind::StoryOpened(opened)) = request
-        .change
-        .as_mut()
-        .and_then(|change| change.kind.as_mut())
-    {
-        opened.language = language.to_owned();
-    }
-    request
-}
-
-/// Reports `fact_id` from a source at `url`.
-fn report_from(story_id: &str, fact_id: &str, url: &str) -> pb::PublishRequest {
-    let mut request = report(story_id, fact_id);
-    if let Some(Kind::FactReported(reported)) = request
-        .change
-        .as_mut()
-        .and_then(|change| change.kind.as_mut())
-    {
-        reported.attributions[0]
-            .source
-            .as_mut()
-            .expect("a source")
-            .url = url.to_owned();
-    }
-    request
-}
-
 #[tokio::test]
 async fn a_story_s_language_is_a_bcp_47_tag_kept_and_revised() {
     let server = TestServer::start().await;
@@ -304,13 +270,13 @@ async fn a_story_s_language_is_a_bcp_47_tag_kept_and_revised() {
     // subtag in the registry).
     for bad in ["en_GB", "e", "x", "en-", "1234", "en--gb", &"a".repeat(65)] {
         expect_status(
-            client.publish(open_in("story", bad)).await,
+            client.publish(open_in("story", &[], bad)).await,
             Code::InvalidArgument,
             &["change.story_opened.language"],
         );
     }
     assert_eq!(server.log.head(), 0, "nothing refused is appended");
-    publish(&mut client, open_in("story", "pt-BR")).await;
+    publish(&mut client, open_in("story", &[], "pt-BR")).await;
     assert_eq!(
         get_story(&mut client, "story", None).await.language,
         "pt-BR"

@@ -120,17 +120,9 @@ async fn corrected_story_exports_as_valid_ninjs_noting_the_correction_after_rete
     // The log keeps one event: the correction's is gone by the export, the story's history not.
     let server = TestServer::with_retention(1).await;
     let mut client = server.client().await;
-    let mut opened = open("story", &["italy"]);
-    if let Some(Kind::StoryOpened(story)) = opened.change.as_mut().and_then(|c| c.kind.as_mut()) {
-        story.language = "en-GB".into();
-    }
-    publish(&mut client, opened).await;
-    let mut reported = report("story", "asylum-italy");
-    if let Some(Kind::FactReported(fact)) = reported.change.as_mut().and_then(|c| c.kind.as_mut()) {
-        fact.attributions[0].source.as_mut().unwrap().url =
-            "https://example.com/kim-min-ki/briefing".into();
-    }
-    publish(&mut client, reported).await;
+    publish(&mut client, open_in("story", &["italy"], "en-GB")).await;
+    let url = "https://example.com/kim-min-ki/briefing";
+    publish(&mut client, report_from("story", "asylum-italy", url)).await;
     let corrected = Kind::FactCorrected(pb::FactCorrected {
         fact_id: "asylum-italy".into(),
         statement: "Jo asked Italy for protection.".into(),

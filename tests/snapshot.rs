@@ -35,11 +35,7 @@ async fn small_window_client(url: &str, connection_window: u32) -> StoryServiceC
 async fn open_stories(client: &mut StoryServiceClient<Channel>, count: usize, statement: &str) {
     let requests = (0..count).map(|i| {
         let mut request = open(&format!("s{i:05}"), &["wire"]);
-        if let Some(pb::change::Kind::StoryOpened(opened)) = request
-            .change
-            .as_mut()
-            .and_then(|change| change.kind.as_mut())
-        {
+        if let pb::change::Kind::StoryOpened(opened) = change_mut(&mut request) {
             opened.summary = statement.to_owned();
         }
         request

@@ -108,11 +108,7 @@ async fn attributions_beyond_the_per_fact_limit_are_refused_when_reported_or_add
     publish(&mut client, open("story", &[])).await;
 
     let mut crowded = report("story", "crowded");
-    if let Some(pb::change::Kind::FactReported(reported)) = crowded
-        .change
-        .as_mut()
-        .and_then(|change| change.kind.as_mut())
-    {
+    if let pb::change::Kind::FactReported(reported) = change_mut(&mut crowded) {
         reported.attributions = vec![reported.attributions[0].clone(); 3];
     }
     expect_refused(

@@ -200,6 +200,15 @@ pub fn request(story_id: &str, event_id: &str, headline: &str, kind: Kind) -> pb
     }
 }
 
+/// The change `request` carries, to edit in place; every request these helpers build has one.
+pub fn change_mut(request: &mut pb::PublishRequest) -> &mut Kind {
+    request
+        .change
+        .as_mut()
+        .and_then(|change| change.kind.as_mut())
+        .expect("a request with a change")
+}
+
 /// Opens `story_id` with the given tags.
 pub fn open(story_id: &str, tags: &[&str]) -> pb::PublishRequest {
     request(
@@ -213,6 +222,15 @@ pub fn open(story_id: &str, tags: &[&str]) -> pb::PublishRequest {
             language: String::new(),
         }),
     )
+}
+
+/// Opens `story_id` with the given tags, in `language` (a BCP 47 tag).
+pub fn open_in(story_id: &str, tags: &[&str], language: &str) -> pb::PublishRequest {
+    let mut request = open(story_id, tags);
+    if let Kind::StoryOpened(opened) = change_mut(&mut request) {
+        opened.language = language.to_owned();
+    }
+    request
 }
 
 /// A named source of the given kind.
@@ -276,6 +294,19 @@ pub fn bulky_fact(story_id: &str, fact_id: &str) -> pb::PublishRequest {
     )
 }
 
+/// Reports `fact_id` in `story_id` as [`report`] does, its source's words at `url`.
+pub fn report_from(story_id: &str, fact_id: &str, url: &str) -> pb::PublishRequest {
+    let mut request = report(story_id, fact_id);
+    if let Kind::FactReported(reported) = change_mut(&mut request) {
+        reported.attributions[0]
+            .source
+            .as_mut()
+            .expect("a source")
+            .url = url.to_owned();
+    }
+    request
+}
+
 /// Changes the status of fact `fact_id` in `story_id`.
 pub fn set_status(story_id: &str, fact_id: &str, status: pb::FactStatus) -> pb::PublishRequest {
     request(
@@ -298,11 +329,7 @@ pub fn set_status(story_id: &str, fact_id: &str, status: pb::FactStatus) -> pb::
 /// Changes the status of fact `fact_id` in `story_id` and adds nothing to it: no attribution.
 pub fn bare_status(story_id: &str, fact_id: &str, status: pb::FactStatus) -> pb::PublishRequest {
     let mut request = set_status(story_id, fact_id, status);
-    if let Some(Kind::FactStatusChanged(changed)) = request
-        .change
-        .as_mut()
-        .and_then(|change| change.kind.as_mut())
-    {
+    if let Kind::FactStatusChanged(changed) = change_mut(&mut request) {
         changed.attributions.clear();
     }
     request
