@@ -46,6 +46,11 @@ pub struct Args {
     /// Runs of each case; the report gives the median and the spread.
     #[arg(long, default_value_t = 3)]
     runs: usize,
+    /// The servers the fan-out and connections-per-reader cases measure (comma-separated)
+    /// [default: all three, NATS where a nats-server is at hand]. Ratios are to storywire, so a
+    /// profile of one server can run alone.
+    #[arg(long, value_delimiter = ',', value_enum)]
+    servers: Vec<Target>,
     /// Events in the catch-up and retained-memory case (0 skips it).
     #[arg(long, default_value_t = 1_000_000)]
     catch_up_events: u64,
@@ -304,6 +309,12 @@ pub async fn run(args: Args) -> Result<(), String> {
     match &nats {
         Ok(()) => targets.push(Target::Nats),
         Err(error) => eprintln!("no NATS anchor: {error}"),
+    }
+    if !args.servers.is_empty() {
+        targets.retain(|target| args.servers.contains(target));
+        if targets.len() < args.servers.len() {
+            return Err("--servers names NATS, but there is no nats-server to run".to_owned());
+        }
     }
     if args.subscribers.iter().any(|&s| s > 0) {
         fan_out_table(&args, &targets, runs).await?;

@@ -66,7 +66,7 @@ fn storywire_binary() -> Result<&'static Path, String> {
 }
 
 /// Which server a case runs against.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Target {
     /// `storywire serve`.
     Storywire,

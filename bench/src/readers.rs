@@ -128,12 +128,13 @@ fn table(count: usize, targets: &[Target], results: &[Vec<Readers>], failed: &[u
         .iter()
         .map(|name| format!("{} / {name}", names[0]))
         .collect();
+    let header: Vec<&str> = names
+        .iter()
+        .copied()
+        .chain(ratios.iter().map(String::as_str))
+        .collect();
     let mut lines = vec![
-        format!(
-            "| {count} readers | {} | {} |",
-            names.join(" | "),
-            ratios.join(" | ")
-        ),
+        format!("| {count} readers | {} |", header.join(" | ")),
         format!("|---|{}", "---|".repeat(names.len() + ratios.len())),
     ];
     let column =
@@ -149,9 +150,8 @@ fn table(count: usize, targets: &[Target], results: &[Vec<Readers>], failed: &[u
             .map(|i| ratio_within_runs(&column(0, f), &column(i, f)))
             .collect();
         lines.push(format!(
-            "| {name} | {} | {} |",
-            cells.join(" | "),
-            ratios.join(" | ")
+            "| {name} | {} |",
+            [cells, ratios].concat().join(" | ")
         ));
     }
     let misses: Vec<String> = results
@@ -373,5 +373,12 @@ mod tests {
             lines.last().unwrap(),
             &"| gaps / duplicates, all runs | 0 / 0 | 0 / 0 | 0 / 0 | | |"
         );
+
+        // One server alone (`--servers storywire`, for a profile) has no ratio columns.
+        let alone = table(10, &targets[..1], &[vec![run]], &[0]);
+        let lines: Vec<&str> = alone.lines().collect();
+        assert_eq!(lines[0], "| 10 readers | storywire |");
+        assert_eq!(lines[1], "|---|---|");
+        assert_eq!(lines[3], "| delivery p50, ms | 2.00 |");
     }
 }
