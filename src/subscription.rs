@@ -165,40 +165,41 @@ impl Subscription {
                     continue;
                 }
             }
-            let batch = match self.log.read_from(
-                self.cursor,
-                &self.filter,
-                READ_BATCH_EVENTS,
-                READ_BATCH_SCAN,
-            ) {
-                Ok(batch) => batch,
-                Err(error) => return Some(Err(self.end(error.into()))),
-            };
-            self.cursor = batch.next;
             // Delivery latency counts live hand-overs only: a catch-up's old events would say
             // how far back the subscriber asked to start, not how fast the server delivers.
             let live_since = self.caught_up_sent.then(std::time::Instant::now);
             let metrics = self.log.metrics();
-            for entry in &batch.events {
-                if self
-                    .ahead
-                    .get(&entry.story_id)
-                    .is_some_and(|&upto| entry.sequence <= upto)
-                {
-                    continue;
-                }
-                if let Some(entered) = &entry.entered
-                    && self.filter.is_entered_by(entry)
-                {
-                    self.ready
-                        .push_back(EncodedResponse::Encoded(entered.story.clone()));
-                }
-                self.ready
-                    .push_back(EncodedResponse::Encoded(entry.encoded.clone()));
-                if let (Some(now), Some(appended_at)) = (live_since, entry.appended_at) {
-                    metrics.delivered(now.saturating_duration_since(appended_at));
-                }
-            }
+            let (ahead, filter, ready) = (&self.ahead, &self.filter, &mut self.ready);
+            // This runs under the log's read lock: it takes reference counts and records the
+            // latency (atomics only); the clock was read before.
+            let read = self.log.read_each(
+                self.cursor,
+                filter,
+                READ_BATCH_EVENTS,
+                READ_BATCH_SCAN,
+                |entry| {
+                    if ahead
+                        .get(&entry.story_id)
+                        .is_some_and(|&upto| entry.sequence <= upto)
+                    {
+                        return;
+                    }
+                    if let Some(entered) = &entry.entered
+                        && filter.is_entered_by(entry)
+                    {
+                        ready.push_back(EncodedResponse::Encoded(entered.story.clone()));
+                    }
+                    ready.push_back(EncodedResponse::Encoded(entry.encoded.clone()));
+                    if let (Some(now), Some(appended_at)) = (live_since, entry.appended_at) {
+                        metrics.delivered(now.saturating_duration_since(appended_at));
+                    }
+                },
+            );
+            let batch = match read {
+                Ok(batch) => batch,
+                Err(error) => return Some(Err(self.end(error.into()))),
+            };
+            self.cursor = batch.next;
             if !self.ready.is_empty() {
                 metrics.subscriber_lag(batch.head.saturating_sub(self.cursor - 1));
             }
@@ -238,6 +239,9 @@ impl Subscription {
     /// timer wheel nothing per event.
     async fn wait_at_head(&mut self) {
         let heartbeat_fired = tokio::select! {
+            // The head first: a busy stream is woken by it, and then neither polls the timer nor
+            // draws the random number an unbiased select takes to pick a branch.
+            biased;
             // An error would mean the log dropped its sender, which it never does while a
             // subscription holds the log.
             _ = self.head.changed() => false,

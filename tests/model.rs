@@ -247,7 +247,7 @@ proptest! {
                             .map(|(seq, story, _, _)| (*seq, STORIES[*story].to_owned()))
                             .collect();
                         prop_assert_eq!(got, want);
-                        prop_assert_eq!(batch.next, head + 1);
+                        prop_assert_eq!(batch.end.next, head + 1);
                     }
                 }
             }
@@ -265,4 +265,62 @@ proptest! {
             }
         }
     }
+}
+
+/// A filtered read across several holds of the lock: a story published every 3,000th event,
+/// among 2.5 chunks of others', is read whole, in order, and stops where it is told to (after
+/// so many matches, or so many scanned), saying where the next read starts.
+#[test]
+fn a_sparse_filter_reads_across_chunks_and_stops_where_told() {
+    use storywire::log::SCAN_PER_LOCK;
+    let total = SCAN_PER_LOCK as u64 * 5 / 2;
+    let log = EventLog::new(total as usize, Arc::new(SystemClock));
+    // The others' notes go to a story per 900 events, under the limit on notes per story.
+    let mut opened = HashSet::new();
+    for sequence in 1..=total {
+        let story_id = if sequence % 3_000 == 0 {
+            STORIES[0].to_owned()
+        } else {
+            format!("filler-{}", sequence / 900)
+        };
+        let change = if opened.insert(story_id.clone()) {
+            Change::Open
+        } else {
+            Change::Note
+        };
+        let publish = pb::PublishRequest {
+            story_id,
+            ..request(0, change, None)
+        };
+        log.append(publish, "test")
+            .expect("the publish is accepted");
+    }
+    let rome = Filter::new(&[STORIES[0].to_owned()], &[]);
+    let mut seen = Vec::new();
+    let every = log
+        .read_each(1, &rome, usize::MAX, usize::MAX, |entry| {
+            seen.push(entry.sequence)
+        })
+        .expect("the log reads");
+    let wanted: Vec<u64> = (1..=total).filter(|s| s % 3_000 == 0).collect();
+    assert_eq!(seen, wanted);
+    assert_eq!(
+        (every.next, every.head, every.matched),
+        (total + 1, total, wanted.len())
+    );
+    assert_eq!(every.first_retained, 1);
+
+    let first_two = log
+        .read_from(1, &rome, 2, usize::MAX)
+        .expect("the log reads");
+    let sequences: Vec<u64> = first_two.events.iter().map(|e| e.sequence).collect();
+    assert_eq!(sequences, [3_000, 6_000]);
+    assert_eq!((first_two.end.next, first_two.end.matched), (6_001, 2));
+
+    let scanned = log
+        .read_from(2, &rome, usize::MAX, 5_000)
+        .expect("the log reads");
+    let sequences: Vec<u64> = scanned.events.iter().map(|e| e.sequence).collect();
+    assert_eq!(sequences, [3_000]);
+    assert_eq!(scanned.end.next, 5_002);
 }

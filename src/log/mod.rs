@@ -34,7 +34,7 @@ mod state;
 pub mod write_ahead;
 
 pub use journal::{Heads, Journal};
-pub use query::{Batch, Filter, SCAN_PER_LOCK};
+pub use query::{Batch, Filter, SCAN_PER_LOCK, Stretch};
 use state::LogState;
 
 /// How many events the log keeps when nobody says otherwise: about a gigabyte of typical updates,

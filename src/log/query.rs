@@ -73,12 +73,21 @@ impl Filter {
 pub struct Batch {
     /// The matching events, in sequence order.
     pub events: Vec<Arc<LoggedEvent>>,
+    /// Where the stretch ended.
+    pub end: Stretch,
+}
+
+/// Where a stretch of the log read by [`EventLog::read_each`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stretch {
     /// One past the last sequence scanned: where the next read starts.
     pub next: u64,
-    /// The log's head when the batch was read.
+    /// The log's head when the stretch was read.
     pub head: u64,
-    /// The oldest retained sequence when the batch was read.
+    /// The oldest retained sequence when the stretch was read.
     pub first_retained: u64,
+    /// How many matching events were handed over.
+    pub matched: usize,
 }
 
 impl EventLog {
@@ -97,52 +106,76 @@ impl EventLog {
         max_events: usize,
         max_scan: usize,
     ) -> Result<Batch, LogError> {
-        let visible = self.head();
-        let (mut next, mut first_retained) = {
-            let state = self.read();
-            let from = if from == 0 {
-                state.first_retained
-            } else {
-                from
-            };
-            state.check_position(from, visible)?;
-            (from, state.first_retained)
-        };
         let mut events = Vec::new();
+        let end = self.read_each(from, filter, max_events, max_scan, |entry| {
+            events.push(Arc::clone(entry));
+        })?;
+        Ok(Batch { events, end })
+    }
+
+    /// [`Self::read_from`] handing each matching event to `visit` while the read lock is held,
+    /// instead of collecting them: a subscriber at the head, woken for each new event, takes
+    /// what it sends (a reference count) straight from the log, with one hold of the lock and no
+    /// list of its own. `visit` runs under the read lock, so it must only take what it needs.
+    pub fn read_each(
+        &self,
+        from: u64,
+        filter: &Filter,
+        max_events: usize,
+        max_scan: usize,
+        mut visit: impl FnMut(&Arc<LoggedEvent>),
+    ) -> Result<Stretch, LogError> {
+        let visible = self.head();
+        let mut end = Stretch {
+            next: from,
+            head: visible,
+            first_retained: 0,
+            matched: 0,
+        };
         let mut left = max_scan;
-        while left > 0 && next <= visible && events.len() < max_events {
-            let state = self.read();
-            first_retained = state.first_retained;
+        let more = |end: &Stretch, left: usize| {
+            left > 0 && end.next <= visible && end.matched < max_events
+        };
+        // The position is checked under the same hold of the lock as the first chunk is read.
+        let mut state = self.read();
+        if from == 0 {
+            end.next = state.first_retained;
+        }
+        state.check_position(end.next, visible)?;
+        end.first_retained = state.first_retained;
+        while more(&end, left) {
             // Evicted since the last chunk: what was read stands, and the next read says so.
-            let Some(start) = next
+            let Some(start) = end
+                .next
                 .checked_sub(state.first_retained)
                 .and_then(|index| usize::try_from(index).ok())
             else {
                 break;
             };
-            let readable = usize::try_from(visible + 1 - next).unwrap_or(usize::MAX);
+            let readable = usize::try_from(visible + 1 - end.next).unwrap_or(usize::MAX);
             let chunk = left.min(SCAN_PER_LOCK).min(readable);
-            let chunk_start = next;
+            let chunk_start = end.next;
             for entry in state.entries.range(start..).take(chunk) {
-                next += 1;
+                end.next += 1;
                 left -= 1;
                 if filter.matches(entry) {
-                    events.push(entry.clone());
-                    if events.len() == max_events {
+                    visit(entry);
+                    end.matched += 1;
+                    if end.matched == max_events {
                         break;
                     }
                 }
             }
-            if next == chunk_start {
+            if end.next == chunk_start || !more(&end, left) {
                 break;
             }
+            // Released between chunks, so that a waiting publisher gets in; released first, since
+            // a reader asking again while a writer waits would wait behind it, holding it up.
+            drop(state);
+            state = self.read();
+            end.first_retained = state.first_retained;
         }
-        Ok(Batch {
-            events,
-            next,
-            head: visible,
-            first_retained,
-        })
+        Ok(end)
     }
 
     /// Checks that `from` is a readable position: retained (or 0, for the oldest retained), and at

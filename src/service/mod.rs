@@ -399,10 +399,10 @@ impl StoryService for Service {
             .map_err(status)?;
         Ok(Response::new(pb::ListEventsResponse {
             events: batch.events.iter().map(|entry| entry.event()).collect(),
-            next_sequence: batch.next,
-            head_sequence: batch.head,
+            next_sequence: batch.end.next,
+            head_sequence: batch.end.head,
             log_id: self.log.log_id().to_owned(),
-            first_retained_sequence: batch.first_retained,
+            first_retained_sequence: batch.end.first_retained,
         }))
     }
 }
