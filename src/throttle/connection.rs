@@ -35,7 +35,11 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Throttled<IO> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        let Some(account) = &this.account else {
+        let Some(account) = this
+            .account
+            .as_ref()
+            .filter(|account| !account.never_wasted())
+        else {
             return Pin::new(&mut this.io).poll_read(cx, buf);
         };
         let mut now = Instant::now();

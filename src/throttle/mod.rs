@@ -198,6 +198,12 @@ impl Account {
         self.whole_at.load(Ordering::Relaxed) > self.budgets.nanos(now)
     }
 
+    /// Whether the connection has never wasted a stream, as nearly every one has not: then it is
+    /// neither paused nor in debt, and its reads need not read the clock.
+    fn never_wasted(&self) -> bool {
+        self.whole_at.load(Ordering::Relaxed) == 0
+    }
+
     /// When the connection may read again, if it is paused now.
     fn paused_until(&self, now: Instant) -> Option<Instant> {
         let budgets = &self.budgets;
