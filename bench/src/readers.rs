@@ -11,7 +11,9 @@
 //! bounds the count (each subscriber holds one descriptor here and one in the server), and the
 //! case refuses a count it cannot open rather than failing half-way.
 //!
-//! Besides its tables the case can keep every run in a results file (`--reader-results`).
+//! Besides its tables the case can keep every run in a results file (`--reader-results`), and
+//! draw them (`--reader-plot`, see [`crate::plot`]); `storywire-bench plot` draws such a file
+//! again without running anything.
 
 use std::{
     path::{Path, PathBuf},
@@ -26,6 +28,7 @@ use crate::{
     anchor,
     load::{Rate, Received, connect, publish, receive, subscribe_each},
     matrix::ms,
+    plot,
     process::{ServerProcess, Target},
     report::{cell, ratio_within_runs},
 };
@@ -53,9 +56,13 @@ pub struct Args {
     #[arg(long, default_value_t = 30)]
     pub reader_seconds: u64,
     /// Also write every run of the connections-per-reader case to this JSON file, rewritten after
-    /// each count, so that its figures can be read or summarised again without running the case.
+    /// each count, so that its plot can be drawn again (`storywire-bench plot --from PATH`).
     #[arg(long, value_name = "PATH")]
     pub reader_results: Option<PathBuf>,
+    /// Also draw the connections-per-reader case as an SVG at this path, rewritten after each
+    /// count: delivery p99 and server CPU per delivery against the readers, a line per server.
+    #[arg(long, value_name = "PATH")]
+    pub reader_plot: Option<PathBuf>,
 }
 
 /// One run of the case on one server. Its field names are the results file's keys.
@@ -94,6 +101,13 @@ pub struct Results {
 }
 
 impl Results {
+    /// Reads a results file, saying which one if it cannot.
+    pub fn read(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("reading {}: {e}", path.display()))?;
+        serde_json::from_str(&text).map_err(|e| format!("reading {}: {e}", path.display()))
+    }
+
     /// Writes the results file, pretty-printed so that a diff of two shows which runs changed.
     pub fn write(&self, path: &Path) -> Result<(), String> {
         let text = serde_json::to_string_pretty(self).map_err(|e| e.to_string())?;
@@ -170,6 +184,9 @@ pub async fn run(args: &Args, targets: &[Target], runs: usize) -> Result<(), Str
         // say) then keeps what the earlier ones measured.
         if let Some(path) = &args.reader_results {
             kept.write(path)?;
+        }
+        if let Some(path) = &args.reader_plot {
+            plot::write(&kept, path)?;
         }
     }
     Ok(())
@@ -380,7 +397,7 @@ async fn once(target: Target, count: usize, events: u64) -> Result<Readers, Stri
 
 #[cfg(test)]
 mod tests {
-    use super::{Readers, once, table};
+    use super::{Readers, Results, Run, once, table};
     use crate::{anchor::tests::nats_server_at_hand, process::Target};
 
     #[tokio::test]
@@ -428,5 +445,32 @@ mod tests {
             lines.last().unwrap(),
             &"| gaps / duplicates, all runs | 0 / 0 | 0 / 0 | 0 / 0 | | |"
         );
+    }
+
+    #[test]
+    fn the_results_file_reads_back_what_was_written() {
+        let path = std::env::temp_dir().join(format!("readers-{}.json", uuid::Uuid::new_v4()));
+        let run = Readers {
+            subscribe_all_seconds: 1.0,
+            p50_ms: 2.0,
+            p99_ms: 3.0,
+            max_ms: 4.0,
+            cpu_us_per_delivery: 5.0,
+            rss_kib_per_connection: 6.0,
+            gaps: 0,
+            duplicates: 1,
+        };
+        let written = Results {
+            note: "made up".to_owned(),
+            runs: vec![Run {
+                server: "storywire".to_owned(),
+                readers: 10,
+                figures: run,
+            }],
+        };
+        written.write(&path).unwrap();
+        let read = Results::read(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(read, written);
     }
 }
