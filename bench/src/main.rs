@@ -17,6 +17,7 @@
 //! - [`cluster`]: the JetStream journal of `serve --nats` beside the others: publishing,
 //!   replication lag, a new node's catch-up, fan-out on one node.
 //! - [`readers`]: connections per reader (issue 13): each subscriber on a connection of its own.
+//! - [`plot`]: the connections-per-reader case drawn as an SVG, from its runs or a results file.
 //! - [`nats`]: the nats-server binary, and the JetStream servers the cluster case starts.
 //! - [`anchor`]: the NATS anchor's client side: the same events over core NATS publish/subscribe.
 //! - [`report`]: medians, spreads and ratios as the report's markdown cells.
@@ -32,6 +33,7 @@ mod heavy_reads;
 mod load;
 mod matrix;
 mod nats;
+mod plot;
 mod process;
 mod readers;
 mod report;
@@ -66,6 +68,15 @@ enum Mode {
         #[arg(long, default_value = "127.0.0.1:0")]
         listen: SocketAddr,
     },
+    /// Draw a connections-per-reader results file (`--reader-results`) again as an SVG.
+    Plot {
+        /// The results file.
+        #[arg(long)]
+        from: std::path::PathBuf,
+        /// Where to write the SVG.
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
 }
 
 #[tokio::main]
@@ -73,6 +84,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match cli.mode {
         Some(Mode::Bare { listen }) => bare::run(listen).await,
+        Some(Mode::Plot { from, out }) => plot::redraw(&from, &out),
         None => matrix::run(cli.args).await,
     };
     match outcome {

@@ -10,16 +10,25 @@
 //! All of it runs in the bench's one process, on 127.0.0.1: the per-process open-files limit
 //! bounds the count (each subscriber holds one descriptor here and one in the server), and the
 //! case refuses a count it cannot open rather than failing half-way.
+//!
+//! Besides its tables the case can keep every run in a results file (`--reader-results`), and
+//! draw them (`--reader-plot`, see [`crate::plot`]); `storywire-bench plot` draws such a file
+//! again without running anything.
 
-use std::time::Duration;
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use crate::{
     anchor,
     load::{Rate, Received, connect, publish, receive, subscribe_each},
     matrix::ms,
+    plot,
     process::{ServerProcess, Target},
     report::{cell, ratio_within_runs},
 };
@@ -46,22 +55,64 @@ pub struct Args {
     /// How long the connections-per-reader case publishes for, in seconds.
     #[arg(long, default_value_t = 30)]
     pub reader_seconds: u64,
+    /// Also write every run of the connections-per-reader case to this JSON file, rewritten after
+    /// each count, so that its plot can be drawn again (`storywire-bench plot --from PATH`).
+    #[arg(long, value_name = "PATH")]
+    pub reader_results: Option<PathBuf>,
+    /// Also draw the connections-per-reader case as an SVG at this path, rewritten after each
+    /// count: delivery p99 and server CPU per delivery against the readers, a line per server.
+    #[arg(long, value_name = "PATH")]
+    pub reader_plot: Option<PathBuf>,
 }
 
-/// One run of the case on one server.
-#[derive(Debug, Clone, Copy)]
-struct Readers {
+/// One run of the case on one server. Its field names are the results file's keys.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Readers {
     /// From the first connect to the last subscription registered.
-    subscribe_all_seconds: f64,
-    p50_ms: f64,
-    p99_ms: f64,
-    max_ms: f64,
-    cpu_us_per_delivery: f64,
+    pub subscribe_all_seconds: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    pub cpu_us_per_delivery: f64,
     /// Server RSS with every subscriber connected, less its RSS before the first, per subscriber.
-    rss_kib_per_connection: f64,
+    pub rss_kib_per_connection: f64,
     /// Sequences missed, and seen twice, over all subscribers.
-    gaps: u64,
-    duplicates: u64,
+    pub gaps: u64,
+    pub duplicates: u64,
+}
+
+/// One run as the results file keeps it: which server, how many readers, what it measured.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Run {
+    /// The server's name as the tables give it: `storywire`, `bare tonic` or `NATS`.
+    pub server: String,
+    pub readers: usize,
+    #[serde(flatten)]
+    pub figures: Readers,
+}
+
+/// The results file of `--reader-results`: every run that did not fail, in the order they ran.
+/// Runs, not summaries, so that whoever reads it can summarise them another way.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Results {
+    /// Where the runs come from: the case's settings, or the tables they were copied from.
+    pub note: String,
+    pub runs: Vec<Run>,
+}
+
+impl Results {
+    /// Reads a results file, saying which one if it cannot.
+    pub fn read(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("reading {}: {e}", path.display()))?;
+        serde_json::from_str(&text).map_err(|e| format!("reading {}: {e}", path.display()))
+    }
+
+    /// Writes the results file, pretty-printed so that a diff of two shows which runs changed.
+    pub fn write(&self, path: &Path) -> Result<(), String> {
+        let text = serde_json::to_string_pretty(self).map_err(|e| e.to_string())?;
+        std::fs::write(path, text + "\n").map_err(|e| format!("writing {}: {e}", path.display()))
+    }
 }
 
 /// A figure of the table: its name, how to read it from a run, and its decimals.
@@ -94,6 +145,14 @@ pub async fn run(args: &Args, targets: &[Target], runs: usize) -> Result<(), Str
         INTERVAL.as_millis(),
         args.reader_seconds
     );
+    let mut kept = Results {
+        note: format!(
+            "storywire-bench --readers: each subscriber on a connection of its own, one event every {} ms for {} s ({events} events), {runs} runs per server and count",
+            INTERVAL.as_millis(),
+            args.reader_seconds
+        ),
+        runs: Vec::new(),
+    };
     for &count in &args.reader_counts {
         room_for(count)?;
         let mut results: Vec<Vec<Readers>> = vec![Vec::new(); targets.len()];
@@ -106,6 +165,11 @@ pub async fn run(args: &Args, targets: &[Target], runs: usize) -> Result<(), Str
                 match once(targets[i], count, events).await {
                     Ok(result) => {
                         eprintln!("{count} readers, {}: {result:?}", targets[i].name());
+                        kept.runs.push(Run {
+                            server: targets[i].name().to_owned(),
+                            readers: count,
+                            figures: result,
+                        });
                         results[i].push(result);
                     }
                     Err(error) => {
@@ -116,6 +180,14 @@ pub async fn run(args: &Args, targets: &[Target], runs: usize) -> Result<(), Str
             }
         }
         println!("\n{}", table(count, targets, &results, &failed));
+        // After each count, not only the last: a later count that fails (out of descriptors,
+        // say) then keeps what the earlier ones measured.
+        if let Some(path) = &args.reader_results {
+            kept.write(path)?;
+        }
+        if let Some(path) = &args.reader_plot {
+            plot::write(&kept, path)?;
+        }
     }
     Ok(())
 }
@@ -325,7 +397,7 @@ async fn once(target: Target, count: usize, events: u64) -> Result<Readers, Stri
 
 #[cfg(test)]
 mod tests {
-    use super::{Readers, once, table};
+    use super::{Readers, Results, Run, once, table};
     use crate::{anchor::tests::nats_server_at_hand, process::Target};
 
     #[tokio::test]
@@ -339,9 +411,9 @@ mod tests {
         assert!(run.subscribe_all_seconds > 0.0);
     }
 
-    #[test]
-    fn the_table_has_a_column_per_server_and_a_ratio_per_other_server() {
-        let run = Readers {
+    /// A run whose figures are 1 to 6 in the table's order, so that a cell shows which it is.
+    fn made_up_run() -> Readers {
+        Readers {
             subscribe_all_seconds: 1.0,
             p50_ms: 2.0,
             p99_ms: 3.0,
@@ -350,7 +422,12 @@ mod tests {
             rss_kib_per_connection: 6.0,
             gaps: 0,
             duplicates: 0,
-        };
+        }
+    }
+
+    #[test]
+    fn the_table_has_a_column_per_server_and_a_ratio_per_other_server() {
+        let run = made_up_run();
         let half = Readers { p50_ms: 1.0, ..run };
         let targets = [Target::Storywire, Target::Bare, Target::Nats];
         let text = table(
@@ -380,5 +457,25 @@ mod tests {
         assert_eq!(lines[0], "| 10 readers | storywire |");
         assert_eq!(lines[1], "|---|---|");
         assert_eq!(lines[3], "| delivery p50, ms | 2.00 |");
+    }
+
+    #[test]
+    fn the_results_file_reads_back_what_was_written() {
+        let path = std::env::temp_dir().join(format!("readers-{}.json", uuid::Uuid::new_v4()));
+        let written = Results {
+            note: "made up".to_owned(),
+            runs: vec![Run {
+                server: "storywire".to_owned(),
+                readers: 10,
+                figures: Readers {
+                    duplicates: 1,
+                    ..made_up_run()
+                },
+            }],
+        };
+        written.write(&path).unwrap();
+        let read = Results::read(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(read, written);
     }
 }
