@@ -155,9 +155,14 @@ impl Subscription {
             }
             if self.caught_up_sent {
                 // Mark the head seen before looking at it and at the shutdown flag: anything that
-                // happens after this line wakes the wait below.
-                let head = *self.head.borrow_and_update();
-                if *self.shutdown.borrow() && head < self.cursor {
+                // happens after this line wakes the wait below. Neither look takes a lock: the
+                // head is the log's atomic copy, and the shutdown flag's value is read only once
+                // it has been sent (it is sent once, when shutdown begins).
+                self.head.mark_unchanged();
+                let head = self.log.head();
+                let shutting_down =
+                    self.shutdown.has_changed().unwrap_or(true) && *self.shutdown.borrow();
+                if shutting_down && head < self.cursor {
                     return Some(Err(self.end(End::ShuttingDown)));
                 }
                 if head < self.cursor {
