@@ -17,6 +17,10 @@
 //! - [`cluster`]: the JetStream journal of `serve --nats` beside the others: publishing,
 //!   replication lag, a new node's catch-up, fan-out on one node.
 //! - [`readers`]: connections per reader (issue 13): each subscriber on a connection of its own.
+//! - [`storm`]: the reconnect storm (issue 13): a durable server restarts under every reader,
+//!   and all of them come back at once and resume 1,000 events back while a desk publishes.
+//! - [`burst`]: one burst to many readers (issue 13): one PublishStream of updates to every
+//!   reader on a connection of its own.
 //! - [`nats`]: the nats-server binary, and the JetStream servers the cluster case starts.
 //! - [`anchor`]: the NATS anchor's client side: the same events over core NATS publish/subscribe.
 //! - [`report`]: medians, spreads and ratios as the report's markdown cells.
@@ -27,6 +31,7 @@
 mod abuse;
 mod anchor;
 mod bare;
+mod burst;
 mod cluster;
 mod heavy_reads;
 mod load;
@@ -35,6 +40,7 @@ mod nats;
 mod process;
 mod readers;
 mod report;
+mod storm;
 
 use std::{net::SocketAddr, process::ExitCode};
 

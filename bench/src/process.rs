@@ -120,13 +120,26 @@ impl ServerProcess {
         retain_events: usize,
         extra: &[String],
     ) -> Result<Self, String> {
+        let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
+        Self::start_on(target, any_port, retain_events, extra).await
+    }
+
+    /// Like [`Self::start_with`], listening on `listen`: a server restarted where its clients
+    /// knew it (the NATS anchor always takes a port of its own).
+    pub async fn start_on(
+        target: Target,
+        listen: SocketAddr,
+        retain_events: usize,
+        extra: &[String],
+    ) -> Result<Self, String> {
+        let listen = listen.to_string();
         let mut command = match target {
             Target::Storywire => {
                 let mut command = Command::new(storywire_binary()?);
                 command.args([
                     "serve",
                     "--listen",
-                    "127.0.0.1:0",
+                    &listen,
                     "--retain-events",
                     &retain_events.to_string(),
                 ]);
@@ -135,7 +148,7 @@ impl ServerProcess {
             Target::Bare => {
                 let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
                 let mut command = Command::new(exe);
-                command.args(["bare", "--listen", "127.0.0.1:0"]);
+                command.args(["bare", "--listen", &listen]);
                 command
             }
             Target::Nats => {
@@ -225,6 +238,28 @@ impl ServerProcess {
     /// Stops the server.
     pub async fn stop(mut self) {
         let _ = self.child.kill().await;
+    }
+
+    /// Asks the server to stop as an operator would, with SIGTERM, and waits up to `timeout`
+    /// for it to exit; kills it past that, and says so. A storywire server drains first: every
+    /// subscription gets the events up to the head, then ends.
+    pub async fn terminate(mut self, timeout: Duration) -> Result<(), String> {
+        let pid = libc::pid_t::try_from(self.pid).map_err(|e| e.to_string())?;
+        // SAFETY: kill(2) only sends a signal, to the child this value owns and has not reaped.
+        if unsafe { libc::kill(pid, libc::SIGTERM) } != 0 {
+            return Err(format!("SIGTERM: {}", std::io::Error::last_os_error()));
+        }
+        match tokio::time::timeout(timeout, self.child.wait()).await {
+            Ok(Ok(status)) if status.success() => Ok(()),
+            Ok(Ok(status)) => Err(format!("the server exited with {status} after SIGTERM")),
+            Ok(Err(error)) => Err(format!("waiting for the server: {error}")),
+            Err(_) => {
+                let _ = self.child.kill().await;
+                Err(format!(
+                    "the server was still running {timeout:?} after SIGTERM"
+                ))
+            }
+        }
     }
 }
 

@@ -180,7 +180,7 @@ fn table(count: usize, targets: &[Target], results: &[Vec<Readers>], failed: &[u
 
 /// Fails, saying why, if this process may not open `count` more sockets; raises its soft
 /// open-files limit to the hard one first (the servers it starts inherit it).
-fn room_for(count: usize) -> Result<(), String> {
+pub fn room_for(count: usize) -> Result<(), String> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -209,7 +209,7 @@ fn room_for(count: usize) -> Result<(), String> {
 }
 
 /// A run's connections, kept open until the end of the run.
-enum Connections {
+pub enum Connections {
     /// One NATS client per subscriber.
     Nats(Vec<async_nats::Client>),
     /// One tonic channel (HTTP/2 connection) per subscriber.
@@ -218,7 +218,7 @@ enum Connections {
 
 impl Connections {
     /// Closes every connection.
-    async fn close(self) {
+    pub async fn close(self) {
         match self {
             Self::Nats(clients) => anchor::close(clients).await,
             Self::Grpc(channels) => drop(channels),
@@ -230,14 +230,14 @@ impl Connections {
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Descriptors this process holds.
-fn open_descriptors() -> usize {
+pub fn open_descriptors() -> usize {
     std::fs::read_dir("/proc/self/fd").map_or(0, |entries| entries.count())
 }
 
 /// Waits until this process holds no more than [`SPARE_DESCRIPTORS`] descriptors over
 /// `before`, so that a run does not start while the last one's connections, closed by tasks of
 /// their own, still hold descriptors; gives up, saying so, after [`SETTLE_TIMEOUT`].
-async fn settle(before: usize) {
+pub async fn settle(before: usize) {
     let deadline = Instant::now() + SETTLE_TIMEOUT;
     while open_descriptors() > before + SPARE_DESCRIPTORS as usize {
         if Instant::now() > deadline {
