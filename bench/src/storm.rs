@@ -28,7 +28,7 @@ use std::{
 use hdrhistogram::Histogram;
 use storywire::pb::{self, story_service_client::StoryServiceClient, subscribe_response::Item};
 use tokio::{
-    sync::{mpsc, watch},
+    sync::{mpsc, oneshot, watch},
     task::JoinSet,
     time::Instant,
 };
@@ -40,7 +40,7 @@ use tonic::{
 use crate::{
     load::{self, Rate, STORY, connect, publish, subscribe_each},
     matrix::ms,
-    process::{ServerProcess, Target},
+    process::{ServerProcess, Target, cpu_seconds_of},
     readers::{open_descriptors, room_for, settle},
     report::{Figure, cell, quantile},
 };
@@ -309,6 +309,8 @@ struct Acked {
     /// When it was due: its tick. Latency counts from here, so that events held up behind an
     /// unanswered one are late too.
     due: Instant,
+    /// When it was first sent: later than `due` when the one before it was held up.
+    sent: Instant,
     /// When its acknowledgement arrived.
     acked: Instant,
     /// Its sequence in the log.
@@ -344,10 +346,14 @@ async fn desk(
         let mut request = load::revision(STORY.into(), n);
         request.event_id = format!("storm-{n}");
         let mut resends = 0;
+        let sent = Instant::now();
         let answer = loop {
             match tokio::time::timeout(CALL_TIMEOUT, client.publish(request.clone())).await {
                 Ok(Ok(answer)) => break answer.into_inner(),
                 Ok(Err(_)) | Err(_) => {
+                    if stop.has_changed().is_err() {
+                        return Err("the run ended under the desk".into());
+                    }
                     if Instant::now() + RETRY_INTERVAL > deadline {
                         return Err(format!("event {n} unacknowledged at the deadline"));
                     }
@@ -361,12 +367,40 @@ async fn desk(
         acked.fetch_max(answer.sequence, Ordering::Release);
         published.push(Acked {
             due,
+            sent,
             acked: Instant::now(),
             sequence: answer.sequence,
             resends,
         });
     }
     Ok(published)
+}
+
+/// Runs [`desk`] on a thread and a runtime of its own, so that its latency is the server's and
+/// the wire's, not the wait behind thousands of subscriber tasks in the bench's runtime; they
+/// still share the machine's cores. Dropping `stop`'s sender ends it.
+fn desk_apart(
+    endpoint: Endpoint,
+    first: u64,
+    acked: Arc<AtomicU64>,
+    stop: watch::Receiver<bool>,
+    deadline: Instant,
+) -> Result<oneshot::Receiver<Result<Vec<Acked>, String>>, String> {
+    let (sender, receiver) = oneshot::channel();
+    std::thread::Builder::new()
+        .name("storm-desk".into())
+        .spawn(move || {
+            let outcome = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime.block_on(desk(endpoint, first, acked, stop, deadline)),
+                Err(error) => Err(format!("the desk's runtime: {error}")),
+            };
+            let _ = sender.send(outcome);
+        })
+        .map_err(|e| format!("the desk's thread: {e}"))?;
+    Ok(receiver)
 }
 
 /// One run of the storm.
@@ -391,6 +425,9 @@ struct Storm {
     /// The same for events due from the new server listening until the storm was over.
     storm_p50_ms: f64,
     storm_p99_ms: f64,
+    /// The same events' latency from their first send, without the wait behind an earlier one.
+    storm_sent_p50_ms: f64,
+    storm_sent_p99_ms: f64,
     storm_events: u64,
     /// Events due between SIGTERM and the new server listening, and the longest any took.
     outage_events: u64,
@@ -403,6 +440,8 @@ struct Storm {
     /// storm, and as cores over the storm.
     cpu_s: f64,
     cpu_cores: f64,
+    /// The bench's own CPU seconds (every subscriber and the desk) over the storm.
+    bench_cpu_s: f64,
     /// The old server's RSS just before SIGTERM, and the new one's peak until the storm was over.
     quiet_rss_mib: f64,
     storm_peak_rss_mib: f64,
@@ -417,7 +456,7 @@ struct Storm {
 type Row = (Figure<Storm>, &'static str);
 
 /// The storm table's rows.
-const ROWS: [Row; 21] = [
+const ROWS: [Row; 24] = [
     (
         (
             "SIGTERM to the old server's exit (its drain), s",
@@ -475,6 +514,22 @@ const ROWS: [Row; 21] = [
         "≤ 3",
     ),
     (
+        (
+            "publish p50, storm, from its first send, ms",
+            |r| r.storm_sent_p50_ms,
+            2,
+        ),
+        "",
+    ),
+    (
+        (
+            "publish p99, storm, from its first send, ms",
+            |r| r.storm_sent_p99_ms,
+            2,
+        ),
+        "",
+    ),
+    (
         ("publishes due in the storm", |r| r.storm_events as f64, 0),
         "",
     ),
@@ -520,6 +575,14 @@ const ROWS: [Row; 21] = [
     ),
     (
         ("new server CPU over the storm, cores", |r| r.cpu_cores, 2),
+        "",
+    ),
+    (
+        (
+            "bench (all clients) CPU over the storm, s",
+            |r| r.bench_cpu_s,
+            2,
+        ),
         "",
     ),
     (
@@ -639,14 +702,13 @@ async fn storm(count: usize, quiet: Duration, extra: &[String]) -> Result<Storm,
     }
     drop(signals);
     let (stop, stop_rx) = watch::channel(false);
-    let mut desks = JoinSet::new();
-    desks.spawn(desk(
+    let desk = desk_apart(
         endpoint.clone(),
         PRELOAD_EVENTS + 1,
         acked.clone(),
         stop_rx,
         deadline,
-    ));
+    )?;
 
     // The quiet phase is a fixed window of the bench's own clock: there is nothing to await.
     tokio::time::sleep(quiet).await;
@@ -657,6 +719,7 @@ async fn storm(count: usize, quiet: Duration, extra: &[String]) -> Result<Storm,
     resume_from.send_replace(Some(resume_sequence(acked.load(Ordering::Acquire))));
     let server = ServerProcess::start_on(Target::Storywire, address, RETAIN_EVENTS, extra).await?;
     let listening_at = Instant::now();
+    let bench_cpu_before = cpu_seconds_of(std::process::id());
 
     let storm_deadline = (listening_at + STORM_TIMEOUT).min(deadline);
     let mut done = Vec::with_capacity(count);
@@ -670,14 +733,11 @@ async fn storm(count: usize, quiet: Duration, extra: &[String]) -> Result<Storm,
     }
     let storm_end = Instant::now();
     let cpu = server.cpu_seconds();
+    let bench_cpu = cpu_seconds_of(std::process::id()) - bench_cpu_before;
     let peak_rss = server.peak_rss_bytes();
 
     stop.send_replace(true);
-    let published = desks
-        .join_next()
-        .await
-        .ok_or("no desk")?
-        .map_err(|e| e.to_string())??;
+    let published = desk.await.map_err(|_| "the desk's thread ended")??;
     let last_sequence = published.iter().map(|a| a.sequence).max().unwrap_or(0);
     last.send_replace(Some(last_sequence));
     let mut all = Vec::with_capacity(count);
@@ -693,16 +753,42 @@ async fn storm(count: usize, quiet: Duration, extra: &[String]) -> Result<Storm,
     if let Some(first) = errors.first() {
         eprintln!("{} subscribers gave up; the first: {first}", errors.len());
     }
-    let latency = |due_in: &dyn Fn(Instant) -> bool| -> Histogram<u64> {
+    // The desk's events around the restart, for the log: where its time went.
+    for event in published
+        .iter()
+        .filter(|a| a.due + Duration::from_secs(1) >= sigterm_at && a.due <= storm_end)
+    {
+        let at = |t: Instant| {
+            t.duration_since(sigterm_at).as_secs_f64() - sigterm_at.duration_since(t).as_secs_f64()
+        };
+        eprintln!(
+            "desk: sequence {} due {:+.3} s sent {:+.3} s acked {:+.3} s after SIGTERM, {} resends",
+            event.sequence,
+            at(event.due),
+            at(event.sent),
+            at(event.acked),
+            event.resends
+        );
+    }
+    eprintln!(
+        "storm: SIGTERM +0, exited {:+.3} s, listening {:+.3} s, last caught up {:+.3} s",
+        (exited_at - sigterm_at).as_secs_f64(),
+        (listening_at - sigterm_at).as_secs_f64(),
+        (storm_end - sigterm_at).as_secs_f64()
+    );
+    let latency = |due_in: &dyn Fn(Instant) -> bool, from_send: bool| -> Histogram<u64> {
         let mut histogram = Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid bounds");
         for event in published.iter().filter(|a| due_in(a.due)) {
-            let micros = (event.acked - event.due).as_micros();
+            let start = if from_send { event.sent } else { event.due };
+            let micros = (event.acked - start).as_micros();
             histogram.saturating_record(u64::try_from(micros).unwrap_or(u64::MAX));
         }
         histogram
     };
-    let quiet_latency = latency(&|due| due < sigterm_at);
-    let storm_latency = latency(&|due| due >= listening_at && due < storm_end);
+    let quiet_latency = latency(&|due| due < sigterm_at, false);
+    let in_storm = |due| due >= listening_at && due < storm_end;
+    let storm_latency = latency(&in_storm, false);
+    let storm_sent = latency(&in_storm, true);
     let outage: Vec<&Acked> = published
         .iter()
         .filter(|a| a.due >= sigterm_at && a.due < listening_at)
@@ -728,6 +814,8 @@ async fn storm(count: usize, quiet: Duration, extra: &[String]) -> Result<Storm,
         quiet_p99_ms: ms(quiet_latency.value_at_quantile(0.99)),
         storm_p50_ms: ms(storm_latency.value_at_quantile(0.5)),
         storm_p99_ms: ms(storm_latency.value_at_quantile(0.99)),
+        storm_sent_p50_ms: ms(storm_sent.value_at_quantile(0.5)),
+        storm_sent_p99_ms: ms(storm_sent.value_at_quantile(0.99)),
         storm_events: storm_latency.len(),
         outage_events: outage.len() as u64,
         outage_max_s: outage
@@ -738,6 +826,7 @@ async fn storm(count: usize, quiet: Duration, extra: &[String]) -> Result<Storm,
         failed_attempts_per_reader: all.iter().map(|f| f.failed_attempts).sum::<u64>() as f64
             / count.max(1) as f64,
         cpu_s: cpu,
+        bench_cpu_s: bench_cpu,
         cpu_cores: cpu
             / storm_end
                 .saturating_duration_since(listening_at)
