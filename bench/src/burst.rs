@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use crate::{
     anchor,
     load::{Rate, Received, connect, publish, publish_more, receive, subscribe_each},
-    process::{ServerProcess, Target},
+    process::{ServerProcess, Target, in_turn},
     readers::{Connections, open_descriptors, room_for, settle},
     report::{Figure, by_server, quantile},
 };
@@ -91,33 +91,14 @@ pub async fn run(args: &Args, targets: &[Target], runs: usize) -> Result<(), Str
     println!(
         "\nOne burst to many readers: {updates} updates in one PublishStream at full speed (NATS: published, then flushed) to {count} subscribers, each on a connection of its own; median (min–max) of {runs} runs; ratios taken within each run."
     );
-    let mut results: Vec<Vec<Burst>> = vec![Vec::new(); targets.len()];
-    let mut failed = vec![0; targets.len()];
-    for run in 0..runs {
-        for k in 0..targets.len() {
-            // Rotate the order so that no server always runs on a warmer machine.
-            let i = (k + run) % targets.len();
-            match once(targets[i], count, updates).await {
-                Ok(result) => {
-                    eprintln!("burst, {count} readers, {}: {result:?}", targets[i].name());
-                    results[i].push(result);
-                }
-                Err(error) => {
-                    eprintln!(
-                        "burst, {count} readers, {}: failed: {error}",
-                        targets[i].name()
-                    );
-                    failed[i] += 1;
-                }
-            }
-        }
-    }
+    let label = format!("burst, {count} readers");
+    let (results, failed) =
+        in_turn(targets, runs, &label, |target| once(target, count, updates)).await;
     println!("\n{}", table(count, updates, targets, &results, &failed));
     Ok(())
 }
 
-/// The table: a row per figure, a column per server, storywire over each other server, then
-/// the gaps and duplicates over every run.
+/// The table: a row per figure, a column per server, storywire over each other server.
 fn table(
     count: usize,
     updates: u64,
@@ -127,28 +108,8 @@ fn table(
 ) -> String {
     let names: Vec<&str> = targets.iter().map(|t| t.name()).collect();
     let corner = format!("{updates} updates to {count} readers");
-    let mut lines = by_server(&corner, &names, &FIGURES, results);
-    let others = " |".repeat(names.len() - 1);
-    let misses: Vec<String> = results
-        .iter()
-        .map(|runs| {
-            let gaps: u64 = runs.iter().map(|r| r.gaps).sum();
-            let duplicates: u64 = runs.iter().map(|r| r.duplicates).sum();
-            format!("{gaps} / {duplicates}")
-        })
-        .collect();
-    lines.push(format!(
-        "| gaps / duplicates, all runs | {} |{others}",
-        misses.join(" | ")
-    ));
-    if failed.iter().any(|&n| n > 0) {
-        let failed: Vec<String> = failed.iter().map(usize::to_string).collect();
-        lines.push(format!(
-            "| runs that failed (see the log) | {} |{others}",
-            failed.join(" | ")
-        ));
-    }
-    lines.join("\n")
+    let misses = |r: &Burst| (r.gaps, r.duplicates);
+    by_server(&corner, &names, &FIGURES, results, misses, failed)
 }
 
 /// One run on `target`: a fresh server, `count` subscribers each on a connection of its own, a

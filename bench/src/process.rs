@@ -96,6 +96,40 @@ impl Target {
     }
 }
 
+/// Runs `once` on each of `targets`, `runs` times, rotating which goes first so that no server
+/// always runs on a warmer machine, and returns each target's results in run order with how many
+/// of its runs failed. A run that fails is logged after `label` and counted, not allowed to lose
+/// the others (the ratios then pair the runs that are left, in order).
+pub async fn in_turn<T: std::fmt::Debug, F, Fut>(
+    targets: &[Target],
+    runs: usize,
+    label: &str,
+    mut once: F,
+) -> (Vec<Vec<T>>, Vec<usize>)
+where
+    F: FnMut(Target) -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let mut results: Vec<Vec<T>> = targets.iter().map(|_| Vec::new()).collect();
+    let mut failed = vec![0; targets.len()];
+    for run in 0..runs {
+        for k in 0..targets.len() {
+            let i = (k + run) % targets.len();
+            match once(targets[i]).await {
+                Ok(result) => {
+                    eprintln!("{label}, {}: {result:?}", targets[i].name());
+                    results[i].push(result);
+                }
+                Err(error) => {
+                    eprintln!("{label}, {}: failed: {error}", targets[i].name());
+                    failed[i] += 1;
+                }
+            }
+        }
+    }
+    (results, failed)
+}
+
 /// A running server process on a loopback port. Killed when dropped.
 pub struct ServerProcess {
     /// The child process; `kill_on_drop` ends it with the bench.

@@ -20,8 +20,8 @@ use crate::{
     anchor,
     load::{Rate, Received, connect, publish, receive, subscribe_each},
     matrix::ms,
-    process::{ServerProcess, Target},
-    report::{cell, ratio_within_runs},
+    process::{ServerProcess, Target, in_turn},
+    report::{Figure, by_server},
 };
 
 /// How often the publisher sends, as a busy story's live updates might come.
@@ -64,11 +64,8 @@ struct Readers {
     duplicates: u64,
 }
 
-/// A figure of the table: its name, how to read it from a run, and its decimals.
-type Figure = (&'static str, fn(&Readers) -> f64, usize);
-
 /// The table's figures, one row each.
-const FIGURES: [Figure; 6] = [
+const FIGURES: [Figure<Readers>; 6] = [
     (
         "time to connect and subscribe all, s",
         |r| r.subscribe_all_seconds,
@@ -96,25 +93,9 @@ pub async fn run(args: &Args, targets: &[Target], runs: usize) -> Result<(), Str
     );
     for &count in &args.reader_counts {
         room_for(count)?;
-        let mut results: Vec<Vec<Readers>> = vec![Vec::new(); targets.len()];
-        let mut failed = vec![0; targets.len()];
-        for run in 0..runs {
-            for k in 0..targets.len() {
-                let i = (k + run) % targets.len();
-                // A run that fails is counted and reported, not allowed to lose the others (the
-                // ratios then pair the runs that are left, in order).
-                match once(targets[i], count, events).await {
-                    Ok(result) => {
-                        eprintln!("{count} readers, {}: {result:?}", targets[i].name());
-                        results[i].push(result);
-                    }
-                    Err(error) => {
-                        eprintln!("{count} readers, {}: failed: {error}", targets[i].name());
-                        failed[i] += 1;
-                    }
-                }
-            }
-        }
+        let label = format!("{count} readers");
+        let (results, failed) =
+            in_turn(targets, runs, &label, |target| once(target, count, events)).await;
         println!("\n{}", table(count, targets, &results, &failed));
     }
     Ok(())
@@ -124,58 +105,15 @@ pub async fn run(args: &Args, targets: &[Target], runs: usize) -> Result<(), Str
 /// over each other server.
 fn table(count: usize, targets: &[Target], results: &[Vec<Readers>], failed: &[usize]) -> String {
     let names: Vec<&str> = targets.iter().map(|t| t.name()).collect();
-    let ratios: Vec<String> = names[1..]
-        .iter()
-        .map(|name| format!("{} / {name}", names[0]))
-        .collect();
-    let mut lines = vec![
-        format!(
-            "| {count} readers | {} | {} |",
-            names.join(" | "),
-            ratios.join(" | ")
-        ),
-        format!("|---|{}", "---|".repeat(names.len() + ratios.len())),
-    ];
-    let column =
-        |i: usize, f: fn(&Readers) -> f64| -> Vec<f64> { results[i].iter().map(f).collect() };
-    for (name, f, decimals) in FIGURES {
-        let cells: Vec<String> = (0..targets.len())
-            .map(|i| match column(i, f) {
-                values if values.is_empty() => "–".to_owned(),
-                values => cell(&values, decimals),
-            })
-            .collect();
-        let ratios: Vec<String> = (1..targets.len())
-            .map(|i| ratio_within_runs(&column(0, f), &column(i, f)))
-            .collect();
-        lines.push(format!(
-            "| {name} | {} | {} |",
-            cells.join(" | "),
-            ratios.join(" | ")
-        ));
-    }
-    let misses: Vec<String> = results
-        .iter()
-        .map(|runs| {
-            let gaps: u64 = runs.iter().map(|r| r.gaps).sum();
-            let duplicates: u64 = runs.iter().map(|r| r.duplicates).sum();
-            format!("{gaps} / {duplicates}")
-        })
-        .collect();
-    lines.push(format!(
-        "| gaps / duplicates, all runs | {} |{}",
-        misses.join(" | "),
-        " |".repeat(ratios.len())
-    ));
-    if failed.iter().any(|&n| n > 0) {
-        let failed: Vec<String> = failed.iter().map(usize::to_string).collect();
-        lines.push(format!(
-            "| runs that failed (see the log) | {} |{}",
-            failed.join(" | "),
-            " |".repeat(ratios.len())
-        ));
-    }
-    lines.join("\n")
+    let misses = |r: &Readers| (r.gaps, r.duplicates);
+    by_server(
+        &format!("{count} readers"),
+        &names,
+        &FIGURES,
+        results,
+        misses,
+        failed,
+    )
 }
 
 /// Fails, saying why, if this process may not open `count` more sockets; raises its soft

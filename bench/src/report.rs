@@ -68,14 +68,17 @@ pub fn quantile(values: &[f64], q: f64) -> f64 {
 pub type Figure<T> = (&'static str, fn(&T) -> f64, usize);
 
 /// A table with a row per figure and a column per server (each `median (min–max)` of its runs,
-/// `–` without any), then the first server over each other one, taken within each run.
-/// `corner` heads the column of names.
+/// `–` without any), then the first server over each other one, taken within each run; then
+/// each server's gaps and duplicates (`misses` of a run) summed over its runs, and, if any run
+/// failed, how many did. `corner` heads the column of names.
 pub fn by_server<T>(
     corner: &str,
     names: &[&str],
     figures: &[Figure<T>],
     results: &[Vec<T>],
-) -> Vec<String> {
+    misses: fn(&T) -> (u64, u64),
+    failed: &[usize],
+) -> String {
     let ratios: Vec<String> = names[1..]
         .iter()
         .map(|name| format!("{} / {name}", names[0]))
@@ -105,7 +108,29 @@ pub fn by_server<T>(
             ratios.join(" | ")
         ));
     }
-    lines
+    let no_ratios = " |".repeat(ratios.len());
+    let misses: Vec<String> = results
+        .iter()
+        .map(|runs| {
+            let (gaps, duplicates) = runs
+                .iter()
+                .map(misses)
+                .fold((0, 0), |(g, d), (gaps, dups)| (g + gaps, d + dups));
+            format!("{gaps} / {duplicates}")
+        })
+        .collect();
+    lines.push(format!(
+        "| gaps / duplicates, all runs | {} |{no_ratios}",
+        misses.join(" | ")
+    ));
+    if failed.iter().any(|&n| n > 0) {
+        let failed: Vec<String> = failed.iter().map(usize::to_string).collect();
+        lines.push(format!(
+            "| runs that failed (see the log) | {} |{no_ratios}",
+            failed.join(" | ")
+        ));
+    }
+    lines.join("\n")
 }
 
 #[cfg(test)]
@@ -125,12 +150,36 @@ mod tests {
     #[test]
     fn a_table_by_server_has_a_column_per_server_and_a_ratio_per_other() {
         let figures: [super::Figure<f64>; 1] = [("value", |v| *v, 1)];
-        let lines = by_server("case", &["a", "b"], &figures, &[vec![2.0], vec![1.0]]);
+        let misses = |v: &f64| (*v as u64, 1);
+        let names = ["a", "b"];
+        let text = by_server(
+            "case",
+            &names,
+            &figures,
+            &[vec![2.0], vec![1.0]],
+            misses,
+            &[0, 0],
+        );
+        let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines[0], "| case | a | b | a / b |");
         assert_eq!(lines[1], "|---|---|---|---|");
         assert_eq!(lines[2], "| value | 2.0 | 1.0 | 2.00x |");
-        let lines = by_server("case", &["a", "b"], &figures, &[vec![2.0], vec![]]);
+        assert_eq!(
+            lines[3],
+            "| gaps / duplicates, all runs | 2 / 1 | 1 / 1 | |"
+        );
+        assert_eq!(lines.len(), 4);
+        let text = by_server(
+            "case",
+            &names,
+            &figures,
+            &[vec![2.0], vec![]],
+            misses,
+            &[0, 1],
+        );
+        let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines[2], "| value | 2.0 | – | – |");
+        assert_eq!(lines[4], "| runs that failed (see the log) | 0 | 1 | |");
     }
 
     #[test]
