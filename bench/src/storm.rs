@@ -11,7 +11,8 @@
 //! server answers, and resumes [`RESUME_BACK`] events back from the head at the restart; the desk
 //! resends an unanswered publish with the same event_id until it is acknowledged. The storm is
 //! over when every subscriber has had caught_up and every event the desk had acknowledged by
-//! then.
+//! then; the desk then publishes what it still had due, and every subscriber reads to the last
+//! event, for the gaps and duplicates.
 //!
 //! Everything is bounded in time ([`STORM_TIMEOUT`] for the storm itself), only 127.0.0.1 is
 //! spoken to, and the server is stopped by its process id at the end.
@@ -217,6 +218,7 @@ async fn follow_into(
     drop(stream);
     drop(channel);
 
+    // The channel is kept until the resumed stream has been read to its end.
     let (from, mut stream, _channel) = loop {
         let channel = connect_until(&endpoint, deadline, &mut follower.failed_attempts).await?;
         let from =
