@@ -56,6 +56,7 @@ struct Burst {
     cpu_us_per_delivery: f64,
     /// Subscribers that did not have every update within [`GRACE`].
     incomplete: u64,
+    /// Sequences missed, and seen twice, over all subscribers.
     gaps: u64,
     duplicates: u64,
 }
@@ -121,7 +122,7 @@ async fn once(target: Target, count: usize, updates: u64) -> Result<Burst, Strin
     let (receivers, open, start, published, cpu_before) = match target {
         Target::Nats => {
             let publisher = anchor::connect(&url, 1).await?.remove(0);
-            let (clients, subscribers) = anchor::subscribe_each(&url, count).await?;
+            let (mut clients, subscribers) = anchor::subscribe_each(&url, count).await?;
             let deadline = Instant::now() + GRACE;
             let receivers: Vec<_> = subscribers
                 .into_iter()
@@ -130,7 +131,6 @@ async fn once(target: Target, count: usize, updates: u64) -> Result<Burst, Strin
             let cpu_before = server.cpu_seconds();
             let start = Instant::now();
             let published = anchor::publish(&publisher, updates, Rate::Max).await?;
-            let mut clients = clients;
             clients.push(publisher);
             (
                 receivers,
