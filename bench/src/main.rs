@@ -18,6 +18,10 @@
 //!   replication lag, a new node's catch-up, fan-out on one node.
 //! - [`readers`]: connections per reader (issue 13): each subscriber on a connection of its own.
 //! - [`plot`]: the connections-per-reader case drawn as an SVG, from its runs or a results file.
+//! - [`storm`]: the reconnect storm (issue 13): a durable server restarts under every reader,
+//!   and all of them come back at once and resume 1,000 events back while a desk publishes.
+//! - [`burst`]: one burst to many readers (issue 13): one PublishStream of updates to every
+//!   reader on a connection of its own.
 //! - [`nats`]: the nats-server binary, and the JetStream servers the cluster case starts.
 //! - [`anchor`]: the NATS anchor's client side: the same events over core NATS publish/subscribe.
 //! - [`report`]: medians, spreads and ratios as the report's markdown cells.
@@ -28,6 +32,7 @@
 mod abuse;
 mod anchor;
 mod bare;
+mod burst;
 mod cluster;
 mod heavy_reads;
 mod load;
@@ -37,6 +42,7 @@ mod plot;
 mod process;
 mod readers;
 mod report;
+mod storm;
 
 use std::{net::SocketAddr, process::ExitCode};
 

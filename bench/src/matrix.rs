@@ -1,7 +1,7 @@
 //! The standard cases and the order they run in: fan-out against the baseline and the NATS
 //! anchor, publish paths, durability, catch-up and memory per retained event, memory per idle
-//! subscriber; connections per reader, the abuse phases, the heavy reads and the cluster case
-//! when asked for.
+//! subscriber; connections per reader, the reconnect storm, one burst to many readers, the abuse
+//! phases, the heavy reads and the cluster case when asked for.
 
 use std::{path::PathBuf, time::Duration};
 
@@ -10,12 +10,13 @@ use storywire::pb;
 use tokio::time::Instant;
 
 use crate::{
-    abuse, anchor, cluster, heavy_reads,
+    abuse, anchor, burst, cluster, heavy_reads,
     load::{self, Rate, Received, connect, publish, receive, subscribe_many},
     nats,
     process::{self, ServerProcess, Target},
     readers,
     report::{cell, ratio, ratio_within_runs, summary},
+    storm,
 };
 
 /// How long past the expected end of a case the bench waits for stragglers before it counts
@@ -91,6 +92,10 @@ pub struct Args {
     cluster: cluster::Args,
     #[command(flatten)]
     readers: readers::Args,
+    #[command(flatten)]
+    storm: storm::Args,
+    #[command(flatten)]
+    burst: burst::Args,
 }
 
 fn parse_rate(value: &str) -> Result<Rate, String> {
@@ -324,6 +329,12 @@ pub async fn run(args: Args) -> Result<(), String> {
     }
     if args.readers.readers {
         readers::run(&args.readers, &targets, runs).await?;
+    }
+    if args.storm.storm {
+        storm::run(&args.storm, runs).await?;
+    }
+    if args.burst.burst {
+        burst::run(&args.burst, &targets, runs).await?;
     }
     if args.unary_events > 0 {
         println!("\n{}", publish_paths(args.unary_events, runs).await?);

@@ -96,6 +96,40 @@ impl Target {
     }
 }
 
+/// Runs `once` on each of `targets`, `runs` times, rotating which goes first so that no server
+/// always runs on a warmer machine, and returns each target's results in run order with how many
+/// of its runs failed. A run that fails is logged after `label` and counted, not allowed to lose
+/// the others (the ratios then pair the runs that are left, in order).
+pub async fn in_turn<T: std::fmt::Debug, F, Fut>(
+    targets: &[Target],
+    runs: usize,
+    label: &str,
+    mut once: F,
+) -> (Vec<Vec<T>>, Vec<usize>)
+where
+    F: FnMut(Target) -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let mut results: Vec<Vec<T>> = targets.iter().map(|_| Vec::new()).collect();
+    let mut failed = vec![0; targets.len()];
+    for run in 0..runs {
+        for k in 0..targets.len() {
+            let i = (k + run) % targets.len();
+            match once(targets[i]).await {
+                Ok(result) => {
+                    eprintln!("{label}, {}: {result:?}", targets[i].name());
+                    results[i].push(result);
+                }
+                Err(error) => {
+                    eprintln!("{label}, {}: failed: {error}", targets[i].name());
+                    failed[i] += 1;
+                }
+            }
+        }
+    }
+    (results, failed)
+}
+
 /// A running server process on a loopback port. Killed when dropped.
 pub struct ServerProcess {
     /// The child process; `kill_on_drop` ends it with the bench.
@@ -120,13 +154,26 @@ impl ServerProcess {
         retain_events: usize,
         extra: &[String],
     ) -> Result<Self, String> {
+        let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
+        Self::start_on(target, any_port, retain_events, extra).await
+    }
+
+    /// Like [`Self::start_with`], listening on `listen`: a server restarted where its clients
+    /// knew it (the NATS anchor always takes a port of its own).
+    pub async fn start_on(
+        target: Target,
+        listen: SocketAddr,
+        retain_events: usize,
+        extra: &[String],
+    ) -> Result<Self, String> {
+        let listen = listen.to_string();
         let mut command = match target {
             Target::Storywire => {
                 let mut command = Command::new(storywire_binary()?);
                 command.args([
                     "serve",
                     "--listen",
-                    "127.0.0.1:0",
+                    &listen,
                     "--retain-events",
                     &retain_events.to_string(),
                 ]);
@@ -135,7 +182,7 @@ impl ServerProcess {
             Target::Bare => {
                 let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
                 let mut command = Command::new(exe);
-                command.args(["bare", "--listen", "127.0.0.1:0"]);
+                command.args(["bare", "--listen", &listen]);
                 command
             }
             Target::Nats => {
@@ -225,6 +272,28 @@ impl ServerProcess {
     /// Stops the server.
     pub async fn stop(mut self) {
         let _ = self.child.kill().await;
+    }
+
+    /// Asks the server to stop as an operator would, with SIGTERM, and waits up to `timeout`
+    /// for it to exit; kills it past that, and says so. A storywire server drains first: every
+    /// subscription gets the events up to the head, then ends.
+    pub async fn terminate(mut self, timeout: Duration) -> Result<(), String> {
+        let pid = libc::pid_t::try_from(self.pid).map_err(|e| e.to_string())?;
+        // SAFETY: kill(2) only sends a signal, to the child this value owns and has not reaped.
+        if unsafe { libc::kill(pid, libc::SIGTERM) } != 0 {
+            return Err(format!("SIGTERM: {}", std::io::Error::last_os_error()));
+        }
+        match tokio::time::timeout(timeout, self.child.wait()).await {
+            Ok(Ok(status)) if status.success() => Ok(()),
+            Ok(Ok(status)) => Err(format!("the server exited with {status} after SIGTERM")),
+            Ok(Err(error)) => Err(format!("waiting for the server: {error}")),
+            Err(_) => {
+                let _ = self.child.kill().await;
+                Err(format!(
+                    "the server was still running {timeout:?} after SIGTERM"
+                ))
+            }
+        }
     }
 }
 

@@ -29,8 +29,8 @@ use crate::{
     load::{Rate, Received, connect, publish, receive, subscribe_each},
     matrix::ms,
     plot,
-    process::{ServerProcess, Target},
-    report::{cell, ratio_within_runs},
+    process::{ServerProcess, Target, in_turn},
+    report::{Figure, by_server},
 };
 
 /// How often the publisher sends, as a busy story's live updates might come.
@@ -91,7 +91,7 @@ pub struct Run {
     pub figures: Readers,
 }
 
-/// The results file of `--reader-results`: every run that did not fail, in the order they ran.
+/// The results file of `--reader-results`: every run that did not fail, server by server.
 /// Runs, not summaries, so that whoever reads it can summarise them another way.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Results {
@@ -115,11 +115,8 @@ impl Results {
     }
 }
 
-/// A figure of the table: its name, how to read it from a run, and its decimals.
-type Figure = (&'static str, fn(&Readers) -> f64, usize);
-
 /// The table's figures, one row each.
-const FIGURES: [Figure; 6] = [
+const FIGURES: [Figure<Readers>; 6] = [
     (
         "time to connect and subscribe all, s",
         |r| r.subscribe_all_seconds,
@@ -155,29 +152,15 @@ pub async fn run(args: &Args, targets: &[Target], runs: usize) -> Result<(), Str
     };
     for &count in &args.reader_counts {
         room_for(count)?;
-        let mut results: Vec<Vec<Readers>> = vec![Vec::new(); targets.len()];
-        let mut failed = vec![0; targets.len()];
-        for run in 0..runs {
-            for k in 0..targets.len() {
-                let i = (k + run) % targets.len();
-                // A run that fails is counted and reported, not allowed to lose the others (the
-                // ratios then pair the runs that are left, in order).
-                match once(targets[i], count, events).await {
-                    Ok(result) => {
-                        eprintln!("{count} readers, {}: {result:?}", targets[i].name());
-                        kept.runs.push(Run {
-                            server: targets[i].name().to_owned(),
-                            readers: count,
-                            figures: result,
-                        });
-                        results[i].push(result);
-                    }
-                    Err(error) => {
-                        eprintln!("{count} readers, {}: failed: {error}", targets[i].name());
-                        failed[i] += 1;
-                    }
-                }
-            }
+        let label = format!("{count} readers");
+        let (results, failed) =
+            in_turn(targets, runs, &label, |target| once(target, count, events)).await;
+        for (target, runs) in targets.iter().zip(&results) {
+            kept.runs.extend(runs.iter().map(|&figures| Run {
+                server: target.name().to_owned(),
+                readers: count,
+                figures,
+            }));
         }
         println!("\n{}", table(count, targets, &results, &failed));
         // After each count, not only the last: a later count that fails (out of descriptors,
@@ -196,63 +179,20 @@ pub async fn run(args: &Args, targets: &[Target], runs: usize) -> Result<(), Str
 /// over each other server.
 fn table(count: usize, targets: &[Target], results: &[Vec<Readers>], failed: &[usize]) -> String {
     let names: Vec<&str> = targets.iter().map(|t| t.name()).collect();
-    let ratios: Vec<String> = names[1..]
-        .iter()
-        .map(|name| format!("{} / {name}", names[0]))
-        .collect();
-    let header: Vec<&str> = names
-        .iter()
-        .copied()
-        .chain(ratios.iter().map(String::as_str))
-        .collect();
-    let mut lines = vec![
-        format!("| {count} readers | {} |", header.join(" | ")),
-        format!("|---|{}", "---|".repeat(names.len() + ratios.len())),
-    ];
-    let column =
-        |i: usize, f: fn(&Readers) -> f64| -> Vec<f64> { results[i].iter().map(f).collect() };
-    for (name, f, decimals) in FIGURES {
-        let cells: Vec<String> = (0..targets.len())
-            .map(|i| match column(i, f) {
-                values if values.is_empty() => "–".to_owned(),
-                values => cell(&values, decimals),
-            })
-            .collect();
-        let ratios: Vec<String> = (1..targets.len())
-            .map(|i| ratio_within_runs(&column(0, f), &column(i, f)))
-            .collect();
-        lines.push(format!(
-            "| {name} | {} |",
-            [cells, ratios].concat().join(" | ")
-        ));
-    }
-    let misses: Vec<String> = results
-        .iter()
-        .map(|runs| {
-            let gaps: u64 = runs.iter().map(|r| r.gaps).sum();
-            let duplicates: u64 = runs.iter().map(|r| r.duplicates).sum();
-            format!("{gaps} / {duplicates}")
-        })
-        .collect();
-    lines.push(format!(
-        "| gaps / duplicates, all runs | {} |{}",
-        misses.join(" | "),
-        " |".repeat(ratios.len())
-    ));
-    if failed.iter().any(|&n| n > 0) {
-        let failed: Vec<String> = failed.iter().map(usize::to_string).collect();
-        lines.push(format!(
-            "| runs that failed (see the log) | {} |{}",
-            failed.join(" | "),
-            " |".repeat(ratios.len())
-        ));
-    }
-    lines.join("\n")
+    let misses = |r: &Readers| (r.gaps, r.duplicates);
+    by_server(
+        &format!("{count} readers"),
+        &names,
+        &FIGURES,
+        results,
+        misses,
+        failed,
+    )
 }
 
 /// Fails, saying why, if this process may not open `count` more sockets; raises its soft
 /// open-files limit to the hard one first (the servers it starts inherit it).
-fn room_for(count: usize) -> Result<(), String> {
+pub fn room_for(count: usize) -> Result<(), String> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -281,7 +221,7 @@ fn room_for(count: usize) -> Result<(), String> {
 }
 
 /// A run's connections, kept open until the end of the run.
-enum Connections {
+pub enum Connections {
     /// One NATS client per subscriber.
     Nats(Vec<async_nats::Client>),
     /// One tonic channel (HTTP/2 connection) per subscriber.
@@ -290,7 +230,7 @@ enum Connections {
 
 impl Connections {
     /// Closes every connection.
-    async fn close(self) {
+    pub async fn close(self) {
         match self {
             Self::Nats(clients) => anchor::close(clients).await,
             Self::Grpc(channels) => drop(channels),
@@ -302,14 +242,14 @@ impl Connections {
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Descriptors this process holds.
-fn open_descriptors() -> usize {
+pub fn open_descriptors() -> usize {
     std::fs::read_dir("/proc/self/fd").map_or(0, |entries| entries.count())
 }
 
 /// Waits until this process holds no more than [`SPARE_DESCRIPTORS`] descriptors over
 /// `before`, so that a run does not start while the last one's connections, closed by tasks of
 /// their own, still hold descriptors; gives up, saying so, after [`SETTLE_TIMEOUT`].
-async fn settle(before: usize) {
+pub async fn settle(before: usize) {
     let deadline = Instant::now() + SETTLE_TIMEOUT;
     while open_descriptors() > before + SPARE_DESCRIPTORS as usize {
         if Instant::now() > deadline {

@@ -51,9 +51,137 @@ pub fn ratio_within_runs(ours: &[f64], theirs: &[f64]) -> String {
     }
 }
 
+/// The `q` quantile (0 to 1) of `values` by nearest rank: the smallest value with at least that
+/// share of the values at or below it; 0 for none. For per-subscriber figures, where each
+/// subscriber gives one value and a histogram's rounding would only blur them.
+pub fn quantile(values: &[f64], q: f64) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let rank = (q * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// A figure of a table: its name, how to read it from one run, and its decimals.
+pub type Figure<T> = (&'static str, fn(&T) -> f64, usize);
+
+/// A table with a row per figure and a column per server (each `median (min–max)` of its runs,
+/// `–` without any), then the first server over each other one, taken within each run; then
+/// each server's gaps and duplicates (`misses` of a run) summed over its runs, and, if any run
+/// failed, how many did. `corner` heads the column of names.
+pub fn by_server<T>(
+    corner: &str,
+    names: &[&str],
+    figures: &[Figure<T>],
+    results: &[Vec<T>],
+    misses: fn(&T) -> (u64, u64),
+    failed: &[usize],
+) -> String {
+    let ratios: Vec<String> = names[1..]
+        .iter()
+        .map(|name| format!("{} / {name}", names[0]))
+        .collect();
+    // A server alone (`--servers storywire`) has no ratio columns.
+    let header: Vec<&str> = names
+        .iter()
+        .copied()
+        .chain(ratios.iter().map(String::as_str))
+        .collect();
+    let mut lines = vec![
+        format!("| {corner} | {} |", header.join(" | ")),
+        format!("|---|{}", "---|".repeat(names.len() + ratios.len())),
+    ];
+    for (name, f, decimals) in figures {
+        let column = |i: usize| -> Vec<f64> { results[i].iter().map(f).collect() };
+        let cells: Vec<String> = (0..names.len())
+            .map(|i| match column(i) {
+                values if values.is_empty() => "–".to_owned(),
+                values => cell(&values, *decimals),
+            })
+            .collect();
+        let ratios: Vec<String> = (1..names.len())
+            .map(|i| ratio_within_runs(&column(0), &column(i)))
+            .collect();
+        lines.push(format!(
+            "| {name} | {} |",
+            [cells, ratios].concat().join(" | ")
+        ));
+    }
+    let no_ratios = " |".repeat(ratios.len());
+    let misses: Vec<String> = results
+        .iter()
+        .map(|runs| {
+            let (gaps, duplicates) = runs
+                .iter()
+                .map(misses)
+                .fold((0, 0), |(g, d), (gaps, dups)| (g + gaps, d + dups));
+            format!("{gaps} / {duplicates}")
+        })
+        .collect();
+    lines.push(format!(
+        "| gaps / duplicates, all runs | {} |{no_ratios}",
+        misses.join(" | ")
+    ));
+    if failed.iter().any(|&n| n > 0) {
+        let failed: Vec<String> = failed.iter().map(usize::to_string).collect();
+        lines.push(format!(
+            "| runs that failed (see the log) | {} |{no_ratios}",
+            failed.join(" | ")
+        ));
+    }
+    lines.join("\n")
+}
+
 #[cfg(test)]
 mod tests {
-    use super::ratio_within_runs;
+    use super::{by_server, quantile, ratio_within_runs};
+
+    #[test]
+    fn quantiles_are_by_nearest_rank() {
+        let values: Vec<f64> = (1..=100).rev().map(f64::from).collect();
+        assert_eq!(quantile(&values, 0.5), 50.0);
+        assert_eq!(quantile(&values, 0.99), 99.0);
+        assert_eq!(quantile(&values, 1.0), 100.0);
+        assert_eq!(quantile(&[7.0], 0.99), 7.0);
+        assert_eq!(quantile(&[], 0.5), 0.0);
+    }
+
+    #[test]
+    fn a_table_by_server_has_a_column_per_server_and_a_ratio_per_other() {
+        let figures: [super::Figure<f64>; 1] = [("value", |v| *v, 1)];
+        let misses = |v: &f64| (*v as u64, 1);
+        let names = ["a", "b"];
+        let text = by_server(
+            "case",
+            &names,
+            &figures,
+            &[vec![2.0], vec![1.0]],
+            misses,
+            &[0, 0],
+        );
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "| case | a | b | a / b |");
+        assert_eq!(lines[1], "|---|---|---|---|");
+        assert_eq!(lines[2], "| value | 2.0 | 1.0 | 2.00x |");
+        assert_eq!(
+            lines[3],
+            "| gaps / duplicates, all runs | 2 / 1 | 1 / 1 | |"
+        );
+        assert_eq!(lines.len(), 4);
+        let text = by_server(
+            "case",
+            &names,
+            &figures,
+            &[vec![2.0], vec![]],
+            misses,
+            &[0, 1],
+        );
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[2], "| value | 2.0 | – | – |");
+        assert_eq!(lines[4], "| runs that failed (see the log) | 0 | 1 | |");
+    }
 
     #[test]
     fn ratios_are_taken_within_each_run_then_summarised() {
