@@ -143,7 +143,12 @@ impl Subscription {
     pub async fn next(&mut self) -> Option<Result<EncodedResponse, End>> {
         loop {
             if let Some(ready) = self.ready.pop_front() {
-                self.last_sent = Instant::now();
+                // Only the last item of a batch sets the time: the heartbeat is weighed only once
+                // the queue is empty, and a catch-up then reads the clock once per batch, not
+                // once per event.
+                if self.ready.is_empty() {
+                    self.last_sent = Instant::now();
+                }
                 return Some(Ok(ready));
             }
             if self.ended {
