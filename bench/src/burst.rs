@@ -17,7 +17,7 @@ use crate::{
     anchor,
     load::{Rate, Received, connect, publish, publish_more, receive, subscribe_each},
     process::{ServerProcess, Target, in_turn},
-    readers::{Connections, open_descriptors, room_for, settle},
+    readers::{Connections, finish, open_descriptors, room_for},
     report::{Figure, by_server, quantile},
 };
 
@@ -164,15 +164,7 @@ async fn once(target: Target, count: usize, updates: u64) -> Result<Burst, Strin
             )
         }
     };
-    let mut all: Vec<Received> = Vec::with_capacity(count);
-    for receiver in receivers {
-        all.push(receiver.await.map_err(|e| e.to_string())?);
-    }
-    let cpu = server.cpu_seconds() - cpu_before;
-    // The clients close first and the server stays until they are gone (see readers.rs).
-    open.close().await;
-    settle(descriptors).await;
-    server.stop().await;
+    let (all, cpu) = finish(receivers, server, open, descriptors, cpu_before).await?;
 
     let complete: Vec<&Received> = all
         .iter()

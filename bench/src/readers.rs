@@ -22,7 +22,7 @@ use std::{
 
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
-use tokio::time::Instant;
+use tokio::{task::JoinHandle, time::Instant};
 
 use crate::{
     anchor,
@@ -238,6 +238,29 @@ impl Connections {
     }
 }
 
+/// Ends a run of many readers: waits for every reader's tally, reads the server's CPU seconds
+/// since `cpu_before`, then closes the clients and waits for their descriptors to come back
+/// (below `descriptors` and some spare) before it stops the server. The clients close first and
+/// the server stays until they are gone: killed while an HTTP/2 client was closing gracefully,
+/// it left that client's socket in CLOSE-WAIT for good.
+pub async fn finish(
+    receivers: Vec<JoinHandle<Received>>,
+    server: ServerProcess,
+    open: Connections,
+    descriptors: usize,
+    cpu_before: f64,
+) -> Result<(Vec<Received>, f64), String> {
+    let mut all = Vec::with_capacity(receivers.len());
+    for receiver in receivers {
+        all.push(receiver.await.map_err(|e| e.to_string())?);
+    }
+    let cpu = server.cpu_seconds() - cpu_before;
+    open.close().await;
+    settle(descriptors).await;
+    server.stop().await;
+    Ok((all, cpu))
+}
+
 /// How long [`settle`] waits for the last run's sockets to be closed.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -307,16 +330,7 @@ async fn once(target: Target, count: usize, events: u64) -> Result<Readers, Stri
     }
     // Every connection is still open here, and every subscriber still subscribed.
     let rss = server.rss_bytes();
-    let mut all: Vec<Received> = Vec::with_capacity(count);
-    for receiver in receivers {
-        all.push(receiver.await.map_err(|e| e.to_string())?);
-    }
-    let cpu = server.cpu_seconds() - cpu_before;
-    // The clients close first and the server stays until they are gone: killed while an HTTP/2
-    // client was closing gracefully, it left that client's socket in CLOSE-WAIT for good.
-    open.close().await;
-    settle(descriptors).await;
-    server.stop().await;
+    let (all, cpu) = finish(receivers, server, open, descriptors, cpu_before).await?;
 
     let delivered: u64 = all.iter().map(|r| r.events).sum();
     let mut latency = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("valid bounds");
