@@ -6,7 +6,11 @@ use std::time::{Duration, SystemTime};
 use futures_util::StreamExt;
 use hdrhistogram::Histogram;
 use prost::Message;
-use tokio::{sync::mpsc, task::JoinSet, time::Instant};
+use tokio::{
+    sync::mpsc,
+    task::{JoinHandle, JoinSet},
+    time::Instant,
+};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{
     Streaming,
@@ -306,6 +310,15 @@ async fn unary_measured(channel: Channel, first: u64, events: u64) -> Result<Pub
         elapsed: start.elapsed(),
         latency,
     })
+}
+
+/// Every subscriber's tally, in order, once each has finished (or given up at its deadline).
+pub async fn gather(receivers: Vec<JoinHandle<Received>>) -> Result<Vec<Received>, String> {
+    let mut all = Vec::with_capacity(receivers.len());
+    for receiver in receivers {
+        all.push(receiver.await.map_err(|e| e.to_string())?);
+    }
+    Ok(all)
 }
 
 /// What one subscriber saw.

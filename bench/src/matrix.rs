@@ -7,11 +7,11 @@ use std::{path::PathBuf, time::Duration};
 
 use hdrhistogram::Histogram;
 use storywire::pb;
-use tokio::time::Instant;
+use tokio::{task::JoinHandle, time::Instant};
 
 use crate::{
     abuse, anchor, burst, cluster, heavy_reads,
-    load::{self, Rate, Received, connect, publish, receive, subscribe_many},
+    load::{self, Rate, Received, connect, gather, publish, receive, subscribe_many},
     nats,
     process::{self, ServerProcess, Target},
     readers,
@@ -192,14 +192,7 @@ pub async fn fan_out_with(
     let start = Instant::now();
     let publisher = connect(&server.url(), 1).await?.remove(0);
     let publish_time = publish(publisher, events, rate).await?;
-    let mut all = Vec::with_capacity(subscribers);
-    for receiver in receivers {
-        all.push(receiver.await.map_err(|e| e.to_string())?);
-    }
-    let cpu = server.cpu_seconds() - cpu_before;
-    let rss = server.rss_bytes();
-    server.stop().await;
-    figures(&all, events, start, publish_time, cpu, rss)
+    finish(server, receivers, cpu_before, events, start, publish_time).await
 }
 
 /// [`fan_out`] on the NATS anchor: the same events to the same number of subscribers over as
@@ -223,10 +216,20 @@ async fn fan_out_nats(
     let start = Instant::now();
     let publisher = anchor::connect(&server.url(), 1).await?.remove(0);
     let publish_time = anchor::publish(&publisher, events, rate).await?;
-    let mut all = Vec::with_capacity(subscribers);
-    for receiver in receivers {
-        all.push(receiver.await.map_err(|e| e.to_string())?);
-    }
+    finish(server, receivers, cpu_before, events, start, publish_time).await
+}
+
+/// Ends a fan-out run: every subscriber's tally, then the server's CPU seconds since
+/// `cpu_before` and its RSS, read before it is stopped.
+async fn finish(
+    server: ServerProcess,
+    receivers: Vec<JoinHandle<Received>>,
+    cpu_before: f64,
+    events: u64,
+    start: Instant,
+    publish_time: Duration,
+) -> Result<FanOut, String> {
+    let all = gather(receivers).await?;
     let cpu = server.cpu_seconds() - cpu_before;
     let rss = server.rss_bytes();
     server.stop().await;

@@ -26,7 +26,7 @@ use tokio::{task::JoinHandle, time::Instant};
 
 use crate::{
     anchor,
-    load::{Rate, Received, connect, publish, receive, subscribe_each},
+    load::{Rate, Received, connect, gather, publish, receive, subscribe_each},
     matrix::ms,
     plot,
     process::{ServerProcess, Target, in_turn},
@@ -250,10 +250,7 @@ pub async fn finish(
     descriptors: usize,
     cpu_before: f64,
 ) -> Result<(Vec<Received>, f64), String> {
-    let mut all = Vec::with_capacity(receivers.len());
-    for receiver in receivers {
-        all.push(receiver.await.map_err(|e| e.to_string())?);
-    }
+    let all = gather(receivers).await?;
     let cpu = server.cpu_seconds() - cpu_before;
     open.close().await;
     settle(descriptors).await;
