@@ -6,14 +6,11 @@
 mod process;
 mod support;
 
-use std::{
-    net::SocketAddr,
-    sync::atomic::{AtomicUsize, Ordering},
-};
+use std::net::SocketAddr;
 
 use process::{Running, run, storywire};
 use storywire::pb::{self, story_service_client::StoryServiceClient, subscribe_response::Item};
-use support::{client_at, from, grpc_web, http1::options, open, publish, report};
+use support::{TempDir, client_at, from, grpc_web, http1::options, open, publish, report};
 use tonic::transport::Channel;
 
 /// GetStory's path, as a gRPC-Web client posts to it.
@@ -35,20 +32,10 @@ struct Server {
     /// Where it listens, for gRPC and gRPC-Web alike.
     address: SocketAddr,
     /// Its tokens file, if any, kept until the server is dropped.
-    _tokens: Option<TokensFile>,
+    _tokens: Option<TempDir>,
 }
 
 /// A tokens file in a directory of its own, removed when dropped.
-struct TokensFile {
-    dir: std::path::PathBuf,
-}
-
-impl Drop for TokensFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 impl Server {
     /// `storywire serve --listen 127.0.0.1:0` with `extra` flags.
     async fn start(extra: &[&str]) -> Self {
@@ -56,7 +43,7 @@ impl Server {
     }
 
     /// `storywire serve --listen 127.0.0.1:0` with `extra` flags, keeping `tokens`.
-    async fn spawn(extra: &[&str], tokens: Option<TokensFile>) -> Self {
+    async fn spawn(extra: &[&str], tokens: Option<TempDir>) -> Self {
         let mut args = vec!["serve", "--listen", "127.0.0.1:0"];
         args.extend_from_slice(extra);
         let mut process = Running::spawn(storywire(&args));
@@ -70,19 +57,13 @@ impl Server {
 
     /// A server whose StoryService calls need a token: `reader` may read (subscribe role).
     async fn with_tokens(extra: &[&str]) -> Self {
-        static MADE: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "storywire-grpc-web-{}-{}",
-            std::process::id(),
-            MADE.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).expect("a directory");
-        let tokens = dir.join("tokens");
+        let dir = TempDir::new("grpc-web");
+        let tokens = dir.0.join("tokens");
         std::fs::write(&tokens, "reader subscribe reader-token-0123456789\n")
             .expect("a tokens file");
         let mut args = vec!["--tokens", tokens.to_str().expect("UTF-8")];
         args.extend_from_slice(extra);
-        Self::spawn(&args, Some(TokensFile { dir: dir.clone() })).await
+        Self::spawn(&args, Some(dir)).await
     }
 
     /// A gRPC client (HTTP/2) of this server.

@@ -10,19 +10,13 @@ mod jetstream;
 mod process;
 mod support;
 
-use std::{
-    collections::BTreeMap,
-    net::SocketAddr,
-    path::{Path, PathBuf},
-    sync::atomic::{AtomicUsize, Ordering},
-    time::Duration,
-};
+use std::{collections::BTreeMap, net::SocketAddr, path::Path, time::Duration};
 
 use process::HttpServer;
 use serde_json::Value;
 use storywire::pb::{self, publish_stream_response::Result as Outcome};
 use support::{
-    from,
+    TempDir, from,
     http1::{EventStream, get},
     next_event, open, report, subscribe, until_caught_up, within,
 };
@@ -139,12 +133,8 @@ async fn scrape_as(http: SocketAddr, accept: Option<&str>, headers: &[(&str, &st
 
 /// Runs [`CHECKER`] over `text` in `format`; its JSON on success, a failed test otherwise.
 fn check(format: &str, text: &str) -> Value {
-    static WRITTEN: AtomicUsize = AtomicUsize::new(0);
-    let path = std::env::temp_dir().join(format!(
-        "storywire-metrics-{}-{}.txt",
-        std::process::id(),
-        WRITTEN.fetch_add(1, Ordering::Relaxed)
-    ));
+    let dir = TempDir::new("metrics-scrape");
+    let path = dir.0.join("scrape.txt");
     std::fs::write(&path, text).expect("write the scrape");
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let output = std::process::Command::new("python3")
@@ -156,7 +146,7 @@ fn check(format: &str, text: &str) -> Value {
         .unwrap_or_else(|e| {
             panic!("cannot run python3 ({e}): the metrics tests need it; scripts/test says what")
         });
-    let _ = std::fs::remove_file(&path);
+    drop(dir);
     let stderr = String::from_utf8_lossy(&output.stderr);
     match output.status.code() {
         Some(0) => serde_json::from_slice(&output.stdout).expect("the checker prints JSON"),
@@ -356,7 +346,7 @@ async fn a_subscriber_reading_the_log_from_far_behind_shows_its_lag() {
 
 #[tokio::test]
 async fn a_scrape_needs_a_metrics_token_unless_metrics_or_reading_are_public() {
-    let dir = TempDir::new("tokens");
+    let dir = TempDir::new("metrics-tokens");
     let tokens = dir.0.join("tokens");
     std::fs::write(
         &tokens,
@@ -423,7 +413,7 @@ async fn a_scrape_needs_a_metrics_token_unless_metrics_or_reading_are_public() {
 
 #[tokio::test]
 async fn the_write_ahead_log_reports_each_fsync() {
-    let dir = TempDir::new("wal");
+    let dir = TempDir::new("metrics-wal");
     let data = dir.0.to_str().expect("UTF-8");
     let server = HttpServer::start(&["--data-dir", data, "--fsync", "always"]).await;
     let idle = scrape(&server).await;
@@ -476,26 +466,4 @@ async fn a_cluster_node_reports_its_replica_lag_and_apply_delay() {
     assert_eq!(scraped.value("storywire_events_appended_total", &[]), 3.0);
     assert_eq!(scraped.publishes("Publish", "OK"), 3.0);
     drop(node.process);
-}
-
-/// A directory of this test's own under the system's temp directory, removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(what: &str) -> Self {
-        static MADE: AtomicUsize = AtomicUsize::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "storywire-metrics-{what}-{}-{}",
-            std::process::id(),
-            MADE.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&path).expect("a directory");
-        Self(path)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
