@@ -28,6 +28,7 @@
 //! - [`tls`]: the server's TLS and mutual TLS from PEM files.
 //! - [`limits`]: what one client may take and one story may hold, and the subscriber slots.
 //! - [`throttle`]: each connection's budget of wasted streams; past it, its reads pause.
+//! - [`listen`]: the listen backlog, the open-files limit, and accepting without spinning.
 //! - [`server`]: the tonic server with health, reflection, gRPC-Web and graceful shutdown.
 //! - [`clock`]: the one clock timestamps come from, so tests can control it.
 //! - [`demo`]: the seed story and its live replay for `serve --demo`.
@@ -44,6 +45,7 @@ pub mod demo;
 pub mod encoded;
 pub mod http;
 pub mod limits;
+pub mod listen;
 pub mod log;
 pub mod metrics;
 pub mod ninjs;

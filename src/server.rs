@@ -5,7 +5,7 @@
 use std::{future::Future, sync::Arc};
 
 use tokio::{net::TcpListener, sync::watch};
-use tokio_stream::{StreamExt as _, wrappers::TcpListenerStream};
+use tokio_stream::StreamExt as _;
 use tonic::{server::NamedService, transport::Server};
 
 use crate::{
@@ -14,6 +14,7 @@ use crate::{
     cors::Origins,
     http::HttpOptions,
     limits::{Limits, SubscriberSlots},
+    listen::Accepting,
     log::EventLog,
     pb::{self, server::story_service_server::StoryServiceServer},
     service::Service,
@@ -146,18 +147,13 @@ pub async fn run_with_http(
     );
     let incoming = {
         let budgets = budgets.clone();
-        let keepalive = limits.keepalive_interval;
-        TcpListenerStream::new(listener).map(move |accepted| {
-            accepted.map(|tcp| {
-                configure_socket(&tcp, keepalive);
-                let address = tcp.peer_addr().ok();
-                budgets.throttle(tcp, address)
-            })
-        })
+        Accepting::new(listener, limits.keepalive_interval)
+            .into_stream()
+            .map(move |(tcp, peer)| Ok::<_, std::io::Error>(budgets.throttle(tcp, Some(peer))))
     };
 
     // The builder's TCP settings (tcp_nodelay, tcp_keepalive) apply only to listeners tonic
-    // binds itself; with an incoming stream of our own, `configure_socket` sets them.
+    // binds itself; with an incoming stream of our own, `Accepting` sets them.
     let mut builder = Server::builder()
         .http2_keepalive_interval(Some(limits.keepalive_interval))
         .http2_keepalive_timeout(Some(limits.keepalive_timeout))
@@ -230,24 +226,5 @@ async fn report_health(
             changed = serving.changed() => if changed.is_err() { return },
             _ = stopping.wait_for(|stopping| *stopping) => return,
         }
-    }
-}
-
-/// Sets the options every accepted connection needs, since tonic leaves a stream it is handed as
-/// it is.
-///
-/// - TCP_NODELAY: a gRPC message is often one small write; with Nagle's algorithm on, it would
-///   wait for the peer's delayed ACK (up to 40 ms on Linux) whenever an earlier one is unacked.
-/// - TCP keepalive after `idle` without traffic: the kernel notices a peer that vanished even
-///   where HTTP/2 pings cannot be sent (a connection the server has stopped reading).
-///
-/// A failure is logged and the connection served anyway: it is slower, not wrong.
-fn configure_socket(tcp: &tokio::net::TcpStream, idle: std::time::Duration) {
-    if let Err(error) = tcp.set_nodelay(true) {
-        tracing::warn!(%error, "cannot set TCP_NODELAY on an accepted connection");
-    }
-    let keepalive = socket2::TcpKeepalive::new().with_time(idle);
-    if let Err(error) = socket2::SockRef::from(tcp).set_tcp_keepalive(&keepalive) {
-        tracing::warn!(%error, "cannot set TCP keepalive on an accepted connection");
     }
 }

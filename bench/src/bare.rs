@@ -130,9 +130,8 @@ pub async fn run(listen: SocketAddr) -> Result<(), String> {
             .with_writer(std::io::stderr)
             .init();
     }
-    let listener = TcpListener::bind(listen)
-        .await
-        .map_err(|e| format!("bind {listen}: {e}"))?;
+    // storywire's backlog, so that a storm of connects meets the same kernel queue.
+    let listener = storywire::listen::bind(listen).map_err(|e| format!("bind {listen}: {e}"))?;
     let address = listener.local_addr().map_err(|e| e.to_string())?;
     eprintln!("bare listening address={address}");
     serve(listener).await.map_err(|e| e.to_string())

@@ -193,28 +193,13 @@ fn table(count: usize, targets: &[Target], results: &[Vec<Readers>], failed: &[u
 /// Fails, saying why, if this process may not open `count` more sockets; raises its soft
 /// open-files limit to the hard one first (the servers it starts inherit it).
 pub fn room_for(count: usize) -> Result<(), String> {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit and setrlimit only read and write the struct passed by reference.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
-            return Err(format!("getrlimit: {}", std::io::Error::last_os_error()));
-        }
-        if limit.rlim_cur < limit.rlim_max {
-            limit.rlim_cur = limit.rlim_max;
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
-                return Err(format!("setrlimit: {}", std::io::Error::last_os_error()));
-            }
-        }
-    }
+    let limit = storywire::listen::raise_open_files_limit()
+        .map_err(|e| format!("cannot raise the open-files limit: {e}"))?;
     let needed = count as u64 + SPARE_DESCRIPTORS;
-    if needed > limit.rlim_cur {
+    if needed > limit {
         return Err(format!(
             "{count} readers need {needed} open files in the bench (and as many in the server), \
-             over the limit of {}: spreading them over several processes is not done yet",
-            limit.rlim_cur
+             over the limit of {limit}: spreading them over several processes is not done yet"
         ));
     }
     Ok(())

@@ -4,7 +4,6 @@ use std::{
     io::IsTerminal, net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc, time::Duration,
 };
 
-use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
 use super::CliError;
@@ -16,6 +15,7 @@ use crate::{
     demo,
     http::HttpOptions,
     limits::StoryLimits,
+    listen,
     log::EventLog,
     server::{self, ServerOptions},
     tls::TlsFiles,
@@ -208,11 +208,22 @@ pub async fn run(args: Args) -> Result<ExitCode, CliError> {
         }
     };
     log.set_story_limits(story_limits);
-    let listener = TcpListener::bind(args.listen)
-        .await
-        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    // Every reader's connection is a descriptor: take what the hard limit allows before the
+    // first reader comes.
+    let open_files = listen::raise_open_files_limit()
+        .inspect_err(|error| tracing::warn!(%error, "cannot raise the open-files limit"))
+        .ok();
+    let listener =
+        listen::bind(args.listen).map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     let address = listener.local_addr()?;
-    tracing::info!(%address, log_id = log.log_id(), retain_events = log.retain_events(), "storywire listening");
+    tracing::info!(
+        %address,
+        log_id = log.log_id(),
+        retain_events = log.retain_events(),
+        backlog = listen::granted_backlog(),
+        open_files,
+        "storywire listening"
+    );
 
     let replay = if args.demo {
         demo::publish_seed(&log)?;
@@ -232,12 +243,12 @@ pub async fn run(args: Args) -> Result<ExitCode, CliError> {
 
     let http = match http_address {
         Some(address) => {
-            let listener = match TcpListener::bind(address).await {
+            let listener = match listen::bind(address) {
                 Ok(listener) => listener,
                 // The demo's own default may be taken: any free port will do for a demo.
                 Err(e) if args.http.is_none() && e.kind() == std::io::ErrorKind::AddrInUse => {
                     tracing::warn!(%address, "demo: the HTTP port is taken; using a free one");
-                    TcpListener::bind((address.ip(), 0)).await?
+                    listen::bind(SocketAddr::new(address.ip(), 0))?
                 }
                 Err(e) => return Err(format!("--http: cannot listen on {address}: {e}").into()),
             };
