@@ -113,7 +113,7 @@ pub async fn run_with_http(
         let router = crate::http::router(service.clone(), http_options);
         let mut stopping = http_stopping;
         tokio::spawn(async move {
-            let served = axum::serve(listener, router)
+            let served = axum::serve(Accepting::new(listener, limits.keepalive_interval), router)
                 .with_graceful_shutdown(async move {
                     let _ = stopping.wait_for(|stopping| *stopping).await;
                 })

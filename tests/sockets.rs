@@ -13,8 +13,18 @@ use std::{
     time::Duration,
 };
 
-use storywire::{limits::Limits, server::ServerOptions};
-use support::{TestServer, open, publish};
+use std::sync::Arc;
+
+use storywire::{
+    clock::SystemClock,
+    cors::Origins,
+    http::HttpOptions,
+    limits::Limits,
+    log::{DEFAULT_RETAIN_EVENTS, EventLog},
+    server::{self, ServerOptions},
+};
+use support::{TestServer, http1::EventStream, open, publish, within};
+use tokio::{net::TcpListener, sync::oneshot};
 
 /// The address a socket descriptor is bound to (`getsockname`) or connected to (`getpeername`),
 /// when it is an IPv4 TCP socket.
@@ -87,20 +97,79 @@ async fn accepted_connections_have_nagle_off_and_keepalive_on() {
         "one accepted socket per client connection"
     );
     for fd in accepted {
-        assert_eq!(
-            option(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY),
-            1,
-            "TCP_NODELAY on accepted socket {fd}: small gRPC messages must not wait for a delayed ACK"
-        );
-        assert_eq!(
-            option(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE),
-            1,
-            "SO_KEEPALIVE on accepted socket {fd}"
-        );
-        assert_eq!(
-            option(fd, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE),
-            keepalive.as_secs() as libc::c_int,
-            "TCP keepalive idle time on accepted socket {fd}: the configured keepalive interval"
-        );
+        assert_configured(fd, keepalive, "accepted socket");
     }
+}
+
+/// Asserts that the accepted socket `fd` has Nagle's algorithm off and keepalive after `idle`.
+fn assert_configured(fd: RawFd, idle: Duration, what: &str) {
+    assert_eq!(
+        option(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY),
+        1,
+        "TCP_NODELAY on {what} {fd}: small messages must not wait for a delayed ACK"
+    );
+    assert_eq!(
+        option(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE),
+        1,
+        "SO_KEEPALIVE on {what} {fd}"
+    );
+    assert_eq!(
+        option(fd, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE),
+        idle.as_secs() as libc::c_int,
+        "TCP keepalive idle time on {what} {fd}: the configured keepalive interval"
+    );
+}
+
+#[tokio::test]
+async fn the_http_face_s_connections_have_nagle_off_and_keepalive_on() {
+    let keepalive = Duration::from_secs(19);
+    let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let http_address = http.local_addr().unwrap();
+    let log = Arc::new(EventLog::new(DEFAULT_RETAIN_EVENTS, Arc::new(SystemClock)));
+    let http_options = HttpOptions {
+        tokens: None,
+        public_read: false,
+        cors: Origins::default(),
+        metrics_public: false,
+    };
+    let options = ServerOptions {
+        limits: Limits {
+            keepalive_interval: keepalive,
+            ..Limits::default()
+        },
+        ..ServerOptions::default()
+    };
+    let (stop, stopped) = oneshot::channel::<()>();
+    let served = tokio::spawn(server::run_with_http(
+        grpc,
+        Some((http, http_options)),
+        log,
+        options,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+
+    // A live page's event stream: Server-Sent Events are small writes, one per event.
+    let events = within(
+        "the event stream to open",
+        EventStream::open(http_address, "/v1/events?from_sequence=1", &[]),
+    )
+    .await
+    .expect("a 200");
+    let accepted = accepted_on(http_address);
+    assert_eq!(
+        accepted.len(),
+        1,
+        "one accepted socket for the event stream"
+    );
+    assert_configured(accepted[0], keepalive, "the HTTP face's accepted socket");
+
+    drop(events);
+    stop.send(()).unwrap();
+    within("the server to stop", served)
+        .await
+        .unwrap()
+        .expect("served");
 }
