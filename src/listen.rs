@@ -11,10 +11,11 @@ use futures_util::Stream;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 /// The listen backlog asked for: how many connections the kernel completes and holds before the
-/// server accepts them. Linux holds it to `net.core.somaxconn` (4096 by default since 5.4), as Go
-/// servers such as nats-server ask for. tokio's `TcpListener::bind` asks for 1,024, which 10,000
-/// readers reconnecting at once overflow: one reconnect storm in docs/benchmarks.md had 2,110
-/// connection attempts dropped by the kernel, each tried again by its client a second later.
+/// server accepts them. Linux holds it to `net.core.somaxconn` (4,096 by default since 5.4),
+/// which is what Go servers such as nats-server ask for. tokio's `TcpListener::bind` asks for
+/// 1,024, which 10,000 readers reconnecting at once overflow: one reconnect storm in
+/// docs/benchmarks.md had 2,110 connection attempts dropped by the kernel, each tried again by
+/// its client a second later.
 pub const LISTEN_BACKLOG: u32 = 65_535;
 
 /// The first pause after an accept fails for want of a resource; it doubles up to
@@ -39,8 +40,9 @@ pub fn bind(address: SocketAddr) -> io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
-/// The backlog [`bind`] gets: [`LISTEN_BACKLOG`], held to `net.core.somaxconn` where the system
-/// says what that is.
+/// The backlog [`bind`] gets: [`LISTEN_BACKLOG`], held to `net.core.somaxconn` where
+/// `/proc/sys/net/core/somaxconn` says what that is (Linux); elsewhere what was asked for, which
+/// the system may hold lower.
 pub fn granted_backlog() -> u32 {
     std::fs::read_to_string("/proc/sys/net/core/somaxconn")
         .ok()
