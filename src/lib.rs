@@ -22,7 +22,8 @@
 //! - [`http`]: the read side as proto3 JSON over HTTP, and Subscribe as Server-Sent Events
 //!   (`serve --http`), through the same service.
 //! - [`metrics`]: what the server measures (appends, publishes by code, subscribers, lag,
-//!   delivery latency, fsync time, replica lag), recorded without locks, for `GET /metrics`.
+//!   delivery latency, fsync time, replica lag, failed accepts and descriptors), recorded without
+//!   locks, for `GET /metrics`.
 //! - [`auth`]: bearer tokens with roles, checked before any StoryService method runs.
 //! - [`cors`]: which web pages may call from a browser, over gRPC-Web and over HTTP.
 //! - [`tls`]: the server's TLS and mutual TLS from PEM files.

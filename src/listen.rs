@@ -10,6 +10,8 @@ use std::{io, net::SocketAddr, time::Duration};
 use futures_util::Stream;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
+use crate::metrics::AcceptFailures;
+
 /// The listen backlog asked for: how many connections the kernel completes and holds before the
 /// server accepts them. Linux holds it to `net.core.somaxconn` (4,096 by default since 5.4),
 /// which is what Go servers such as nats-server ask for. tokio's `TcpListener::bind` asks for
@@ -55,15 +57,9 @@ pub fn granted_backlog() -> u32 {
 /// service manager often starts a process with a soft limit of 1,024 and a hard one far above.
 /// Returns the soft limit now in force.
 pub fn raise_open_files_limit() -> io::Result<u64> {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit and setrlimit only read and write the struct passed by reference.
+    let mut limit = limits_on_open_files()?;
+    // SAFETY: setrlimit only reads the struct passed by reference.
     unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
-            return Err(io::Error::last_os_error());
-        }
         if limit.rlim_cur < limit.rlim_max {
             let raised = libc::rlimit {
                 rlim_cur: limit.rlim_max,
@@ -76,6 +72,31 @@ pub fn raise_open_files_limit() -> io::Result<u64> {
         }
     }
     Ok(limit.rlim_cur)
+}
+
+/// The most descriptors this process may hold open now: its soft limit.
+pub fn open_files_limit() -> io::Result<u64> {
+    Ok(limits_on_open_files()?.rlim_cur)
+}
+
+/// How many descriptors this process holds open, where `/proc/self/fd` says (Linux).
+pub fn open_files() -> Option<u64> {
+    // Less the one reading the directory holds.
+    let entries = std::fs::read_dir("/proc/self/fd").ok()?.count();
+    Some((entries as u64).saturating_sub(1))
+}
+
+/// This process's soft and hard limits on open files.
+fn limits_on_open_files() -> io::Result<libc::rlimit> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct passed by reference.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(limit)
 }
 
 /// A listener's connections as the server takes them: each configured by [`configure_socket`],
@@ -97,17 +118,21 @@ pub struct Accepting {
     keepalive: Duration,
     /// Tries that failed since the last connection accepted.
     failed: u64,
+    /// Every try that failed for want of a resource, for `/metrics`.
+    failures: AcceptFailures,
     /// How long to wait after the next failure.
     pause: Duration,
 }
 
 impl Accepting {
-    /// Takes the connections of `listener`, with TCP keepalive after `keepalive` idle.
-    pub fn new(listener: TcpListener, keepalive: Duration) -> Self {
+    /// Takes the connections of `listener`, with TCP keepalive after `keepalive` idle, counting
+    /// failed tries in `failures`.
+    pub fn new(listener: TcpListener, keepalive: Duration, failures: AcceptFailures) -> Self {
         Self {
             listener,
             keepalive,
             failed: 0,
+            failures,
             pause: FIRST_PAUSE,
         }
     }
@@ -138,6 +163,7 @@ impl Accepting {
                         );
                     }
                     self.failed += 1;
+                    self.failures.failed();
                     tokio::time::sleep(self.pause).await;
                     self.pause = (self.pause * 2).min(LONGEST_PAUSE);
                 }

@@ -111,13 +111,17 @@ pub async fn run_with_http(
     let service = Service::new(log.clone(), stopping_rx, slots).through(options.cluster.clone());
     if let Some((listener, http_options)) = http {
         let router = crate::http::router(service.clone(), http_options);
+        let failures = log.metrics().accept_failures();
         let mut stopping = http_stopping;
         tokio::spawn(async move {
-            let served = axum::serve(Accepting::new(listener, limits.keepalive_interval), router)
-                .with_graceful_shutdown(async move {
-                    let _ = stopping.wait_for(|stopping| *stopping).await;
-                })
-                .await;
+            let served = axum::serve(
+                Accepting::new(listener, limits.keepalive_interval, failures),
+                router,
+            )
+            .with_graceful_shutdown(async move {
+                let _ = stopping.wait_for(|stopping| *stopping).await;
+            })
+            .await;
             if let Err(error) = served {
                 tracing::error!(%error, "HTTP: serving stopped");
             }
@@ -127,6 +131,7 @@ pub async fn run_with_http(
         .max_decoding_message_size(limits.max_request_bytes)
         .max_encoding_message_size(limits.max_response_bytes);
 
+    let accept_failures = log.metrics().accept_failures();
     let signal = async move {
         shutdown.await;
         tracing::info!("shutting down: flushing open streams");
@@ -147,7 +152,7 @@ pub async fn run_with_http(
     );
     let incoming = {
         let budgets = budgets.clone();
-        Accepting::new(listener, limits.keepalive_interval)
+        Accepting::new(listener, limits.keepalive_interval, accept_failures)
             .into_stream()
             .map(move |(tcp, peer)| Ok::<_, std::io::Error>(budgets.throttle(tcp, Some(peer))))
     };

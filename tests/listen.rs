@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use futures_util::future::{join_all, try_join_all};
 use process::{Pipe, Running, storywire};
 use storywire::{listen, pb};
-use support::{client_at, within};
+use support::{client_at, http1, within};
 use tokio::{net::TcpStream, process::Command};
 
 /// `storywire` with `args`, started by `sh` under `ulimit LIMIT` (`-n 40`: soft and hard limit on
@@ -120,15 +120,28 @@ async fn a_server_that_is_not_accepting_has_two_thousand_connections_held_for_it
     server.stop_cleanly().await;
 }
 
+/// The value of the sample named `name` (no labels) in a Prometheus text scrape.
+fn sample(scrape: &str, name: &str) -> f64 {
+    scrape
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no sample {name} in {scrape}"))
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn out_of_descriptors_the_server_waits_without_spinning_then_serves_again() {
+    let started = Instant::now();
     let mut server = Running::spawn(storywire_under(
         "-n 40",
-        &["serve", "--listen", "127.0.0.1:0"],
+        &["serve", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"],
     ));
     let (address, lines) = server.listening_address().await;
     let listening = lines.last().unwrap();
     assert!(listening.contains("open_files=40"), "{listening}");
+    let (http, _) = server
+        .announced_address("storywire HTTP listening address=")
+        .await;
 
     // More connections than it has descriptors: the kernel completes them all in the backlog,
     // and the server accepts until it has none left.
@@ -159,6 +172,20 @@ async fn out_of_descriptors_the_server_waits_without_spinning_then_serves_again(
     server
         .read_until(Pipe::Stderr, "accepting connections again")
         .await;
+
+    // And /metrics: the failed tries counted (at most one every 10 ms), the limit it ran under,
+    // and the descriptors it holds now, within it.
+    let scrape = http1::get(http, "/metrics", &[]).await;
+    assert_eq!(scrape.status, 200, "{scrape:?}");
+    let failures = sample(&scrape.body, "storywire_accept_failures_total");
+    let waited = started.elapsed().as_secs_f64();
+    assert!(
+        failures >= 1.0 && failures <= 1.0 + waited * 100.0,
+        "{failures} failed tries to accept in {waited:.1} s"
+    );
+    assert_eq!(sample(&scrape.body, "storywire_open_files_limit"), 40.0);
+    let open = sample(&scrape.body, "storywire_open_files");
+    assert!((1.0..40.0).contains(&open), "{open} open files");
     server.stop_cleanly().await;
 }
 

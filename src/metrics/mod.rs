@@ -159,6 +159,24 @@ pub struct Metrics {
     wal_fsync: OnceLock<Histogram>,
     /// A cluster node's replica; exists once its replica task does.
     replica: OnceLock<ReplicaMetrics>,
+    /// Tries to accept a connection that failed for want of a resource.
+    accept_failures: AcceptFailures,
+    /// Descriptors the process holds; set when scraped, where /proc says.
+    open_files: Gauge,
+    /// The most descriptors the process may hold; set when scraped.
+    open_files_limit: Gauge,
+}
+
+/// Counts the tries to accept a connection that failed for want of a resource (out of
+/// descriptors or memory), for [`crate::listen::Accepting`].
+#[derive(Debug, Clone, Default)]
+pub struct AcceptFailures(Counter);
+
+impl AcceptFailures {
+    /// Counts one failed try.
+    pub fn failed(&self) {
+        self.0.inc();
+    }
 }
 
 /// What a cluster node's replica task records.
@@ -229,6 +247,9 @@ impl Metrics {
             retained_events: Gauge::default(),
             wal_fsync: OnceLock::new(),
             replica: OnceLock::new(),
+            accept_failures: AcceptFailures::default(),
+            open_files: Gauge::default(),
+            open_files_limit: Gauge::default(),
         }
     }
 
@@ -270,6 +291,11 @@ impl Metrics {
         self.wal_fsync.get_or_init(Histogram::seconds)
     }
 
+    /// The handle that counts failed tries to accept a connection.
+    pub fn accept_failures(&self) -> AcceptFailures {
+        self.accept_failures.clone()
+    }
+
     /// A cluster node's replica's handles, exposed from the first call on (the replica's start).
     pub fn replica(&self) -> &ReplicaMetrics {
         self.replica.get_or_init(|| ReplicaMetrics {
@@ -283,7 +309,29 @@ impl Metrics {
     pub fn encode(&self, format: Format, head: u64, retained: u64) -> String {
         self.head_sequence.set(gauge_value(head));
         self.retained_events.set(gauge_value(retained));
-        let registry = self.registry();
+        let open_files = crate::listen::open_files();
+        if let Some(count) = open_files {
+            self.open_files.set(gauge_value(count));
+        }
+        let open_files_limit = crate::listen::open_files_limit().ok();
+        if let Some(limit) = open_files_limit {
+            self.open_files_limit.set(gauge_value(limit));
+        }
+        let mut registry = self.registry();
+        if open_files.is_some() {
+            registry.register(
+                "open_files",
+                "Descriptors this process holds open; every connection, on either face, is one",
+                self.open_files.clone(),
+            );
+        }
+        if open_files_limit.is_some() {
+            registry.register(
+                "open_files_limit",
+                "The most descriptors this process may hold open: its soft limit, which serve raises to the hard one at start",
+                self.open_files_limit.clone(),
+            );
+        }
         let mut text = String::new();
         let encoded = match format {
             Format::OpenMetrics => prometheus_client::encoding::text::encode(&mut text, &registry),
@@ -332,6 +380,11 @@ impl Metrics {
             "Time from an event's append to this server's log to its hand-over to a live subscriber's stream (events sent during catch-up are not observed)",
             Unit::Seconds,
             self.delivery_latency.clone(),
+        );
+        registry.register(
+            "accept_failures",
+            "Tries to accept a connection, on either face, that failed for want of a resource (out of descriptors, or memory); while they fail, new connections wait in the listen backlog",
+            self.accept_failures.0.clone(),
         );
         registry.register(
             "head_sequence",
