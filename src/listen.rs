@@ -57,21 +57,19 @@ pub fn granted_backlog() -> u32 {
 /// service manager often starts a process with a soft limit of 1,024 and a hard one far above.
 /// Returns the soft limit now in force.
 pub fn raise_open_files_limit() -> io::Result<u64> {
-    let mut limit = limits_on_open_files()?;
-    // SAFETY: setrlimit only reads the struct passed by reference.
-    unsafe {
-        if limit.rlim_cur < limit.rlim_max {
-            let raised = libc::rlimit {
-                rlim_cur: limit.rlim_max,
-                rlim_max: limit.rlim_max,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            limit = raised;
-        }
+    let limit = limits_on_open_files()?;
+    if limit.rlim_cur == limit.rlim_max {
+        return Ok(limit.rlim_cur);
     }
-    Ok(limit.rlim_cur)
+    let raised = libc::rlimit {
+        rlim_cur: limit.rlim_max,
+        rlim_max: limit.rlim_max,
+    };
+    // SAFETY: setrlimit only reads the struct passed by reference.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(raised.rlim_cur)
 }
 
 /// The most descriptors this process may hold open now: its soft limit.

@@ -107,11 +107,13 @@ pub async fn run_with_http(
     let mut stopping = stopping_rx.clone();
     let http_stopping = stopping_rx.clone();
     let limits = options.limits;
+    // Both faces count their failed accepts in the log's metrics.
+    let accept_failures = log.metrics().accept_failures();
     let slots = SubscriberSlots::new(limits.max_subscribers, limits.max_subscribers_per_token);
     let service = Service::new(log.clone(), stopping_rx, slots).through(options.cluster.clone());
     if let Some((listener, http_options)) = http {
         let router = crate::http::router(service.clone(), http_options);
-        let failures = log.metrics().accept_failures();
+        let failures = accept_failures.clone();
         let mut stopping = http_stopping;
         tokio::spawn(async move {
             let served = axum::serve(
@@ -131,7 +133,6 @@ pub async fn run_with_http(
         .max_decoding_message_size(limits.max_request_bytes)
         .max_encoding_message_size(limits.max_response_bytes);
 
-    let accept_failures = log.metrics().accept_failures();
     let signal = async move {
         shutdown.await;
         tracing::info!("shutting down: flushing open streams");

@@ -10,10 +10,9 @@ use std::{
     mem::size_of,
     net::{Ipv4Addr, SocketAddr, SocketAddrV4},
     os::fd::RawFd,
+    sync::Arc,
     time::Duration,
 };
-
-use std::sync::Arc;
 
 use storywire::{
     clock::SystemClock,
