@@ -8,7 +8,10 @@
 //! bytes on the wire, the same latency, gaps and duplicates. Core NATS keeps nothing and stamps
 //! nothing: it is the floor of fan-out, not a log.
 
-use std::time::Duration;
+use std::{
+    net::{IpAddr, SocketAddr},
+    time::Duration,
+};
 
 use async_nats::{Client, Subscriber};
 use futures_util::StreamExt;
@@ -16,17 +19,23 @@ use prost::Message;
 use storywire::pb::{self, subscribe_response::Item};
 use tokio::time::Instant;
 
-use crate::load::{CONNECT_ATTEMPTS, CONNECT_WAVE, Rate, Received, Tally, update_event};
+use crate::load::{
+    CONNECT_ATTEMPTS, CONNECT_WAVE, Rate, Received, Tally, source_address, update_event,
+};
 
 /// The subject every bench event is published to and every subscriber listens on.
 const SUBJECT: &str = "bench.story";
 
-/// Connects one client to `url`, trying again after a second on failure, as many times as a
-/// gRPC subscriber would ([`CONNECT_ATTEMPTS`]).
-async fn connect_one(url: &str) -> Result<Client, String> {
+/// Connects one client to `url` (from the loopback address `from`, when given), trying again
+/// after a second on failure, as many times as a gRPC subscriber would ([`CONNECT_ATTEMPTS`]).
+async fn connect_one(url: &str, from: Option<IpAddr>) -> Result<Client, String> {
     let mut attempt = 1;
     loop {
-        match async_nats::connect(url).await {
+        let mut options = async_nats::ConnectOptions::new();
+        if let Some(address) = from {
+            options = options.local_address(SocketAddr::new(address, 0));
+        }
+        match options.connect(url).await {
             Ok(client) => return Ok(client),
             Err(error) if attempt < CONNECT_ATTEMPTS => {
                 eprintln!("connect to NATS at {url}: {error}; trying again");
@@ -42,7 +51,7 @@ async fn connect_one(url: &str) -> Result<Client, String> {
 pub async fn connect(url: &str, count: usize) -> Result<Vec<Client>, String> {
     let mut clients = Vec::with_capacity(count);
     for _ in 0..count {
-        clients.push(connect_one(url).await?);
+        clients.push(connect_one(url, None).await?);
     }
     Ok(clients)
 }
@@ -78,7 +87,7 @@ pub async fn subscribe_each(
 ) -> Result<(Vec<Client>, Vec<Subscriber>), String> {
     let opened: Vec<_> = futures_util::stream::iter(0..count)
         .map(|_| async move {
-            let client = connect_one(url).await?;
+            let client = connect_one(url, Some(source_address())).await?;
             let subscribers = subscribe_many(std::slice::from_ref(&client), 1).await?;
             Ok::<_, String>((client, subscribers))
         })

@@ -1,7 +1,11 @@
 //! The load: subscribers spread over a few HTTP/2 connections, a publisher on PublishStream, and
 //! what each subscriber saw (count, gaps, duplicates, latency).
 
-use std::time::{Duration, SystemTime};
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    sync::atomic::{AtomicU64, Ordering},
+    time::{Duration, SystemTime},
+};
 
 use futures_util::StreamExt;
 use hdrhistogram::Histogram;
@@ -371,6 +375,26 @@ pub async fn subscribe_many(
 /// retried a second later.
 pub const CONNECT_WAVE: usize = 128;
 
+/// How many readers' connections come from one loopback address.
+const READERS_PER_SOURCE: u64 = 2_000;
+
+/// The loopback address the next reader's connection comes from, for [`subscribe_each`] and
+/// `anchor::subscribe_each`.
+///
+/// Linux's `connect()` takes ephemeral ports of one parity first. From one address to one server,
+/// past 14,116 connections (half of 32768–60999), every connect scans that half before it tries
+/// the other. Measured: 1,000 connects took 0.015 s up to 14,000 and 1.1 s each thousand after.
+/// That put 7–8 s into every server's time to connect 19,000 readers. Real readers come from many
+/// addresses. So every 2,000 connections come from the next of 127.0.0.2–127.0.0.254 (Linux
+/// routes all of 127/8 to loopback). That is 506,000 connections before an address comes round
+/// again, so none meets its own TIME_WAIT from an earlier run of the same invocation.
+pub fn source_address() -> IpAddr {
+    static CONNECTIONS: AtomicU64 = AtomicU64::new(0);
+    let n = CONNECTIONS.fetch_add(1, Ordering::Relaxed);
+    let last = 2 + (n / READERS_PER_SOURCE % 253) as u8;
+    IpAddr::V4(Ipv4Addr::new(127, 0, 0, last))
+}
+
 /// Opens `count` live subscriptions to `url`, each on an HTTP/2 connection of its own, waiting
 /// until each is registered. The channels come back too: a stream keeps its connection open, but
 /// the caller decides when they all close.
@@ -383,7 +407,7 @@ pub async fn subscribe_each(
         .tcp_nodelay(true);
     let opened: Vec<_> = futures_util::stream::iter(0..count)
         .map(|_| {
-            let endpoint = endpoint.clone();
+            let endpoint = endpoint.clone().local_address(Some(source_address()));
             async move {
                 let channel = connect_patiently(&endpoint).await?;
                 let stream = StoryServiceClient::new(channel.clone())
