@@ -18,7 +18,11 @@ use std::{
 
 use prometheus_client::{
     encoding::{EncodeMetric, MetricEncoder},
-    metrics::{MetricType, counter::Counter, gauge::Gauge},
+    metrics::{
+        MetricType,
+        counter::Counter,
+        gauge::{ConstGauge, Gauge},
+    },
     registry::{Registry, Unit},
 };
 use tonic::Code;
@@ -161,10 +165,6 @@ pub struct Metrics {
     replica: OnceLock<ReplicaMetrics>,
     /// Tries to accept a connection that failed for want of a resource.
     accept_failures: AcceptFailures,
-    /// Descriptors the process holds; set when scraped, where /proc says.
-    open_files: Gauge,
-    /// The most descriptors the process may hold; set when scraped.
-    open_files_limit: Gauge,
 }
 
 /// Counts the tries to accept a connection that failed for want of a resource (out of
@@ -248,8 +248,6 @@ impl Metrics {
             wal_fsync: OnceLock::new(),
             replica: OnceLock::new(),
             accept_failures: AcceptFailures::default(),
-            open_files: Gauge::default(),
-            open_files_limit: Gauge::default(),
         }
     }
 
@@ -309,29 +307,7 @@ impl Metrics {
     pub fn encode(&self, format: Format, head: u64, retained: u64) -> String {
         self.head_sequence.set(gauge_value(head));
         self.retained_events.set(gauge_value(retained));
-        let open_files = crate::listen::open_files();
-        if let Some(count) = open_files {
-            self.open_files.set(gauge_value(count));
-        }
-        let open_files_limit = crate::listen::open_files_limit().ok();
-        if let Some(limit) = open_files_limit {
-            self.open_files_limit.set(gauge_value(limit));
-        }
-        let mut registry = self.registry();
-        if open_files.is_some() {
-            registry.register(
-                "open_files",
-                "Descriptors this process holds open; every connection, on either face, is one",
-                self.open_files.clone(),
-            );
-        }
-        if open_files_limit.is_some() {
-            registry.register(
-                "open_files_limit",
-                "The most descriptors this process may hold open: its soft limit, which serve raises to the hard one at start",
-                self.open_files_limit.clone(),
-            );
-        }
+        let registry = self.registry();
         let mut text = String::new();
         let encoded = match format {
             Format::OpenMetrics => prometheus_client::encoding::text::encode(&mut text, &registry),
@@ -346,7 +322,8 @@ impl Metrics {
 
     /// A registry of every handle, built for one scrape: the handles are shared, so this copies
     /// reference counts, and leaves out what this server does not run (the write-ahead log, a
-    /// replica).
+    /// replica). The process's descriptors are read now, and left out where the system does not
+    /// say.
     fn registry(&self) -> Registry {
         let mut registry = Registry::with_prefix(PREFIX);
         registry.register(
@@ -417,6 +394,20 @@ impl Metrics {
                 "Time from JetStream storing a message to this node applying it to its replica (read from two clocks: the NATS server's and this node's)",
                 Unit::Seconds,
                 replica.apply_delay.clone(),
+            );
+        }
+        if let Some(count) = crate::listen::open_files() {
+            registry.register(
+                "open_files",
+                "Descriptors this process holds open; every connection, on either face, is one",
+                ConstGauge::new(gauge_value(count)),
+            );
+        }
+        if let Ok(limit) = crate::listen::open_files_limit() {
+            registry.register(
+                "open_files_limit",
+                "The most descriptors this process may hold open: its soft limit, which serve raises to the hard one at start",
+                ConstGauge::new(gauge_value(limit)),
             );
         }
         registry
