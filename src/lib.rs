@@ -29,6 +29,7 @@
 //! - [`tls`]: the server's TLS and mutual TLS from PEM files.
 //! - [`limits`]: what one client may take and one story may hold, and the subscriber slots.
 //! - [`throttle`]: each connection's budget of wasted streams; past it, its reads pause.
+//! - [`connections`]: every connection's lifecycle: timeouts, per-address limits, shedding.
 //! - [`listen`]: the listen backlog, the open-files limit, and accepting without spinning.
 //! - [`server`]: the tonic server with health, reflection, gRPC-Web and graceful shutdown.
 //! - [`clock`]: the one clock timestamps come from, so tests can control it.
@@ -41,6 +42,7 @@ pub mod auth;
 pub mod cli;
 pub mod clock;
 pub mod cluster;
+pub mod connections;
 pub mod cors;
 pub mod demo;
 pub mod encoded;
