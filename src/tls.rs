@@ -50,3 +50,91 @@ impl TlsFiles {
         Ok(config)
     }
 }
+
+/// The server's TLS configuration for new handshakes on both faces, read from [`TlsFiles`] and
+/// read again by [`ServerTls::reload`]: connections already open keep the certificate they
+/// started with.
+#[derive(Debug)]
+pub struct ServerTls {
+    /// Where the PEM files are.
+    files: TlsFiles,
+    /// The configuration new handshakes use.
+    current: std::sync::RwLock<std::sync::Arc<tokio_rustls::rustls::ServerConfig>>,
+}
+
+impl ServerTls {
+    /// Reads the files.
+    pub fn load(files: TlsFiles) -> Result<std::sync::Arc<Self>, TlsError> {
+        let config = rustls_config(&files)?;
+        Ok(std::sync::Arc::new(Self {
+            files,
+            current: std::sync::RwLock::new(config),
+        }))
+    }
+
+    /// Reads the files again; on any error the configuration in force stays.
+    pub fn reload(&self) -> Result<(), TlsError> {
+        let config = rustls_config(&self.files)?;
+        *self.current.write().expect("TLS lock poisoned") = config;
+        Ok(())
+    }
+
+    /// The configuration for the next handshake.
+    pub fn current(&self) -> std::sync::Arc<tokio_rustls::rustls::ServerConfig> {
+        self.current.read().expect("TLS lock poisoned").clone()
+    }
+}
+
+/// A rustls configuration from the files: ALPN offers `h2`, then `http/1.1`.
+fn rustls_config(
+    files: &TlsFiles,
+) -> Result<std::sync::Arc<tokio_rustls::rustls::ServerConfig>, TlsError> {
+    use tokio_rustls::rustls::{
+        self, RootCertStore,
+        pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
+        server::WebPkiClientVerifier,
+    };
+    let invalid = |flag: &'static str, path: &Path, error: String| TlsError {
+        flag,
+        path: path.display().to_string(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, error),
+    };
+    let chain = CertificateDer::pem_slice_iter(&read("--tls-cert", &files.cert)?)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| invalid("--tls-cert", &files.cert, e.to_string()))?;
+    if chain.is_empty() {
+        return Err(invalid(
+            "--tls-cert",
+            &files.cert,
+            "no certificate in the file".into(),
+        ));
+    }
+    let key = PrivateKeyDer::from_pem_slice(&read("--tls-key", &files.key)?)
+        .map_err(|e| invalid("--tls-key", &files.key, e.to_string()))?;
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| invalid("--tls-cert", &files.cert, e.to_string()))?;
+    let builder = match &files.client_ca {
+        Some(ca) => {
+            let mut roots = RootCertStore::empty();
+            for cert in CertificateDer::pem_slice_iter(&read("--tls-client-ca", ca)?) {
+                let cert = cert.map_err(|e| invalid("--tls-client-ca", ca, e.to_string()))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| invalid("--tls-client-ca", ca, e.to_string()))?;
+            }
+            let verifier =
+                WebPkiClientVerifier::builder_with_provider(std::sync::Arc::new(roots), provider)
+                    .build()
+                    .map_err(|e| invalid("--tls-client-ca", ca, e.to_string()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder
+        .with_single_cert(chain, key)
+        .map_err(|e| invalid("--tls-key", &files.key, e.to_string()))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(std::sync::Arc::new(config))
+}

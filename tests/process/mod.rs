@@ -83,6 +83,26 @@ pub fn storywire(args: &[&str]) -> Command {
     command
 }
 
+/// `storywire` with `args`, started by `sh` under `ulimit LIMIT` (`-n 40`: soft and hard limit on
+/// open files; `-S -n 256`: the soft one only), in the environment [`storywire`] gives it.
+pub fn storywire_under(limit: &str, args: &[&str]) -> Command {
+    let plain = storywire(args);
+    let plain = plain.as_std();
+    let mut command = Command::new("sh");
+    command
+        .arg("-c")
+        .arg(format!("ulimit {limit} && exec \"$0\" \"$@\""))
+        .arg(plain.get_program())
+        .args(plain.get_args());
+    for (name, value) in plain.get_envs() {
+        match value {
+            Some(value) => command.env(name, value),
+            None => command.env_remove(name),
+        };
+    }
+    command
+}
+
 /// Runs `command` to its end with nothing on stdin.
 pub async fn run(command: Command) -> Finished {
     run_with_input(command, None).await

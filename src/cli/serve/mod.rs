@@ -18,13 +18,13 @@ use crate::{
     listen,
     log::EventLog,
     server::{self, ServerOptions},
-    tls::TlsFiles,
+    tls::{ServerTls, TlsFiles},
     wal::{self, FsyncMode, WalConfig},
 };
 
 mod limits;
 
-use limits::{LimitArgs, StoryLimitArgs, at_least_one, check_story_bytes};
+use limits::{ConnectionArgs, LimitArgs, StoryLimitArgs, at_least_one, check_story_bytes};
 
 /// Where `serve --demo` serves HTTP when --http does not say.
 const DEMO_HTTP_PORT: u16 = 8080;
@@ -65,6 +65,8 @@ pub struct Args {
     limits: LimitArgs,
     #[command(flatten)]
     story_limits: StoryLimitArgs,
+    #[command(flatten)]
+    connections: ConnectionArgs,
     /// Keep the log on disk in this directory (a write-ahead log), so that a restart loses
     /// nothing acknowledged. Without it the log lives in memory only.
     #[arg(
@@ -164,15 +166,15 @@ pub async fn run(args: Args) -> Result<ExitCode, CliError> {
         limits: args.limits.into(),
         cluster: None,
         cors,
+        lifecycle: Default::default(),
+        tls_config: None,
     };
     let story_limits = StoryLimits::from(args.story_limits);
     check_story_bytes(&story_limits, &options.limits)?;
-    // Read the TLS files now, so that a bad one stops start-up before it says it listens.
-    if let Some(tls) = &options.tls {
-        let config = tls.server_config()?;
-        tonic::transport::Server::builder()
-            .tls_config(config)
-            .map_err(|e| format!("--tls-cert/--tls-key: {}", with_source(&e)))?;
+    // Read the TLS files now, so that a bad one stops start-up before it says it listens; SIGHUP
+    // reads them again.
+    if let Some(files) = &options.tls {
+        options.tls_config = Some(ServerTls::load(files.clone())?);
     }
     let interval = Duration::try_from_secs_f64(args.demo_interval)
         .map_err(|e| format!("--demo-interval {}: {e}", args.demo_interval))?;
@@ -213,6 +215,7 @@ pub async fn run(args: Args) -> Result<ExitCode, CliError> {
     let open_files = listen::raise_open_files_limit()
         .inspect_err(|error| tracing::warn!(%error, "cannot raise the open-files limit"))
         .ok();
+    options.lifecycle = args.connections.lifecycle(open_files);
     let listener =
         listen::bind(args.listen).map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     let address = listener.local_addr()?;
@@ -222,6 +225,8 @@ pub async fn run(args: Args) -> Result<ExitCode, CliError> {
         retain_events = log.retain_events(),
         backlog = listen::granted_backlog(),
         open_files,
+        max_connections = options.lifecycle.max_connections,
+        max_connections_per_ip = options.lifecycle.max_connections_per_ip,
         "storywire listening"
     );
 
@@ -258,7 +263,20 @@ pub async fn run(args: Args) -> Result<ExitCode, CliError> {
             } else {
                 format!("http://{bound}/")
             };
+            let page = if options.tls.is_some() {
+                page.replacen("http://", "https://", 1)
+            } else {
+                page
+            };
             tracing::info!(address = %bound, %page, "storywire HTTP listening");
+            if options.tls.is_none() && options.tokens.is_some() && !bound.ip().is_loopback() {
+                tracing::warn!(
+                    address = %bound,
+                    "--http listens beyond loopback in plain text with --tokens: bearer tokens \
+                     would cross the network in clear; give --tls-cert and --tls-key (the HTTP \
+                     face then serves HTTPS), or put a TLS proxy in front"
+                );
+            }
             let http_options = HttpOptions {
                 tokens: options.tokens.clone(),
                 public_read: args.public_read,
@@ -347,14 +365,6 @@ fn check_exposure(listen: SocketAddr, tokens: bool, allow_anonymous: bool) -> Re
         ));
     }
     Ok(())
-}
-
-/// An error's text with its first cause: tonic's transport errors say only "transport error".
-fn with_source(error: &dyn std::error::Error) -> String {
-    match error.source() {
-        Some(source) => format!("{error}: {source}"),
-        None => error.to_string(),
-    }
 }
 
 /// A future that completes on SIGINT (Ctrl-C) or SIGTERM (what `docker stop` and systemd send).
