@@ -324,7 +324,12 @@ impl HttpServer {
     pub async fn start(extra: &[&str]) -> Self {
         let mut args = vec!["serve", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"];
         args.extend_from_slice(extra);
-        let mut process = Running::spawn(storywire(&args));
+        Self::from_process(Running::spawn(storywire(&args))).await
+    }
+
+    /// A `storywire serve --http` process started some other way, once it has announced both
+    /// addresses.
+    pub async fn from_process(mut process: Running) -> Self {
         let (grpc, _) = process.listening_address().await;
         let (http, _) = process
             .announced_address("storywire HTTP listening address=")
