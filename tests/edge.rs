@@ -13,7 +13,7 @@ use std::{
 };
 
 use futures_util::future::join_all;
-use process::{HttpServer, Running, storywire, storywire_under};
+use process::{HttpServer, Running, curl, storywire, storywire_under};
 use storywire::{listen, pb};
 use support::{http1, http2, open, within};
 use tokio::{
@@ -433,4 +433,19 @@ async fn the_connection_flags_refuse_nonsense_naming_the_flag() {
             "{flag} {value}: {stderr}"
         );
     }
+}
+
+#[tokio::test]
+async fn without_tls_the_http_face_speaks_http2_with_prior_knowledge() {
+    let server = HttpServer::start(&[]).await;
+    let out = curl(&[
+        "--http2-prior-knowledge",
+        "--write-out",
+        "\n%{http_version}",
+        &format!("http://{}/v1/stories", server.http),
+    ])
+    .await;
+    let (body, version) = out.rsplit_once('\n').expect("a version line");
+    assert_eq!(version, "2", "{out}");
+    serde_json::from_str::<serde_json::Value>(body).expect("JSON");
 }

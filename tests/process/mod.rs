@@ -103,6 +103,15 @@ pub fn storywire_under(limit: &str, args: &[&str]) -> Command {
     command
 }
 
+/// `curl` with `args` (quiet but for errors, at most 10 s), run to its end; its stdout.
+pub async fn curl(args: &[&str]) -> String {
+    let mut command = Command::new("curl");
+    command
+        .args(["--silent", "--show-error", "--max-time", "10"])
+        .args(args);
+    run(command).await.success().to_owned()
+}
+
 /// Runs `command` to its end with nothing on stdin.
 pub async fn run(command: Command) -> Finished {
     run_with_input(command, None).await
