@@ -15,6 +15,7 @@
 //!   and the segment writer the write-ahead journal drives.
 //! - [`story`]: the projection: a story's state as the fold of its events, the story rules, and
 //!   what one story may hold.
+//! - [`narration`]: how updates and stories read for people, in the CLI and on the live page.
 //! - [`ninjs`]: a story as an IPTC ninjs 2.1 news item (`story --ninjs`), a pure function of it.
 //! - [`encoded`]: each event encoded once, its bytes shared by every subscriber.
 //! - [`subscription`]: a cursor into the log plus a filter: catch-up, live, checkpoints, the end.
@@ -30,8 +31,10 @@
 //! - [`limits`]: what one client may take and one story may hold, and the subscriber slots.
 //! - [`throttle`]: each connection's budget of wasted streams; past it, its reads pause.
 //! - [`connections`]: every connection's lifecycle: timeouts, per-address limits, shedding.
-//! - [`listen`]: the listen backlog, the open-files limit, and accepting without spinning.
+//! - [`descriptors`]: the open-files limit, raised to the hard one, and the descriptors open.
+//! - [`listen`]: the listen backlog, and accepting without spinning.
 //! - [`server`]: the tonic server with health, reflection, gRPC-Web and graceful shutdown.
+//! - [`codes`]: gRPC status codes by the names gRPC gives them.
 //! - [`clock`]: the one clock timestamps come from, so tests can control it.
 //! - [`demo`]: the seed story and its live replay for `serve --demo`.
 //! - [`cli`]: the `storywire` command: `serve` and the client subcommands.
@@ -42,16 +45,19 @@ pub mod auth;
 pub mod cli;
 pub mod clock;
 pub mod cluster;
+pub mod codes;
 pub mod connections;
 pub mod cors;
 mod deadline;
 pub mod demo;
+pub mod descriptors;
 pub mod encoded;
 pub mod http;
 pub mod limits;
 pub mod listen;
 pub mod log;
 pub mod metrics;
+pub mod narration;
 pub mod ninjs;
 pub mod pb;
 pub mod server;

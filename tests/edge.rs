@@ -14,7 +14,7 @@ use std::{
 
 use futures_util::future::join_all;
 use process::{HttpServer, Running, curl, storywire, storywire_under};
-use storywire::{listen, pb};
+use storywire::{descriptors, pb};
 use support::{http1, http2, open, within};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -154,7 +154,7 @@ async fn another_reader_is_served(server: &HttpServer) {
 /// A server under an open-files limit of 1,100 with its HTTP face, a story open, and the test's
 /// own limit raised for the flood.
 async fn server_under_1100(extra: &[&str]) -> HttpServer {
-    listen::raise_open_files_limit().expect("room for the test's own connections");
+    descriptors::raise_open_files_limit().expect("room for the test's own connections");
     let mut args = vec!["serve", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"];
     args.extend_from_slice(extra);
     let process = Running::spawn(storywire_under("-n 1100", &args));

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::{join_all, try_join_all};
 use process::{Pipe, Running, storywire, storywire_under};
-use storywire::{listen, pb};
+use storywire::{descriptors, listen, pb};
 use support::{client_at, http1, within};
 use tokio::net::TcpStream;
 
@@ -76,7 +76,7 @@ async fn a_server_that_is_not_accepting_has_two_thousand_connections_held_for_it
         "net.core.somaxconn is {most}: no backlog here holds {count} connections; raise it \
          (sysctl -w net.core.somaxconn=4096, the default since Linux 5.4) to run this test"
     );
-    listen::raise_open_files_limit().expect("room for the test's own connections");
+    descriptors::raise_open_files_limit().expect("room for the test's own connections");
     // A reconnect storm comes from many addresses; here all 2,000 come from one, which the
     // per-address limit would otherwise refuse past its share.
     let mut server = Running::spawn(storywire(&[

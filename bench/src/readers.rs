@@ -195,7 +195,7 @@ fn table(count: usize, targets: &[Target], results: &[Vec<Readers>], failed: &[u
 /// Fails, saying why, if this process may not open `count` more sockets; raises its soft
 /// open-files limit to the hard one first (the servers it starts inherit it).
 pub fn room_for(count: usize) -> Result<(), String> {
-    let limit = storywire::listen::raise_open_files_limit()
+    let limit = storywire::descriptors::raise_open_files_limit()
         .map_err(|e| format!("cannot raise the open-files limit: {e}"))?;
     let needed = count as u64 + SPARE_DESCRIPTORS;
     if needed > limit {

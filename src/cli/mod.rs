@@ -13,7 +13,6 @@ macro_rules! say {
     }};
 }
 
-pub mod format;
 mod health;
 mod progress;
 mod publish;
@@ -250,7 +249,11 @@ pub async fn main() -> ExitCode {
 /// A status as a person reads it: `NOT_FOUND: story x not found; ...`, with the transport's
 /// reason when it has one ("transport error" alone says nothing).
 fn describe(status: &Status) -> String {
-    let mut text = format!("{}: {}", code_name(status.code()), status.message());
+    let mut text = format!(
+        "{}: {}",
+        crate::codes::code_name(status.code()),
+        status.message()
+    );
     let mut cause = std::error::Error::source(status);
     while let Some(error) = cause {
         text.push_str(&format!(": {error}"));
@@ -271,19 +274,6 @@ fn with_causes(error: &(dyn std::error::Error + 'static)) -> String {
         cause = error.source();
     }
     text
-}
-
-/// The canonical upper-case name of a gRPC code, as grpcurl and the gRPC docs print it.
-fn code_name(code: tonic::Code) -> String {
-    let camel = format!("{code:?}");
-    let mut name = String::with_capacity(camel.len() + 4);
-    for (i, c) in camel.chars().enumerate() {
-        if c.is_ascii_uppercase() && i > 0 {
-            name.push('_');
-        }
-        name.push(c.to_ascii_uppercase());
-    }
-    name
 }
 
 /// Prints a message as one line of proto3 JSON.

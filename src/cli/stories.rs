@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use super::{CliError, Connect, describe, format, print_json};
+use super::{CliError, Connect, describe, print_json};
 use crate::{ninjs, pb};
 
 /// Arguments of `storywire story`.
@@ -41,7 +41,7 @@ pub async fn run_story(args: StoryArgs) -> Result<ExitCode, CliError> {
     } else if args.json {
         print_json(&story)?;
     } else {
-        say!("{}", format::story_block(&story))?;
+        say!("{}", crate::narration::story_block(&story))?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -89,7 +89,7 @@ pub async fn run_list(args: ListArgs) -> Result<ExitCode, CliError> {
             if args.json {
                 print_json(story)?;
             } else {
-                say!("{}", format::story_line(story))?;
+                say!("{}", crate::narration::story_line(story))?;
             }
         }
         if page.next_page_token.is_empty() {

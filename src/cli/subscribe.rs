@@ -6,7 +6,8 @@ use std::{process::ExitCode, time::Duration};
 
 use tonic::{Code, Status};
 
-use super::{CliError, Connect, describe, format::Narrator, print_json, progress::Progress};
+use super::{CliError, Connect, describe, print_json, progress::Progress};
+use crate::narration::Narrator;
 use crate::pb::{self, subscribe_response::Item};
 
 /// The first pause before reconnecting: short, since most drops are a server restart.

@@ -111,7 +111,7 @@ pub struct Lifecycle {
 
 impl Default for Lifecycle {
     fn default() -> Self {
-        let limit = crate::listen::open_files_limit().unwrap_or(1024);
+        let limit = crate::descriptors::open_files_limit().unwrap_or(1024);
         Self {
             header_timeout: DEFAULT_HEADER_TIMEOUT,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,

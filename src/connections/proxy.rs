@@ -51,9 +51,10 @@ impl TrustedProxies {
     /// Whether `address` is in a trusted range.
     pub fn contains(&self, address: IpAddr) -> bool {
         let address = canonical(address);
-        self.0
-            .iter()
-            .any(|&(range, bits)| in_range(address, canonical(range), bits))
+        self.0.iter().any(|&(range, bits)| {
+            let (range, bits) = canonical_range(range, bits);
+            in_range(address, range, bits)
+        })
     }
 
     /// The client a request from `peer` speaks for: with a trusted `peer`, the rightmost
@@ -122,7 +123,25 @@ fn canonical(address: IpAddr) -> IpAddr {
     }
 }
 
+/// A range written as IPv4-mapped IPv6 (`::ffff:10.0.0.0/104`) as the IPv4 range it covers;
+/// any other as it is.
+fn canonical_range(range: IpAddr, bits: u8) -> (IpAddr, u8) {
+    match range {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) if bits >= 96 => (IpAddr::V4(v4), bits - 96),
+            _ => (range, bits),
+        },
+        v4 => (v4, bits),
+    }
+}
+
+/// Whether `address` is in `range/bits`; an IPv4 address is matched against an IPv6 range as
+/// its IPv4-mapped form.
 fn in_range(address: IpAddr, range: IpAddr, bits: u8) -> bool {
+    let address = match (address, range) {
+        (IpAddr::V4(v4), IpAddr::V6(_)) => IpAddr::V6(v4.to_ipv6_mapped()),
+        _ => address,
+    };
     match (address, range) {
         (IpAddr::V4(a), IpAddr::V4(r)) => {
             let mask = u32::MAX.checked_shl(32 - u32::from(bits)).unwrap_or(0);
@@ -183,9 +202,15 @@ mod tests {
 
     #[test]
     fn ranges_parse_and_match_by_prefix() {
-        let trusted = proxies(&["192.168.4.0/22", "::ffff:0:0/96"]);
+        let trusted = proxies(&["192.168.4.0/22", "2001:db8::/32"]);
         assert!(trusted.contains("192.168.7.255".parse().unwrap()));
+        assert!(trusted.contains("::ffff:192.168.4.1".parse().unwrap()));
         assert!(!trusted.contains("192.168.8.0".parse().unwrap()));
+        assert!(trusted.contains("2001:db8:1::1".parse().unwrap()));
+        assert!(!trusted.contains("2001:db9::1".parse().unwrap()));
+        // Every IPv4 address, written as IPv4-mapped IPv6; and ::/0, every address.
+        assert!(proxies(&["::ffff:0:0/96"]).contains("203.0.113.9".parse().unwrap()));
+        assert!(proxies(&["::/0"]).contains("203.0.113.9".parse().unwrap()));
         assert!(parse_cidr("10.0.0.0/33").is_err());
         assert!(parse_cidr("example.com").is_err());
         assert!(proxies(&["0.0.0.0/0"]).contains("8.8.8.8".parse().unwrap()));

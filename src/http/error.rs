@@ -7,7 +7,7 @@ use axum::{
 };
 use tonic::{Code, Status};
 
-use crate::service::code_name;
+use crate::codes::code_name;
 
 /// The HTTP status for a gRPC code, as gRPC-HTTP gateways map them (Google's API guidelines).
 pub fn http_status(code: Code) -> StatusCode {

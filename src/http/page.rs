@@ -18,7 +18,7 @@ use tonic::Status;
 
 use super::{App, error};
 use crate::{
-    cli::format::Narrator,
+    narration::Narrator,
     pb::{self, server::story_service_server::StoryService},
 };
 

@@ -27,7 +27,7 @@ use prometheus_client::{
 };
 use tonic::Code;
 
-use crate::service::code_name;
+use crate::codes::code_name;
 
 mod histogram;
 
@@ -577,14 +577,14 @@ impl Metrics {
                 replica.apply_delay.clone(),
             );
         }
-        if let Some(count) = crate::listen::open_files() {
+        if let Some(count) = crate::descriptors::open_files() {
             registry.register(
                 "open_files",
                 "Descriptors this process holds open; every connection, on either face, is one",
                 ConstGauge::new(gauge_value(count)),
             );
         }
-        if let Ok(limit) = crate::listen::open_files_limit() {
+        if let Ok(limit) = crate::descriptors::open_files_limit() {
             registry.register(
                 "open_files_limit",
                 "The most descriptors this process may hold open: its soft limit, which serve raises to the hard one at start",

@@ -212,7 +212,7 @@ pub async fn run(args: Args) -> Result<ExitCode, CliError> {
     log.set_story_limits(story_limits);
     // Every reader's connection is a descriptor: take what the hard limit allows before the
     // first reader comes.
-    let open_files = listen::raise_open_files_limit()
+    let open_files = crate::descriptors::raise_open_files_limit()
         .inspect_err(|error| tracing::warn!(%error, "cannot raise the open-files limit"))
         .ok();
     options.lifecycle = args.connections.lifecycle(open_files);

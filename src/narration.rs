@@ -1,4 +1,5 @@
-//! How updates and stories read for people: one line per update, a short block per story.
+//! How updates and stories read for people, in the CLI and on the live page: one line per update, a
+//! short block per story.
 //!
 //! [`Narrator`] remembers each fact's and story's status from what it has printed, so that a
 //! status change reads as `REPORTED -> DENIED`.
