@@ -19,7 +19,7 @@ use crate::{
     pb::{self, server::story_service_server::StoryServiceServer},
     service::Service,
     throttle::{ConnectionBudgets, WasteLayer},
-    tls::TlsFiles,
+    tls::{ServerTls, TlsFiles},
 };
 
 /// The failures that stop the server.
@@ -43,6 +43,9 @@ pub struct ServerOptions {
     pub tokens: Option<Arc<Tokens>>,
     /// Serve TLS (and require client certificates, with a client CA); `None`: plaintext.
     pub tls: Option<TlsFiles>,
+    /// The TLS configuration both faces' new handshakes take, which SIGHUP reloads from the
+    /// files of `tls`; `None`: plaintext.
+    pub tls_config: Option<Arc<ServerTls>>,
     /// What one client may take.
     pub limits: Limits,
     /// On a cluster node: the node whose replica `log` is. Publishes go through its stream,

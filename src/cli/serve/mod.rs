@@ -18,7 +18,7 @@ use crate::{
     listen,
     log::EventLog,
     server::{self, ServerOptions},
-    tls::TlsFiles,
+    tls::{ServerTls, TlsFiles},
     wal::{self, FsyncMode, WalConfig},
 };
 
@@ -156,18 +156,20 @@ pub async fn run(args: Args) -> Result<ExitCode, CliError> {
         }),
         _ => None,
     };
+    // Read the TLS files now, so that a bad one stops start-up before it says it listens.
+    let tls_config = tls.clone().map(ServerTls::load).transpose()?;
     let cors = Origins::from_flags(args.cors_origin, tokens.is_some());
     tracing::info!(origins = %cors, "browsers: pages on these origins may call (CORS)");
     let mut options = ServerOptions {
         tokens,
         tls,
+        tls_config,
         limits: args.limits.into(),
         cluster: None,
         cors,
     };
     let story_limits = StoryLimits::from(args.story_limits);
     check_story_bytes(&story_limits, &options.limits)?;
-    // Read the TLS files now, so that a bad one stops start-up before it says it listens.
     if let Some(tls) = &options.tls {
         let config = tls.server_config()?;
         tonic::transport::Server::builder()
