@@ -7,6 +7,8 @@ use std::{
     time::Duration,
 };
 
+use crate::auth::Caller;
+
 /// A limit a new subscription would break. The service maps both to RESOURCE_EXHAUSTED.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LimitError {
@@ -136,13 +138,6 @@ impl Default for StoryLimits {
             max_story_bytes: 3 * 1024 * 1024,
         }
     }
-}
-
-/// Who is calling, as the authorization check found: put in the request's extensions.
-#[derive(Debug, Clone)]
-pub struct Caller {
-    /// The token's name.
-    pub name: Arc<str>,
 }
 
 /// Counts open subscriptions against the limits. Shared by every Subscribe call.

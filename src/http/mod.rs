@@ -30,9 +30,8 @@ use tonic::{Request, Status};
 use tower_http::compression::{CompressionLayer, predicate::DefaultPredicate};
 
 use crate::{
-    auth::Tokens,
+    auth::{Caller, Tokens},
     cors::Origins,
-    limits::Caller,
     pb::{self, server::story_service_server::StoryService},
     service::Service,
 };

@@ -158,6 +158,9 @@ pub async fn run(args: Args) -> Result<ExitCode, CliError> {
     };
     // Read the TLS files now, so that a bad one stops start-up before it says it listens.
     let tls_config = tls.clone().map(ServerTls::load).transpose()?;
+    // Before the server says it listens: SIGHUP's default action would end the process.
+    reload_on_hangup(tokens.clone(), tls_config.clone())
+        .map_err(|e| format!("cannot watch SIGHUP: {e}"))?;
     let cors = Origins::from_flags(args.cors_origin, tokens.is_some());
     tracing::info!(origins = %cors, "browsers: pages on these origins may call (CORS)");
     let mut options = ServerOptions {
@@ -356,6 +359,61 @@ fn with_source(error: &dyn std::error::Error) -> String {
     match error.source() {
         Some(source) => format!("{error}: {source}"),
         None => error.to_string(),
+    }
+}
+
+/// Reads the tokens file and the TLS certificate and key again on each SIGHUP, so that a token
+/// is revoked and a renewed certificate taken without a restart (which would drop every reader).
+/// A file that cannot be used is refused with an error naming it, and what is in force stays.
+///
+/// The handler is installed when this is called, before the server says it listens.
+fn reload_on_hangup(
+    tokens: Option<Arc<Tokens>>,
+    tls: Option<Arc<ServerTls>>,
+) -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangup = signal(SignalKind::hangup())?;
+    tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            reload(tokens.as_deref(), tls.as_deref());
+        }
+    });
+    Ok(())
+}
+
+/// One reload, logged: what was read again, or why a file was refused.
+fn reload(tokens: Option<&Tokens>, tls: Option<&ServerTls>) {
+    if tokens.is_none() && tls.is_none() {
+        tracing::info!("SIGHUP: no --tokens and no TLS; nothing to read again");
+    }
+    if let Some(tokens) = tokens {
+        let file = tokens.path().map(|path| path.display().to_string());
+        let file = file.unwrap_or_default();
+        match tokens.reload() {
+            Ok(count) => tracing::info!(
+                %file,
+                tokens = count,
+                "SIGHUP: tokens reloaded; streams opened with a token no longer in the file end"
+            ),
+            Err(error) => tracing::error!(
+                %file,
+                %error,
+                "SIGHUP: tokens file refused; the tokens in force stay"
+            ),
+        }
+    }
+    if let Some(tls) = tls {
+        let cert = tls.files().cert.display().to_string();
+        match tls.reload() {
+            Ok(()) => tracing::info!(
+                %cert,
+                "SIGHUP: TLS certificate and key reloaded; new connections use them"
+            ),
+            Err(error) => tracing::error!(
+                %error,
+                "SIGHUP: TLS files refused; the certificate in force stays"
+            ),
+        }
     }
 }
 

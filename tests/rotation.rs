@@ -1,0 +1,283 @@
+//! Rotation without a restart, against the binary: on SIGHUP `storywire serve` reads its tokens
+//! file again. A new token works at once and a removed one is refused; streams opened with a
+//! removed token (gRPC Subscribe, gRPC-Web, SSE) end with UNAUTHENTICATED within seconds while
+//! the others go on; a file that cannot be used is refused with a log line naming it, and the
+//! tokens in force stay.
+
+mod process;
+mod support;
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use process::{HttpServer, Pipe};
+use storywire::pb::{self, story_service_client::StoryServiceClient, subscribe_response::Item};
+use support::{
+    TempDir, grpc_web,
+    http1::{EventStream, get},
+    open,
+};
+use tonic::{Code, Request, transport::Channel};
+
+const DESK: &str = "desk-token-0123456789";
+const OLD: &str = "old-reader-token-0123456789";
+const KEPT: &str = "kept-reader-token-0123456789";
+const NEW: &str = "new-reader-token-0123456789";
+
+/// How soon a stream must end once its token is revoked: the "within a few seconds".
+const FEW_SECONDS: Duration = Duration::from_secs(5);
+
+/// A server whose tokens file the test rewrites.
+struct Rotating {
+    server: HttpServer,
+    tokens: PathBuf,
+    _dir: TempDir,
+}
+
+impl Rotating {
+    /// `storywire serve --tokens FILE --http` with the desk's publish token and the readers
+    /// `OLD` and `KEPT`.
+    async fn start() -> Self {
+        let dir = TempDir::new("rotation");
+        let tokens = dir.0.join("tokens");
+        write_tokens(&tokens, &[OLD, KEPT]);
+        let file = tokens.display().to_string();
+        let server = HttpServer::start(&["--tokens", &file]).await;
+        Self {
+            server,
+            tokens,
+            _dir: dir,
+        }
+    }
+
+    /// Sends SIGHUP and reads the log up to the line saying how it went (`tokens reloaded` or
+    /// `tokens file refused`); returns that line.
+    async fn hangup(&mut self, outcome: &str) -> String {
+        self.server.process.hangup().await;
+        let lines = self.server.process.read_until(Pipe::Stderr, outcome).await;
+        for line in &lines {
+            for secret in [DESK, OLD, KEPT, NEW] {
+                assert!(!line.contains(secret), "a token in the log: {line}");
+            }
+        }
+        lines.last().expect("the line read last").clone()
+    }
+
+    fn grpc_address(&self) -> SocketAddr {
+        self.server.grpc["http://".len()..]
+            .parse()
+            .expect("an address")
+    }
+}
+
+/// Writes a tokens file: the desk's publish token and each of `readers` with the subscribe role.
+fn write_tokens(path: &std::path::Path, readers: &[&str]) {
+    let mut text = format!("desk publish {DESK}\n");
+    for (n, reader) in readers.iter().enumerate() {
+        text.push_str(&format!("reader-{n} subscribe {reader}\n"));
+    }
+    std::fs::write(path, text).expect("write the tokens file");
+}
+
+/// `message` with `token` as its bearer token.
+fn with_token<T>(message: T, token: &str) -> Request<T> {
+    let mut request = Request::new(message);
+    let value = format!("Bearer {token}").parse().expect("ASCII");
+    request.metadata_mut().insert("authorization", value);
+    request
+}
+
+/// The code ListStories answers with `token`.
+async fn list_with(client: &mut StoryServiceClient<Channel>, token: &str) -> Code {
+    let request = with_token(pb::ListStoriesRequest::default(), token);
+    match client.list_stories(request).await {
+        Ok(_) => Code::Ok,
+        Err(status) => status.code(),
+    }
+}
+
+/// Publishes a note (story "story" must be open) with the desk's token.
+async fn publish_note(client: &mut StoryServiceClient<Channel>, text: &str) -> u64 {
+    let request = with_token(support::note("story", text), DESK);
+    client
+        .publish(request)
+        .await
+        .expect("publish")
+        .into_inner()
+        .sequence
+}
+
+#[tokio::test]
+async fn after_sighup_a_new_token_works_and_a_removed_one_is_refused() {
+    let mut rotating = Rotating::start().await;
+    let http = rotating.server.http;
+    let mut client = rotating.server.client().await;
+    assert_eq!(list_with(&mut client, OLD).await, Code::Ok);
+    assert_eq!(list_with(&mut client, NEW).await, Code::Unauthenticated);
+
+    write_tokens(&rotating.tokens, &[NEW, KEPT]);
+    rotating.hangup("tokens reloaded").await;
+
+    assert_eq!(list_with(&mut client, NEW).await, Code::Ok);
+    assert_eq!(list_with(&mut client, KEPT).await, Code::Ok);
+    assert_eq!(list_with(&mut client, OLD).await, Code::Unauthenticated);
+    // The HTTP face checks the same tokens.
+    let bearer = |token: &str| format!("Bearer {token}");
+    let new = get(http, "/v1/stories", &[("authorization", &bearer(NEW))]).await;
+    assert_eq!(new.status, 200, "{new:?}");
+    let old = get(http, "/v1/stories", &[("authorization", &bearer(OLD))]).await;
+    assert_eq!(old.status, 401, "{old:?}");
+    assert_eq!(old.json()["code"], "UNAUTHENTICATED");
+}
+
+#[tokio::test]
+async fn streams_opened_with_a_removed_token_end_unauthenticated_and_the_others_go_on() {
+    let mut rotating = Rotating::start().await;
+    let http = rotating.server.http;
+    let mut client = rotating.server.client().await;
+    client
+        .publish(with_token(open("story", &[]), DESK))
+        .await
+        .expect("open the story");
+
+    let subscribe = pb::SubscribeRequest::default;
+    let mut grpc_old = client
+        .subscribe(with_token(subscribe(), OLD))
+        .await
+        .expect("a stream with the old token")
+        .into_inner();
+    let mut grpc_kept = client
+        .subscribe(with_token(subscribe(), KEPT))
+        .await
+        .expect("a stream with the kept token")
+        .into_inner();
+    let old_header = format!("Bearer {OLD}");
+    let mut sse_old = EventStream::open(http, "/v1/events", &[("authorization", &old_header)])
+        .await
+        .expect("an SSE stream with the old token");
+    sse_old
+        .until(|event| event.event.as_deref() == Some("caught_up"))
+        .await;
+    let path = "/storywire.v1.StoryService/Subscribe";
+    let headers = [("authorization", old_header.as_str())];
+    let mut web_old = grpc_web::call(rotating.grpc_address(), path, &subscribe(), &headers).await;
+    let started: pb::SubscribeResponse = web_old.message().await;
+    assert!(
+        matches!(started.item, Some(Item::Started(_))),
+        "{started:?}"
+    );
+
+    write_tokens(&rotating.tokens, &[KEPT]);
+    rotating.hangup("tokens reloaded").await;
+
+    let ended = tokio::time::timeout(FEW_SECONDS, async {
+        loop {
+            match grpc_old.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("the stream ended without a status"),
+                Err(status) => return status,
+            }
+        }
+    })
+    .await
+    .expect("the gRPC stream ends within a few seconds");
+    assert_eq!(ended.code(), Code::Unauthenticated, "{ended:?}");
+    assert!(ended.message().contains("revoked"), "{ended:?}");
+
+    let end = tokio::time::timeout(
+        FEW_SECONDS,
+        sse_old.until(|event| event.event.as_deref() == Some("end")),
+    )
+    .await
+    .expect("the SSE stream ends within a few seconds");
+    let end = end.last().expect("the end event").json();
+    assert_eq!(end["code"], "UNAUTHENTICATED", "{end}");
+    assert!(
+        sse_old.next().await.is_none(),
+        "nothing after the end event"
+    );
+
+    let (code, message) = tokio::time::timeout(FEW_SECONDS, async {
+        loop {
+            match web_old.next().await.expect("a frame before the body ends") {
+                grpc_web::Frame::Message(_) => continue,
+                grpc_web::Frame::Trailers(trailers) => return trailers,
+            }
+        }
+    })
+    .await
+    .map(|trailers| {
+        let find = |name: &str| {
+            trailers
+                .iter()
+                .find(|(key, _)| key == name)
+                .map(|(_, v)| v.clone())
+        };
+        (find("grpc-status"), find("grpc-message"))
+    })
+    .expect("the gRPC-Web stream ends within a few seconds");
+    assert_eq!(code.as_deref(), Some("16"), "UNAUTHENTICATED: {message:?}");
+
+    // The stream with a token still in the file goes on.
+    let sequence = publish_note(&mut client, "After the rotation").await;
+    loop {
+        let item = support::within("the kept stream's next item", grpc_kept.message())
+            .await
+            .expect("the kept stream goes on")
+            .expect("still open")
+            .item;
+        if let Some(Item::Event(event)) = item
+            && event.sequence == sequence
+        {
+            break;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_malformed_tokens_file_is_refused_naming_it_and_the_old_tokens_stay() {
+    let mut rotating = Rotating::start().await;
+    let mut client = rotating.server.client().await;
+    client
+        .publish(with_token(open("story", &[]), DESK))
+        .await
+        .expect("open the story");
+    let mut stream = client
+        .subscribe(with_token(pb::SubscribeRequest::default(), OLD))
+        .await
+        .expect("a stream with the old token")
+        .into_inner();
+
+    // A line cut short, as an editor's half-saved file might leave it.
+    std::fs::write(
+        &rotating.tokens,
+        format!("desk publish {DESK}\nreader-0 subscribe\n"),
+    )
+    .expect("write the tokens file");
+    let line = rotating.hangup("tokens file refused").await;
+    let file = rotating.tokens.display().to_string();
+    assert!(line.contains(&file), "the log line names the file: {line}");
+    assert!(line.contains("line 2"), "and the line at fault: {line}");
+
+    assert_eq!(list_with(&mut client, OLD).await, Code::Ok);
+    assert_eq!(list_with(&mut client, KEPT).await, Code::Ok);
+    // The stream opened with the old token goes on.
+    let sequence = publish_note(&mut client, "After the refused reload").await;
+    loop {
+        let item = support::within("the stream's next item", stream.message())
+            .await
+            .expect("the stream goes on")
+            .expect("still open")
+            .item;
+        if let Some(Item::Event(event)) = item
+            && event.sequence == sequence
+        {
+            break;
+        }
+    }
+
+    // A file that cannot be read at all is refused the same way.
+    std::fs::remove_file(&rotating.tokens).expect("remove the tokens file");
+    let line = rotating.hangup("tokens file refused").await;
+    assert!(line.contains(&file), "the log line names the file: {line}");
+    assert_eq!(list_with(&mut client, OLD).await, Code::Ok);
+}
