@@ -112,7 +112,7 @@ pub async fn run_with_http(
     let limits = options.limits;
     // Both faces count their failed accepts in the log's metrics.
     let accept_failures = log.metrics().accept_failures();
-    let slots = SubscriberSlots::new(limits.max_subscribers, limits.max_subscribers_per_token);
+    let slots = SubscriberSlots::new(&limits);
     let service = Service::new(log.clone(), stopping_rx, slots).through(options.cluster.clone());
     if let Some((listener, http_options)) = http {
         let router = crate::http::router(service.clone(), http_options);
@@ -121,7 +121,8 @@ pub async fn run_with_http(
         tokio::spawn(async move {
             let served = axum::serve(
                 Accepting::new(listener, limits.keepalive_interval, failures),
-                router,
+                // The peer's address, for the per-address limits.
+                router.into_make_service_with_connect_info::<crate::connections::ClientAddress>(),
             )
             .with_graceful_shutdown(async move {
                 let _ = stopping.wait_for(|stopping| *stopping).await;

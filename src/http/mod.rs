@@ -20,10 +20,11 @@ use std::sync::Arc;
 
 use axum::{
     Router,
-    extract::{Path, RawQuery, State},
-    http::{HeaderMap, header},
+    extract::{ConnectInfo, FromRequestParts, Path, RawQuery, State, connect_info::Connected},
+    http::{HeaderMap, header, request::Parts},
     response::{IntoResponse, Response},
     routing::get,
+    serve::IncomingStream,
 };
 use serde_json::{Map, Value};
 use tonic::{Request, Status};
@@ -31,7 +32,9 @@ use tower_http::compression::{CompressionLayer, predicate::DefaultPredicate};
 
 use crate::{
     auth::{Caller, Tokens},
+    connections::ClientAddress,
     cors::Origins,
+    listen::Accepting,
     pb::{self, server::story_service_server::StoryService},
     service::Service,
 };
@@ -109,6 +112,44 @@ impl App {
             request.extensions_mut().insert(caller);
         }
         request
+    }
+}
+
+/// The address a request counts against for the per-address limits: the [`ClientAddress`] the
+/// serving loop put in the request, or else the peer's own (axum's `ConnectInfo`); `None` when
+/// the router is served without either (a test's own).
+#[derive(Debug, Clone, Copy)]
+struct Peer(Option<ClientAddress>);
+
+impl Peer {
+    /// Puts the address in a request for the service, where the gRPC server's serving loop puts
+    /// it, for the limits to count.
+    fn mark<T>(self, request: &mut Request<T>) {
+        if let Some(address) = self.0 {
+            request.extensions_mut().insert(address);
+        }
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Peer {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let extensions = &parts.extensions;
+        let address = extensions.get::<ClientAddress>().copied().or_else(|| {
+            extensions
+                .get::<ConnectInfo<ClientAddress>>()
+                .map(|ConnectInfo(peer)| *peer)
+        });
+        Ok(Self(address))
+    }
+}
+
+/// With `axum::serve` and `into_make_service_with_connect_info::<ClientAddress>`: the peer's
+/// own address, for a server that resolves no proxies.
+impl Connected<IncomingStream<'_, Accepting>> for ClientAddress {
+    fn connect_info(stream: IncomingStream<'_, Accepting>) -> Self {
+        Self(stream.remote_addr().ip())
     }
 }
 

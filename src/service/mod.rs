@@ -3,7 +3,7 @@
 //!
 //! The service holds no state of its own beyond handles: cloning it is cheap.
 
-use std::{pin::Pin, sync::Arc};
+use std::{net::IpAddr, pin::Pin, sync::Arc};
 
 use futures_util::{Stream, StreamExt as _, stream};
 use tokio::sync::watch;
@@ -13,6 +13,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 use crate::{
     auth::Caller,
     cluster::{Node, Refused},
+    connections::ClientAddress,
     encoded::EncodedResponse,
     limits::{LimitError, SubscriberSlots},
     log::{EventLog, Filter, LogError},
@@ -267,6 +268,16 @@ fn publisher<T>(request: &Request<T>) -> Arc<str> {
         .map_or_else(|| ANONYMOUS.into(), |caller| caller.name.clone())
 }
 
+/// The address a request counts against for the per-address limits: the [`ClientAddress`] the
+/// serving loop (or the HTTP face) put in its extensions, or else the peer's own.
+fn client_address<T>(request: &Request<T>) -> Option<IpAddr> {
+    request
+        .extensions()
+        .get::<ClientAddress>()
+        .map(|client| client.0)
+        .or_else(|| request.remote_addr().map(|peer| peer.ip()))
+}
+
 /// `items`, ended with the status [`Caller::revoked`] gives once a reload of the tokens file
 /// takes away the token it was opened with; the subscription, and its slot, go with it.
 fn until_revoked(
@@ -333,7 +344,10 @@ impl StoryService for Service {
         request: Request<pb::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let caller = request.extensions().get::<Caller>().cloned();
-        let slot = self.slots.take(caller.as_ref()).map_err(status)?;
+        let slot = self
+            .slots
+            .take(caller.as_ref(), client_address(&request))
+            .map_err(status)?;
         let transport = request
             .extensions()
             .get::<Transport>()

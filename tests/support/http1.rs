@@ -2,13 +2,16 @@
 //! one request per connection, a whole reply for JSON, or a stream of Server-Sent Events read as
 //! they arrive.
 
-use std::{io::Read, net::SocketAddr};
+use std::{
+    io::Read,
+    net::{IpAddr, SocketAddr},
+};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request, body::Incoming, header::HeaderMap};
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 
 use super::within;
 
@@ -57,7 +60,28 @@ pub async fn send(
     headers: &[(&str, &str)],
     body: Bytes,
 ) -> hyper::Response<Incoming> {
-    let stream = within("an HTTP connection", TcpStream::connect(address))
+    send_from(None, address, method, path, headers, body).await
+}
+
+/// [`send`] from `local`, another loopback address (all of 127.0.0.0/8 is loopback on Linux),
+/// when given: to the server, a client of its own.
+pub async fn send_from(
+    local: Option<IpAddr>,
+    address: SocketAddr,
+    method: Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Bytes,
+) -> hyper::Response<Incoming> {
+    let connecting = async {
+        let Some(local) = local else {
+            return TcpStream::connect(address).await;
+        };
+        let socket = TcpSocket::new_v4()?;
+        socket.bind(SocketAddr::new(local, 0))?;
+        socket.connect(address).await
+    };
+    let stream = within("an HTTP connection", connecting)
         .await
         .expect("connect");
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
@@ -152,7 +176,17 @@ impl EventStream {
         path: &str,
         headers: &[(&str, &str)],
     ) -> Result<Self, Reply> {
-        let response = send(address, Method::GET, path, headers, Bytes::new()).await;
+        Self::open_from(None, address, path, headers).await
+    }
+
+    /// [`EventStream::open`] from `local`, another loopback address, when given.
+    pub async fn open_from(
+        local: Option<IpAddr>,
+        address: SocketAddr,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Self, Reply> {
+        let response = send_from(local, address, Method::GET, path, headers, Bytes::new()).await;
         if response.status() != 200 {
             return Err(Reply::read(response).await);
         }
