@@ -1,20 +1,26 @@
 //! Rotation without a restart, against the binary: on SIGHUP `storywire serve` reads its tokens
-//! file again. A new token works at once and a removed one is refused; streams opened with a
-//! removed token (gRPC Subscribe, gRPC-Web, SSE) end with UNAUTHENTICATED within seconds while
-//! the others go on; a file that cannot be used is refused with a log line naming it, and the
-//! tokens in force stay.
+//! file, and its TLS certificate and key, again. A new token works at once and a removed one is
+//! refused; streams opened with a removed token (gRPC Subscribe, gRPC-Web, SSE) end with
+//! UNAUTHENTICATED within seconds (a token that loses the role: PERMISSION_DENIED) while the
+//! others go on; a file that cannot be used is refused with a log line naming it, and the tokens
+//! or the certificate in force stay.
 
 mod process;
 mod support;
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use process::{HttpServer, Pipe};
+use process::{HttpServer, Pipe, Running, storywire};
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use storywire::pb::{self, story_service_client::StoryServiceClient, subscribe_response::Item};
 use support::{
     TempDir, grpc_web,
     http1::{EventStream, get},
     open,
+};
+use tokio_rustls::{
+    TlsConnector,
+    rustls::{self, ClientConfig, RootCertStore, pki_types::ServerName},
 };
 use tonic::{Code, Request, transport::Channel};
 
@@ -71,9 +77,20 @@ impl Rotating {
 
 /// Writes a tokens file: the desk's publish token and each of `readers` with the subscribe role.
 fn write_tokens(path: &std::path::Path, readers: &[&str]) {
+    write_tokens_with_roles(
+        path,
+        &readers
+            .iter()
+            .map(|r| (*r, "subscribe"))
+            .collect::<Vec<_>>(),
+    );
+}
+
+/// Writes a tokens file: the desk's publish token and each of `readers` with its roles.
+fn write_tokens_with_roles(path: &std::path::Path, readers: &[(&str, &str)]) {
     let mut text = format!("desk publish {DESK}\n");
-    for (n, reader) in readers.iter().enumerate() {
-        text.push_str(&format!("reader-{n} subscribe {reader}\n"));
+    for (n, (reader, roles)) in readers.iter().enumerate() {
+        text.push_str(&format!("reader-{n} {roles} {reader}\n"));
     }
     std::fs::write(path, text).expect("write the tokens file");
 }
@@ -280,4 +297,117 @@ async fn a_malformed_tokens_file_is_refused_naming_it_and_the_old_tokens_stay() 
     let line = rotating.hangup("tokens file refused").await;
     assert!(line.contains(&file), "the log line names the file: {line}");
     assert_eq!(list_with(&mut client, OLD).await, Code::Ok);
+}
+
+#[tokio::test]
+async fn a_stream_whose_token_loses_its_role_ends_permission_denied() {
+    let mut rotating = Rotating::start().await;
+    let mut client = rotating.server.client().await;
+    let mut stream = client
+        .subscribe(with_token(pb::SubscribeRequest::default(), OLD))
+        .await
+        .expect("a stream with the old token")
+        .into_inner();
+    write_tokens_with_roles(&rotating.tokens, &[(OLD, "publish"), (KEPT, "subscribe")]);
+    rotating.hangup("tokens reloaded").await;
+    let ended = tokio::time::timeout(FEW_SECONDS, async {
+        loop {
+            match stream.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("the stream ended without a status"),
+                Err(status) => return status,
+            }
+        }
+    })
+    .await
+    .expect("the stream ends within a few seconds");
+    assert_eq!(ended.code(), Code::PermissionDenied, "{ended:?}");
+    assert!(
+        ended.message().contains("Subscribe needs subscribe"),
+        "{ended:?}"
+    );
+}
+
+/// A CA for the server's certificates.
+fn authority() -> CertifiedIssuer<'static, KeyPair> {
+    let mut params = CertificateParams::new(Vec::new()).expect("no names");
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let key = KeyPair::generate().expect("a CA key");
+    CertifiedIssuer::self_signed(params, key).expect("a CA")
+}
+
+/// Writes a new certificate for `localhost` signed by `ca`, and its key, as `server.pem` and
+/// `server.key` in `dir`; returns the certificate as DER.
+fn issue(dir: &TempDir, ca: &CertifiedIssuer<'static, KeyPair>) -> Vec<u8> {
+    let params = CertificateParams::new(vec!["localhost".to_owned()]).expect("names");
+    let key = KeyPair::generate().expect("a key");
+    let cert = params.signed_by(&key, ca).expect("a certificate");
+    std::fs::write(dir.0.join("server.pem"), cert.pem()).expect("write the certificate");
+    std::fs::write(dir.0.join("server.key"), key.serialize_pem()).expect("write the key");
+    cert.der().to_vec()
+}
+
+/// The certificate a new TLS connection to `address` is shown, by a client trusting `ca`.
+async fn shown_certificate(address: SocketAddr, ca: &CertifiedIssuer<'static, KeyPair>) -> Vec<u8> {
+    let mut roots = RootCertStore::empty();
+    roots.add(ca.der().clone()).expect("the CA");
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("connect");
+    let name = ServerName::try_from("localhost").expect("a name");
+    let tls = support::within(
+        "a TLS handshake",
+        TlsConnector::from(std::sync::Arc::new(config)).connect(name, tcp),
+    )
+    .await
+    .expect("a TLS handshake");
+    tls.get_ref().1.peer_certificates().expect("a certificate")[0].to_vec()
+}
+
+#[tokio::test]
+async fn on_sighup_tls_files_that_cannot_be_used_are_refused_naming_them_and_the_old_serve_on() {
+    let dir = TempDir::new("rotation-tls");
+    let ca = authority();
+    let first = issue(&dir, &ca);
+    let (cert, key) = (dir.0.join("server.pem"), dir.0.join("server.key"));
+    let (cert_arg, key_arg) = (cert.display().to_string(), key.display().to_string());
+    let mut server = Running::spawn(storywire(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--tls-cert",
+        &cert_arg,
+        "--tls-key",
+        &key_arg,
+    ]));
+    let (address, _) = server.listening_address().await;
+    assert_eq!(shown_certificate(address, &ca).await, first);
+
+    // A renewal caught between its two files: a new key beside the old certificate.
+    let other = KeyPair::generate().expect("a key");
+    std::fs::write(&key, other.serialize_pem()).expect("write the key");
+    server.hangup().await;
+    let lines = server.read_until(Pipe::Stderr, "TLS files refused").await;
+    let refused = lines.last().expect("the line");
+    assert!(
+        refused.contains(&format!("--tls-key {key_arg}")),
+        "{refused}"
+    );
+    assert!(!refused.contains("PRIVATE KEY"), "{refused}");
+    assert_eq!(shown_certificate(address, &ca).await, first);
+
+    // Both files written: read again.
+    issue(&dir, &ca);
+    server.hangup().await;
+    server
+        .read_until(Pipe::Stderr, "TLS certificate and key reloaded")
+        .await;
+    server.stop_cleanly().await;
 }
