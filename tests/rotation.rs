@@ -1,9 +1,9 @@
 //! Rotation without a restart, against the binary: on SIGHUP `storywire serve` reads its tokens
 //! file, and its TLS certificate and key, again. A new token works at once and a removed one is
-//! refused; streams opened with a removed token (gRPC Subscribe, gRPC-Web, SSE) end with
-//! UNAUTHENTICATED within seconds (a token that loses the role: PERMISSION_DENIED) while the
-//! others go on; a file that cannot be used is refused with a log line naming it, and the tokens
-//! or the certificate in force stay.
+//! refused; streams opened with a removed token (Subscribe over gRPC, gRPC-Web and SSE, and
+//! PublishStream) end with UNAUTHENTICATED within seconds (a token that loses the role:
+//! PERMISSION_DENIED) while the others go on; a file that cannot be used is refused with a log
+//! line naming it, and the tokens or the certificate in force stay.
 
 mod process;
 mod support;
@@ -410,4 +410,63 @@ async fn on_sighup_tls_files_that_cannot_be_used_are_refused_naming_them_and_the
         .read_until(Pipe::Stderr, "TLS certificate and key reloaded")
         .await;
     server.stop_cleanly().await;
+}
+
+#[tokio::test]
+async fn a_publish_stream_opened_with_a_removed_token_ends_unauthenticated_and_publishes_no_more() {
+    let mut rotating = Rotating::start().await;
+    let mut client = rotating.server.client().await;
+    client
+        .publish(with_token(open("story", &[]), DESK))
+        .await
+        .expect("open the story");
+    // A second publisher, whose token is then taken back.
+    write_tokens_with_roles(&rotating.tokens, &[(OLD, "publish"), (KEPT, "subscribe")]);
+    rotating.hangup("tokens reloaded").await;
+    let (sender, receiver) = tokio::sync::mpsc::channel(4);
+    let requests = tokio_stream::wrappers::ReceiverStream::new(receiver);
+    let mut answers = client
+        .publish_stream(with_token(requests, OLD))
+        .await
+        .expect("a PublishStream with the old token")
+        .into_inner();
+    let message = |text: &str| pb::PublishStreamRequest {
+        request: Some(support::note("story", text)),
+    };
+    sender.send(message("Before")).await.expect("send");
+    let first = support::within("the first answer", answers.message())
+        .await
+        .expect("an answer")
+        .expect("the stream goes on");
+    assert!(
+        matches!(
+            first.result,
+            Some(pb::publish_stream_response::Result::Accepted(_))
+        ),
+        "{first:?}"
+    );
+
+    write_tokens(&rotating.tokens, &[KEPT]);
+    rotating.hangup("tokens reloaded").await;
+    let ended = tokio::time::timeout(FEW_SECONDS, answers.message())
+        .await
+        .expect("the stream ends within a few seconds")
+        .expect_err("ended with a status");
+    assert_eq!(ended.code(), Code::Unauthenticated, "{ended:?}");
+    // Whatever it still sends is not published: the story holds its opening and "Before".
+    let _ = sender.send(message("After")).await;
+    let story = client
+        .get_story(with_token(
+            pb::GetStoryRequest {
+                story_id: "story".into(),
+                as_of_version: None,
+            },
+            KEPT,
+        ))
+        .await
+        .expect("the story")
+        .into_inner()
+        .story
+        .expect("a story");
+    assert_eq!(story.version, 2, "{story:?}");
 }

@@ -329,6 +329,7 @@ impl StoryService for Service {
     ) -> Result<Response<Self::PublishStreamStream>, Status> {
         let session = PublishSession::new(
             publisher(&request),
+            request.extensions().get::<Caller>().cloned(),
             request.into_inner(),
             self.log.clone(),
             self.cluster.clone(),
