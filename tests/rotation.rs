@@ -22,7 +22,7 @@ use tokio_rustls::{
     TlsConnector,
     rustls::{self, ClientConfig, RootCertStore, pki_types::ServerName},
 };
-use tonic::{Code, Request, transport::Channel};
+use tonic::{Code, Request, Status, Streaming, transport::Channel};
 
 const DESK: &str = "desk-token-0123456789";
 const OLD: &str = "old-reader-token-0123456789";
@@ -112,15 +112,55 @@ async fn list_with(client: &mut StoryServiceClient<Channel>, token: &str) -> Cod
     }
 }
 
-/// Publishes a note (story "story" must be open) with the desk's token.
-async fn publish_note(client: &mut StoryServiceClient<Channel>, text: &str) -> u64 {
-    let request = with_token(support::note("story", text), DESK);
+/// Publishes `request` with the desk's token; its sequence.
+async fn publish_as_desk(
+    client: &mut StoryServiceClient<Channel>,
+    request: pb::PublishRequest,
+) -> u64 {
+    let request = with_token(request, DESK);
     client
         .publish(request)
         .await
         .expect("publish")
         .into_inner()
         .sequence
+}
+
+/// Publishes a note (story "story" must be open) with the desk's token; its sequence.
+async fn publish_note(client: &mut StoryServiceClient<Channel>, text: &str) -> u64 {
+    publish_as_desk(client, support::note("story", text)).await
+}
+
+/// The status a Subscribe stream ends with, which must come within [`FEW_SECONDS`].
+async fn ended(stream: &mut Streaming<pb::SubscribeResponse>) -> Status {
+    let end = async {
+        loop {
+            match stream.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("the stream ended without a status"),
+                Err(status) => return status,
+            }
+        }
+    };
+    tokio::time::timeout(FEW_SECONDS, end)
+        .await
+        .expect("the stream ends within a few seconds")
+}
+
+/// Reads a Subscribe stream, which must go on, up to the event at `sequence`.
+async fn receives(stream: &mut Streaming<pb::SubscribeResponse>, sequence: u64) {
+    loop {
+        let item = support::within("the stream's next item", stream.message())
+            .await
+            .expect("the stream goes on")
+            .expect("still open")
+            .item;
+        if let Some(Item::Event(event)) = item
+            && event.sequence == sequence
+        {
+            return;
+        }
+    }
 }
 
 #[tokio::test]
@@ -151,10 +191,7 @@ async fn streams_opened_with_a_removed_token_end_unauthenticated_and_the_others_
     let mut rotating = Rotating::start().await;
     let http = rotating.server.http;
     let mut client = rotating.server.client().await;
-    client
-        .publish(with_token(open("story", &[]), DESK))
-        .await
-        .expect("open the story");
+    publish_as_desk(&mut client, open("story", &[])).await;
 
     let subscribe = pb::SubscribeRequest::default;
     let mut grpc_old = client
@@ -186,17 +223,7 @@ async fn streams_opened_with_a_removed_token_end_unauthenticated_and_the_others_
     write_tokens(&rotating.tokens, &[KEPT]);
     rotating.hangup("tokens reloaded").await;
 
-    let ended = tokio::time::timeout(FEW_SECONDS, async {
-        loop {
-            match grpc_old.message().await {
-                Ok(Some(_)) => continue,
-                Ok(None) => panic!("the stream ended without a status"),
-                Err(status) => return status,
-            }
-        }
-    })
-    .await
-    .expect("the gRPC stream ends within a few seconds");
+    let ended = ended(&mut grpc_old).await;
     assert_eq!(ended.code(), Code::Unauthenticated, "{ended:?}");
     assert!(ended.message().contains("revoked"), "{ended:?}");
 
@@ -236,28 +263,14 @@ async fn streams_opened_with_a_removed_token_end_unauthenticated_and_the_others_
 
     // The stream with a token still in the file goes on.
     let sequence = publish_note(&mut client, "After the rotation").await;
-    loop {
-        let item = support::within("the kept stream's next item", grpc_kept.message())
-            .await
-            .expect("the kept stream goes on")
-            .expect("still open")
-            .item;
-        if let Some(Item::Event(event)) = item
-            && event.sequence == sequence
-        {
-            break;
-        }
-    }
+    receives(&mut grpc_kept, sequence).await;
 }
 
 #[tokio::test]
 async fn a_malformed_tokens_file_is_refused_naming_it_and_the_old_tokens_stay() {
     let mut rotating = Rotating::start().await;
     let mut client = rotating.server.client().await;
-    client
-        .publish(with_token(open("story", &[]), DESK))
-        .await
-        .expect("open the story");
+    publish_as_desk(&mut client, open("story", &[])).await;
     let mut stream = client
         .subscribe(with_token(pb::SubscribeRequest::default(), OLD))
         .await
@@ -279,18 +292,7 @@ async fn a_malformed_tokens_file_is_refused_naming_it_and_the_old_tokens_stay() 
     assert_eq!(list_with(&mut client, KEPT).await, Code::Ok);
     // The stream opened with the old token goes on.
     let sequence = publish_note(&mut client, "After the refused reload").await;
-    loop {
-        let item = support::within("the stream's next item", stream.message())
-            .await
-            .expect("the stream goes on")
-            .expect("still open")
-            .item;
-        if let Some(Item::Event(event)) = item
-            && event.sequence == sequence
-        {
-            break;
-        }
-    }
+    receives(&mut stream, sequence).await;
 
     // A file that cannot be read at all is refused the same way.
     std::fs::remove_file(&rotating.tokens).expect("remove the tokens file");
@@ -310,17 +312,7 @@ async fn a_stream_whose_token_loses_its_role_ends_permission_denied() {
         .into_inner();
     write_tokens_with_roles(&rotating.tokens, &[(OLD, "publish"), (KEPT, "subscribe")]);
     rotating.hangup("tokens reloaded").await;
-    let ended = tokio::time::timeout(FEW_SECONDS, async {
-        loop {
-            match stream.message().await {
-                Ok(Some(_)) => continue,
-                Ok(None) => panic!("the stream ended without a status"),
-                Err(status) => return status,
-            }
-        }
-    })
-    .await
-    .expect("the stream ends within a few seconds");
+    let ended = ended(&mut stream).await;
     assert_eq!(ended.code(), Code::PermissionDenied, "{ended:?}");
     assert!(
         ended.message().contains("Subscribe needs subscribe"),
@@ -416,10 +408,7 @@ async fn on_sighup_tls_files_that_cannot_be_used_are_refused_naming_them_and_the
 async fn a_publish_stream_opened_with_a_removed_token_ends_unauthenticated_and_publishes_no_more() {
     let mut rotating = Rotating::start().await;
     let mut client = rotating.server.client().await;
-    client
-        .publish(with_token(open("story", &[]), DESK))
-        .await
-        .expect("open the story");
+    publish_as_desk(&mut client, open("story", &[])).await;
     // A second publisher, whose token is then taken back.
     write_tokens_with_roles(&rotating.tokens, &[(OLD, "publish"), (KEPT, "subscribe")]);
     rotating.hangup("tokens reloaded").await;

@@ -42,17 +42,22 @@ fn expect_429(reply: &Reply, words: &[&str]) {
     }
 }
 
+/// A server in this process with `limits`.
+async fn server_with(limits: Limits) -> TestServer {
+    TestServer::with_options(ServerOptions {
+        limits,
+        ..Default::default()
+    })
+    .await
+}
+
 #[tokio::test]
 async fn one_address_holds_at_most_its_limit_of_subscribe_streams_and_others_are_served() {
     let limits = Limits {
         max_subscribers_per_ip: 2,
         ..Limits::default()
     };
-    let server = TestServer::with_options(ServerOptions {
-        limits,
-        ..Default::default()
-    })
-    .await;
+    let server = server_with(limits).await;
     let mut client = server.client().await;
     let first = subscribe(&mut client, live()).await;
     let _second = subscribe(&mut client, live()).await;
@@ -99,11 +104,7 @@ async fn with_the_per_address_limit_at_0_one_address_may_hold_any_number() {
         max_subscribers: 5,
         ..Limits::default()
     };
-    let server = TestServer::with_options(ServerOptions {
-        limits,
-        ..Default::default()
-    })
-    .await;
+    let server = server_with(limits).await;
     let mut client = server.client().await;
     let mut streams = Vec::new();
     for _ in 0..5 {
