@@ -111,10 +111,10 @@ pub struct Tokens {
     /// text.
     path: Option<PathBuf>,
     /// The tokens in force. A reload swaps in a new list whole; a check clones the `Arc` and
-    /// lets go of the lock before hashing anything.
+    /// lets go of the lock before it compares anything.
     known: RwLock<Arc<Vec<Token>>>,
-    /// Counts the reloads that changed `known`. Every stream opened with a token watches it
-    /// ([`Caller::revoked`]); this end stays here.
+    /// Counts the reloads that put a new list in `known`. Every stream opened with a token
+    /// watches it ([`Caller::revoked`]); this end stays here.
     reloads: watch::Sender<u64>,
 }
 
