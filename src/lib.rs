@@ -44,6 +44,7 @@ pub mod clock;
 pub mod cluster;
 pub mod connections;
 pub mod cors;
+mod deadline;
 pub mod demo;
 pub mod encoded;
 pub mod http;

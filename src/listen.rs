@@ -7,7 +7,6 @@
 
 use std::{io, net::SocketAddr, time::Duration};
 
-use futures_util::Stream;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 use crate::metrics::AcceptFailures;
@@ -106,8 +105,8 @@ fn limits_on_open_files() -> io::Result<libc::rlimit> {
 /// which only traces an accept error and polls again, would spin a core on it for as long as it
 /// lasts, saying nothing. Here accepting pauses instead, 10 ms at first and doubling up to 1 s,
 /// with a warning when it starts failing and a note when it accepts again; meanwhile new
-/// connections wait in the backlog. The gRPC face takes its connections through
-/// [`Accepting::into_stream`], the HTTP face through axum's [`axum::serve::Listener`].
+/// connections wait in the backlog. Both faces take their connections through it
+/// ([`crate::connections`]).
 #[derive(Debug)]
 pub struct Accepting {
     /// Where connections come from.
@@ -167,27 +166,6 @@ impl Accepting {
                 }
             }
         }
-    }
-
-    /// The connections as a stream, for tonic's `serve_with_incoming`.
-    pub fn into_stream(self) -> impl Stream<Item = (TcpStream, SocketAddr)> {
-        futures_util::stream::unfold(self, |mut accepting| async move {
-            let connection = accepting.next_connection().await;
-            Some((connection, accepting))
-        })
-    }
-}
-
-impl axum::serve::Listener for Accepting {
-    type Io = TcpStream;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (TcpStream, SocketAddr) {
-        self.next_connection().await
-    }
-
-    fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.listener.local_addr()
     }
 }
 

@@ -4,14 +4,20 @@
 
 use std::{future::Future, sync::Arc};
 
+use axum::http;
 use tokio::{net::TcpListener, sync::watch};
-use tokio_stream::StreamExt as _;
-use tonic::{server::NamedService, transport::Server};
+use tonic::{
+    server::NamedService,
+    service::{RecoverError, Routes},
+};
+use tower_layer::Layer as _;
 
 use crate::{
     auth::{Authorized, Tokens},
     cluster::Node,
+    connections::{self, Connections, Face, FaceConfig, Lifecycle},
     cors::Origins,
+    deadline::Deadline,
     http::HttpOptions,
     limits::{Limits, SubscriberSlots},
     listen::Accepting,
@@ -31,9 +37,6 @@ pub enum ServerError {
     /// The TLS files could not be read.
     #[error("TLS: {0}")]
     TlsFiles(#[from] crate::tls::TlsError),
-    /// The transport failed while serving.
-    #[error("serving gRPC: {0}")]
-    Transport(#[from] tonic::transport::Error),
 }
 
 /// How the server guards and limits what clients may do.
@@ -43,9 +46,6 @@ pub struct ServerOptions {
     pub tokens: Option<Arc<Tokens>>,
     /// Serve TLS (and require client certificates, with a client CA); `None`: plaintext.
     pub tls: Option<TlsFiles>,
-    /// The TLS configuration both faces' new handshakes take, which SIGHUP reloads from the
-    /// files of `tls`; `None`: plaintext.
-    pub tls_config: Option<Arc<ServerTls>>,
     /// What one client may take.
     pub limits: Limits,
     /// On a cluster node: the node whose replica `log` is. Publishes go through its stream,
@@ -53,6 +53,11 @@ pub struct ServerOptions {
     pub cluster: Option<Arc<Node>>,
     /// The origins whose pages may call over gRPC-Web ([`crate::cors`]).
     pub cors: Origins,
+    /// How long connections on either face may stay silent or idle, and how many one address,
+    /// and all, may hold ([`crate::connections`]).
+    pub lifecycle: Lifecycle,
+    /// TLS already loaded (so that SIGHUP can reload it); without it, `tls` is loaded at start.
+    pub tls_config: Option<Arc<ServerTls>>,
 }
 
 /// Serves `log` on `listener` until `shutdown` completes.
@@ -106,110 +111,129 @@ pub async fn run_with_http(
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
 
-    // The sender stays here; each subscription holds a receiver and ends when it turns true.
-    let mut stopping = stopping_rx.clone();
-    let http_stopping = stopping_rx.clone();
     let limits = options.limits;
-    // Both faces count their failed accepts in the log's metrics.
+    // Both faces count their failed accepts, and their connections, in the log's metrics.
     let accept_failures = log.metrics().accept_failures();
+    let connections = Connections::new(options.lifecycle.clone(), log.metrics().connections());
     let slots = SubscriberSlots::new(&limits);
-    let service = Service::new(log.clone(), stopping_rx, slots).through(options.cluster.clone());
-    if let Some((listener, http_options)) = http {
+    let service =
+        Service::new(log.clone(), stopping_rx.clone(), slots).through(options.cluster.clone());
+    let tls = match (options.tls_config.clone(), &options.tls) {
+        (Some(tls), _) => Some(tls),
+        (None, Some(files)) => Some(ServerTls::load(files.clone())?),
+        (None, None) => None,
+    };
+    let face = |face, budgets| FaceConfig {
+        face,
+        keepalive_interval: limits.keepalive_interval,
+        keepalive_timeout: limits.keepalive_timeout,
+        max_concurrent_streams: Some(limits.max_streams_per_connection),
+        max_pending_accept_reset_streams: Some(limits.max_pending_accept_reset_streams),
+        max_local_error_reset_streams: Some(limits.max_local_error_reset_streams),
+        max_connection_age: limits.max_connection_age,
+        tls: tls.clone(),
+        budgets,
+    };
+    let http = http.map(|(listener, http_options)| {
         let router = crate::http::router(service.clone(), http_options);
-        let failures = accept_failures.clone();
-        let mut stopping = http_stopping;
-        tokio::spawn(async move {
-            let served = axum::serve(
-                Accepting::new(listener, limits.keepalive_interval, failures),
-                // The peer's address, for the per-address limits.
-                router.into_make_service_with_connect_info::<crate::connections::ClientAddress>(),
-            )
-            .with_graceful_shutdown(async move {
-                let _ = stopping.wait_for(|stopping| *stopping).await;
-            })
-            .await;
-            if let Err(error) = served {
-                tracing::error!(%error, "HTTP: serving stopped");
-            }
-        });
-    }
+        // Wasted streams are a gRPC matter: the HTTP face's reads are never paused.
+        let config = face(Face::Http, ConnectionBudgets::new(0.0, 0));
+        let accepting =
+            Accepting::new(listener, limits.keepalive_interval, accept_failures.clone());
+        connections::serve(
+            accepting,
+            config,
+            connections.clone(),
+            router,
+            stopping_rx.clone(),
+        )
+    });
+    let http = async move {
+        if let Some(http) = http {
+            http.await;
+        }
+    };
+
     let story_service = StoryServiceServer::new(service)
         .max_decoding_message_size(limits.max_request_bytes)
         .max_encoding_message_size(limits.max_response_bytes);
-
-    let signal = async move {
-        shutdown.await;
-        tracing::info!("shutting down: flushing open streams");
-        // First, so that the health task stops following the cluster node.
-        stopping_tx.send_replace(true);
-        for name in ["", story_service_name] {
-            health
-                .set_service_status(name, tonic_health::ServingStatus::NotServing)
-                .await;
-        }
-        log.wake_subscribers();
-    };
-
     // Every connection reads only while it is within its budget of wasted streams.
     let budgets = ConnectionBudgets::new(
         limits.wasted_streams_per_second,
         limits.wasted_streams_burst,
     );
-    let incoming = {
-        let budgets = budgets.clone();
-        Accepting::new(listener, limits.keepalive_interval, accept_failures)
-            .into_stream()
-            .map(move |(tcp, peer)| Ok::<_, std::io::Error>(budgets.throttle(tcp, Some(peer))))
-    };
-
-    // The builder's TCP settings (tcp_nodelay, tcp_keepalive) apply only to listeners tonic
-    // binds itself; with an incoming stream of our own, `Accepting` sets them.
-    let mut builder = Server::builder()
-        .http2_keepalive_interval(Some(limits.keepalive_interval))
-        .http2_keepalive_timeout(Some(limits.keepalive_timeout))
-        .max_concurrent_streams(limits.max_streams_per_connection)
-        .timeout(limits.request_timeout)
-        .http2_max_pending_accept_reset_streams(Some(limits.max_pending_accept_reset_streams))
-        .http2_max_local_error_reset_streams(Some(limits.max_local_error_reset_streams));
-    if let Some(age) = limits.max_connection_age {
-        builder = builder.max_connection_age(age);
-    }
-    if let Some(tls) = &options.tls {
-        builder = builder.tls_config(tls.server_config()?)?;
-    }
+    let routes = Routes::new(Authorized::new(story_service, options.tokens))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .prepare();
     // gRPC-Web: a browser's calls, over HTTP/1.1 or HTTP/2, become gRPC calls before they are
     // routed, so tokens and limits apply to them as to any other; CORS answers a browser's
     // preflight before that. Over HTTP/1.1 a connection carries one call at a time, and a call
     // abandoned early closes it: the budget of wasted streams still counts it, on that
-    // connection.
-    let serve = builder
-        .accept_http1(true)
-        .layer(WasteLayer::new(budgets))
-        .layer(options.cors.grpc_web())
-        .layer(tonic_web::GrpcWebLayer::new())
-        .add_service(Authorized::new(story_service, options.tokens))
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .serve_with_incoming_shutdown(incoming, signal);
-    // tonic's graceful shutdown waits for every connection with no deadline, and a subscriber
-    // that stopped reading never lets its stream drain.
-    let grace = limits.shutdown_grace;
-    let grace_over = async move {
-        // The sender lives in `signal`, inside `serve`, which this races against.
-        let _ = stopping.wait_for(|stopping| *stopping).await;
-        tokio::time::sleep(grace).await;
-    };
+    // connection. Outermost, as in tonic's own server: a call's deadline, and errors as statuses.
+    let grpc_service = tonic_web::GrpcWebLayer::new().layer(routes);
+    let grpc_service = options.cors.grpc_web().layer(grpc_service);
+    let grpc_service = WasteLayer::new(budgets.clone()).layer(grpc_service);
+    let grpc_service = RecoverError::new(Deadline::new(grpc_service, limits.request_timeout));
+    let grpc = connections::serve(
+        Accepting::new(listener, limits.keepalive_interval, accept_failures),
+        face(Face::Grpc, budgets),
+        connections,
+        TonicBody(grpc_service),
+        stopping_rx,
+    );
+
+    let faces = async move { tokio::join!(grpc, http) };
+    tokio::pin!(faces);
     tokio::select! {
-        served = serve => served?,
-        () = grace_over => {
-            // Dropping the server stops accepting; the connections still open end when the
-            // caller's runtime does, which the binary ends right after closing the log.
-            tracing::warn!(grace_secs = grace.as_secs_f64(),
-                "shutdown: streams still open after the grace period are cut off");
-        }
+        _ = &mut faces => return Ok(()),
+        () = shutdown => {}
+    }
+    tracing::info!("shutting down: flushing open streams");
+    // First, so that the health task stops following the cluster node; then every face stops
+    // accepting and asks its connections to finish, and every subscription sends what is left.
+    stopping_tx.send_replace(true);
+    for name in ["", story_service_name] {
+        health
+            .set_service_status(name, tonic_health::ServingStatus::NotServing)
+            .await;
+    }
+    log.wake_subscribers();
+    // A subscriber that stopped reading never lets its stream drain: past the grace, the
+    // connections still open are dropped with this future.
+    let grace = limits.shutdown_grace;
+    if tokio::time::timeout(grace, faces).await.is_err() {
+        tracing::warn!(
+            grace_secs = grace.as_secs_f64(),
+            "shutdown: streams still open after the grace period are cut off"
+        );
     }
     Ok(())
+}
+
+/// Hands the gRPC stack its requests with tonic's body type, as tonic's own server does.
+#[derive(Debug, Clone)]
+struct TonicBody<S>(S);
+
+impl<S> tower_service::Service<http::Request<hyper::body::Incoming>> for TonicBody<S>
+where
+    S: tower_service::Service<http::Request<tonic::body::Body>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<hyper::body::Incoming>) -> Self::Future {
+        self.0.call(request.map(tonic::body::Body::new))
+    }
 }
 
 /// Keeps the health status of the server (`""`) and of the StoryService at what `serving` says,

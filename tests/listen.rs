@@ -8,30 +8,10 @@ mod support;
 use std::time::{Duration, Instant};
 
 use futures_util::future::{join_all, try_join_all};
-use process::{Pipe, Running, storywire};
+use process::{Pipe, Running, storywire, storywire_under};
 use storywire::{listen, pb};
 use support::{client_at, http1, within};
-use tokio::{net::TcpStream, process::Command};
-
-/// `storywire` with `args`, started by `sh` under `ulimit LIMIT` (`-n 40`: soft and hard limit on
-/// open files; `-S -n 256`: the soft one only), in the environment [`storywire`] gives it.
-fn storywire_under(limit: &str, args: &[&str]) -> Command {
-    let plain = storywire(args);
-    let plain = plain.as_std();
-    let mut command = Command::new("sh");
-    command
-        .arg("-c")
-        .arg(format!("ulimit {limit} && exec \"$0\" \"$@\""))
-        .arg(plain.get_program())
-        .args(plain.get_args());
-    for (name, value) in plain.get_envs() {
-        match value {
-            Some(value) => command.env(name, value),
-            None => command.env_remove(name),
-        };
-    }
-    command
-}
+use tokio::net::TcpStream;
 
 /// Sends `signal` to the process.
 fn send(process: &Running, signal: libc::c_int) {
@@ -96,7 +76,15 @@ async fn a_server_that_is_not_accepting_has_two_thousand_connections_held_for_it
         return;
     }
     listen::raise_open_files_limit().expect("room for the test's own connections");
-    let mut server = Running::spawn(storywire(&["serve", "--listen", "127.0.0.1:0"]));
+    // A reconnect storm comes from many addresses; here all 2,000 come from one, which the
+    // per-address limit would otherwise refuse past its share.
+    let mut server = Running::spawn(storywire(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--max-connections-per-ip",
+        "0",
+    ]));
     let (address, lines) = server.listening_address().await;
     let listening = lines.last().unwrap();
     assert!(
@@ -132,9 +120,19 @@ fn sample(scrape: &str, name: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread")]
 async fn out_of_descriptors_the_server_waits_without_spinning_then_serves_again() {
     let started = Instant::now();
+    // Connections allowed past the descriptors, so that accepting runs out of them: the
+    // default --max-connections, derived from the limit, would refuse them first.
     let mut server = Running::spawn(storywire_under(
         "-n 40",
-        &["serve", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"],
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+            "--max-connections",
+            "1000",
+        ],
     ));
     let (address, lines) = server.listening_address().await;
     let listening = lines.last().unwrap();

@@ -16,13 +16,16 @@ use storywire::pb::{self, story_service_client::StoryServiceClient, subscribe_re
 use support::{
     TempDir, grpc_web,
     http1::{EventStream, get},
-    open,
+    open, publish,
 };
 use tokio_rustls::{
     TlsConnector,
     rustls::{self, ClientConfig, RootCertStore, pki_types::ServerName},
 };
-use tonic::{Code, Request, Status, Streaming, transport::Channel};
+use tonic::{
+    Code, Request, Status, Streaming,
+    transport::{Certificate, Channel, ClientTlsConfig},
+};
 
 const DESK: &str = "desk-token-0123456789";
 const OLD: &str = "old-reader-token-0123456789";
@@ -363,8 +366,23 @@ async fn shown_certificate(address: SocketAddr, ca: &CertifiedIssuer<'static, Ke
     tls.get_ref().1.peer_certificates().expect("a certificate")[0].to_vec()
 }
 
+/// A gRPC client of the server at `address` over TLS, trusting `ca`.
+async fn client_over_tls(
+    address: SocketAddr,
+    ca: &CertifiedIssuer<'static, KeyPair>,
+) -> StoryServiceClient<Channel> {
+    let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca.pem()));
+    let endpoint = Channel::from_shared(format!("https://localhost:{}", address.port()))
+        .expect("a URL")
+        .tls_config(tls)
+        .expect("TLS settings");
+    let channel = support::within("a TLS connection", endpoint.connect()).await;
+    StoryServiceClient::new(channel.expect("connect over TLS"))
+}
+
 #[tokio::test]
-async fn on_sighup_tls_files_that_cannot_be_used_are_refused_naming_them_and_the_old_serve_on() {
+async fn on_sighup_new_handshakes_get_the_new_certificate_and_files_that_cannot_be_used_are_refused()
+ {
     let dir = TempDir::new("rotation-tls");
     let ca = authority();
     let first = issue(&dir, &ca);
@@ -395,12 +413,24 @@ async fn on_sighup_tls_files_that_cannot_be_used_are_refused_naming_them_and_the
     assert!(!refused.contains("PRIVATE KEY"), "{refused}");
     assert_eq!(shown_certificate(address, &ca).await, first);
 
-    // Both files written: read again.
-    issue(&dir, &ca);
+    // A connection opened before the renewal goes on with the certificate it shook hands with.
+    let mut before = client_over_tls(address, &ca).await;
+    publish(&mut before, open("story", &[])).await;
+
+    // Both files written: read again, and new handshakes get the new certificate.
+    let second = issue(&dir, &ca);
     server.hangup().await;
     server
         .read_until(Pipe::Stderr, "TLS certificate and key reloaded")
         .await;
+    assert_eq!(shown_certificate(address, &ca).await, second);
+    publish(
+        &mut before,
+        support::note("story", "Over the old handshake"),
+    )
+    .await;
+    let mut after = client_over_tls(address, &ca).await;
+    publish(&mut after, support::note("story", "Over a new one")).await;
     server.stop_cleanly().await;
 }
 

@@ -152,7 +152,7 @@ async fn excess_readers_from_one_address_over_any_face_are_refused_and_another_a
     assert_eq!(code, "8", "RESOURCE_EXHAUSTED over gRPC-Web: {message:?}");
 
     // A reader from another address is served, and gets the next update.
-    let mut other = EventStream::open_from(Some(SECOND_PEER), server.http, "/v1/events", &[])
+    let mut other = EventStream::open_from(server.http, Some(SECOND_PEER), "/v1/events", &[])
         .await
         .expect("a reader from 127.0.0.2 is served");
     other
@@ -169,7 +169,7 @@ async fn the_servers_own_limit_answers_429_with_retry_after_too() {
     let _reader = EventStream::open(server.http, "/v1/events", &[])
         .await
         .expect("the one subscription");
-    let refused = EventStream::open_from(Some(SECOND_PEER), server.http, "/v1/events", &[])
+    let refused = EventStream::open_from(server.http, Some(SECOND_PEER), "/v1/events", &[])
         .await
         .err()
         .expect("a second reader, from anywhere, is refused");

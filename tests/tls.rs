@@ -11,7 +11,7 @@ use std::{
     sync::atomic::{AtomicUsize, Ordering},
 };
 
-use process::{Running, run, storywire};
+use process::{Running, curl, run, storywire};
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, KeyUsagePurpose,
@@ -570,4 +570,61 @@ async fn serve_with_an_unreadable_tls_file_stops_before_it_listens() {
         "{finished}"
     );
     assert!(!stderr.contains("storywire listening"), "{finished}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_http_face_serves_https_over_http2_and_http1_with_the_grpc_certificate() {
+    let certificates = Certificates::new();
+    let (cert, key, ca) = (
+        certificates.arg("server.pem"),
+        certificates.arg("server.key"),
+        certificates.arg("ca.pem"),
+    );
+    let mut server = process::HttpServer::start(&["--tls-cert", &cert, "--tls-key", &key]).await;
+    let grpc = server.grpc.replacen("http://", "https://", 1);
+    let mut client = tls_client(grpc, certificates.trusting("ca.pem")).await;
+    client.publish(open("tls", &[])).await.expect("open");
+    let base = format!("https://127.0.0.1:{}", server.http.port());
+
+    // JSON over HTTP/2 (ALPN h2) and over HTTP/1.1, with the certificate the gRPC port has.
+    for (flag, version) in [("--http2", "2"), ("--http1.1", "1.1")] {
+        let out = curl(&[
+            flag,
+            "--cacert",
+            &ca,
+            "--write-out",
+            "\n%{http_version}",
+            &format!("{base}/v1/stories"),
+        ])
+        .await;
+        let (body, negotiated) = out.rsplit_once('\n').expect("a version line");
+        assert_eq!(negotiated, version, "{out}");
+        let stories: serde_json::Value = serde_json::from_str(body).expect("JSON");
+        assert_eq!(stories["stories"][0]["id"], "tls", "{body}");
+    }
+
+    // A live event over SSE on HTTP/2.
+    let mut command = tokio::process::Command::new("curl");
+    command.args([
+        "--silent",
+        "--no-buffer",
+        "--http2",
+        "--include",
+        "--cacert",
+        &ca,
+        "--max-time",
+        "20",
+        &format!("{base}/v1/events?story=tls"),
+    ]);
+    let mut events = Running::spawn(command);
+    events.read_until(process::Pipe::Stdout, "HTTP/2 200").await;
+    events
+        .read_until(process::Pipe::Stdout, "event: caught_up")
+        .await;
+    client
+        .publish(note("tls", "over h2"))
+        .await
+        .expect("publish");
+    events.read_until(process::Pipe::Stdout, "over h2").await;
+    server.process.stop_cleanly().await;
 }

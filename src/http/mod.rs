@@ -16,15 +16,14 @@
 //! Responses are gzipped for a client that asks (`Accept-Encoding: gzip`), except the event
 //! streams, and pages on the origins [`crate::cors`] allows may read them from a browser.
 
-use std::sync::Arc;
+use std::{net::SocketAddr, sync::Arc};
 
 use axum::{
     Router,
-    extract::{ConnectInfo, FromRequestParts, Path, RawQuery, State, connect_info::Connected},
+    extract::{ConnectInfo, FromRequestParts, Path, RawQuery, State},
     http::{HeaderMap, header, request::Parts},
     response::{IntoResponse, Response},
     routing::get,
-    serve::IncomingStream,
 };
 use serde_json::{Map, Value};
 use tonic::{Request, Status};
@@ -34,7 +33,6 @@ use crate::{
     auth::{Caller, Tokens},
     connections::ClientAddress,
     cors::Origins,
-    listen::Accepting,
     pb::{self, server::story_service_server::StoryService},
     service::Service,
 };
@@ -116,8 +114,8 @@ impl App {
 }
 
 /// The address a request counts against for the per-address limits: the [`ClientAddress`] the
-/// serving loop put in the request, or else the peer's own (axum's `ConnectInfo`); `None` when
-/// the router is served without either (a test's own).
+/// serving loop put in the request, or else the peer's own (axum's `ConnectInfo`, for a router
+/// served by `axum::serve`); `None` when it is served with neither.
 #[derive(Debug, Clone, Copy)]
 struct Peer(Option<ClientAddress>);
 
@@ -138,18 +136,10 @@ impl<S: Send + Sync> FromRequestParts<S> for Peer {
         let extensions = &parts.extensions;
         let address = extensions.get::<ClientAddress>().copied().or_else(|| {
             extensions
-                .get::<ConnectInfo<ClientAddress>>()
-                .map(|ConnectInfo(peer)| *peer)
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|ConnectInfo(peer)| ClientAddress(peer.ip()))
         });
         Ok(Self(address))
-    }
-}
-
-/// With `axum::serve` and `into_make_service_with_connect_info::<ClientAddress>`: the peer's
-/// own address, for a server that resolves no proxies.
-impl Connected<IncomingStream<'_, Accepting>> for ClientAddress {
-    fn connect_info(stream: IncomingStream<'_, Accepting>) -> Self {
-        Self(stream.remote_addr().ip())
     }
 }
 

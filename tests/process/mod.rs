@@ -83,6 +83,35 @@ pub fn storywire(args: &[&str]) -> Command {
     command
 }
 
+/// `storywire` with `args`, started by `sh` under `ulimit LIMIT` (`-n 40`: soft and hard limit on
+/// open files; `-S -n 256`: the soft one only), in the environment [`storywire`] gives it.
+pub fn storywire_under(limit: &str, args: &[&str]) -> Command {
+    let plain = storywire(args);
+    let plain = plain.as_std();
+    let mut command = Command::new("sh");
+    command
+        .arg("-c")
+        .arg(format!("ulimit {limit} && exec \"$0\" \"$@\""))
+        .arg(plain.get_program())
+        .args(plain.get_args());
+    for (name, value) in plain.get_envs() {
+        match value {
+            Some(value) => command.env(name, value),
+            None => command.env_remove(name),
+        };
+    }
+    command
+}
+
+/// `curl` with `args` (quiet but for errors, at most 10 s), run to its end; its stdout.
+pub async fn curl(args: &[&str]) -> String {
+    let mut command = Command::new("curl");
+    command
+        .args(["--silent", "--show-error", "--max-time", "10"])
+        .args(args);
+    run(command).await.success().to_owned()
+}
+
 /// Runs `command` to its end with nothing on stdin.
 pub async fn run(command: Command) -> Finished {
     run_with_input(command, None).await
@@ -311,7 +340,12 @@ impl HttpServer {
     pub async fn start(extra: &[&str]) -> Self {
         let mut args = vec!["serve", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"];
         args.extend_from_slice(extra);
-        let mut process = Running::spawn(storywire(&args));
+        Self::from_process(Running::spawn(storywire(&args))).await
+    }
+
+    /// A `storywire serve --http` process started some other way, once it has announced both
+    /// addresses.
+    pub async fn from_process(mut process: Running) -> Self {
         let (grpc, _) = process.listening_address().await;
         let (http, _) = process
             .announced_address("storywire HTTP listening address=")

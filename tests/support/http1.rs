@@ -60,28 +60,20 @@ pub async fn send(
     headers: &[(&str, &str)],
     body: Bytes,
 ) -> hyper::Response<Incoming> {
-    send_from(None, address, method, path, headers, body).await
+    send_from(address, None, method, path, headers, body).await
 }
 
-/// [`send`] from `local`, another loopback address (all of 127.0.0.0/8 is loopback on Linux),
-/// when given: to the server, a client of its own.
+/// [`send`], from `local` (another loopback address: to the server, a peer of its own) when
+/// given.
 pub async fn send_from(
-    local: Option<IpAddr>,
     address: SocketAddr,
+    local: Option<IpAddr>,
     method: Method,
     path: &str,
     headers: &[(&str, &str)],
     body: Bytes,
 ) -> hyper::Response<Incoming> {
-    let connecting = async {
-        let Some(local) = local else {
-            return TcpStream::connect(address).await;
-        };
-        let socket = TcpSocket::new_v4()?;
-        socket.bind(SocketAddr::new(local, 0))?;
-        socket.connect(address).await
-    };
-    let stream = within("an HTTP connection", connecting)
+    let stream = within("an HTTP connection", connect_from(address, local))
         .await
         .expect("connect");
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
@@ -176,17 +168,17 @@ impl EventStream {
         path: &str,
         headers: &[(&str, &str)],
     ) -> Result<Self, Reply> {
-        Self::open_from(None, address, path, headers).await
+        Self::open_from(address, None, path, headers).await
     }
 
     /// [`EventStream::open`] from `local`, another loopback address, when given.
     pub async fn open_from(
-        local: Option<IpAddr>,
         address: SocketAddr,
+        local: Option<IpAddr>,
         path: &str,
         headers: &[(&str, &str)],
     ) -> Result<Self, Reply> {
-        let response = send_from(local, address, Method::GET, path, headers, Bytes::new()).await;
+        let response = send_from(address, local, Method::GET, path, headers, Bytes::new()).await;
         if response.status() != 200 {
             return Err(Reply::read(response).await);
         }
@@ -238,4 +230,39 @@ impl EventStream {
             }
         }
     }
+}
+
+/// A TCP connection to `address`, from `local` when given (another loopback address).
+pub async fn connect_from(
+    address: SocketAddr,
+    local: Option<IpAddr>,
+) -> std::io::Result<TcpStream> {
+    match local {
+        None => TcpStream::connect(address).await,
+        Some(local) => {
+            let socket = TcpSocket::new_v4()?;
+            socket.bind(SocketAddr::new(local, 0))?;
+            socket.connect(address).await
+        }
+    }
+}
+
+/// `GET path` from `local` (another loopback address), with `headers`, on a connection of its
+/// own; the whole reply.
+pub async fn get_from(
+    address: SocketAddr,
+    local: IpAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Reply {
+    let response = send_from(
+        address,
+        Some(local),
+        Method::GET,
+        path,
+        headers,
+        Bytes::new(),
+    )
+    .await;
+    Reply::read(response).await
 }

@@ -3,7 +3,10 @@
 
 use std::time::Duration;
 
-use crate::limits::{Limits, StoryLimits};
+use crate::{
+    connections::{self, Lifecycle, TrustedProxies},
+    limits::{Limits, StoryLimits},
+};
 
 /// The limits on what one client may take (see [`Limits`] for why each default).
 #[derive(Debug, clap::Args)]
@@ -84,6 +87,50 @@ impl From<LimitArgs> for Limits {
     }
 }
 
+/// How long a connection may stay silent or idle, and how many one address, and all, may hold
+/// (see [`crate::connections`] for why each default).
+#[derive(Debug, clap::Args)]
+pub(super) struct ConnectionArgs {
+    /// Seconds a connection, on either face, may take to send a complete request head (HTTP/1.1)
+    /// or its preface and first request (HTTP/2), TLS handshake included; and, on HTTP/1.1,
+    /// each next request head once it has started. Past it, the connection is closed.
+    #[arg(long, value_name = "SECS", default_value_t = connections::DEFAULT_HEADER_TIMEOUT.as_secs_f64(),
+          value_parser = positive_seconds)]
+    header_timeout: f64,
+    /// Seconds a connection with no request or stream in flight stays open (an open Subscribe
+    /// or SSE stream is in flight); then it is closed (HTTP/2: with GOAWAY).
+    #[arg(long, value_name = "SECS", default_value_t = connections::DEFAULT_IDLE_TIMEOUT.as_secs_f64(),
+          value_parser = positive_seconds)]
+    idle_timeout: f64,
+    /// Open connections over both faces; past it a new one is closed at once. Default: the
+    /// open-files limit less what the server keeps for its own files (5% and 64).
+    #[arg(long, value_name = "N", value_parser = at_least_one)]
+    max_connections: Option<usize>,
+    /// Open connections from one client address over both faces; past it a new one is closed
+    /// at once. 0: no limit.
+    #[arg(long, value_name = "N", default_value_t = connections::DEFAULT_MAX_CONNECTIONS_PER_IP)]
+    max_connections_per_ip: usize,
+    /// A reverse proxy or CDN (address or CIDR range) whose Forwarded / X-Forwarded-For headers
+    /// name the client for the per-address limits; repeatable. Nobody else's are believed.
+    #[arg(long, value_name = "CIDR", value_parser = connections::parse_cidr)]
+    trusted_proxy: Vec<(std::net::IpAddr, u8)>,
+}
+
+impl ConnectionArgs {
+    /// The rules, with `--max-connections` derived from `open_files_limit` when not given.
+    pub(super) fn lifecycle(&self, open_files_limit: Option<u64>) -> Lifecycle {
+        Lifecycle {
+            header_timeout: Duration::from_secs_f64(self.header_timeout),
+            idle_timeout: Duration::from_secs_f64(self.idle_timeout),
+            max_connections: self.max_connections.unwrap_or_else(|| {
+                connections::default_max_connections(open_files_limit.unwrap_or(1024))
+            }),
+            max_connections_per_ip: self.max_connections_per_ip,
+            trusted_proxies: TrustedProxies::new(self.trusted_proxy.clone()),
+        }
+    }
+}
+
 /// What one story may hold (see [`StoryLimits`] for why each default). Beyond each, a publish is
 /// FAILED_PRECONDITION; events already in the log are never refused.
 #[derive(Debug, clap::Args)]
@@ -141,6 +188,14 @@ fn seconds(value: &str) -> Result<f64, String> {
         Ok(seconds) if (0.0..=86_400.0).contains(&seconds) => Ok(seconds),
         Ok(_) => Err("must be between 0 and 86400 seconds".to_owned()),
         Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Parses a duration in seconds that must be more than 0 (at most a day).
+fn positive_seconds(value: &str) -> Result<f64, String> {
+    match seconds(value)? {
+        0.0 => Err("must be more than 0 seconds".to_owned()),
+        seconds => Ok(seconds),
     }
 }
 

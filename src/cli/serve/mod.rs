@@ -24,7 +24,7 @@ use crate::{
 
 mod limits;
 
-use limits::{LimitArgs, StoryLimitArgs, at_least_one, check_story_bytes};
+use limits::{ConnectionArgs, LimitArgs, StoryLimitArgs, at_least_one, check_story_bytes};
 
 /// Where `serve --demo` serves HTTP when --http does not say.
 const DEMO_HTTP_PORT: u16 = 8080;
@@ -65,6 +65,8 @@ pub struct Args {
     limits: LimitArgs,
     #[command(flatten)]
     story_limits: StoryLimitArgs,
+    #[command(flatten)]
+    connections: ConnectionArgs,
     /// Keep the log on disk in this directory (a write-ahead log), so that a restart loses
     /// nothing acknowledged. Without it the log lives in memory only.
     #[arg(
@@ -156,7 +158,8 @@ pub async fn run(args: Args) -> Result<ExitCode, CliError> {
         }),
         _ => None,
     };
-    // Read the TLS files now, so that a bad one stops start-up before it says it listens.
+    // Read the TLS files now, so that a bad one stops start-up before it says it listens; SIGHUP
+    // reads them again.
     let tls_config = tls.clone().map(ServerTls::load).transpose()?;
     // Before the server says it listens: SIGHUP's default action would end the process.
     reload_on_hangup(tokens.clone(), tls_config.clone())
@@ -170,15 +173,10 @@ pub async fn run(args: Args) -> Result<ExitCode, CliError> {
         limits: args.limits.into(),
         cluster: None,
         cors,
+        lifecycle: Default::default(),
     };
     let story_limits = StoryLimits::from(args.story_limits);
     check_story_bytes(&story_limits, &options.limits)?;
-    if let Some(tls) = &options.tls {
-        let config = tls.server_config()?;
-        tonic::transport::Server::builder()
-            .tls_config(config)
-            .map_err(|e| format!("--tls-cert/--tls-key: {}", with_source(&e)))?;
-    }
     let interval = Duration::try_from_secs_f64(args.demo_interval)
         .map_err(|e| format!("--demo-interval {}: {e}", args.demo_interval))?;
     let retain = args.retain_events;
@@ -218,6 +216,7 @@ pub async fn run(args: Args) -> Result<ExitCode, CliError> {
     let open_files = listen::raise_open_files_limit()
         .inspect_err(|error| tracing::warn!(%error, "cannot raise the open-files limit"))
         .ok();
+    options.lifecycle = args.connections.lifecycle(open_files);
     let listener =
         listen::bind(args.listen).map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     let address = listener.local_addr()?;
@@ -227,6 +226,8 @@ pub async fn run(args: Args) -> Result<ExitCode, CliError> {
         retain_events = log.retain_events(),
         backlog = listen::granted_backlog(),
         open_files,
+        max_connections = options.lifecycle.max_connections,
+        max_connections_per_ip = options.lifecycle.max_connections_per_ip,
         "storywire listening"
     );
 
@@ -263,7 +264,20 @@ pub async fn run(args: Args) -> Result<ExitCode, CliError> {
             } else {
                 format!("http://{bound}/")
             };
+            let page = if options.tls.is_some() {
+                page.replacen("http://", "https://", 1)
+            } else {
+                page
+            };
             tracing::info!(address = %bound, %page, "storywire HTTP listening");
+            if options.tls.is_none() && options.tokens.is_some() && !bound.ip().is_loopback() {
+                tracing::warn!(
+                    address = %bound,
+                    "--http listens beyond loopback in plain text with --tokens: bearer tokens \
+                     would cross the network in clear; give --tls-cert and --tls-key (the HTTP \
+                     face then serves HTTPS), or put a TLS proxy in front"
+                );
+            }
             let http_options = HttpOptions {
                 tokens: options.tokens.clone(),
                 public_read: args.public_read,
@@ -352,14 +366,6 @@ fn check_exposure(listen: SocketAddr, tokens: bool, allow_anonymous: bool) -> Re
         ));
     }
     Ok(())
-}
-
-/// An error's text with its first cause: tonic's transport errors say only "transport error".
-fn with_source(error: &dyn std::error::Error) -> String {
-    match error.source() {
-        Some(source) => format!("{error}: {source}"),
-        None => error.to_string(),
-    }
 }
 
 /// Reads the tokens file and the TLS certificate and key again on each SIGHUP, so that a token
