@@ -66,6 +66,8 @@ const RETAIN: usize = 10_000_000;
 
 /// The cluster case's switches and sizes.
 #[derive(Debug, clap::Args)]
+// Each flattened struct's group needs a name of its own (clap checks it in debug builds).
+#[group(id = "cluster_args")]
 pub struct Args {
     /// Also run the cluster case (issue 11): publishing with the in-memory log, --fsync always,
     /// and the JetStream journal on one nats-server (R1) and on three (R3); replication lag

@@ -402,12 +402,21 @@ pub async fn subscribe_each(
     url: &str,
     count: usize,
 ) -> Result<(Vec<Channel>, Vec<Streaming<pb::SubscribeResponse>>), String> {
+    subscribe_each_from(url, count, |_| source_address()).await
+}
+
+/// Like [`subscribe_each`], the `n`th connection from `source(n)`.
+pub async fn subscribe_each_from(
+    url: &str,
+    count: usize,
+    source: impl Fn(usize) -> IpAddr,
+) -> Result<(Vec<Channel>, Vec<Streaming<pb::SubscribeResponse>>), String> {
     let endpoint = Endpoint::from_shared(url.to_owned())
         .map_err(|e| e.to_string())?
         .tcp_nodelay(true);
     let opened: Vec<_> = futures_util::stream::iter(0..count)
-        .map(|_| {
-            let endpoint = endpoint.clone().local_address(Some(source_address()));
+        .map(|n| {
+            let endpoint = endpoint.clone().local_address(Some(source(n)));
             async move {
                 let channel = connect_patiently(&endpoint).await?;
                 let stream = StoryServiceClient::new(channel.clone())

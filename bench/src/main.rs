@@ -22,6 +22,8 @@
 //!   and all of them come back at once and resume 1,000 events back while a desk publishes.
 //! - [`burst`]: one burst to many readers (issue 13): one PublishStream of updates to every
 //!   reader on a connection of its own.
+//! - [`flood`]: one address floods the HTTP face with silent, slow and stalled connections while
+//!   readers from other addresses read a story.
 //! - [`nats`]: the nats-server binary, and the JetStream servers the cluster case starts.
 //! - [`anchor`]: the NATS anchor's client side: the same events over core NATS publish/subscribe.
 //! - [`report`]: medians, spreads and ratios as the report's markdown cells.
@@ -34,6 +36,7 @@ mod anchor;
 mod bare;
 mod burst;
 mod cluster;
+mod flood;
 mod heavy_reads;
 mod load;
 mod matrix;

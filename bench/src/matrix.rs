@@ -10,7 +10,7 @@ use storywire::pb;
 use tokio::{task::JoinHandle, time::Instant};
 
 use crate::{
-    abuse, anchor, burst, cluster, heavy_reads,
+    abuse, anchor, burst, cluster, flood, heavy_reads,
     load::{self, Rate, Received, connect, gather, publish, receive, subscribe_many},
     nats,
     process::{self, ServerProcess, Target},
@@ -96,6 +96,8 @@ pub struct Args {
     storm: storm::Args,
     #[command(flatten)]
     burst: burst::Args,
+    #[command(flatten)]
+    flood: flood::Args,
 }
 
 fn parse_rate(value: &str) -> Result<Rate, String> {
@@ -338,6 +340,9 @@ pub async fn run(args: Args) -> Result<(), String> {
     }
     if args.burst.burst {
         burst::run(&args.burst, &targets, runs).await?;
+    }
+    if args.flood.flood {
+        flood::run(&args.flood, runs).await?;
     }
     if args.unary_events > 0 {
         println!("\n{}", publish_paths(args.unary_events, runs).await?);

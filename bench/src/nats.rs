@@ -4,6 +4,7 @@
 
 use std::{
     fs,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
     process::Stdio,
     sync::atomic::{AtomicUsize, Ordering},
@@ -13,7 +14,7 @@ use std::{
 use serde_json::Value;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpStream,
+    net::TcpSocket,
     process::{Child, Command},
     time::Instant,
 };
@@ -376,11 +377,22 @@ async fn get_json(http: u16, path: &str) -> Option<Value> {
     }
 }
 
-/// GETs `path` from the monitoring endpoint on loopback port `http` with HTTP/1.0, so that the
-/// server closes the connection after one plain body. Returns the status and the body, or `None`
-/// if the server cannot be reached (yet) or answers something unreadable.
-async fn get(http: u16, path: &str) -> Option<(u16, String)> {
-    let mut stream = TcpStream::connect(("127.0.0.1", http)).await.ok()?;
+/// GETs `path` from a monitoring endpoint (nats-server's, storywire's `/metrics`) on loopback
+/// port `http` with HTTP/1.0, so that the server closes the connection after one plain body.
+/// Returns the status and the body, or `None` if the server cannot be reached (yet) or answers
+/// something unreadable.
+pub async fn get(http: u16, path: &str) -> Option<(u16, String)> {
+    get_from(IpAddr::V4(Ipv4Addr::LOCALHOST), http, path).await
+}
+
+/// [`get`], from the loopback address `local`.
+pub async fn get_from(local: IpAddr, http: u16, path: &str) -> Option<(u16, String)> {
+    let socket = TcpSocket::new_v4().ok()?;
+    socket.bind(SocketAddr::new(local, 0)).ok()?;
+    let mut stream = socket
+        .connect(SocketAddr::from(([127, 0, 0, 1], http)))
+        .await
+        .ok()?;
     let request = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
     stream.write_all(request.as_bytes()).await.ok()?;
     let mut response = String::new();

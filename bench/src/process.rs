@@ -176,11 +176,13 @@ impl ServerProcess {
                     &listen,
                     "--retain-events",
                     &retain_events.to_string(),
-                    // The bench's thousands of readers stand for as many hosts but come from
-                    // 253 loopback addresses, 2,000 to an address: no share per address.
-                    "--max-connections-per-ip",
-                    "0",
                 ]);
+                // The bench's thousands of readers stand for as many hosts but come from 253
+                // loopback addresses, 2,000 to an address: no share per address, unless the
+                // case sets one.
+                if !extra.iter().any(|arg| arg == "--max-connections-per-ip") {
+                    command.args(["--max-connections-per-ip", "0"]);
+                }
                 command
             }
             Target::Bare => {

@@ -232,11 +232,13 @@ impl Connections {
                 drop(open);
                 return Err(self.refuse(face, CloseReason::PerAddressLimit));
             }
-            let total = open.by_id.len();
-            if total >= high_watermark(self.lifecycle.max_connections) {
-                shed = self.shed_candidates(&open);
+            let mut staying = open.by_id.len();
+            if staying >= high_watermark(self.lifecycle.max_connections) {
+                let (victims, closing) = self.shed_candidates(&open);
+                staying -= closing + victims.len();
+                shed = victims;
             }
-            if total - shed.len().min(total) >= self.lifecycle.max_connections {
+            if staying >= self.lifecycle.max_connections {
                 drop(open);
                 return Err(self.refuse(face, CloseReason::TotalLimit));
             }
@@ -282,14 +284,16 @@ impl Connections {
 
     /// The connections to close to get from the high watermark down to the low one: first those
     /// that have not completed a request, oldest first, then the idle ones, longest idle first.
-    /// Never one with something in flight, nor one already closing.
-    fn shed_candidates(&self, open: &Registry) -> Vec<Arc<Connection>> {
-        let target = low_watermark(self.lifecycle.max_connections);
-        let excess = open.by_id.len().saturating_sub(target);
+    /// Never one with something in flight. Those already closing count as gone (their tasks
+    /// leave the registry a moment later), so a burst of accepts does not shed twice for them.
+    /// Returns them, and how many were already closing.
+    fn shed_candidates(&self, open: &Registry) -> (Vec<Arc<Connection>>, usize) {
+        let mut closing = 0;
         let mut awaiting = Vec::new();
         let mut idle = Vec::new();
         for connection in open.by_id.values() {
             if connection.closing.load(Ordering::Relaxed) != 0 {
+                closing += 1;
                 continue;
             }
             match connection.state() {
@@ -298,9 +302,16 @@ impl Connections {
                 State::Active => {}
             }
         }
+        let staying = open.by_id.len() - closing;
+        let target = low_watermark(self.lifecycle.max_connections);
+        if staying < high_watermark(self.lifecycle.max_connections) {
+            return (Vec::new(), closing);
+        }
+        let excess = staying.saturating_sub(target);
         awaiting.sort_by_key(|c| c.accepted_ms);
         idle.sort_by_key(|c| c.idle_since_ms.load(Ordering::Relaxed));
-        awaiting.into_iter().chain(idle).take(excess).collect()
+        let shed = awaiting.into_iter().chain(idle).take(excess).collect();
+        (shed, closing)
     }
 
     /// Counts a trusted proxy's connection against the client its first request names, or says
