@@ -1,7 +1,8 @@
 //! One host cannot take every subscription: `--max-subscribers-per-ip` counts a client address's
 //! subscriptions over gRPC, gRPC-Web and Server-Sent Events together, refuses the excess with
 //! RESOURCE_EXHAUSTED naming the limit (429 with `Retry-After` over HTTP), and leaves every other
-//! address alone. The server's own limit answers 429 with `Retry-After` too.
+//! address alone, counting each client a trusted proxy forwards apart. The server's own limit
+//! answers 429 with `Retry-After` too.
 
 mod process;
 mod support;
@@ -177,4 +178,27 @@ async fn the_servers_own_limit_answers_429_with_retry_after_too() {
         &refused,
         &["the server already holds its limit of 1 subscriptions"],
     );
+}
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_each_forwarded_client_has_its_own_count() {
+    let server = HttpServer::start(&[
+        "--max-subscribers-per-ip",
+        "1",
+        "--trusted-proxy",
+        "127.0.0.1/32",
+    ])
+    .await;
+    let from = |client: &'static str| [("x-forwarded-for", client)];
+    let _first = EventStream::open(server.http, "/v1/events", &from("203.0.113.1"))
+        .await
+        .expect("the first client's reader");
+    let refused = EventStream::open(server.http, "/v1/events", &from("203.0.113.1"))
+        .await
+        .err()
+        .expect("the first client's second reader is refused");
+    expect_429(&refused, &["address 203.0.113.1", "limit of 1"]);
+    let _second = EventStream::open(server.http, "/v1/events", &from("203.0.113.2"))
+        .await
+        .expect("another client through the same proxy is served");
 }
