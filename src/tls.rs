@@ -17,7 +17,6 @@ use tokio_rustls::rustls::{
     pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
     server::WebPkiClientVerifier,
 };
-use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
 /// The PEM files `serve --tls-cert --tls-key [--tls-client-ca]` names.
 #[derive(Debug, Clone)]
@@ -62,19 +61,6 @@ fn read(flag: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
 }
 
 impl TlsFiles {
-    /// The server's TLS configuration from the files, as tonic's server takes it.
-    pub fn server_config(&self) -> Result<ServerTlsConfig, TlsError> {
-        let identity = Identity::from_pem(
-            read("--tls-cert", &self.cert)?,
-            read("--tls-key", &self.key)?,
-        );
-        let mut config = ServerTlsConfig::new().identity(identity);
-        if let Some(ca) = &self.client_ca {
-            config = config.client_ca_root(Certificate::from_pem(read("--tls-client-ca", ca)?));
-        }
-        Ok(config)
-    }
-
     /// Reads and checks every file and builds the rustls configuration from them: ALPN `h2`
     /// first, then `http/1.1`, and client certificates verified against the client CA when one
     /// is set, as tonic's own server configures it.
