@@ -449,3 +449,78 @@ async fn without_tls_the_http_face_speaks_http2_with_prior_knowledge() {
     assert_eq!(version, "2", "{out}");
     serde_json::from_str::<serde_json::Value>(body).expect("JSON");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_http_face_pings_and_drops_an_http2_reader_that_stopped_answering() {
+    let server = HttpServer::start(&[
+        "--keepalive-interval-secs",
+        "1",
+        "--keepalive-timeout-secs",
+        "1",
+    ])
+    .await;
+    // An h2c reader with a live event stream open (so never idle), which answers nothing: not
+    // the server's SETTINGS, not its pings.
+    let mut peer = http2::RawPeer::connect(server.http).await;
+    let request = [
+        (":method", "GET"),
+        (":scheme", "http"),
+        (":path", "/v1/events"),
+        (":authority", "storywire"),
+        ("accept", "text/event-stream"),
+    ];
+    let mut headers = http2::headers(1, &request);
+    headers[4] |= http2::END_STREAM;
+    peer.send(&headers).await;
+    let mut pinged = false;
+    within(
+        "the server to hang up on a peer that does not answer",
+        async {
+            while let Some(frame) = peer.next_frame().await {
+                pinged |= frame.kind == http2::PING && frame.flags & http2::ACK == 0;
+            }
+        },
+    )
+    .await;
+    assert!(pinged, "closed without a ping");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn past_max_connections_a_new_connection_is_refused_and_readers_keep_theirs() {
+    let server =
+        HttpServer::start(&["--max-connections", "10", "--max-connections-per-ip", "0"]).await;
+    // Ten readers with a stream in flight: none is shed to make room.
+    let mut readers = Vec::new();
+    for _ in 0..10 {
+        let reader = http1::EventStream::open(server.http, "/v1/events", &[])
+            .await
+            .expect("a 200");
+        readers.push(reader);
+    }
+    let extra = TcpStream::connect(server.http).await.expect("connect");
+    assert!(refused(extra).await, "the 11th connection");
+    // One reader gone, there is room again; /metrics counted the refusal.
+    drop(readers.pop());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let scrape = loop {
+        let mut tcp = TcpStream::connect(server.http).await.expect("connect");
+        tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: storywire\r\n\r\n")
+            .await
+            .expect("send");
+        // Refused: an end of file or a reset before any byte; served: the reply.
+        let mut first = [0; 1];
+        if let Ok(1..) = within("a reply or a refusal", tcp.peek(&mut first)).await {
+            break read_response(&mut tcp).await;
+        }
+        assert!(Instant::now() < deadline, "no room after a reader left");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(closed(&scrape, "total_limit") >= 1.0, "{scrape}");
+    assert_eq!(closed(&scrape, "shed"), 0.0, "{scrape}");
+    // The readers that stayed still read.
+    let mut client = server.client().await;
+    client.publish(open("full", &[])).await.expect("publish");
+    for reader in &mut readers {
+        reader.until(|event| event.data.contains("\"full\"")).await;
+    }
+}
