@@ -6,14 +6,22 @@
 //! presented token is hashed and compared against every digest in constant time. Tokens are
 //! never logged.
 //!
+//! The file is read again on SIGHUP ([`Tokens::reload`]): every holder of the shared [`Tokens`]
+//! sees the new set at once, and a stream opened with a token the file no longer holds ends
+//! ([`Caller::revoked`]).
+//!
 //! Health and reflection stay open: [`Authorized`] wraps only the StoryService. The HTTP face
 //! checks the same tokens ([`Tokens::check_role`]), `GET /metrics` with the `metrics` role.
 
-use std::{path::Path, sync::Arc, task::Poll};
+use std::{
+    path::{Path, PathBuf},
+    sync::{Arc, RwLock},
+    task::Poll,
+};
 
-use crate::limits::Caller;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+use tokio::sync::watch;
 use tonic::{
     Status,
     codegen::{BoxFuture, Service, http},
@@ -80,6 +88,9 @@ pub enum TokensError {
     /// The file names no token at all.
     #[error("the tokens file holds no token: nobody could call the StoryService")]
     Empty,
+    /// The tokens were not read from a file, so there is none to read again.
+    #[error("the tokens were not read from a file")]
+    NoFile,
 }
 
 /// One known token.
@@ -93,24 +104,56 @@ struct Token {
     roles: Vec<Role>,
 }
 
-/// The known tokens.
+/// The known tokens, shared by every check on both faces; a reload replaces them in place.
 #[derive(Debug)]
 pub struct Tokens {
-    tokens: Vec<Token>,
+    /// The file they were read from, read again by [`Tokens::reload`]; `None` when parsed from
+    /// text.
+    path: Option<PathBuf>,
+    /// The tokens in force. A reload swaps in a new list whole; a check clones the `Arc` and
+    /// lets go of the lock before it compares anything.
+    known: RwLock<Arc<Vec<Token>>>,
+    /// Counts the reloads that put a new list in `known`. Every stream opened with a token
+    /// watches it ([`Caller::revoked`]); this end stays here.
+    reloads: watch::Sender<u64>,
 }
 
 impl Tokens {
     /// Reads a tokens file.
     pub fn load(path: &Path) -> Result<Self, TokensError> {
-        let text = std::fs::read_to_string(path).map_err(|source| TokensError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
-        Self::parse(&text)
+        let mut tokens = Self::parse(&read(path)?)?;
+        tokens.path = Some(path.to_owned());
+        Ok(tokens)
+    }
+
+    /// Reads the file again and, if it is valid, puts its tokens in force for every check from
+    /// now on, and ends the streams whose token it no longer holds (or no longer allows their
+    /// call); returns how many tokens it holds. On an error the tokens in force stay.
+    pub fn reload(&self) -> Result<usize, TokensError> {
+        let path = self.path.as_deref().ok_or(TokensError::NoFile)?;
+        let fresh = Self::parse_tokens(&read(path)?)?;
+        let count = fresh.len();
+        *self.known.write().expect("tokens lock poisoned") = Arc::new(fresh);
+        self.reloads.send_modify(|reloads| *reloads += 1);
+        Ok(count)
+    }
+
+    /// The file the tokens were read from, if they were.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
     }
 
     /// Parses the contents of a tokens file.
     pub fn parse(text: &str) -> Result<Self, TokensError> {
+        Ok(Self {
+            path: None,
+            known: RwLock::new(Arc::new(Self::parse_tokens(text)?)),
+            reloads: watch::channel(0).0,
+        })
+    }
+
+    /// The tokens of a tokens file's contents.
+    fn parse_tokens(text: &str) -> Result<Vec<Token>, TokensError> {
         let mut tokens: Vec<Token> = Vec::new();
         for (index, line) in text.lines().enumerate() {
             let line_number = index + 1;
@@ -166,26 +209,18 @@ impl Tokens {
         if tokens.is_empty() {
             return Err(TokensError::Empty);
         }
-        Ok(Self { tokens })
+        Ok(tokens)
     }
 
-    /// The token matching `secret`. Every known digest is compared, in constant time, so the
-    /// time taken says nothing about which token (or how much of one) matched.
-    fn find(&self, secret: &str) -> Option<&Token> {
-        let digest: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
-        let mut found = None;
-        for token in &self.tokens {
-            if bool::from(token.digest.ct_eq(&digest)) {
-                found = Some(token);
-            }
-        }
-        found
+    /// The tokens in force.
+    fn known(&self) -> Arc<Vec<Token>> {
+        self.known.read().expect("tokens lock poisoned").clone()
     }
 
     /// Checks a request's `authorization` header for `path`; `Ok` lets it through, naming the
     /// caller when a token was needed.
     pub fn check(
-        &self,
+        self: &Arc<Self>,
         path: &str,
         authorization: Option<&http::HeaderValue>,
     ) -> Result<Option<Caller>, Status> {
@@ -199,7 +234,7 @@ impl Tokens {
     /// Checks a request's `authorization` header for `what` (a method's or an endpoint's name),
     /// which needs the role `needed` (or admin); `Ok` names the caller.
     pub fn check_role(
-        &self,
+        self: &Arc<Self>,
         needed: Role,
         what: &str,
         authorization: Option<&http::HeaderValue>,
@@ -215,21 +250,114 @@ impl Tokens {
                     "authorization: missing; send `authorization: Bearer <token>`",
                 )
             })?;
-        let token = self
-            .find(secret)
-            .ok_or_else(|| Status::unauthenticated("authorization: unknown token"))?;
+        let digest: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
+        let name = self.admit(&digest, needed, what).map_err(Refused::status)?;
+        Ok(Some(Caller {
+            name,
+            digest,
+            needed,
+            what: what.into(),
+            tokens: self.clone(),
+        }))
+    }
+
+    /// The name of the token whose digest is `digest`, if it is in force and allows `needed`.
+    /// Every known digest is compared, in constant time, so the time taken says nothing about
+    /// which token (or how much of one) matched.
+    fn admit(&self, digest: &[u8; 32], needed: Role, what: &str) -> Result<Arc<str>, Refused> {
+        let known = self.known();
+        let mut found = None;
+        for token in known.iter() {
+            if bool::from(token.digest.ct_eq(digest)) {
+                found = Some(token);
+            }
+        }
+        let token = found.ok_or(Refused::Unknown)?;
         if token.roles.contains(&needed) || token.roles.contains(&Role::Admin) {
-            Ok(Some(Caller {
-                name: token.name.clone(),
-            }))
+            Ok(token.name.clone())
         } else {
             let held: Vec<&str> = token.roles.iter().map(|r| r.name()).collect();
-            Err(Status::permission_denied(format!(
+            Err(Refused::Role(format!(
                 "token {} has the roles [{}]; {what} needs {}",
                 token.name,
                 held.join(", "),
                 needed.name()
             )))
+        }
+    }
+}
+
+/// Why a token was not admitted.
+enum Refused {
+    /// No token in force has its digest.
+    Unknown,
+    /// It lacks the role: the message says which it has and which was needed.
+    Role(String),
+}
+
+impl Refused {
+    fn status(self) -> Status {
+        match self {
+            Self::Unknown => Status::unauthenticated("authorization: unknown token"),
+            Self::Role(message) => Status::permission_denied(message),
+        }
+    }
+}
+
+/// The contents of the tokens file at `path`.
+fn read(path: &Path) -> Result<String, TokensError> {
+    std::fs::read_to_string(path).map_err(|source| TokensError::Read {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// Who is calling, as the authorization check found: put in the request's extensions.
+#[derive(Clone)]
+pub struct Caller {
+    /// The token's name.
+    pub name: Arc<str>,
+    /// The SHA-256 of the token it presented, checked again after each reload.
+    digest: [u8; 32],
+    /// The role its call needed.
+    needed: Role,
+    /// The call, for the message when the role is taken away.
+    what: Arc<str>,
+    /// The tokens that admitted it, whose reloads it watches.
+    tokens: Arc<Tokens>,
+}
+
+impl std::fmt::Debug for Caller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The name only: a digest of a secret has no business in a log line.
+        f.debug_struct("Caller")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Caller {
+    /// Completes once a reload of the tokens file has taken the caller's token away
+    /// (UNAUTHENTICATED) or the role its call needed (PERMISSION_DENIED), with the status a
+    /// stream it opened ends with. Pending for as long as the token still allows the call.
+    pub async fn revoked(&self) -> Status {
+        // Subscribed before the check, so that a reload between the two is not missed.
+        let mut reloads = self.tokens.reloads.subscribe();
+        loop {
+            match self.tokens.admit(&self.digest, self.needed, &self.what) {
+                Ok(_) => {}
+                Err(Refused::Unknown) => {
+                    return Status::unauthenticated(format!(
+                        "authorization: token {} was revoked",
+                        self.name
+                    ));
+                }
+                Err(refused) => return refused.status(),
+            }
+            if reloads.changed().await.is_err() {
+                // The sender lives in `tokens`, which this holds: never.
+                return std::future::pending().await;
+            }
         }
     }
 }

@@ -3,9 +3,13 @@
 
 use std::{
     collections::HashMap,
+    fmt,
+    net::{IpAddr, Ipv6Addr},
     sync::{Arc, Mutex},
     time::Duration,
 };
+
+use crate::auth::Caller;
 
 /// A limit a new subscription would break. The service maps both to RESOURCE_EXHAUSTED.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -21,6 +25,16 @@ pub enum LimitError {
     SubscribersPerToken {
         /// The token's name.
         name: Arc<str>,
+        /// The limit.
+        max: usize,
+    },
+    /// The client's address holds its limit of subscriptions.
+    #[error(
+        "address {address} already holds its limit of {max} subscriptions (--max-subscribers-per-ip); try again later"
+    )]
+    SubscribersPerAddress {
+        /// The address, as the limit counts it.
+        address: AddressKey,
         /// The limit.
         max: usize,
     },
@@ -47,6 +61,12 @@ pub struct Limits {
     pub max_subscribers: usize,
     /// Open subscriptions per token (with `--tokens`), so one client cannot take every slot.
     pub max_subscribers_per_token: usize,
+    /// Open subscriptions per client address (an IPv6 /64 counts as one), over gRPC, gRPC-Web
+    /// and SSE together, so that one host cannot take every slot; 0: no limit. 1,000 leaves an
+    /// office or a carrier-grade NAT, where many readers share one address, room for a live
+    /// page each, while one host takes at most a fiftieth of the default `max_subscribers`, and
+    /// what 1,000 stalled readers hold (SECURITY.md) is far from what the server can give.
+    pub max_subscribers_per_ip: usize,
     /// How often idle connections are pinged, so dead peers are noticed.
     pub keepalive_interval: Duration,
     /// How long a ping may go unanswered before the connection is closed.
@@ -86,6 +106,7 @@ impl Default for Limits {
             max_streams_per_connection: 4_096,
             max_subscribers: 50_000,
             max_subscribers_per_token: 10_000,
+            max_subscribers_per_ip: 1_000,
             keepalive_interval: Duration::from_secs(30),
             keepalive_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
@@ -138,22 +159,60 @@ impl Default for StoryLimits {
     }
 }
 
-/// Who is calling, as the authorization check found: put in the request's extensions.
-#[derive(Debug, Clone)]
-pub struct Caller {
-    /// The token's name.
-    pub name: Arc<str>,
+/// Where a subscription comes from, as the per-address limit counts it: an IPv4 address, or the
+/// /64 an IPv6 address belongs to. One IPv6 host is routinely given a whole /64 (SLAAC, privacy
+/// addresses), so counting each address apart would let one host have as many as it liked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct AddressKey(IpAddr);
+
+impl AddressKey {
+    /// The key `address` counts against (an IPv4-mapped IPv6 address as its IPv4 one).
+    pub fn of(address: IpAddr) -> Self {
+        match address {
+            IpAddr::V4(v4) => Self(IpAddr::V4(v4)),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => Self(IpAddr::V4(v4)),
+                None => Self(IpAddr::V6(Ipv6Addr::from_bits(
+                    v6.to_bits() & !u128::from(u64::MAX),
+                ))),
+            },
+        }
+    }
 }
 
-/// Counts open subscriptions against the limits. Shared by every Subscribe call.
+impl fmt::Display for AddressKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            IpAddr::V4(v4) => write!(f, "{v4}"),
+            IpAddr::V6(v6) => write!(f, "{v6}/64"),
+        }
+    }
+}
+
+/// Counts open subscriptions against the limits: the one place every face's subscriptions
+/// (gRPC, gRPC-Web, SSE) are counted. Shared by every Subscribe call.
 #[derive(Debug)]
 pub struct SubscriberSlots {
     /// The limit in total.
     max_total: usize,
     /// The limit per token.
     max_per_token: usize,
-    /// Open subscriptions: in total, and by token name.
-    open: Mutex<(usize, HashMap<Arc<str>, usize>)>,
+    /// The limit per client address ([`AddressKey`]); 0: none.
+    max_per_address: usize,
+    /// Open subscriptions.
+    open: Mutex<Open>,
+}
+
+/// The subscriptions open, counted each way a limit needs. A count that falls to 0 is removed,
+/// so the maps hold only the tokens and addresses holding a subscription.
+#[derive(Debug, Default)]
+struct Open {
+    /// In total.
+    total: usize,
+    /// By token name.
+    by_token: HashMap<Arc<str>, usize>,
+    /// By client address.
+    by_address: HashMap<AddressKey, usize>,
 }
 
 /// One taken slot; dropping it (when the stream ends) gives it back.
@@ -163,55 +222,125 @@ pub struct Slot {
     slots: Arc<SubscriberSlots>,
     /// The token it counts against, if any.
     caller: Option<Arc<str>>,
+    /// The address it counts against, if the limit is on and the address known.
+    address: Option<AddressKey>,
 }
 
 impl SubscriberSlots {
-    /// Slots for at most `max_total` subscriptions, `max_per_token` for each token.
-    pub fn new(max_total: usize, max_per_token: usize) -> Arc<Self> {
+    /// Slots for what `limits` allow: `max_subscribers` in all, `max_subscribers_per_token` for
+    /// each token, `max_subscribers_per_ip` for each client address (0: no such limit).
+    pub fn new(limits: &Limits) -> Arc<Self> {
         Arc::new(Self {
-            max_total,
-            max_per_token,
-            open: Mutex::new((0, HashMap::new())),
+            max_total: limits.max_subscribers,
+            max_per_token: limits.max_subscribers_per_token,
+            max_per_address: limits.max_subscribers_per_ip,
+            open: Mutex::new(Open::default()),
         })
     }
 
-    /// Takes a slot for `caller`, or says which limit is reached.
-    pub fn take(self: &Arc<Self>, caller: Option<&Caller>) -> Result<Slot, LimitError> {
+    /// Takes a slot for `caller` from `address`, or says which limit is reached: the address's
+    /// own first, then the token's, then the server's, so that a client is told of the limit
+    /// that is its own when it has reached one.
+    pub fn take(
+        self: &Arc<Self>,
+        caller: Option<&Caller>,
+        address: Option<IpAddr>,
+    ) -> Result<Slot, LimitError> {
+        let address = address
+            .filter(|_| self.max_per_address > 0)
+            .map(AddressKey::of);
         let mut open = self.open.lock().expect("slots lock poisoned");
-        if open.0 >= self.max_total {
+        if let Some(address) = address
+            && open.by_address.get(&address).copied().unwrap_or(0) >= self.max_per_address
+        {
+            return Err(LimitError::SubscribersPerAddress {
+                address,
+                max: self.max_per_address,
+            });
+        }
+        if let Some(caller) = caller
+            && open.by_token.get(&caller.name).copied().unwrap_or(0) >= self.max_per_token
+        {
+            return Err(LimitError::SubscribersPerToken {
+                name: caller.name.clone(),
+                max: self.max_per_token,
+            });
+        }
+        if open.total >= self.max_total {
             return Err(LimitError::Subscribers {
                 max: self.max_total,
             });
         }
+        open.total += 1;
         if let Some(caller) = caller {
-            let held = open.1.get(&caller.name).copied().unwrap_or(0);
-            if held >= self.max_per_token {
-                return Err(LimitError::SubscribersPerToken {
-                    name: caller.name.clone(),
-                    max: self.max_per_token,
-                });
-            }
-            *open.1.entry(caller.name.clone()).or_insert(0) += 1;
+            *open.by_token.entry(caller.name.clone()).or_insert(0) += 1;
         }
-        open.0 += 1;
+        if let Some(address) = address {
+            *open.by_address.entry(address).or_insert(0) += 1;
+        }
         Ok(Slot {
             slots: self.clone(),
             caller: caller.map(|c| c.name.clone()),
+            address,
         })
+    }
+}
+
+/// Takes one from `key`'s count, removing it at 0.
+fn release<K: std::hash::Hash + Eq>(counts: &mut HashMap<K, usize>, key: &K) {
+    if let Some(held) = counts.get_mut(key) {
+        *held -= 1;
+        if *held == 0 {
+            counts.remove(key);
+        }
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
         let mut open = self.slots.open.lock().expect("slots lock poisoned");
-        open.0 -= 1;
-        if let Some(name) = &self.caller
-            && let Some(held) = open.1.get_mut(name)
-        {
-            *held -= 1;
-            if *held == 0 {
-                open.1.remove(name);
-            }
+        open.total -= 1;
+        if let Some(name) = &self.caller {
+            release(&mut open.by_token, name);
         }
+        if let Some(address) = &self.address {
+            release(&mut open.by_address, address);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(address: &str) -> String {
+        AddressKey::of(address.parse().expect("an address")).to_string()
+    }
+
+    #[test]
+    fn an_ipv6_host_counts_as_its_64_and_an_ipv4_mapped_address_as_its_ipv4_one() {
+        assert_eq!(key("192.0.2.7"), "192.0.2.7");
+        assert_eq!(key("::ffff:192.0.2.7"), "192.0.2.7");
+        assert_eq!(key("2001:db8:1:2:aaaa:bbbb:cccc:dddd"), "2001:db8:1:2::/64");
+        assert_eq!(key("2001:db8:1:2::1"), key("2001:db8:1:2:ffff::9"));
+        assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
+    }
+
+    #[test]
+    fn a_slot_given_back_frees_its_address_count() {
+        let limits = Limits {
+            max_subscribers: 10,
+            max_subscribers_per_ip: 1,
+            ..Limits::default()
+        };
+        let slots = SubscriberSlots::new(&limits);
+        let here: IpAddr = "2001:db8::1".parse().expect("an address");
+        let same_64: IpAddr = "2001:db8::2".parse().expect("an address");
+        let slot = slots.take(None, Some(here)).expect("the first");
+        let refused = slots.take(None, Some(same_64)).expect_err("the same /64");
+        assert!(refused.to_string().contains("2001:db8::/64"), "{refused}");
+        drop(slot);
+        let _again = slots.take(None, Some(same_64)).expect("given back");
+        assert!(slots.open.lock().expect("lock").by_address.len() == 1);
     }
 }

@@ -115,7 +115,7 @@ pub async fn run_with_http(
     // Both faces count their failed accepts, and their connections, in the log's metrics.
     let accept_failures = log.metrics().accept_failures();
     let connections = Connections::new(options.lifecycle.clone(), log.metrics().connections());
-    let slots = SubscriberSlots::new(limits.max_subscribers, limits.max_subscribers_per_token);
+    let slots = SubscriberSlots::new(&limits);
     let service =
         Service::new(log.clone(), stopping_rx.clone(), slots).through(options.cluster.clone());
     let tls = match (options.tls_config.clone(), &options.tls) {

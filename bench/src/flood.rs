@@ -141,6 +141,10 @@ async fn once(args: &Args, flood: bool) -> Result<Phase, String> {
         format!("127.0.0.1:{http}"),
         "--max-connections-per-ip".to_owned(),
         storywire::connections::DEFAULT_MAX_CONNECTIONS_PER_IP.to_string(),
+        "--max-subscribers-per-ip".to_owned(),
+        storywire::limits::Limits::default()
+            .max_subscribers_per_ip
+            .to_string(),
     ];
     let server = ServerProcess::start_with(Target::Storywire, events as usize + 1, &extra).await?;
     let url = server.url();

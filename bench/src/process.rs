@@ -178,10 +178,12 @@ impl ServerProcess {
                     &retain_events.to_string(),
                 ]);
                 // The bench's thousands of readers stand for as many hosts but come from 253
-                // loopback addresses, 2,000 to an address: no share per address, unless the
-                // case sets one.
-                if !extra.iter().any(|arg| arg == "--max-connections-per-ip") {
-                    command.args(["--max-connections-per-ip", "0"]);
+                // loopback addresses, 2,000 to an address: no share per address, of connections
+                // or of subscriptions, unless the case sets one.
+                for flag in ["--max-connections-per-ip", "--max-subscribers-per-ip"] {
+                    if !extra.iter().any(|arg| arg == flag) {
+                        command.args([flag, "0"]);
+                    }
                 }
                 command
             }

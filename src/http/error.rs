@@ -2,7 +2,7 @@
 //! "message": "..."}`) under the HTTP status that matches its code.
 
 use axum::{
-    http::{StatusCode, header},
+    http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
 use tonic::{Code, Status};
@@ -37,12 +37,23 @@ pub fn body(status: &Status) -> serde_json::Value {
     })
 }
 
-/// An error response for `status`.
+/// What a 429 tells the client to wait before it tries again (`Retry-After`, in seconds). A
+/// subscription slot frees when another reader leaves, which the server cannot foresee; 10 s
+/// keeps clients that obey from coming back in a storm, and is short beside a live story.
+pub const RETRY_AFTER_SECS: u32 = 10;
+
+/// An error response for `status`; a full limit (RESOURCE_EXHAUSTED, 429) says when to retry.
 pub fn response(status: &Status) -> Response {
-    (
+    let mut response = (
         http_status(status.code()),
         [(header::CONTENT_TYPE, "application/json")],
         body(status).to_string(),
     )
-        .into_response()
+        .into_response();
+    if status.code() == Code::ResourceExhausted {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+    }
+    response
 }

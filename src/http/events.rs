@@ -31,7 +31,7 @@ use prost::Message as _;
 use serde_json::Value;
 use tonic::Status;
 
-use super::{App, error, parse, query_object};
+use super::{App, Peer, error, parse, query_object};
 use crate::{
     encoded::EncodedResponse,
     metrics::Transport,
@@ -47,10 +47,11 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// `GET /v1/events`.
 pub(super) async fn events(
     State(app): State<App>,
+    peer: Peer,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Response {
-    match subscribe(&app, &headers, query.as_deref()).await {
+    match subscribe(&app, peer, &headers, query.as_deref()).await {
         Ok(response) => response,
         Err(status) => error::response(&status),
     }
@@ -59,6 +60,7 @@ pub(super) async fn events(
 /// Opens the subscription the request describes, or says why not.
 async fn subscribe(
     app: &App,
+    peer: Peer,
     headers: &HeaderMap,
     query: Option<&str>,
 ) -> Result<Response, Status> {
@@ -92,6 +94,7 @@ async fn subscribe(
     }
     let request: pb::SubscribeRequest = parse(object)?;
     let mut request = app.request(request, caller);
+    peer.mark(&mut request);
     request.extensions_mut().insert(Transport::Sse);
     let items = app.service.subscribe(request).await?.into_inner();
     let events = items

@@ -16,12 +16,12 @@
 //! Responses are gzipped for a client that asks (`Accept-Encoding: gzip`), except the event
 //! streams, and pages on the origins [`crate::cors`] allows may read them from a browser.
 
-use std::sync::Arc;
+use std::{net::SocketAddr, sync::Arc};
 
 use axum::{
     Router,
-    extract::{Path, RawQuery, State},
-    http::{HeaderMap, header},
+    extract::{ConnectInfo, FromRequestParts, Path, RawQuery, State},
+    http::{HeaderMap, header, request::Parts},
     response::{IntoResponse, Response},
     routing::get,
 };
@@ -30,9 +30,9 @@ use tonic::{Request, Status};
 use tower_http::compression::{CompressionLayer, predicate::DefaultPredicate};
 
 use crate::{
-    auth::Tokens,
+    auth::{Caller, Tokens},
+    connections::ClientAddress,
     cors::Origins,
-    limits::Caller,
     pb::{self, server::story_service_server::StoryService},
     service::Service,
 };
@@ -110,6 +110,36 @@ impl App {
             request.extensions_mut().insert(caller);
         }
         request
+    }
+}
+
+/// The address a request counts against for the per-address limits: the [`ClientAddress`] the
+/// serving loop put in the request, or else the peer's own (axum's `ConnectInfo`, for a router
+/// served by `axum::serve`); `None` when it is served with neither.
+#[derive(Debug, Clone, Copy)]
+struct Peer(Option<ClientAddress>);
+
+impl Peer {
+    /// Puts the address in a request for the service, where the gRPC server's serving loop puts
+    /// it, for the limits to count.
+    fn mark<T>(self, request: &mut Request<T>) {
+        if let Some(address) = self.0 {
+            request.extensions_mut().insert(address);
+        }
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Peer {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let extensions = &parts.extensions;
+        let address = extensions.get::<ClientAddress>().copied().or_else(|| {
+            extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|ConnectInfo(peer)| ClientAddress(peer.ip()))
+        });
+        Ok(Self(address))
     }
 }
 

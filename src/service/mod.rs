@@ -3,17 +3,19 @@
 //!
 //! The service holds no state of its own beyond handles: cloning it is cheap.
 
-use std::{pin::Pin, sync::Arc};
+use std::{net::IpAddr, pin::Pin, sync::Arc};
 
-use futures_util::{Stream, stream};
+use futures_util::{Stream, StreamExt as _, stream};
 use tokio::sync::watch;
 use tonic::{Code, Request, Response, Status, Streaming};
 use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::{
+    auth::Caller,
     cluster::{Node, Refused},
+    connections::ClientAddress,
     encoded::EncodedResponse,
-    limits::{Caller, LimitError, SubscriberSlots},
+    limits::{LimitError, SubscriberSlots},
     log::{EventLog, Filter, LogError},
     metrics::{Format, Metrics, Rpc, Transport},
     pb::{self, server::story_service_server::StoryService},
@@ -242,6 +244,39 @@ fn publisher<T>(request: &Request<T>) -> Arc<str> {
         .map_or_else(|| ANONYMOUS.into(), |caller| caller.name.clone())
 }
 
+/// The address a request counts against for the per-address limits: the [`ClientAddress`] the
+/// serving loop (or the HTTP face) put in its extensions, or else the peer's own.
+fn client_address<T>(request: &Request<T>) -> Option<IpAddr> {
+    request
+        .extensions()
+        .get::<ClientAddress>()
+        .map(|client| client.0)
+        .or_else(|| request.remote_addr().map(|peer| peer.ip()))
+}
+
+/// `items`, ended with the status [`Caller::revoked`] gives once a reload of the tokens file
+/// takes away the token it was opened with; the subscription, and its slot, go with it.
+fn until_revoked(
+    items: impl Stream<Item = Result<EncodedResponse, Status>> + Send + 'static,
+    caller: Option<Caller>,
+) -> SubscribeStream {
+    let Some(caller) = caller else {
+        return Box::pin(items);
+    };
+    let revoked: Pin<Box<dyn Future<Output = Status> + Send>> =
+        Box::pin(async move { caller.revoked().await });
+    let open = Some((Box::pin(items), revoked));
+    Box::pin(stream::unfold(open, |open| async move {
+        let (mut items, mut revoked) = open?;
+        tokio::select! {
+            // The revocation first: a subscriber catching up always has an item ready.
+            biased;
+            status = &mut revoked => Some((Err(status), None)),
+            item = items.next() => Some((item?, Some((items, revoked)))),
+        }
+    }))
+}
+
 /// The stream type Subscribe returns.
 pub type SubscribeStream =
     Pin<Box<dyn Stream<Item = Result<EncodedResponse, Status>> + Send + 'static>>;
@@ -270,6 +305,7 @@ impl StoryService for Service {
     ) -> Result<Response<Self::PublishStreamStream>, Status> {
         let session = PublishSession::new(
             publisher(&request),
+            request.extensions().get::<Caller>().cloned(),
             request.into_inner(),
             self.log.clone(),
             self.cluster.clone(),
@@ -284,9 +320,10 @@ impl StoryService for Service {
         &self,
         request: Request<pb::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let caller = request.extensions().get::<Caller>().cloned();
         let slot = self
             .slots
-            .take(request.extensions().get::<Caller>())
+            .take(caller.as_ref(), client_address(&request))
             .map_err(status)?;
         let transport = request
             .extensions()
@@ -321,7 +358,7 @@ impl StoryService for Service {
                 Some((item.map_err(status), (subscription, slot, open)))
             },
         );
-        Ok(Response::new(Box::pin(items)))
+        Ok(Response::new(until_revoked(items, caller)))
     }
 
     async fn get_story(

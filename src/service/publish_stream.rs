@@ -9,6 +9,7 @@ use tonic::{Code, Status, Streaming};
 
 use super::{Error, status};
 use crate::{
+    auth::Caller,
     cluster::Node,
     log::EventLog,
     metrics::Rpc,
@@ -145,6 +146,9 @@ pub(super) struct PublishSession {
     cluster: Option<Arc<Node>>,
     /// Becomes true when the server starts shutting down. The sender belongs to the server.
     shutdown: watch::Receiver<bool>,
+    /// Completes once a reload of the tokens file takes away the client's token (or its
+    /// publish role), with the status the session then ends with; never without a token.
+    revoked: Pin<Box<dyn Future<Output = Status> + Send>>,
     /// Responses to a burst, not yet sent.
     answered: VecDeque<pb::PublishStreamResponse>,
     /// How the stream ends once `answered` is sent: `Some(Err)` with an error, `Some(Ok)` when
@@ -154,20 +158,27 @@ pub(super) struct PublishSession {
 
 impl PublishSession {
     /// A session publishing `requests` as `published_by` to `log` (through `cluster` on a
-    /// cluster node), which stops taking messages when `shutdown` turns true.
+    /// cluster node), which stops taking messages when `shutdown` turns true, or when `caller`'s
+    /// token is revoked.
     pub(super) fn new(
         published_by: Arc<str>,
+        caller: Option<Caller>,
         requests: Streaming<pb::PublishStreamRequest>,
         log: Arc<EventLog>,
         cluster: Option<Arc<Node>>,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
+        let revoked: Pin<Box<dyn Future<Output = Status> + Send>> = match caller {
+            Some(caller) => Box::pin(async move { caller.revoked().await }),
+            None => Box::pin(std::future::pending()),
+        };
         Self {
             published_by,
             requests,
             log,
             cluster,
             shutdown,
+            revoked,
             answered: VecDeque::new(),
             end: None,
         }
@@ -185,7 +196,8 @@ impl PublishSession {
     ///
     /// At shutdown the session stops taking messages and ends with UNAVAILABLE: every message
     /// already answered is in the log, and the rest can be resent (safely, with their event_ids)
-    /// once the server is back.
+    /// once the server is back. Once its token is revoked it stops taking messages likewise,
+    /// and ends with UNAUTHENTICATED (PERMISSION_DENIED if only the role went).
     async fn next(&mut self) -> Option<Result<pb::PublishStreamResponse, Status>> {
         loop {
             if let Some(response) = self.answered.pop_front() {
@@ -205,6 +217,8 @@ impl PublishSession {
             let first = tokio::select! {
                 biased;
                 _ = self.shutdown.wait_for(|stopping| *stopping) => Err(status(End::ShuttingDown)),
+                // Polled no more once it completes: the session ends with its status.
+                revoked = &mut self.revoked => Err(revoked),
                 next = self.requests.message() => next,
             };
             let mut burst = Vec::new();

@@ -263,6 +263,13 @@ impl Running {
         run(kill).await.success();
     }
 
+    /// Sends SIGHUP, on which `storywire serve` reads its tokens and TLS files again.
+    pub async fn hangup(&self) {
+        let mut kill = Command::new("kill");
+        kill.args(["-s", "HUP", &self.id().to_string()]);
+        run(kill).await.success();
+    }
+
     /// Kills the process with SIGKILL (kill -9: no chance to clean up) and waits for it.
     pub async fn kill(&mut self) {
         self.child.start_kill().expect("send SIGKILL");

@@ -26,6 +26,10 @@ pub(super) struct LimitArgs {
     /// Open subscriptions per token, with --tokens (RESOURCE_EXHAUSTED beyond).
     #[arg(long, default_value_t = Limits::default().max_subscribers_per_token)]
     max_subscribers_per_token: usize,
+    /// Open subscriptions per client address, over gRPC, gRPC-Web and SSE together; an IPv6
+    /// /64 counts as one address (RESOURCE_EXHAUSTED, 429 over HTTP, beyond). 0: no limit.
+    #[arg(long, default_value_t = Limits::default().max_subscribers_per_ip)]
+    max_subscribers_per_ip: usize,
     /// Seconds between keepalive pings on an idle connection.
     #[arg(long, default_value_t = Limits::default().keepalive_interval.as_secs())]
     keepalive_interval_secs: u64,
@@ -68,6 +72,7 @@ impl From<LimitArgs> for Limits {
             max_streams_per_connection: args.max_streams_per_connection,
             max_subscribers: args.max_subscribers,
             max_subscribers_per_token: args.max_subscribers_per_token,
+            max_subscribers_per_ip: args.max_subscribers_per_ip,
             keepalive_interval: Duration::from_secs(args.keepalive_interval_secs.max(1)),
             keepalive_timeout: Duration::from_secs(args.keepalive_timeout_secs.max(1)),
             request_timeout: Duration::from_secs(args.request_timeout_secs.max(1)),

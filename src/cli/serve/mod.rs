@@ -158,24 +158,25 @@ pub async fn run(args: Args) -> Result<ExitCode, CliError> {
         }),
         _ => None,
     };
+    // Read the TLS files now, so that a bad one stops start-up before it says it listens; SIGHUP
+    // reads them again.
+    let tls_config = tls.clone().map(ServerTls::load).transpose()?;
+    // Before the server says it listens: SIGHUP's default action would end the process.
+    reload_on_hangup(tokens.clone(), tls_config.clone())
+        .map_err(|e| format!("cannot watch SIGHUP: {e}"))?;
     let cors = Origins::from_flags(args.cors_origin, tokens.is_some());
     tracing::info!(origins = %cors, "browsers: pages on these origins may call (CORS)");
     let mut options = ServerOptions {
         tokens,
         tls,
+        tls_config,
         limits: args.limits.into(),
         cluster: None,
         cors,
         lifecycle: Default::default(),
-        tls_config: None,
     };
     let story_limits = StoryLimits::from(args.story_limits);
     check_story_bytes(&story_limits, &options.limits)?;
-    // Read the TLS files now, so that a bad one stops start-up before it says it listens; SIGHUP
-    // reads them again.
-    if let Some(files) = &options.tls {
-        options.tls_config = Some(ServerTls::load(files.clone())?);
-    }
     let interval = Duration::try_from_secs_f64(args.demo_interval)
         .map_err(|e| format!("--demo-interval {}: {e}", args.demo_interval))?;
     let retain = args.retain_events;
@@ -365,6 +366,61 @@ fn check_exposure(listen: SocketAddr, tokens: bool, allow_anonymous: bool) -> Re
         ));
     }
     Ok(())
+}
+
+/// Reads the tokens file and the TLS certificate and key again on each SIGHUP, so that a token
+/// is revoked and a renewed certificate taken without a restart (which would drop every reader).
+/// A file that cannot be used is refused with an error naming it, and what is in force stays.
+///
+/// The handler is installed when this is called, before the server says it listens.
+fn reload_on_hangup(
+    tokens: Option<Arc<Tokens>>,
+    tls: Option<Arc<ServerTls>>,
+) -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangup = signal(SignalKind::hangup())?;
+    tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            reload(tokens.as_deref(), tls.as_deref());
+        }
+    });
+    Ok(())
+}
+
+/// One reload, logged: what was read again, or why a file was refused.
+fn reload(tokens: Option<&Tokens>, tls: Option<&ServerTls>) {
+    if tokens.is_none() && tls.is_none() {
+        tracing::info!("SIGHUP: no --tokens and no TLS; nothing to read again");
+    }
+    if let Some(tokens) = tokens {
+        let file = tokens.path().map(|path| path.display().to_string());
+        let file = file.unwrap_or_default();
+        match tokens.reload() {
+            Ok(count) => tracing::info!(
+                %file,
+                tokens = count,
+                "SIGHUP: tokens reloaded; streams opened with a token no longer in the file end"
+            ),
+            Err(error) => tracing::error!(
+                %file,
+                %error,
+                "SIGHUP: tokens file refused; the tokens in force stay"
+            ),
+        }
+    }
+    if let Some(tls) = tls {
+        let cert = tls.files().cert.display().to_string();
+        match tls.reload() {
+            Ok(()) => tracing::info!(
+                %cert,
+                "SIGHUP: TLS certificate and key reloaded; new connections use them"
+            ),
+            Err(error) => tracing::error!(
+                %error,
+                "SIGHUP: TLS files refused; the certificate in force stays"
+            ),
+        }
+    }
 }
 
 /// A future that completes on SIGINT (Ctrl-C) or SIGTERM (what `docker stop` and systemd send).
