@@ -28,6 +28,9 @@ use tonic::{
     server::NamedService,
 };
 
+/// Who an event is published by when the server takes no tokens; no token may take the name.
+pub const ANONYMOUS: &str = "anonymous";
+
 /// Plaintext tokens shorter than this are refused: they could be guessed.
 pub const MIN_TOKEN_LEN: usize = 16;
 
@@ -169,7 +172,7 @@ impl Tokens {
             let [name, roles, secret] = fields[..] else {
                 return Err(error("expected NAME ROLES TOKEN".to_owned()));
             };
-            if name == crate::service::ANONYMOUS {
+            if name == ANONYMOUS {
                 return Err(error(format!(
                     "the name {name:?} is kept for events published without a token; name the token otherwise"
                 )));

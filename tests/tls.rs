@@ -17,6 +17,7 @@ use rcgen::{
     KeyPair, KeyUsagePurpose,
 };
 use storywire::{
+    cli::with_causes,
     pb::{self, story_service_client::StoryServiceClient},
     server::ServerOptions,
     tls::TlsFiles,
@@ -194,18 +195,6 @@ async fn list_stories(url: String, tls: Option<ClientTlsConfig>) -> Result<Vec<p
     .await
     .map_err(|status| with_causes(&status))?;
     Ok(response.into_inner().stories)
-}
-
-/// An error and every error beneath it, joined with ": ".
-fn with_causes(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut cause = error.source();
-    while let Some(error) = cause {
-        text.push_str(": ");
-        text.push_str(&error.to_string());
-        cause = error.source();
-    }
-    text
 }
 
 /// Connects over TLS with `tls`, expecting it to work.

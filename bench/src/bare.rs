@@ -67,7 +67,7 @@ impl StoryService for Bare {
                 recorded_at: request.occurred_at,
                 change: request.change,
                 // As storywire stamps an event published without a token.
-                published_by: storywire::service::ANONYMOUS.into(),
+                published_by: storywire::auth::ANONYMOUS.into(),
             };
             let item = pb::subscribe_response::Item::Event(event);
             // No receivers is fine: nobody is listening yet.

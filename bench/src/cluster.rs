@@ -428,7 +428,7 @@ async fn jetstream_alone(
         recorded_at: None,
         story_version: 2,
         filter_tags: vec!["bench".into()],
-        published_by: storywire::service::ANONYMOUS.into(),
+        published_by: storywire::auth::ANONYMOUS.into(),
     }
     .encode_to_vec()
     .into();

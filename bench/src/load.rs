@@ -150,7 +150,7 @@ pub fn update_event(n: u64, sequence: u64) -> pb::UpdateEvent {
         occurred_at: request.occurred_at,
         recorded_at: request.occurred_at,
         change: request.change,
-        published_by: storywire::service::ANONYMOUS.into(),
+        published_by: storywire::auth::ANONYMOUS.into(),
     }
 }
 

@@ -249,23 +249,22 @@ pub async fn main() -> ExitCode {
 /// A status as a person reads it: `NOT_FOUND: story x not found; ...`, with the transport's
 /// reason when it has one ("transport error" alone says nothing).
 fn describe(status: &Status) -> String {
-    let mut text = format!(
+    let text = format!(
         "{}: {}",
         crate::codes::code_name(status.code()),
         status.message()
     );
-    let mut cause = std::error::Error::source(status);
-    while let Some(error) = cause {
-        text.push_str(&format!(": {error}"));
-        cause = error.source();
-    }
-    text
+    and_causes(text, std::error::Error::source(status))
 }
 
-/// An error and the chain of its causes, as one line.
-fn with_causes(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut cause = error.source();
+/// An error and the chain of its causes, as one line joined with ": ", leaving out a cause whose
+/// text the line already holds. The CLI's errors and the tests' messages use it.
+pub fn with_causes(error: &(dyn std::error::Error + 'static)) -> String {
+    and_causes(error.to_string(), error.source())
+}
+
+/// `text`, then `cause` and each cause beneath it that `text` does not already say.
+fn and_causes(mut text: String, mut cause: Option<&(dyn std::error::Error + 'static)>) -> String {
     while let Some(error) = cause {
         let more = error.to_string();
         if !text.contains(&more) {

@@ -290,7 +290,7 @@ impl LogState {
 /// What the server adds to a request that becomes an event: who published it and when.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Stamp<'a> {
-    /// The name of the publisher's token (or [`crate::service::ANONYMOUS`]).
+    /// The name of the publisher's token (or [`crate::auth::ANONYMOUS`]).
     pub(super) published_by: &'a str,
     /// When the server accepted it.
     pub(super) recorded_at: Timestamp,

@@ -11,7 +11,7 @@ use tonic::{Code, Request, Response, Status, Streaming};
 use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::{
-    auth::Caller,
+    auth::{ANONYMOUS, Caller},
     cluster::{Node, Refused},
     connections::ClientAddress,
     encoded::EncodedResponse,
@@ -232,9 +232,6 @@ pub fn publish(
     validate::publish(&request)?;
     Ok(log.append(request, published_by)?)
 }
-
-/// Who an event is published by when the server takes no tokens.
-pub const ANONYMOUS: &str = "anonymous";
 
 /// Who publishes what `request` carries: its token's name, or [`ANONYMOUS`].
 fn publisher<T>(request: &Request<T>) -> Arc<str> {

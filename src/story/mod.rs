@@ -4,7 +4,7 @@
 //! [`Stories::apply`] checks first and mutates after, so a rejected change leaves every story as it
 //! was. The log calls it under its write lock, which is what makes "check, then append" atomic.
 //! New requests go through [`Stories::apply_within`], which also holds them to the
-//! [`crate::limits::StoryLimits`] (`limits.rs`); events already in the log go through `apply`
+//! [`crate::limits::StoryLimits`] (`size.rs`); events already in the log go through `apply`
 //! alone.
 
 use std::{
@@ -17,11 +17,11 @@ use prost::Message;
 use crate::pb::{self, change::Kind};
 
 mod error;
-mod limits;
+mod size;
 
 pub use error::StoryError;
 
-use limits::{fact_entry_len, note_entry_len, status_history_len};
+use size::{fact_entry_len, note_entry_len, status_history_len};
 
 /// One story's state and what the log still holds of its history.
 #[derive(Debug)]

@@ -22,9 +22,9 @@ use crate::{
     wal::{self, FsyncMode, WalConfig},
 };
 
-mod limits;
+mod flags;
 
-use limits::{ConnectionArgs, LimitArgs, StoryLimitArgs, at_least_one, check_story_bytes};
+use flags::{ConnectionArgs, LimitArgs, StoryLimitArgs, at_least_one, check_story_bytes};
 
 /// Where `serve --demo` serves HTTP when --http does not say.
 const DEMO_HTTP_PORT: u16 = 8080;
