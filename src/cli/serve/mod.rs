@@ -79,7 +79,7 @@ pub struct Args {
     #[command(flatten)]
     nats: NatsArgs,
     /// Also serve HTTP on this address: the stories as JSON and the live event stream as
-    /// Server-Sent Events (docs in the README). Off unless given; --demo turns it on at
+    /// Server-Sent Events (docs/api.md). Off unless given; --demo turns it on at
     /// 127.0.0.1:8080.
     #[arg(long, env = "STORYWIRE_HTTP", value_name = "ADDR")]
     http: Option<SocketAddr>,
