@@ -42,7 +42,6 @@ mod events;
 mod metrics;
 mod page;
 
-pub use error::http_status;
 
 /// Who may read over HTTP.
 #[derive(Debug, Clone, Default)]

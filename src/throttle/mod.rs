@@ -52,7 +52,7 @@ mod connection;
 mod count;
 
 pub use connection::Throttled;
-pub use count::{WasteCounted, WasteLayer};
+pub use count::WasteLayer;
 
 /// A stream that ends with no answer this soon after its call started counts as wasted. A reset
 /// sent on purpose comes within a few milliseconds (the tests' abusers, which wait for a round
