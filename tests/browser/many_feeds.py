@@ -145,8 +145,12 @@ for (let i = 0; i < %d; i++) {
 """
 
 
-def open_page_with_feeds(driver, server, from_sequence):
+def open_page_with_feeds(driver, server, from_sequence, protocol):
+    """The story page with FEEDS more EventSources; checks the page came over `protocol`."""
     driver.get(f"https://{server.http}/stories/{STORY_ID}")
+    came_over = driver.execute_script(
+        "return performance.getEntriesByType('navigation')[0].nextHopProtocol")
+    check(came_over == protocol, f"the page came over {came_over!r}, not {protocol}")
     driver.execute_script(OPEN_FEEDS % (FEEDS, STORY_ID), str(from_sequence))
 
 
@@ -183,10 +187,7 @@ def run(binary):
             def ten_feeds_over_http2():
                 driver = start_browser(http2=True)
                 drivers.append(driver)
-                open_page_with_feeds(driver, server, head + 1)
-                protocol = driver.execute_script(
-                    "return performance.getEntriesByType('navigation')[0].nextHopProtocol")
-                check(protocol == "h2", f"the page came over {protocol!r}, not h2")
+                open_page_with_feeds(driver, server, head + 1, "h2")
                 wait_for(driver, START_DEADLINE, lambda d: open_feeds(d) == FEEDS,
                          f"all {FEEDS} feeds open")
                 sequence = server.publish("feeds-001", "Every feed gets this")
@@ -197,10 +198,7 @@ def run(binary):
             def over_http1_the_seventh_stalls():
                 driver = start_browser(http2=False)
                 drivers.append(driver)
-                open_page_with_feeds(driver, server, head + 1)
-                protocol = driver.execute_script(
-                    "return performance.getEntriesByType('navigation')[0].nextHopProtocol")
-                check(protocol == "http/1.1", f"the control page came over {protocol!r}")
+                open_page_with_feeds(driver, server, head + 1, "http/1.1")
                 wait_for(driver, START_DEADLINE, lambda d: open_feeds(d) >= 5, "five feeds open")
                 time.sleep(STALL_WAIT)  # the rest never open: a bounded look, not a sync
                 opened = open_feeds(driver)

@@ -291,15 +291,7 @@ async fn connections_idle_after_a_request_are_closed_and_a_reading_sse_reader_st
 
     // h2c with prior knowledge, idle after one request.
     let mut h2 = http2::RawPeer::connect(server.http).await;
-    let request = [
-        (":method", "GET"),
-        (":scheme", "http"),
-        (":path", "/v1/stories"),
-        (":authority", "storywire"),
-    ];
-    let mut headers = http2::headers(1, &request);
-    headers[4] |= http2::END_STREAM;
-    h2.send(&headers).await;
+    h2.send(&h2_get(1, "/v1/stories")).await;
     let mut answered = false;
     let mut goaway = false;
     while let Some(frame) = within("the h2c connection's frames", h2.next_frame()).await {
@@ -462,16 +454,7 @@ async fn the_http_face_pings_and_drops_an_http2_reader_that_stopped_answering() 
     // An h2c reader with a live event stream open (so never idle), which answers nothing: not
     // the server's SETTINGS, not its pings.
     let mut peer = http2::RawPeer::connect(server.http).await;
-    let request = [
-        (":method", "GET"),
-        (":scheme", "http"),
-        (":path", "/v1/events"),
-        (":authority", "storywire"),
-        ("accept", "text/event-stream"),
-    ];
-    let mut headers = http2::headers(1, &request);
-    headers[4] |= http2::END_STREAM;
-    peer.send(&headers).await;
+    peer.send(&h2_get(1, "/v1/events")).await;
     let mut pinged = false;
     within(
         "the server to hang up on a peer that does not answer",
@@ -523,4 +506,19 @@ async fn past_max_connections_a_new_connection_is_refused_and_readers_keep_their
     for reader in &mut readers {
         reader.until(|event| event.data.contains("\"full\"")).await;
     }
+}
+
+/// A whole HTTP/2 GET of `path` on `stream` (HEADERS with END_STREAM), as an event stream reader
+/// sends it.
+fn h2_get(stream: u32, path: &str) -> Vec<u8> {
+    let request = [
+        (":method", "GET"),
+        (":scheme", "http"),
+        (":path", path),
+        (":authority", "storywire"),
+        ("accept", "text/event-stream"),
+    ];
+    let mut headers = http2::headers(stream, &request);
+    headers[4] |= http2::END_STREAM;
+    headers
 }
