@@ -80,10 +80,15 @@ async fn subscribe(
                     "Last-Event-ID {last:?} is not a sequence; reconnect without it"
                 ))
             })?;
-        object.insert(
-            "from_sequence".to_owned(),
-            Value::String((last + 1).to_string()),
-        );
+        // The sequence after the greatest there can be is past any head: refused as gRPC
+        // refuses a from_sequence beyond the head, never wrapped round to the start of the log.
+        let from = last.checked_add(1).ok_or_else(|| {
+            Status::out_of_range(format!(
+                "Last-Event-ID {last} is the last sequence there can be, beyond the head; \
+                 reconnect without it"
+            ))
+        })?;
+        object.insert("from_sequence".to_owned(), Value::String(from.to_string()));
     }
     if !object.contains_key("log_id")
         && let Some(log_id) = cookie(headers, LOG_COOKIE)

@@ -38,6 +38,7 @@ use crate::{
 };
 
 mod error;
+mod escape;
 mod events;
 mod metrics;
 mod page;
@@ -82,6 +83,7 @@ pub fn router(service: Service, options: HttpOptions) -> Router {
         .route("/v1/events", get(events::events))
         .route("/metrics", get(metrics::metrics))
         .with_state(App { service, options })
+        .layer(axum::middleware::from_fn(error::refusals_as_json))
         .layer(compression)
         .layer(cors)
 }

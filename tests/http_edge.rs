@@ -1,0 +1,183 @@
+//! The HTTP face of the real binary at its edges: every refusal is the JSON error, including
+//! those axum makes by itself; `Last-Event-ID` and `from_sequence` at the top of the range are
+//! refused, never wrapped; and published text cannot change how the live page parses.
+
+mod process;
+mod support;
+
+use http_body_util::BodyExt as _;
+use hyper::Method;
+use process::HttpServer as Server;
+use storywire::pb;
+use support::{
+    change_mut,
+    http1::{EventStream, Reply, get, send},
+    open, report,
+};
+
+/// The greatest sequence there can be (2^64 - 1).
+const LAST_SEQUENCE: &str = "18446744073709551615";
+
+/// Text that, unescaped in a `<script>` block, would change how the page parses: a comment
+/// opener followed by a script tag (and no `-->`) puts the HTML parser where the next
+/// `</script>` no longer ends the block; the rest are every character a script block must not
+/// carry raw.
+const HOSTILE: &str = "<!--<script> </script> &\u{2028}\u{2029}";
+
+/// Asserts that `reply` is the JSON error with `code`, under `status`.
+fn assert_json_error(reply: &Reply, status: u16, code: &str) {
+    assert_eq!(reply.status, status, "{reply:?}");
+    assert_eq!(
+        reply.headers["content-type"], "application/json",
+        "{reply:?}"
+    );
+    let body = reply.json();
+    assert_eq!(body["code"], code, "{reply:?}");
+    assert!(
+        body["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{reply:?}"
+    );
+    assert_eq!(
+        body.as_object().map(|o| o.len()),
+        Some(2),
+        "only code and message: {reply:?}"
+    );
+}
+
+#[tokio::test]
+async fn every_refusal_is_the_json_error_even_those_axum_makes_itself() {
+    let server = Server::start(&[]).await;
+
+    // Invalid UTF-8 in a path id: axum's extractor refuses it.
+    let invalid = get(server.http, "/v1/stories/%FF%FE", &[]).await;
+    assert_json_error(&invalid, 400, "INVALID_ARGUMENT");
+    let invalid_page = get(server.http, "/stories/%FF", &[]).await;
+    assert_json_error(&invalid_page, 400, "INVALID_ARGUMENT");
+
+    // A route that does not exist.
+    let unknown = get(server.http, "/v1/nothing-here", &[]).await;
+    assert_json_error(&unknown, 404, "NOT_FOUND");
+    assert!(unknown.body.contains("/v1/nothing-here"), "{unknown:?}");
+
+    // A method the route does not take keeps its Allow header.
+    let response = send(
+        server.http,
+        Method::POST,
+        "/v1/stories",
+        &[],
+        bytes::Bytes::new(),
+    )
+    .await;
+    let (head, body) = response.into_parts();
+    let body = support::within("the body", body.collect())
+        .await
+        .expect("the body")
+        .to_bytes();
+    let wrong_method = Reply {
+        status: head.status.as_u16(),
+        body: String::from_utf8(body.to_vec()).expect("UTF-8"),
+        headers: head.headers,
+    };
+    let allow = wrong_method.headers.get("allow");
+    assert_json_error(&wrong_method, 405, "UNIMPLEMENTED");
+    assert!(allow.is_some(), "{wrong_method:?}");
+
+    // A missing story's page, asked for by a tool rather than a browser.
+    let missing = get(server.http, "/stories/nope", &[]).await;
+    assert_json_error(&missing, 404, "NOT_FOUND");
+    // A browser gets a page saying so, under the same status.
+    let browser = get(
+        server.http,
+        "/stories/nope",
+        &[("accept", "text/html,application/xhtml+xml")],
+    )
+    .await;
+    assert_eq!(browser.status, 404);
+    assert!(
+        browser.headers["content-type"]
+            .to_str()
+            .is_ok_and(|t| t.starts_with("text/html")),
+        "{browser:?}"
+    );
+}
+
+#[tokio::test]
+async fn sequences_at_the_top_of_the_range_are_out_of_range_never_wrapped() {
+    let server = Server::start(&[]).await;
+    let mut client = server.client().await;
+    client.publish(open("alpha", &[])).await.expect("open");
+
+    // 2^64 - 1 as the last id seen: the next would be 2^64, which must not wrap to 0 and
+    // replay the whole log.
+    let wrapped = EventStream::open(
+        server.http,
+        "/v1/events",
+        &[("last-event-id", LAST_SEQUENCE)],
+    )
+    .await
+    .err()
+    .expect("refused");
+    assert_json_error(&wrapped, 400, "OUT_OF_RANGE");
+    let before = EventStream::open(
+        server.http,
+        "/v1/events",
+        &[("last-event-id", "18446744073709551614")],
+    )
+    .await
+    .err()
+    .expect("refused");
+    assert_json_error(&before, 400, "OUT_OF_RANGE");
+
+    let from = EventStream::open(
+        server.http,
+        &format!("/v1/events?from_sequence={LAST_SEQUENCE}"),
+        &[],
+    )
+    .await
+    .err()
+    .expect("refused");
+    assert_json_error(&from, 400, "OUT_OF_RANGE");
+}
+
+#[tokio::test]
+async fn published_text_cannot_end_or_swallow_the_json_ld_block() {
+    let server = Server::start(&[]).await;
+    let mut client = server.client().await;
+    let mut opening = open("alpha", &["politics"]);
+    if let pb::change::Kind::StoryOpened(opened) = change_mut(&mut opening) {
+        opened.headline = format!("Headline {HOSTILE}");
+        opened.summary = format!("Summary {HOSTILE}");
+    }
+    opening.headline = format!("Opened {HOSTILE}");
+    client.publish(opening).await.expect("open");
+    let mut fact = report("alpha", "f1");
+    fact.headline = format!("Reported {HOSTILE}");
+    if let pb::change::Kind::FactReported(reported) = change_mut(&mut fact) {
+        reported.statement = format!("Statement {HOSTILE}");
+    }
+    client.publish(fact).await.expect("report");
+
+    let page = get(server.http, "/stories/alpha", &[]).await;
+    assert_eq!(page.status, 200);
+    let open_tag = r#"<script type="application/ld+json" id="jsonld">"#;
+    let start = page.body.find(open_tag).expect("JSON-LD") + open_tag.len();
+    let text = &page.body[start..start + page.body[start..].find("</script>").expect("end")];
+    for c in ['<', '>', '&', '\u{2028}', '\u{2029}'] {
+        assert!(
+            !text.contains(c),
+            "{c:?} written raw into the block: {text}"
+        );
+    }
+    let jsonld: serde_json::Value = serde_json::from_str(text).expect("JSON-LD parses");
+    let story = get(server.http, "/v1/stories/alpha", &[]).await.json()["story"].clone();
+    assert_eq!(jsonld["headline"], story["headline"]);
+    assert_eq!(jsonld["description"], story["summary"]);
+    let updates = jsonld["liveBlogUpdate"].as_array().expect("updates");
+    assert_eq!(updates[0]["headline"], format!("Reported {HOSTILE}"));
+    assert!(
+        updates[0]["articleBody"]
+            .as_str()
+            .is_some_and(|body| body.contains("Statement <!--<script> </script> &")),
+        "{updates:?}"
+    );
+}
