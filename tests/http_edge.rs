@@ -181,3 +181,118 @@ async fn published_text_cannot_end_or_swallow_the_json_ld_block() {
         "{updates:?}"
     );
 }
+
+/// Raw bytes of an event stream, read as they arrive.
+struct RawStream {
+    body: hyper::body::Incoming,
+    read: Vec<u8>,
+}
+
+impl RawStream {
+    async fn open(address: std::net::SocketAddr, path: &str) -> Self {
+        let response = send(address, Method::GET, path, &[], bytes::Bytes::new()).await;
+        assert_eq!(response.status(), 200);
+        Self {
+            body: response.into_body(),
+            read: Vec::new(),
+        }
+    }
+
+    /// Reads until `count` whole frames (each ending in a blank line) have arrived; returns them
+    /// as one run of bytes.
+    async fn frames(&mut self, count: usize) -> Vec<u8> {
+        loop {
+            let ends: Vec<usize> = self
+                .read
+                .windows(2)
+                .enumerate()
+                .filter(|(_, pair)| pair == b"\n\n")
+                .map(|(at, _)| at + 2)
+                .collect();
+            if ends.len() >= count {
+                return self.read.drain(..ends[count - 1]).collect();
+            }
+            let frame = support::within("the next frame", self.body.frame())
+                .await
+                .expect("the stream goes on")
+                .expect("a frame");
+            if let Ok(data) = frame.into_data() {
+                self.read.extend_from_slice(&data);
+            }
+        }
+    }
+}
+
+/// The bytes axum's `Sse` wrote for these events before frames were shared: the format the
+/// stream promises, byte for byte.
+async fn as_axum_wrote_them(events: Vec<axum::response::sse::Event>) -> Vec<u8> {
+    use axum::response::IntoResponse as _;
+    let stream =
+        futures_util::stream::iter(events.into_iter().map(Ok::<_, std::convert::Infallible>));
+    let response = axum::response::sse::Sse::new(stream).into_response();
+    response
+        .into_body()
+        .collect()
+        .await
+        .expect("a body")
+        .to_bytes()
+        .to_vec()
+}
+
+/// An update as axum's `Event` framed it: its sequence as `id:`, its proto3 JSON as `data:`.
+fn axum_update(event: &pb::UpdateEvent) -> axum::response::sse::Event {
+    axum::response::sse::Event::default()
+        .id(event.sequence.to_string())
+        .data(serde_json::to_string(event).expect("JSON"))
+}
+
+#[tokio::test]
+async fn every_reader_gets_each_event_in_the_bytes_the_stream_always_sent() {
+    use axum::response::sse::Event;
+    let server = Server::start(&[]).await;
+    let mut client = server.client().await;
+    let mut opening = open("alpha", &["politics"]);
+    opening.headline = format!("Opened {HOSTILE} \"quoted\"\nline");
+    client.publish(opening).await.expect("open");
+    client.publish(report("alpha", "f1")).await.expect("report");
+
+    // What gRPC sends, framed as the stream always framed it.
+    let (mut grpc, started) = support::subscribe_started(&mut client, support::from(1)).await;
+    let (events, caught_up) = support::until_caught_up(&mut grpc).await;
+    let mut expected = vec![
+        Event::default()
+            .event("started")
+            .data(serde_json::to_string(&started).expect("JSON")),
+    ];
+    expected.extend(events.iter().map(axum_update));
+    expected.push(
+        Event::default()
+            .event("caught_up")
+            .data(serde_json::to_string(&caught_up).expect("JSON")),
+    );
+    let expected = as_axum_wrote_them(expected).await;
+
+    let mut readers = [
+        RawStream::open(server.http, "/v1/events?from_sequence=1").await,
+        RawStream::open(server.http, "/v1/events?from_sequence=1").await,
+    ];
+    for reader in &mut readers {
+        let read = reader.frames(events.len() + 2).await;
+        assert_eq!(
+            String::from_utf8_lossy(&read),
+            String::from_utf8_lossy(&expected)
+        );
+    }
+
+    // A live event: both readers get the same bytes, as gRPC's event framed the old way.
+    client.publish(report("alpha", "f2")).await.expect("report");
+    let live = support::next_event(&mut grpc).await;
+    let expected = as_axum_wrote_them(vec![axum_update(&live)]).await;
+    for reader in &mut readers {
+        let read = reader.frames(1).await;
+        assert_eq!(
+            String::from_utf8_lossy(&read),
+            String::from_utf8_lossy(&expected)
+        );
+    }
+}

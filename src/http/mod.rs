@@ -40,8 +40,10 @@ use crate::{
 mod error;
 mod escape;
 mod events;
+mod frames;
 mod metrics;
 mod page;
+mod sse;
 
 pub use error::http_status;
 
@@ -65,6 +67,8 @@ struct App {
     service: Service,
     /// Who may read.
     options: HttpOptions,
+    /// The SSE frames of the newest events, shared by every reader.
+    frames: Arc<frames::Frames>,
 }
 
 /// The HTTP routes over `service`.
@@ -82,7 +86,11 @@ pub fn router(service: Service, options: HttpOptions) -> Router {
         .route("/v1/stories/{id}/ninjs", get(get_ninjs))
         .route("/v1/events", get(events::events))
         .route("/metrics", get(metrics::metrics))
-        .with_state(App { service, options })
+        .with_state(App {
+            service,
+            options,
+            frames: Arc::default(),
+        })
         .layer(axum::middleware::from_fn(error::refusals_as_json))
         .layer(compression)
         .layer(cors)

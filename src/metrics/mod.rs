@@ -165,6 +165,20 @@ pub struct Metrics {
     replica: OnceLock<ReplicaMetrics>,
     /// Tries to accept a connection that failed for want of a resource.
     accept_failures: AcceptFailures,
+    /// Event streams cut off because their reader stopped taking its bytes.
+    sse_stalls: SseStalls,
+}
+
+/// Counts the Server-Sent Event readers cut off because they stopped taking their bytes, for
+/// [`crate::http`].
+#[derive(Debug, Clone, Default)]
+pub struct SseStalls(Counter);
+
+impl SseStalls {
+    /// Counts one reader cut off.
+    pub fn stalled(&self) {
+        self.0.inc();
+    }
 }
 
 /// Counts the tries to accept a connection that failed for want of a resource (out of
@@ -248,6 +262,7 @@ impl Metrics {
             wal_fsync: OnceLock::new(),
             replica: OnceLock::new(),
             accept_failures: AcceptFailures::default(),
+            sse_stalls: SseStalls::default(),
         }
     }
 
@@ -292,6 +307,11 @@ impl Metrics {
     /// The handle that counts failed tries to accept a connection.
     pub fn accept_failures(&self) -> AcceptFailures {
         self.accept_failures.clone()
+    }
+
+    /// The handle that counts SSE readers cut off for stalling.
+    pub fn sse_stalls(&self) -> SseStalls {
+        self.sse_stalls.clone()
     }
 
     /// A cluster node's replica's handles, exposed from the first call on (the replica's start).
@@ -362,6 +382,11 @@ impl Metrics {
             "accept_failures",
             "Tries to accept a connection, on either face, that failed for want of a resource (out of descriptors, or memory); while they fail, new connections wait in the listen backlog",
             self.accept_failures.0.clone(),
+        );
+        registry.register(
+            "sse_stalled",
+            "Server-Sent Event streams (GET /v1/events) cut off because their reader took none of its bytes for 30 s while more waited; the browser's EventSource reconnects and resumes by itself",
+            self.sse_stalls.0.clone(),
         );
         registry.register(
             "head_sequence",
