@@ -296,3 +296,90 @@ async fn every_reader_gets_each_event_in_the_bytes_the_stream_always_sent() {
         );
     }
 }
+
+/// The value of sample `name` in a `/metrics` scrape of `server`, 0 when absent.
+async fn sample(server: &Server, name: &str) -> f64 {
+    let scrape = get(server.http, "/metrics", &[]).await;
+    scrape
+        .body
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn a_reader_that_never_reads_is_cut_off_and_one_that_reads_is_not() {
+    // The server cuts a reader off once its oldest unwritten bytes waited 30 s; the keep-alive
+    // timer may look up to 15 s late, and filling the socket buffers takes a moment.
+    const CUT_OFF_WITHIN: std::time::Duration = std::time::Duration::from_secs(75);
+    let server = Server::start(&[]).await;
+    let mut client = server.client().await;
+
+    // A reader with a small receive buffer that sends its request and never reads.
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("a socket");
+    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    socket
+        .connect(&server.http.into())
+        .expect("connect to the HTTP face");
+    let mut stalled = std::net::TcpStream::from(socket);
+    std::io::Write::write_all(
+        &mut stalled,
+        b"GET /v1/events?from_sequence=1 HTTP/1.1\r\nhost: storywire\r\n\r\n",
+    )
+    .expect("the request");
+    let mut reading = support::http1::EventStream::open(server.http, "/v1/events", &[])
+        .await
+        .expect("a reading reader");
+    reading
+        .until(|e| e.event.as_deref() == Some("caught_up"))
+        .await;
+    // It reads on while the other stalls.
+    let reader = tokio::spawn(async move {
+        let read = reading.until(|e| e.id.as_deref() == Some("30")).await;
+        (reading, read)
+    });
+
+    // About 12 MB of events: far more than the socket buffers hold.
+    for n in 0..15 {
+        let story = format!("bulky-{n}");
+        client.publish(open(&story, &[])).await.expect("open");
+        client
+            .publish(support::bulky_fact(&story, "f1"))
+            .await
+            .expect("a bulky fact");
+    }
+    let deadline = tokio::time::Instant::now() + CUT_OFF_WITHIN;
+    while sample(&server, "storywire_sse_stalled_total").await < 1.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the stalled reader was not cut off within {CUT_OFF_WITHIN:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    assert_eq!(
+        sample(&server, r#"storywire_subscribers_open{transport="sse"}"#).await,
+        1.0,
+        "only the reader that reads is still subscribed"
+    );
+
+    // The reader that reads took every event and is still served.
+    let (mut reading, read) = reader.await.expect("the reading reader");
+    let updates = |events: &[support::http1::SseEvent]| -> Vec<String> {
+        events
+            .iter()
+            .filter(|e| e.event.is_none())
+            .filter_map(|e| e.id.clone())
+            .collect()
+    };
+    let expected: Vec<String> = (1..=30).map(|n| n.to_string()).collect();
+    assert_eq!(updates(&read), expected);
+    client
+        .publish(report("bulky-0", "f2"))
+        .await
+        .expect("report");
+    // Checkpoints (named, with an id) may come first: the stream was quiet for a while.
+    let live = reading.until(|e| e.event.is_none() && e.id.is_some()).await;
+    assert_eq!(updates(&live), ["31"]);
+    drop(stalled);
+}
