@@ -22,6 +22,8 @@
 //!   and all of them come back at once and resume 1,000 events back while a desk publishes.
 //! - [`burst`]: one burst to many readers (issue 13): one PublishStream of updates to every
 //!   reader on a connection of its own.
+//! - [`sse`]: Server-Sent Event readers, each on a connection of its own, against nginx+nchan.
+//! - [`nchan`]: the nginx+nchan anchor: a fresh nginx per run, its publisher's side.
 //! - [`nats`]: the nats-server binary, and the JetStream servers the cluster case starts.
 //! - [`anchor`]: the NATS anchor's client side: the same events over core NATS publish/subscribe.
 //! - [`report`]: medians, spreads and ratios as the report's markdown cells.
@@ -38,10 +40,12 @@ mod heavy_reads;
 mod load;
 mod matrix;
 mod nats;
+mod nchan;
 mod plot;
 mod process;
 mod readers;
 mod report;
+mod sse;
 mod storm;
 
 use std::{net::SocketAddr, process::ExitCode};
