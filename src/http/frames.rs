@@ -106,9 +106,10 @@ fn frame(item: Option<Item>) -> Bytes {
     match item {
         Some(Item::Event(update)) => {
             let id = update.sequence.to_string();
-            let mut frame = BytesMut::new();
+            let data = json(&update);
+            let mut frame = BytesMut::with_capacity(id.len() + data.len() + 12);
             field(&mut frame, "id", &id);
-            field(&mut frame, "data", &json(&update));
+            field(&mut frame, "data", &data);
             frame.put_u8(b'\n');
             frame.freeze()
         }
@@ -126,7 +127,7 @@ fn frame(item: Option<Item>) -> Bytes {
 
 /// A named event, with an `id:` when given.
 fn named(name: &str, id: Option<&str>, data: &str) -> Bytes {
-    let mut frame = BytesMut::new();
+    let mut frame = BytesMut::with_capacity(name.len() + data.len() + 40);
     field(&mut frame, "event", name);
     if let Some(id) = id {
         field(&mut frame, "id", id);
