@@ -155,6 +155,14 @@ impl Running {
                 let server =
                     ServerProcess::start_with(Target::Storywire, events as usize + 1, &extra)
                         .await?;
+                // The gRPC port is announced first; the HTTP face listens a moment later.
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while TcpStream::connect(http).await.is_err() {
+                    if Instant::now() > deadline {
+                        return Err(format!("storywire's HTTP face did not listen on {http}"));
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
                 Ok(Self::Storywire { server, http })
             }
             Server::Nchan => Ok(Self::Nchan(Nginx::start(NGINX_WORKERS).await?)),

@@ -64,8 +64,8 @@ pub struct EventBody {
     items: Option<SubscribeStream>,
     /// The frames every reader of this server shares.
     frames: Arc<Frames>,
-    /// Counts the frames hyper has dropped (written), and wakes the body when it does. The other
-    /// half is in each frame handed over ([`Written`]).
+    /// Counts the frames hyper has dropped (written), and wakes the body when it does while the
+    /// body waits for room. The other half is in each frame handed over ([`Written`]).
     written: Arc<WrittenFrames>,
     /// The rest of the frame being handed over, piece by piece.
     rest: Bytes,
@@ -89,7 +89,8 @@ pub struct EventBody {
 struct WrittenFrames {
     /// Frames dropped by the connection, written to the socket (or the connection gone).
     count: AtomicU64,
-    /// The body's task, woken when a frame is written.
+    /// The body's task, woken when a frame is written; registered only while the body waits for
+    /// room.
     waker: AtomicWaker,
 }
 
@@ -186,7 +187,6 @@ impl Body for EventBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Stalled>>> {
         let this = &mut *self;
-        this.written.waker.register(cx.waker());
         loop {
             if this.items.is_none() && this.rest.is_empty() {
                 return Poll::Ready(None);
@@ -220,7 +220,16 @@ impl Body for EventBody {
                     Poll::Pending => {}
                 }
             }
-            // Nothing to send, or too much unwritten: wait for an item, a write, or the timer.
+            // Too much unwritten: wait for a write too. Only then: a wake-up for every frame
+            // written would poll the connection once more per delivery for nothing.
+            if !this.has_room() {
+                this.written.waker.register(cx.waker());
+                this.oldest_unwritten();
+                if this.has_room() {
+                    continue;
+                }
+            }
+            // Wait for an item, a write (above), or the timer.
             if this.timer.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;
             }
