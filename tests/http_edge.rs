@@ -82,6 +82,17 @@ async fn every_refusal_is_the_json_error_even_those_axum_makes_itself() {
     assert_json_error(&wrong_method, 405, "UNIMPLEMENTED");
     assert!(allow.is_some(), "{wrong_method:?}");
 
+    let wrong_method = send(
+        server.http,
+        Method::POST,
+        "/v1/events",
+        &[],
+        bytes::Bytes::new(),
+    )
+    .await;
+    assert_eq!(wrong_method.status(), 405);
+    assert_eq!(wrong_method.headers()["content-type"], "application/json");
+
     // A missing story's page, asked for by a tool rather than a browser.
     let missing = get(server.http, "/stories/nope", &[]).await;
     assert_json_error(&missing, 404, "NOT_FOUND");
