@@ -29,6 +29,10 @@ const READ_BATCH_EVENTS: usize = 256;
 /// How many events one read may scan looking for matches, so that a sparse filter holds the read
 /// lock briefly and yields between reads.
 const READ_BATCH_SCAN: usize = 4_096;
+/// How many items a subscription keeps room for once it has sent what it read: a reader that
+/// caught up (a live page's, most of the time idle) holds this, not a whole batch's room (256
+/// items, 8 KiB) for the rest of its life.
+const IDLE_READY_ITEMS: usize = 8;
 /// How many stories one page of a snapshot holds: a subscriber that stopped reading holds at
 /// most this many (shared, not copied), whatever the number of stories.
 const SNAPSHOT_PAGE_STORIES: usize = 16;
@@ -148,6 +152,11 @@ impl Subscription {
                 // once per event.
                 if self.ready.is_empty() {
                     self.last_sent = Instant::now();
+                    // A catch-up's batch leaves room for a batch behind it; a live stream, or a
+                    // live page's idle reader, needs room for a few.
+                    if self.ready.capacity() > IDLE_READY_ITEMS {
+                        self.ready.shrink_to(IDLE_READY_ITEMS);
+                    }
                 }
                 return Some(Ok(ready));
             }

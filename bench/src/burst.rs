@@ -27,8 +27,7 @@ const GRACE: Duration = Duration::from_secs(120);
 
 /// The burst case's switches and sizes.
 #[derive(Debug, clap::Args)]
-// Each flattened struct's group needs a name of its own (clap checks it in debug builds).
-#[group(id = "burst_args")]
+#[group(id = "burst_case")]
 pub struct Args {
     /// Also run the burst case (issue 13): --burst-updates updates in one PublishStream at full
     /// speed to --burst-readers subscribers, each on a connection of its own, against storywire,

@@ -66,8 +66,7 @@ const RETAIN: usize = 10_000_000;
 
 /// The cluster case's switches and sizes.
 #[derive(Debug, clap::Args)]
-// Each flattened struct's group needs a name of its own (clap checks it in debug builds).
-#[group(id = "cluster_args")]
+#[group(id = "cluster_case")]
 pub struct Args {
     /// Also run the cluster case (issue 11): publishing with the in-memory log, --fsync always,
     /// and the JetStream journal on one nats-server (R1) and on three (R3); replication lag

@@ -35,8 +35,7 @@ use crate::{
 
 /// The flood case's flags.
 #[derive(Debug, clap::Args)]
-// Each flattened struct's group needs a name of its own (clap checks it in debug builds).
-#[group(id = "flood_args")]
+#[group(id = "flood_case")]
 pub struct Args {
     /// Also run the flood case.
     #[arg(long)]

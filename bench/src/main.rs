@@ -24,6 +24,8 @@
 //!   reader on a connection of its own.
 //! - [`flood`]: one address floods the HTTP face with silent, slow and stalled connections while
 //!   readers from other addresses read a story.
+//! - [`sse`]: Server-Sent Event readers, each on a connection of its own, against nginx+nchan.
+//! - [`nchan`]: the nginx+nchan anchor: a fresh nginx per run, its publisher's side.
 //! - [`nats`]: the nats-server binary, and the JetStream servers the cluster case starts.
 //! - [`anchor`]: the NATS anchor's client side: the same events over core NATS publish/subscribe.
 //! - [`report`]: medians, spreads and ratios as the report's markdown cells.
@@ -41,10 +43,12 @@ mod heavy_reads;
 mod load;
 mod matrix;
 mod nats;
+mod nchan;
 mod plot;
 mod process;
 mod readers;
 mod report;
+mod sse;
 mod storm;
 
 use std::{net::SocketAddr, process::ExitCode};

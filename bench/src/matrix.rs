@@ -16,7 +16,7 @@ use crate::{
     process::{self, ServerProcess, Target},
     readers,
     report::{cell, ratio, ratio_within_runs, summary},
-    storm,
+    sse, storm,
 };
 
 /// How long past the expected end of a case the bench waits for stragglers before it counts
@@ -92,6 +92,8 @@ pub struct Args {
     cluster: cluster::Args,
     #[command(flatten)]
     readers: readers::Args,
+    #[command(flatten)]
+    sse: sse::Args,
     #[command(flatten)]
     storm: storm::Args,
     #[command(flatten)]
@@ -334,6 +336,9 @@ pub async fn run(args: Args) -> Result<(), String> {
     }
     if args.readers.readers {
         readers::run(&args.readers, &targets, runs).await?;
+    }
+    if args.sse.sse_readers {
+        sse::run(&args.sse, runs).await?;
     }
     if args.storm.storm {
         storm::run(&args.storm, runs).await?;

@@ -43,8 +43,7 @@ const SPARE_DESCRIPTORS: u64 = 256;
 
 /// The connections-per-reader case's switches and sizes.
 #[derive(Debug, clap::Args)]
-// Each flattened struct's group needs a name of its own (clap checks it in debug builds).
-#[group(id = "readers_args")]
+#[group(id = "readers_case")]
 pub struct Args {
     /// Also run the connections-per-reader case (issue 13): each subscriber on a connection of
     /// its own, one event every 100 ms, against storywire, bare tonic and NATS.

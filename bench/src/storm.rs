@@ -73,8 +73,7 @@ const RETAIN_EVENTS: usize = 1_000_000;
 
 /// The reconnect storm's switches and sizes.
 #[derive(Debug, clap::Args)]
-// Each flattened struct's group needs a name of its own (clap checks it in debug builds).
-#[group(id = "storm_args")]
+#[group(id = "storm_case")]
 pub struct Args {
     /// Also run the reconnect storm (issue 13): a durable server with --storm-readers
     /// subscribers, each on a connection of its own, restarts; all reconnect at once and resume

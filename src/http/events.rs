@@ -7,6 +7,8 @@
 //!   filtered subscription resumes past events it did not need).
 //! - Idle streams get SSE comments as heartbeats.
 //! - A stream that ends in error sends a last named event `end` with the error JSON.
+//! - Each event's frame is encoded once and shared by every reader ([`super::frames`]); a reader
+//!   that stops taking its bytes is cut off ([`super::sse`]).
 //!
 //! A browser's EventSource resumes after a dropped connection by itself: it sends the last `id:`
 //! as `Last-Event-ID`, which this endpoint takes as `from_sequence` = that + 1 (over any
@@ -16,33 +18,20 @@
 //! without `--data-dir`) is refused with FAILED_PRECONDITION as gRPC refuses it. Clients
 //! without cookies pass `log_id` in the query.
 
-use std::{convert::Infallible, time::Duration};
-
 use axum::{
+    body::Body,
     extract::{RawQuery, State},
     http::{HeaderMap, HeaderValue, header},
-    response::{
-        IntoResponse, Response,
-        sse::{Event, KeepAlive, Sse},
-    },
+    response::{IntoResponse, Response},
 };
-use futures_util::{StreamExt as _, stream};
-use prost::Message as _;
 use serde_json::Value;
 use tonic::Status;
 
-use super::{App, Peer, error, parse, query_object};
-use crate::{
-    encoded::EncodedResponse,
-    metrics::Transport,
-    pb::{self, server::story_service_server::StoryService, subscribe_response::Item},
-};
+use super::{App, Peer, error, parse, query_object, sse::EventBody};
+use crate::{metrics::Transport, pb, pb::server::story_service_server::StoryService};
 
 /// The cookie that names the log a browser's `Last-Event-ID` belongs to.
 pub const LOG_COOKIE: &str = "storywire_log_id";
-
-/// How often an idle stream sends a comment, so that proxies and browsers keep it open.
-const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
 /// `GET /v1/events`.
 pub(super) async fn events(
@@ -82,10 +71,15 @@ async fn subscribe(
                     "Last-Event-ID {last:?} is not a sequence; reconnect without it"
                 ))
             })?;
-        object.insert(
-            "from_sequence".to_owned(),
-            Value::String((last + 1).to_string()),
-        );
+        // The sequence after the greatest there can be is past any head: refused as gRPC
+        // refuses a from_sequence beyond the head, never wrapped round to the start of the log.
+        let from = last.checked_add(1).ok_or_else(|| {
+            Status::out_of_range(format!(
+                "Last-Event-ID {last} is the last sequence there can be, beyond the head; \
+                 reconnect without it"
+            ))
+        })?;
+        object.insert("from_sequence".to_owned(), Value::String(from.to_string()));
     }
     if !object.contains_key("log_id")
         && let Some(log_id) = cookie(headers, LOG_COOKIE)
@@ -97,28 +91,14 @@ async fn subscribe(
     peer.mark(&mut request);
     request.extensions_mut().insert(Transport::Sse);
     let items = app.service.subscribe(request).await?.into_inner();
-    let events = items
-        .map(Some)
-        .chain(stream::once(async { None }))
-        .scan(false, |ended, item| {
-            let next = match item {
-                _ if *ended => None,
-                Some(Ok(item)) => Some(event(item)),
-                Some(Err(status)) => {
-                    *ended = true;
-                    Some(
-                        Event::default()
-                            .event("end")
-                            .data(error::body(&status).to_string()),
-                    )
-                }
-                None => None,
-            };
-            std::future::ready(next)
-        })
-        .map(Ok::<_, Infallible>);
-    let mut response = Sse::new(events)
-        .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
+    let body = EventBody::new(items, app.frames.clone(), app.service.sse_stalls());
+    let mut response = (
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        Body::new(body),
+    )
         .into_response();
     let cookie = format!(
         "{LOG_COOKIE}={}; Path=/v1/events; HttpOnly; SameSite=Strict",
@@ -128,32 +108,6 @@ async fn subscribe(
         response.headers_mut().insert(header::SET_COOKIE, value);
     }
     Ok(response)
-}
-
-/// One subscription item as an SSE event.
-fn event(item: EncodedResponse) -> Event {
-    let response = match item {
-        EncodedResponse::Encoded(bytes) => pb::SubscribeResponse::decode(bytes).unwrap_or_default(),
-        EncodedResponse::Message(message) => *message,
-        EncodedResponse::Story(story) => pb::SubscribeResponse {
-            item: Some(Item::Story((*story).clone())),
-        },
-    };
-    match response.item {
-        Some(Item::Event(update)) => Event::default()
-            .id(update.sequence.to_string())
-            .data(data(&update)),
-        Some(Item::Started(started)) => Event::default().event("started").data(data(&started)),
-        Some(Item::Story(story)) => Event::default().event("story").data(data(&story)),
-        Some(Item::CaughtUp(caught_up)) => {
-            Event::default().event("caught_up").data(data(&caught_up))
-        }
-        Some(Item::Checkpoint(checkpoint)) => Event::default()
-            .event("checkpoint")
-            .id(checkpoint.sequence.to_string())
-            .data(data(&checkpoint)),
-        None => Event::default().comment("an empty item"),
-    }
 }
 
 /// The value of cookie `name` in the request, if it sent one.
@@ -166,9 +120,4 @@ fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
         .filter_map(|pair| pair.trim().split_once('='))
         .find(|(key, _)| *key == name)
         .map(|(_, value)| value.to_owned())
-}
-
-/// A message as proto3 JSON, for an event's `data:`.
-fn data<T: serde::Serialize>(message: &T) -> String {
-    serde_json::to_string(message).unwrap_or_default()
 }

@@ -38,9 +38,12 @@ use crate::{
 };
 
 mod error;
+mod escape;
 mod events;
+mod frames;
 mod metrics;
 mod page;
+mod sse;
 
 /// Who may read over HTTP.
 #[derive(Debug, Clone, Default)]
@@ -62,6 +65,8 @@ struct App {
     service: Service,
     /// Who may read.
     options: HttpOptions,
+    /// The SSE frames of the newest events, shared by every reader.
+    frames: Arc<frames::Frames>,
 }
 
 /// The HTTP routes over `service`.
@@ -71,16 +76,28 @@ pub fn router(service: Service, options: HttpOptions) -> Router {
     // is given until it has enough to compress, and an event must reach the page when it
     // happens. It leaves out bodies under 32 bytes too, which gzip would only make longer.
     let compression = CompressionLayer::new().compress_when(DefaultPredicate::new());
+    let app = App {
+        service,
+        options,
+        frames: Arc::default(),
+    };
+    // Event streams are never compressed, so they are not wrapped for it either: the wrapper
+    // would only pass each frame through, once per delivery.
+    let events = Router::new()
+        .route("/v1/events", get(events::events))
+        .with_state(app.clone())
+        .layer(axum::middleware::from_fn(error::refusals_as_json));
     Router::new()
         .route("/", get(page::index))
         .route("/stories/{id}", get(page::story))
         .route("/v1/stories", get(list_stories))
         .route("/v1/stories/{id}", get(get_story))
         .route("/v1/stories/{id}/ninjs", get(get_ninjs))
-        .route("/v1/events", get(events::events))
         .route("/metrics", get(metrics::metrics))
-        .with_state(App { service, options })
+        .with_state(app)
+        .layer(axum::middleware::from_fn(error::refusals_as_json))
         .layer(compression)
+        .merge(events)
         .layer(cors)
 }
 

@@ -16,7 +16,7 @@ use pbjson_types::Timestamp;
 use serde_json::{Value, json};
 use tonic::Status;
 
-use super::{App, error};
+use super::{App, error, escape};
 use crate::{
     narration::Narrator,
     pb::{self, server::story_service_server::StoryService},
@@ -47,17 +47,17 @@ pub(super) async fn index(State(app): State<App>, headers: HeaderMap) -> Respons
     };
     let page = match answer.await {
         Ok(page) => page,
-        Err(status) => return error_page(&status),
+        Err(status) => return error_page(&status, &headers),
     };
     let mut items = String::new();
     for story in &page.stories {
         items.push_str(&format!(
             r#"<li><a class="story-link" href="/stories/{id}"><span class="status status-{status}">{status_word}</span> {headline}</a><span class="updated">{updated}</span></li>"#,
-            id = escape(&story.id),
+            id = escape::html(&story.id),
             status = status_class(story.status),
             status_word = status_word(story.status),
-            headline = escape(&story.headline),
-            updated = escape(&time(story.updated_at.as_ref())),
+            headline = escape::html(&story.headline),
+            updated = escape::html(&time(story.updated_at.as_ref())),
         ));
     }
     if items.is_empty() {
@@ -96,11 +96,9 @@ pub(super) async fn story(
     };
     let (story, events, from) = match answer.await {
         Ok(found) => found,
-        Err(status) => return error_page(&status),
+        Err(status) => return error_page(&status, &headers),
     };
-    let jsonld = live_blog_posting(&story, &events)
-        .to_string()
-        .replace("</", "<\\/");
+    let jsonld = escape::script_json(&live_blog_posting(&story, &events));
     let body = format!(
         r#"<header class="masthead"><a href="/">storywire</a><span id="live-state" data-state="connecting" role="status">Connecting…</span></header>
 <main class="story" data-story-id="{id}" data-from-sequence="{from}"{lang}>
@@ -116,23 +114,23 @@ pub(super) async fn story(
   </div>
 </main>
 <noscript><p class="noscript">This page updates live with JavaScript; the story's state is at <a href="/v1/stories/{id}">/v1/stories/{id}</a>.</p></noscript>"#,
-        id = escape(&story.id),
+        id = escape::html(&story.id),
         status = status_class(story.status),
         status_word = status_word(story.status),
         lang = if story.language.is_empty() {
             String::new()
         } else {
-            format!(r#" lang="{}""#, escape(&story.language))
+            format!(r#" lang="{}""#, escape::html(&story.language))
         },
-        status_reason = escape(
+        status_reason = escape::html(
             story
                 .status_history
                 .last()
                 .map_or("", |revision| revision.reason.as_str())
         ),
-        headline = escape(&story.headline),
-        summary = escape(&story.summary),
-        updated = escape(&time(story.updated_at.as_ref())),
+        headline = escape::html(&story.headline),
+        summary = escape::html(&story.summary),
+        updated = escape::html(&time(story.updated_at.as_ref())),
     );
     let head = format!(r#"<script type="application/ld+json" id="jsonld">{jsonld}</script>"#);
     Html(document(&story.headline, &body, &head)).into_response()
@@ -195,17 +193,26 @@ fn document(title: &str, body: &str, head: &str) -> String {
 <script>{SCRIPT}</script>
 </body></html>
 "#,
-        title = escape(title),
+        title = escape::html(title),
     )
 }
 
-/// A page saying why the request failed, under the status's HTTP code.
-fn error_page(status: &Status) -> Response {
+/// A page saying why the request failed, under the status's HTTP code, for a browser (whose
+/// `Accept` names `text/html`); for any other client the JSON error every refusal has.
+fn error_page(status: &Status, headers: &HeaderMap) -> Response {
+    let browser = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|accept| accept.to_str().ok())
+        .any(|accept| accept.contains("text/html"));
+    if !browser {
+        return error::response(status);
+    }
     let body = format!(
         r#"<header class="masthead"><a href="/">storywire</a></header>
 <main class="error"><h1>{code}</h1><p>{message}</p></main>"#,
-        code = escape(&format!("{:?}", status.code())),
-        message = escape(status.message()),
+        code = escape::html(&format!("{:?}", status.code())),
+        message = escape::html(status.message()),
     );
     (
         error::http_status(status.code()),
@@ -213,22 +220,6 @@ fn error_page(status: &Status) -> Response {
         document("storywire", &body, ""),
     )
         .into_response()
-}
-
-/// `text` safe inside HTML text and attribute values.
-fn escape(text: &str) -> String {
-    let mut escaped = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => escaped.push_str("&amp;"),
-            '<' => escaped.push_str("&lt;"),
-            '>' => escaped.push_str("&gt;"),
-            '"' => escaped.push_str("&quot;"),
-            '\'' => escaped.push_str("&#39;"),
-            c => escaped.push(c),
-        }
-    }
-    escaped
 }
 
 /// A story status as a CSS class suffix.

@@ -260,6 +260,8 @@ pub struct Metrics {
     accept_failures: AcceptFailures,
     /// Open connections by face and state, and the server's closes by reason.
     connections: ConnectionMetrics,
+    /// Event streams cut off because their reader stopped taking its bytes.
+    sse_stalls: SseStalls,
 }
 
 /// What the connections' lifecycle records ([`crate::connections`]): open connections by face
@@ -329,6 +331,18 @@ impl ConnectionMetrics {
                 .collect::<Vec<_>>()
                 .into(),
         )
+    }
+}
+
+/// Counts the Server-Sent Event readers cut off because they stopped taking their bytes, for
+/// [`crate::http`].
+#[derive(Debug, Clone, Default)]
+pub struct SseStalls(Counter);
+
+impl SseStalls {
+    /// Counts one reader cut off.
+    pub fn stalled(&self) {
+        self.0.inc();
     }
 }
 
@@ -414,6 +428,7 @@ impl Metrics {
             replica: OnceLock::new(),
             accept_failures: AcceptFailures::default(),
             connections: ConnectionMetrics::default(),
+            sse_stalls: SseStalls::default(),
         }
     }
 
@@ -463,6 +478,11 @@ impl Metrics {
     /// The handles the connections' lifecycle records into.
     pub fn connections(&self) -> ConnectionMetrics {
         self.connections.clone()
+    }
+
+    /// The handle that counts SSE readers cut off for stalling.
+    pub fn sse_stalls(&self) -> SseStalls {
+        self.sse_stalls.clone()
     }
 
     /// A cluster node's replica's handles, exposed from the first call on (the replica's start).
@@ -543,6 +563,11 @@ impl Metrics {
             "connections_closed",
             "Connections the server closed or refused, by face and reason (header_timeout, idle, per_address_limit, total_limit, shed); a peer's own closes are not counted",
             self.connections.closed_by(),
+        );
+        registry.register(
+            "sse_stalled",
+            "Server-Sent Event streams (GET /v1/events) cut off because their reader took none of its bytes for 30 s while more waited; the browser's EventSource reconnects and resumes by itself",
+            self.sse_stalls.0.clone(),
         );
         registry.register(
             "head_sequence",

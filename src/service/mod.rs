@@ -17,7 +17,7 @@ use crate::{
     encoded::EncodedResponse,
     limits::{LimitError, SubscriberSlots},
     log::{EventLog, Filter, LogError},
-    metrics::{Format, Metrics, Rpc, Transport},
+    metrics::{Format, Metrics, Rpc, SseStalls, Transport},
     pb::{self, server::story_service_server::StoryService},
     story::StoryError,
     subscription::{End, Start, Subscription},
@@ -190,6 +190,11 @@ impl Service {
     /// Everything the server measures, as text in `format` (`GET /metrics`).
     pub fn encode_metrics(&self, format: Format) -> String {
         self.log.encode_metrics(format)
+    }
+
+    /// The handle the HTTP face counts SSE readers cut off for stalling with.
+    pub fn sse_stalls(&self) -> SseStalls {
+        self.metrics().sse_stalls()
     }
 
     /// What the server measures, carried by its log.

@@ -22,6 +22,7 @@ mod errors;
 mod fuzz;
 mod grpc_web;
 mod http;
+mod http_edge;
 mod jetstream_server;
 mod limits;
 mod listen;

@@ -1,0 +1,351 @@
+//! Server-Sent Event readers against nginx+nchan: each reader on an HTTP/1.1 connection of its
+//! own, as a live page's EventSource is, reading `GET /v1/events` from storywire's HTTP face or
+//! `/sub` from nchan ([`crate::nchan`]), while one event is published every [`INTERVAL`].
+//!
+//! Both servers carry the same data: storywire's events are the bench's PublishStream events;
+//! nchan is sent, for each, the proto3 JSON storywire writes in the event's `data:`, stamped
+//! when it is published. Each reader parses every `data:` line as an `UpdateEvent` and counts it
+//! with the same [`Tally`]: latency from the publisher's stamp, gaps, duplicates. Per run: the
+//! server's CPU per delivery, its RSS above idle per reader (nginx's summed over master and
+//! workers) while every reader is connected, and the delivery percentiles.
+
+use std::{net::SocketAddr, time::Duration};
+
+use hdrhistogram::Histogram;
+use storywire::pb;
+use tokio::{
+    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
+    net::{TcpSocket, TcpStream},
+    task::JoinHandle,
+    time::Instant,
+};
+
+use crate::{
+    load::{
+        CONNECT_WAVE, Rate, Received, Tally, connect, gather, publish, source_address, update_event,
+    },
+    matrix::ms,
+    nchan::{self, Nginx, free_port},
+    process::{ServerProcess, Target},
+    readers::{open_descriptors, room_for, settle},
+    report::{Figure, by_server},
+};
+
+/// How often the publisher sends, as a busy story's live updates might come.
+const INTERVAL: Duration = Duration::from_millis(100);
+/// How long past the last event the readers wait for stragglers.
+const GRACE: Duration = Duration::from_secs(60);
+/// nginx worker processes: one per core of the machine the figures were taken on, as nginx's
+/// `worker_processes auto` would choose; storywire's runtime likewise runs a thread per core.
+const NGINX_WORKERS: usize = 2;
+
+/// The SSE case's switches and sizes.
+#[derive(Debug, clap::Args)]
+#[group(id = "sse_case")]
+pub struct Args {
+    /// Also run the SSE readers case: each reader on an HTTP/1.1 connection of its own, one event
+    /// every 100 ms, against storywire's HTTP face and nginx+nchan.
+    #[arg(long)]
+    pub sse_readers: bool,
+    /// Reader counts of the SSE readers case (comma-separated).
+    #[arg(long, value_delimiter = ',', default_values_t = [1_000usize, 10_000])]
+    pub sse_reader_counts: Vec<usize>,
+    /// How long the SSE readers case publishes for, in seconds.
+    #[arg(long, default_value_t = 30)]
+    pub sse_reader_seconds: u64,
+}
+
+/// The SSE servers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Server {
+    Storywire,
+    Nchan,
+}
+
+/// One run of the case on one server.
+#[derive(Debug, Clone, Copy)]
+struct SseRun {
+    subscribe_all_seconds: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+    cpu_us_per_delivery: f64,
+    rss_kib_per_reader: f64,
+    gaps: u64,
+    duplicates: u64,
+}
+
+/// The table's figures, one row each.
+const FIGURES: [Figure<SseRun>; 6] = [
+    (
+        "time to connect and subscribe all, s",
+        |r| r.subscribe_all_seconds,
+        3,
+    ),
+    ("delivery p50, ms", |r| r.p50_ms, 2),
+    ("delivery p99, ms", |r| r.p99_ms, 2),
+    ("delivery max, ms", |r| r.max_ms, 2),
+    ("server CPU per delivery, µs", |r| r.cpu_us_per_delivery, 2),
+    ("server RSS per reader, KiB", |r| r.rss_kib_per_reader, 1),
+];
+
+/// Runs the case for every count on both servers, `runs` times (taking turns at going first),
+/// and prints a table per count.
+pub async fn run(args: &Args, runs: usize) -> Result<(), String> {
+    if let Some(missing) = nchan::missing() {
+        return Err(format!(
+            "the SSE readers case needs nginx with nchan: {missing}"
+        ));
+    }
+    let events = (args.sse_reader_seconds * 1_000 / INTERVAL.as_millis() as u64).max(1);
+    println!(
+        "\nSSE readers: each on an HTTP/1.1 connection of its own, one event every {} ms for {} s ({events} events); nginx+nchan with {NGINX_WORKERS} workers; median (min–max) of {runs} runs; ratios taken within each run.",
+        INTERVAL.as_millis(),
+        args.sse_reader_seconds
+    );
+    let servers = [Server::Storywire, Server::Nchan];
+    for &count in &args.sse_reader_counts {
+        room_for(count)?;
+        let mut results: Vec<Vec<SseRun>> = vec![Vec::new(), Vec::new()];
+        let mut failed = vec![0; servers.len()];
+        for run in 0..runs {
+            for k in 0..servers.len() {
+                let i = (k + run) % servers.len();
+                match once(servers[i], count, events).await {
+                    Ok(result) => {
+                        eprintln!("{count} SSE readers, {:?}: {result:?}", servers[i]);
+                        results[i].push(result);
+                    }
+                    Err(error) => {
+                        eprintln!("{count} SSE readers, {:?}: failed: {error}", servers[i]);
+                        failed[i] += 1;
+                    }
+                }
+            }
+        }
+        let misses = |r: &SseRun| (r.gaps, r.duplicates);
+        let table = by_server(
+            &format!("{count} SSE readers"),
+            &["storywire", "nginx+nchan"],
+            &FIGURES,
+            &results,
+            misses,
+            &failed,
+        );
+        println!("\n{table}");
+    }
+    Ok(())
+}
+
+/// A server under the case: storywire with its HTTP face, or nginx+nchan.
+enum Running {
+    Storywire {
+        server: ServerProcess,
+        http: SocketAddr,
+    },
+    Nchan(Nginx),
+}
+
+impl Running {
+    async fn start(server: Server, events: u64) -> Result<Self, String> {
+        match server {
+            Server::Storywire => {
+                let http = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+                let extra = ["--http".to_owned(), http.to_string()];
+                let server =
+                    ServerProcess::start_with(Target::Storywire, events as usize + 1, &extra)
+                        .await?;
+                // The gRPC port is announced first; the HTTP face listens a moment later.
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while TcpStream::connect(http).await.is_err() {
+                    if Instant::now() > deadline {
+                        return Err(format!("storywire's HTTP face did not listen on {http}"));
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Ok(Self::Storywire { server, http })
+            }
+            Server::Nchan => Ok(Self::Nchan(Nginx::start(NGINX_WORKERS).await?)),
+        }
+    }
+
+    /// Where readers connect, and what they ask for.
+    fn readers_at(&self) -> (SocketAddr, &'static str) {
+        match self {
+            Self::Storywire { http, .. } => (*http, "/v1/events"),
+            Self::Nchan(nginx) => (nginx.address, "/sub"),
+        }
+    }
+
+    fn cpu_seconds(&self) -> f64 {
+        match self {
+            Self::Storywire { server, .. } => server.cpu_seconds(),
+            Self::Nchan(nginx) => nginx.cpu_seconds(),
+        }
+    }
+
+    fn rss_bytes(&self) -> u64 {
+        match self {
+            Self::Storywire { server, .. } => server.rss_bytes(),
+            Self::Nchan(nginx) => nginx.rss_bytes(),
+        }
+    }
+
+    /// Publishes `events` events at `rate`: over gRPC to storywire, POSTed to nchan.
+    async fn publish(&self, events: u64, rate: Rate) -> Result<(), String> {
+        match self {
+            Self::Storywire { server, .. } => {
+                let publisher = connect(&server.url(), 1).await?.remove(0);
+                publish(publisher, events, rate).await.map(drop)
+            }
+            Self::Nchan(nginx) => {
+                let mut publisher = nchan::Publisher::connect(nginx.address).await?;
+                let mut ticks = tokio::time::interval(INTERVAL);
+                for n in 1..=events {
+                    ticks.tick().await;
+                    let body =
+                        serde_json::to_vec(&update_event(n, n)).map_err(|e| e.to_string())?;
+                    publisher.publish(&body).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn stop(self) {
+        match self {
+            Self::Storywire { server, .. } => server.stop().await,
+            Self::Nchan(nginx) => nginx.stop().await,
+        }
+    }
+}
+
+/// One run on `server`: a fresh server, `count` readers each on a connection of its own,
+/// `events` events one every [`INTERVAL`].
+async fn once(server: Server, count: usize, events: u64) -> Result<SseRun, String> {
+    let running = Running::start(server, events).await?;
+    let idle_rss = running.rss_bytes();
+    let (address, path) = running.readers_at();
+    let deadline = Instant::now() + GRACE + INTERVAL * events as u32;
+    let descriptors = open_descriptors();
+
+    let start = Instant::now();
+    let opened: Vec<Result<BufReader<TcpStream>, String>> =
+        futures_util::StreamExt::collect(futures_util::StreamExt::buffer_unordered(
+            futures_util::stream::iter((0..count).map(|_| open_reader(address, path))),
+            CONNECT_WAVE,
+        ))
+        .await;
+    let readers = opened.into_iter().collect::<Result<Vec<_>, _>>()?;
+    let subscribe_all = start.elapsed();
+    let receivers: Vec<JoinHandle<Received>> = readers
+        .into_iter()
+        .map(|reader| tokio::spawn(receive(reader, 1, events, deadline)))
+        .collect();
+
+    let cpu_before = running.cpu_seconds();
+    running
+        .publish(events, Rate::PerSecond(1_000 / INTERVAL.as_millis() as u64))
+        .await?;
+    // Every reader is still connected here.
+    let rss = running.rss_bytes();
+    let all = gather(receivers).await?;
+    let cpu = running.cpu_seconds() - cpu_before;
+    settle(descriptors).await;
+    running.stop().await;
+
+    let delivered: u64 = all.iter().map(|r| r.events).sum();
+    let mut latency = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("valid bounds");
+    for received in &all {
+        latency.add(&received.latency).map_err(|e| e.to_string())?;
+    }
+    Ok(SseRun {
+        subscribe_all_seconds: subscribe_all.as_secs_f64(),
+        p50_ms: ms(latency.value_at_quantile(0.5)),
+        p99_ms: ms(latency.value_at_quantile(0.99)),
+        max_ms: ms(latency.max()),
+        cpu_us_per_delivery: cpu * 1e6 / delivered.max(1) as f64,
+        rss_kib_per_reader: rss.saturating_sub(idle_rss) as f64 / count as f64 / 1024.0,
+        gaps: all.iter().map(|r| r.gaps).sum(),
+        duplicates: all.iter().map(|r| r.duplicates).sum(),
+    })
+}
+
+/// Connects one reader from the next loopback source address, sends its request as a browser's
+/// EventSource does, and reads the response's head.
+async fn open_reader(address: SocketAddr, path: &str) -> Result<BufReader<TcpStream>, String> {
+    let socket = TcpSocket::new_v4().map_err(|e| e.to_string())?;
+    socket
+        .bind(SocketAddr::new(source_address(), 0))
+        .map_err(|e| format!("bind a reader: {e}"))?;
+    let mut stream = socket
+        .connect(address)
+        .await
+        .map_err(|e| format!("connect a reader to {address}: {e}"))?;
+    stream.set_nodelay(true).map_err(|e| e.to_string())?;
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nhost: bench\r\naccept: text/event-stream\r\ncache-control: no-cache\r\n\r\n"
+    );
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut reader = BufReader::new(stream);
+    let mut status = String::new();
+    reader
+        .read_line(&mut status)
+        .await
+        .map_err(|e| e.to_string())?;
+    if !status.contains(" 200 ") {
+        return Err(format!("{path}: {}", status.trim()));
+    }
+    loop {
+        let mut line = String::new();
+        reader
+            .read_line(&mut line)
+            .await
+            .map_err(|e| e.to_string())?;
+        if line.trim().is_empty() {
+            return Ok(reader);
+        }
+    }
+}
+
+/// Reads one reader's stream, whose events should run from `first` to `last`, until `last`
+/// arrives, the stream ends, or `deadline`. Only the `data:` lines of unnamed events are read: both servers send each
+/// event in one chunk of the chunked body, far larger than an event, so a chunk's size line never
+/// splits one.
+async fn receive(
+    mut reader: BufReader<TcpStream>,
+    first: u64,
+    last: u64,
+    deadline: Instant,
+) -> Received {
+    let mut tally = Tally::new(first, last);
+    let mut line = String::new();
+    // Whether the event being read is a named one (storywire's `started`, `caught_up`): not an
+    // update.
+    let mut named = false;
+    loop {
+        line.clear();
+        match tokio::time::timeout_at(deadline, reader.read_line(&mut line)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => break,
+        }
+        if line.starts_with("event:") {
+            named = true;
+        } else if line.trim().is_empty() {
+            named = false;
+        }
+        let Some(data) = line.strip_prefix("data: ").filter(|_| !named) else {
+            continue;
+        };
+        let Ok(event) = serde_json::from_str::<pb::UpdateEvent>(data.trim_end()) else {
+            continue;
+        };
+        if tally.count(&event) {
+            break;
+        }
+    }
+    tally.finish()
+}
