@@ -93,6 +93,9 @@ struct Server {
     log: PathBuf,
     /// The running process; `None` once it was killed or stopped (and reaped).
     process: Option<Child>,
+    /// Whether it is stopped with SIGSTOP: its process lives, holding every connection open, and
+    /// answers nothing, its monitoring port included.
+    paused: bool,
 }
 
 /// The three loopback ports of a server.
@@ -208,6 +211,45 @@ impl Cluster {
         self.signal_and_reap(index, libc::SIGTERM).await;
     }
 
+    /// Pauses server `index` with SIGSTOP: its connections stay open, and nothing on them is
+    /// answered, as when the server is cut off from everyone but the kernel still holds its
+    /// sockets.
+    pub fn pause(&mut self, index: usize) {
+        self.send(index, libc::SIGSTOP);
+        self.servers[index].paused = true;
+    }
+
+    /// Resumes server `index`, paused before, with SIGCONT.
+    pub fn resume(&mut self, index: usize) {
+        self.send(index, libc::SIGCONT);
+        self.servers[index].paused = false;
+    }
+
+    /// The consumers of stream `stream` and the index of the server leading each now, as the
+    /// answering servers that lead them report.
+    pub async fn consumer_leaders(&self, stream: &str) -> Vec<(String, usize)> {
+        let mut leaders = Vec::new();
+        for index in self.answering() {
+            let http = self.servers[index].ports.http;
+            let Some(jsz) = get_json(http, "/jsz?accounts=true&streams=true&consumers=true").await
+            else {
+                continue;
+            };
+            let Some(detail) = stream_detail(&jsz, stream) else {
+                continue;
+            };
+            let consumers = detail["consumer_detail"].as_array().into_iter().flatten();
+            for consumer in consumers {
+                let leader = named_leader(consumer, self.name(index));
+                if leader == self.name(index) {
+                    let name = consumer["name"].as_str().unwrap_or_default().to_owned();
+                    leaders.push((name, index));
+                }
+            }
+        }
+        leaders
+    }
+
     /// Stops every running server with SIGTERM, all at once, and waits until each has exited.
     pub async fn stop_all(&mut self) {
         let running = self.running();
@@ -311,6 +353,7 @@ impl Cluster {
                     config,
                     log: home.join("nats-server.log"),
                     process: None,
+                    paused: false,
                 }
             })
             .collect();
@@ -412,7 +455,7 @@ impl Cluster {
     /// read.
     async fn views(&self) -> Option<Vec<View>> {
         let mut views = Vec::new();
-        for index in self.running() {
+        for index in self.answering() {
             let http = self.servers[index].ports.http;
             views.push(View {
                 index,
@@ -531,6 +574,13 @@ impl Cluster {
         if let Err(exited) = self.check_running() {
             panic!("a server exited: {exited:?} (logs: {})", self.dir.display());
         }
+    }
+
+    /// The indexes of the running servers that are not paused.
+    fn answering(&self) -> Vec<usize> {
+        (0..self.len())
+            .filter(|&i| self.is_running(i) && !self.servers[i].paused)
+            .collect()
     }
 
     /// The indexes of the running servers.
