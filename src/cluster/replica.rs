@@ -38,6 +38,10 @@ const REBUILD_ATTEMPTS: u32 = 50;
 /// off or paused, and the replica reads from the stream's leader until the consumer answers.
 const PULL_ANSWER: Duration = Duration::from_millis(1_500);
 
+/// How many messages the replica asks the stream's leader for at once while the consumer is
+/// silent: one at a time, a round trip each, falls behind a busy newsroom's publishers.
+const DIRECT_BATCH: u64 = 64;
+
 /// How often the replica reads from the stream's leader while the consumer is silent.
 const DIRECT_POLL: Duration = Duration::from_millis(100);
 
@@ -326,9 +330,10 @@ impl Replica {
         }
     }
 
-    /// Reads what the stream holds past `next` from the stream's leader, one message at a time:
-    /// while the consumer is silent (its leader cut off, an election under way), the replica keeps
-    /// up with the majority side this way. Messages the consumer delivers again later are skipped.
+    /// Reads what the stream holds past `next` from the stream's leader, [`DIRECT_BATCH`]
+    /// messages at a time, asked for together: while the consumer is silent (its leader cut off,
+    /// an election under way), the replica keeps up with the majority side this way. Messages the
+    /// consumer delivers again later are skipped.
     async fn read_directly(&mut self) -> Result<(), Stop> {
         let info = tokio::time::timeout(super::stream::API_TIMEOUT, self.stream.info()).await;
         let last = match info {
@@ -337,17 +342,18 @@ impl Replica {
             _ => return Ok(()),
         };
         while self.next <= last {
-            let read = tokio::time::timeout(
-                super::stream::API_TIMEOUT,
-                self.stream.get_raw_message(self.next),
-            )
-            .await;
-            let message = match read {
-                Ok(Ok(message)) => message,
-                // Evicted, or the leader is gone: the consumer or the next poll takes it from here.
-                _ => return Ok(()),
-            };
-            self.take(message.sequence, &message.payload)?;
+            let upto = last.min(self.next + DIRECT_BATCH - 1);
+            let stream = &self.stream;
+            let reads = (self.next..=upto).map(|sequence| {
+                tokio::time::timeout(super::stream::API_TIMEOUT, stream.get_raw_message(sequence))
+            });
+            for read in futures_util::future::join_all(reads).await {
+                match read {
+                    Ok(Ok(message)) => self.take(message.sequence, &message.payload)?,
+                    // Evicted, or the leader is gone: the consumer or the next poll goes on.
+                    _ => return Ok(()),
+                }
+            }
             self.note_caught_up();
         }
         Ok(())

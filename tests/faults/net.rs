@@ -42,6 +42,7 @@ impl Mesh {
             namespaces: Vec::new(),
             links: Vec::new(),
         };
+        remove_orphans(hosts);
         for host in hosts {
             let name = format!("sw{}-{host}", std::process::id());
             // Left by a run killed outright, with this process's id: remove it first.
@@ -136,6 +137,27 @@ impl Drop for Mesh {
             if let Err(error) = ip(&["netns", "del", name]) {
                 eprintln!("{error}");
             }
+        }
+    }
+}
+
+/// Removes the namespaces of runs whose process is gone (killed before it could drop its mesh):
+/// `sw<pid>-<host>` for one of `hosts`, with no process `pid`.
+fn remove_orphans(hosts: &[&str]) {
+    let Ok(output) = Command::new("ip").args(["netns", "list"]).output() else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&output.stdout).lines() {
+        let name = line.split_whitespace().next().unwrap_or_default();
+        let pid = name
+            .strip_prefix("sw")
+            .and_then(|rest| rest.split_once('-'))
+            .filter(|(_, host)| hosts.contains(host))
+            .and_then(|(pid, _)| pid.parse::<u32>().ok());
+        if let Some(pid) = pid
+            && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+        {
+            let _ = ip(&["netns", "del", name]);
         }
     }
 }
