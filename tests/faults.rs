@@ -5,8 +5,9 @@
 //! `faults/history.rs`; a failing run names its scenario and seed.
 //!
 //! By default one seed per scenario runs (a few minutes). `STORYWIRE_FAULT_SEEDS=N` runs N seeds
-//! per scenario (`scripts/test --soak`), `STORYWIRE_FAULT_SEED=S` and `STORYWIRE_FAULT_KIND=Name`
-//! one run. Needs root, for the namespaces: without it the test fails, saying so.
+//! per scenario (`scripts/test --soak`), starting at round `STORYWIRE_FAULT_FIRST_ROUND` (0);
+//! `STORYWIRE_FAULT_SEED=S` and `STORYWIRE_FAULT_KIND=Name` one run. Needs root, for the
+//! namespaces: without it the test fails, saying so.
 
 mod process;
 mod support;
@@ -39,8 +40,12 @@ async fn the_cluster_keeps_its_promises_under_network_faults() {
         .ok()
         .and_then(|s| s.parse().ok());
     let only_kind = std::env::var("STORYWIRE_FAULT_KIND").ok();
+    let first_round: u64 = std::env::var("STORYWIRE_FAULT_FIRST_ROUND")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
     let mut runs: Vec<(Kind, u64)> = Vec::new();
-    for round in 0..seeds {
+    for round in first_round..first_round + seeds {
         for (index, kind) in KINDS.iter().enumerate() {
             let seed = FIRST_SEED + round * 100 + index as u64;
             runs.push((*kind, only_seed.unwrap_or(seed)));

@@ -63,13 +63,17 @@ impl fmt::Display for Counts {
 pub struct Report {
     pub description: String,
     pub counts: Counts,
-    /// Per node: publishes started during the fault that were acknowledged, refused, unknown.
+    /// Per node: publishes in flight at some time during the fault (sent before the heal,
+    /// answered after the fault began) that were acknowledged, refused, unknown.
     pub during: [[usize; 3]; 2],
+    /// Per node: the longest time without an acknowledgement, from the fault's start until both
+    /// nodes caught up: how long publishes on that node were refused or waited.
+    pub silent: [Duration; 2],
     /// Per node: from the heal to its first acknowledgement after it.
     pub first_ack: [Option<Duration>; 2],
     /// From the heal until both nodes held the stream's head and said SERVING.
     pub caught_up: Duration,
-    /// The 99th percentile of acknowledged publishes started during the fault.
+    /// The 99th percentile of the acknowledged publishes among those in flight during the fault.
     pub p99: Option<Duration>,
     /// Per cut-off node: from the fault to NOT_SERVING.
     pub not_serving: Vec<(usize, Option<Duration>)>,
@@ -81,8 +85,8 @@ impl fmt::Display for Report {
         writeln!(f, "   {}", self.counts)?;
         writeln!(
             f,
-            "   during the fault [acked, refused, unknown]: A {:?}, B {:?}; publish p99 {:?}",
-            self.during[0], self.during[1], self.p99
+            "   during the fault [acked, refused, unknown]: A {:?}, B {:?}; publish p99 {:?}; longest without an ack: A {:?}, B {:?}",
+            self.during[0], self.during[1], self.p99, self.silent[0], self.silent[1]
         )?;
         write!(
             f,
@@ -232,7 +236,7 @@ fn figures(
             &mut counts.refused,
             &mut counts.unknown,
         ][kind] += 1;
-        if publish.start >= applied.began && publish.start < applied.healed {
+        if publish.end >= applied.began && publish.start < applied.healed {
             during[publish.node][kind] += 1;
             if kind == 0 {
                 latencies.push(publish.end - publish.start);
@@ -245,6 +249,24 @@ fn figures(
         }
     }
     counts.unknown -= resends.len().min(counts.unknown);
+    let mut silent = [Duration::ZERO; 2];
+    for (node, longest) in silent.iter_mut().enumerate() {
+        let mut acks: Vec<Instant> = history
+            .publishes
+            .iter()
+            .filter(|p| p.node == node && matches!(p.outcome, Outcome::Acknowledged { .. }))
+            .map(|p| p.end)
+            .filter(|end| *end > applied.began && *end < caught_up_at)
+            .collect();
+        acks.push(applied.began);
+        acks.push(caught_up_at);
+        acks.sort();
+        *longest = acks
+            .windows(2)
+            .map(|w| w[1] - w[0])
+            .max()
+            .unwrap_or_default();
+    }
     latencies.sort();
     let p99 = (!latencies.is_empty())
         .then(|| latencies[(latencies.len() * 99 / 100).min(latencies.len() - 1)]);
@@ -252,6 +274,7 @@ fn figures(
         description: applied.description.clone(),
         counts,
         during,
+        silent,
         first_ack,
         caught_up: caught_up_at.saturating_duration_since(applied.healed),
         p99,

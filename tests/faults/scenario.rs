@@ -159,6 +159,7 @@ pub async fn apply(kind: Kind, rng: &mut Rng, testbed: &mut Testbed) -> Applied 
             for server in 0..3 {
                 testbed.until_healthy(server).await;
             }
+            testbed.until_meta_leader().await;
             (
                 vec![],
                 "every nats-server killed with SIGKILL and restarted".to_owned(),

@@ -80,7 +80,31 @@ impl Testbed {
         for server in 0..3 {
             testbed.until_healthy(server).await;
         }
+        testbed.until_meta_leader().await;
         testbed
+    }
+
+    /// Waits until every server names the same JetStream meta leader: before that, a node
+    /// starting would find no one to create its stream, and give up.
+    pub async fn until_meta_leader(&self) {
+        crate::support::within("the servers to agree on a meta leader", async {
+            loop {
+                let mut leaders = Vec::new();
+                for server in 0..3 {
+                    let body = self.get(server, "/jsz").await.map(|(_, body)| body);
+                    let jsz: Option<serde_json::Value> =
+                        body.and_then(|body| serde_json::from_str(&body).ok());
+                    let leader = jsz
+                        .and_then(|jsz| jsz["meta_cluster"]["leader"].as_str().map(str::to_owned));
+                    leaders.push(leader.unwrap_or_default());
+                }
+                if !leaders[0].is_empty() && leaders.iter().all(|l| *l == leaders[0]) {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+        .await;
     }
 
     /// Server `server`'s config: JetStream with `sync_interval: always`, routes to the other two
