@@ -45,14 +45,19 @@ const DIRECT_BATCH: u64 = 64;
 /// How often the replica reads from the stream's leader while the consumer is silent.
 const DIRECT_POLL: Duration = Duration::from_millis(100);
 
-/// How many pulls in a row may go unanswered before the consumer is created again: a consumer
-/// whose leader was cut off has another within JetStream's election timeout (4 to 9 seconds), and
-/// an unanswered pull ends on the client's timer, [`PULL_EXPIRES`] and five seconds, so this is
-/// well past an election.
-const UNANSWERED_PULLS: u32 = 4;
+/// How long the consumer may go without answering before it is created again: a consumer whose
+/// leader was cut off has another within JetStream's election timeout (4 to 9 seconds), so this
+/// is well past an election. Meanwhile the replica reads from the stream's leader.
+const CONSUMER_PATIENCE: Duration = Duration::from_secs(20);
 
 /// How long to wait before following the stream again after an error.
 const RETRY_DELAY: Duration = Duration::from_millis(200);
+
+/// Whether a pull's error says the consumer no longer exists, rather than that no one answers
+/// for it right now: the server's 404 or 409 "Consumer Deleted".
+fn consumer_gone(error: &str) -> bool {
+    error.contains("Consumer Deleted") || error.contains("404")
+}
 
 /// The object store bucket that keeps a stream's story snapshots.
 pub fn bucket(stream: &str) -> String {
@@ -173,6 +178,13 @@ impl Replica {
             match self.follow().await {
                 Stop::Transient(reason) => {
                     tracing::warn!(%reason, next = self.next, "replica: following the stream again");
+                    // Creating a consumer needs JetStream's meta leader, which may be the server
+                    // that is cut off: meanwhile the stream's leader may still answer.
+                    if let Err(Stop::Fatal(reason)) = self.read_directly().await {
+                        tracing::error!(%reason, "replica: stopped; this node serves no more updates until restarted");
+                        self.failed.send_replace(true);
+                        return;
+                    }
                     tokio::time::sleep(RETRY_DELAY).await;
                 }
                 Stop::Behind(first) => {
@@ -251,7 +263,8 @@ impl Replica {
         }
         // Whether the consumer has gone silent and the replica reads from the stream's leader.
         let mut direct = false;
-        let mut unanswered = 0;
+        // Since when the consumer has not answered a pull.
+        let mut silent_since: Option<std::time::Instant> = None;
         loop {
             let batch = consumer
                 .batch()
@@ -286,9 +299,24 @@ impl Replica {
                 };
                 let message = match next {
                     None => break,
-                    // The consumer's leader moved: the pull is void, the consumer lives on.
-                    Some(Err(error)) if error.to_string().contains("Leadership Change") => break,
-                    Some(Err(error)) => return Stop::Transient(format!("pulling: {error}")),
+                    // Gone for good (deleted, or lost with every server that kept it): again.
+                    Some(Err(error)) if consumer_gone(&error.to_string()) => {
+                        return Stop::Transient(format!("pulling: {error}"));
+                    }
+                    // No one answers for the consumer now (its leader is cut off, or moved): the
+                    // pull is void, the consumer lives on, and the stream's leader is read.
+                    Some(Err(error)) => {
+                        if !direct {
+                            tracing::warn!(%error, next = self.next, "replica: the consumer does not answer; reading from the stream's leader meanwhile");
+                            direct = true;
+                        }
+                        if let Err(stop) = self.read_directly().await {
+                            return self.skipped_or(stop).await;
+                        }
+                        tokio::time::sleep(DIRECT_POLL).await;
+                        answer_due = None;
+                        break;
+                    }
                     Some(Ok(message)) => message,
                 };
                 answered = true;
@@ -315,15 +343,18 @@ impl Replica {
                 answered = true;
             }
             if answered {
-                unanswered = 0;
+                silent_since = None;
                 if direct {
                     tracing::info!(next = self.next, "replica: the consumer answers again");
                     direct = false;
                 }
             } else {
-                unanswered += 1;
-                if unanswered >= UNANSWERED_PULLS {
-                    return Stop::Transient(format!("{unanswered} pulls in a row went unanswered"));
+                let since = *silent_since.get_or_insert_with(std::time::Instant::now);
+                if since.elapsed() > CONSUMER_PATIENCE {
+                    return Stop::Transient(format!(
+                        "the consumer has not answered for {}s",
+                        CONSUMER_PATIENCE.as_secs()
+                    ));
                 }
             }
             self.note_caught_up();

@@ -248,7 +248,8 @@ fn figures(
             *first = Some(first.map_or(after, |f: Duration| f.min(after)));
         }
     }
-    counts.unknown -= resends.len().min(counts.unknown);
+    // The resends answered the unknown outcomes: counted as the unknown they resolved.
+    counts.acknowledged -= resends.len().min(counts.acknowledged);
     let mut silent = [Duration::ZERO; 2];
     for (node, longest) in silent.iter_mut().enumerate() {
         let mut acks: Vec<Instant> = history
