@@ -23,7 +23,7 @@ use tonic::transport::{Channel, Endpoint, Uri};
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 use super::net::Mesh;
-use crate::process::Running;
+use crate::process::{Pipe, Running};
 
 /// The hosts: three servers, then the two nodes.
 pub const HOSTS: [&str; 5] = ["s1", "s2", "s3", "a", "b"];
@@ -36,6 +36,9 @@ pub const OWN_SERVER: [usize; 2] = [0, 2];
 
 /// The stream every node of a run shares.
 pub const STREAM: &str = "FAULTS";
+
+/// How many times a node that exits before it listens is started.
+const NODE_STARTS: usize = 3;
 
 /// Where a node listens for gRPC inside its own namespace.
 const GRPC_PORT: u16 = 50051;
@@ -158,20 +161,32 @@ impl Testbed {
     }
 
     /// Starts node `node` (again) in its namespace, pointed at its own server, and waits until
-    /// it listens.
+    /// it listens. A node that exits before it listens (it found no JetStream to answer it in
+    /// time) is started again, at most [`NODE_STARTS`] times: that is the setup failing, not a
+    /// promise.
     pub async fn start_node(&mut self, node: usize) {
         let server = OWN_SERVER[node];
         let host = 3 + node;
         let nats = format!("nats://{}:{CLIENT_PORT}", self.mesh.address(host, server));
-        let mut command = Command::new("ip");
-        command
-            .args(["netns", "exec", self.mesh.namespace(host)])
-            .arg(env!("CARGO_BIN_EXE_storywire"))
-            .args(["serve", "--listen", &format!("127.0.0.1:{GRPC_PORT}")])
-            .args(["--nats", &nats, "--nats-stream", STREAM]);
-        let mut process = Running::spawn(command);
-        process.listening_address().await;
-        self.nodes[node] = Some(process);
+        for attempt in 1..=NODE_STARTS {
+            let mut command = Command::new("ip");
+            command
+                .args(["netns", "exec", self.mesh.namespace(host)])
+                .arg(env!("CARGO_BIN_EXE_storywire"))
+                .args(["serve", "--listen", &format!("127.0.0.1:{GRPC_PORT}")])
+                .args(["--nats", &nats, "--nats-stream", STREAM]);
+            let mut process = Running::spawn(command);
+            if process
+                .saw_line(Pipe::Stderr, "storywire listening address=")
+                .await
+            {
+                self.nodes[node] = Some(process);
+                return;
+            }
+            let status = process.wait().await;
+            eprintln!("node {node} exited before it listened ({status}), attempt {attempt}");
+        }
+        panic!("node {node} did not start in {NODE_STARTS} attempts");
     }
 
     /// A channel to node `node`, connecting (and reconnecting) through its namespace.
