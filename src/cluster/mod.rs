@@ -12,6 +12,7 @@ use async_nats::jetstream::{
     context::{PublishAckFuture, PublishErrorKind},
     message::PublishMessage,
 };
+use pbjson_types::Timestamp;
 use prost::Message as _;
 use tokio::sync::watch;
 
@@ -24,6 +25,7 @@ use crate::{
     pb,
 };
 
+mod quorum;
 mod replica;
 mod stream;
 
@@ -35,6 +37,11 @@ const CONFLICT_WAIT: Duration = Duration::from_secs(2);
 
 /// How long a publisher waits for its own replica to apply what JetStream acknowledged.
 const APPLY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a subscriber resuming beyond this node's head waits for the replica to reach its
+/// position, when its call has no shorter deadline: long enough for a node cut off from the
+/// quorum to come back and catch up after a partition heals.
+const RESUME_WAIT: Duration = Duration::from_secs(30);
 
 /// The stream's name when `--nats-stream` is not given.
 pub const DEFAULT_STREAM: &str = "STORYWIRE";
@@ -166,6 +173,7 @@ impl Node {
             snapshots,
             snapshot_head,
             next: first,
+            consumer_replicas: replicas,
             start_head,
             snapshot_every: u64::try_from((retain / 4).max(1)).unwrap_or(u64::MAX),
             caught_up: caught_up_tx,
@@ -175,7 +183,9 @@ impl Node {
             written: Arc::default(),
         };
         tokio::spawn(follower.run());
-        let serving = serving(connected.clone(), caught_up, failed.clone());
+        let (reachable_tx, reachable) = watch::channel(true);
+        tokio::spawn(quorum::watch(stream.clone(), log.clone(), reachable_tx));
+        let serving = serving([connected.clone(), caught_up, reachable], failed.clone());
         Ok(Arc::new(Self {
             log,
             context,
@@ -259,6 +269,13 @@ impl Node {
 
     /// Waits for what [`Self::begin`] sent to be acknowledged and applied; after a conflict,
     /// catches up and begins again, at most [`MAX_CONFLICTS`] times.
+    ///
+    /// Every attempt's answer is awaited before the next is decided or a refusal is given: a
+    /// refusal promises that nothing was appended, so it is only given once JetStream has refused
+    /// every attempt (a conflict), and any other failure is UNAVAILABLE, "resend the same
+    /// event_id". The attempts all carry the request's event_id; JetStream answering one of them
+    /// as a duplicate of this call's own earlier attempt is not the client's resend, and the
+    /// receipt says `duplicate: false` ([`own_attempt`]).
     async fn finish(
         &self,
         request: pb::PublishRequest,
@@ -266,19 +283,38 @@ impl Node {
         begun: Result<Begun, Refused>,
     ) -> Result<pb::PublishResponse, Refused> {
         let mut begun = begun?;
-        for _ in 0..=MAX_CONFLICTS {
+        // When each proposal this call sent was recorded: the stamp its event carries if stored.
+        let mut sent_at = Vec::new();
+        let mut conflicts = 0;
+        loop {
             let (proposal, expected, ack) = match begun {
-                Begun::Done(original) => return Ok(original),
+                Begun::Done(original) => return Ok(own_attempt(original, &sent_at)),
                 Begun::Sent(sent) => (sent.proposal, sent.expected, sent.ack),
             };
+            sent_at.extend(proposal.recorded_at);
             let acknowledged = match ack {
                 Ok(ack) => ack.await,
                 Err(error) => Err(error),
             };
             match acknowledged {
-                Ok(ack) => return self.settle(ack, &request).await,
+                Ok(ack) => {
+                    return self
+                        .settle(ack, &request)
+                        .await
+                        .map(|receipt| own_attempt(receipt, &sent_at));
+                }
+                Err(error) if is_conflict(&error) && conflicts == MAX_CONFLICTS => {
+                    // JetStream refused this attempt too, and every one before it: nothing of
+                    // this call is in the stream.
+                    return Err(Refused::Contended(format!(
+                        "story {} kept changing on other nodes while this publish was decided ({} times); nothing was appended; retry",
+                        request.story_id,
+                        MAX_CONFLICTS + 1
+                    )));
+                }
                 Err(error) if is_conflict(&error) => {
                     // Another node changed the story first: catch up, and decide again.
+                    conflicts += 1;
                     self.catch_up(&request.story_id, expected).await?;
                     begun = self.begin(&request, published_by).await?;
                 }
@@ -295,11 +331,38 @@ impl Node {
                 }
             }
         }
-        Err(Refused::Contended(format!(
-            "story {} kept changing on other nodes while this publish was decided ({} times); retry",
-            request.story_id,
-            MAX_CONFLICTS + 1
-        )))
+    }
+
+    /// Waits until the replica holds everything before `from`, a position beyond its head: a
+    /// subscriber resuming here with what another node, further ahead, gave it. The position is
+    /// the stream's when the client named the log (`named_log`, its log_id already checked), or
+    /// when the stream's leader says it holds it; otherwise it is beyond the log, as on a single
+    /// server. The wait is bounded by [`RESUME_WAIT`], and by the call's deadline.
+    pub async fn reach(&self, from: u64, named_log: bool) -> Result<(), Refused> {
+        if !named_log {
+            let mut handle = self.stream.clone();
+            let last = tokio::time::timeout(stream::API_TIMEOUT, handle.info())
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .map(|info| info.state.last_sequence);
+            if let Some(last) = last.filter(|last| *last + 1 < from) {
+                return Err(Refused::Log(LogError::BeyondHead {
+                    requested: from,
+                    head: last,
+                }));
+            }
+        }
+        let head = self.log.head();
+        tokio::time::timeout(RESUME_WAIT, self.log.visible(from - 1))
+            .await
+            .map_err(|_| {
+                Refused::Unavailable(format!(
+                    "this node's replica is at sequence {head}, and has not reached {} within {}s; resume on another node, or later",
+                    from - 1,
+                    RESUME_WAIT.as_secs()
+                ))
+            })
     }
 
     /// Refuses to publish while the node cannot follow the stream.
@@ -403,6 +466,17 @@ impl Node {
     }
 }
 
+/// `receipt` as the answer to this call: a receipt JetStream or the replica gave as a duplicate
+/// is this call's own attempt, stored although its answer was lost or a conflict, when its event
+/// carries the stamp of a proposal this call sent (`sent_at`, recorded per attempt); the client
+/// sent it once, so it is no duplicate.
+fn own_attempt(mut receipt: pb::PublishResponse, sent_at: &[Timestamp]) -> pb::PublishResponse {
+    if receipt.duplicate && receipt.recorded_at.is_some_and(|at| sent_at.contains(&at)) {
+        receipt.duplicate = false;
+    }
+    receipt
+}
+
 /// Whether JetStream refused a publish because the story's newest event in the stream is not the
 /// one expected: another node got there first. async-nats names only the older of the two codes
 /// servers give for it (10071, and 10164 since 2.12: "wrong last sequence" without the number).
@@ -436,26 +510,30 @@ struct Sent {
     ack: Result<PublishAckFuture, jetstream::context::PublishError>,
 }
 
-/// A watch of whether the node may be called SERVING, kept up to date by a task of its own.
+/// A watch of whether the node may be called SERVING, kept up to date by a task of its own: every
+/// one of `all` is true (connected, caught up since start-up, reaching a quorum and keeping up
+/// with it) and the replica has not `failed`.
 fn serving(
-    mut connected: watch::Receiver<bool>,
-    mut caught_up: watch::Receiver<bool>,
-    mut failed: watch::Receiver<bool>,
+    all: [watch::Receiver<bool>; 3],
+    failed: watch::Receiver<bool>,
 ) -> watch::Receiver<bool> {
-    let now = |c: &watch::Receiver<bool>, u: &watch::Receiver<bool>, f: &watch::Receiver<bool>| {
-        *c.borrow() && *u.borrow() && !*f.borrow()
+    let [mut connected, mut caught_up, mut reachable] = all;
+    let mut failed = failed;
+    let now = |c: &watch::Receiver<bool>,
+               u: &watch::Receiver<bool>,
+               r: &watch::Receiver<bool>,
+               f: &watch::Receiver<bool>| {
+        *c.borrow() && *u.borrow() && *r.borrow() && !*f.borrow()
     };
-    let (tx, rx) = watch::channel(now(&connected, &caught_up, &failed));
+    let (tx, rx) = watch::channel(now(&connected, &caught_up, &reachable, &failed));
     tokio::spawn(async move {
         loop {
-            tx.send_if_modified(|serving| {
-                let changed = *serving != now(&connected, &caught_up, &failed);
-                *serving = now(&connected, &caught_up, &failed);
-                changed
-            });
+            let serving = now(&connected, &caught_up, &reachable, &failed);
+            tx.send_if_modified(|now| std::mem::replace(now, serving) != serving);
             let changed = tokio::select! {
                 changed = connected.changed() => changed,
                 changed = caught_up.changed() => changed,
+                changed = reachable.changed() => changed,
                 changed = failed.changed() => changed,
                 () = tx.closed() => return,
             };

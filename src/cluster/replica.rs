@@ -33,8 +33,31 @@ const PULL_EXPIRES: Duration = Duration::from_secs(1);
 /// before it gives up: the server it reaches may have been down, and be catching up itself.
 const REBUILD_ATTEMPTS: u32 = 50;
 
+/// When a pull's answer is due: the server answers at [`PULL_EXPIRES`] even with nothing to
+/// deliver, so a pull still unanswered half a second later went to a consumer leader that is cut
+/// off or paused, and the replica reads from the stream's leader until the consumer answers.
+const PULL_ANSWER: Duration = Duration::from_millis(1_500);
+
+/// How many messages the replica asks the stream's leader for at once while the consumer is
+/// silent: one at a time, a round trip each, falls behind a busy newsroom's publishers.
+const DIRECT_BATCH: u64 = 64;
+
+/// How often the replica reads from the stream's leader while the consumer is silent.
+const DIRECT_POLL: Duration = Duration::from_millis(100);
+
+/// How long the consumer may go without answering before it is created again: a consumer whose
+/// leader was cut off has another within JetStream's election timeout (4 to 9 seconds), so this
+/// is well past an election. Meanwhile the replica reads from the stream's leader.
+const CONSUMER_PATIENCE: Duration = Duration::from_secs(20);
+
 /// How long to wait before following the stream again after an error.
 const RETRY_DELAY: Duration = Duration::from_millis(200);
+
+/// Whether a pull's error says the consumer no longer exists, rather than that no one answers
+/// for it right now: the server's 404 or 409 "Consumer Deleted".
+fn consumer_gone(error: &str) -> bool {
+    error.contains("Consumer Deleted") || error.contains("404")
+}
 
 /// The object store bucket that keeps a stream's story snapshots.
 pub fn bucket(stream: &str) -> String {
@@ -120,6 +143,8 @@ pub struct Replica {
     pub snapshot_head: u64,
     /// The next sequence to apply.
     pub next: u64,
+    /// How many servers keep the consumer: as many as keep the stream.
+    pub consumer_replicas: usize,
     /// The stream's last sequence when the replica started following it (at start-up, or again
     /// after a lost connection): it is caught up once it has applied it.
     pub start_head: u64,
@@ -153,6 +178,13 @@ impl Replica {
             match self.follow().await {
                 Stop::Transient(reason) => {
                     tracing::warn!(%reason, next = self.next, "replica: following the stream again");
+                    // Creating a consumer needs JetStream's meta leader, which may be the server
+                    // that is cut off: meanwhile the stream's leader may still answer.
+                    if let Err(Stop::Fatal(reason)) = self.read_directly().await {
+                        tracing::error!(%reason, "replica: stopped; this node serves no more updates until restarted");
+                        self.failed.send_replace(true);
+                        return;
+                    }
                     tokio::time::sleep(RETRY_DELAY).await;
                 }
                 Stop::Behind(first) => {
@@ -185,6 +217,13 @@ impl Replica {
     }
 
     /// Reads the stream from `next` and applies each message, until something stops it.
+    ///
+    /// The consumer has as many replicas as the stream, so that it has a Raft group of its own:
+    /// when the server leading it is cut off, the servers on the majority side elect another
+    /// leader and the pulls go on through it, with no new consumer to create (which would need
+    /// JetStream's meta leader, itself perhaps on the cut-off side, and would be placed at random,
+    /// perhaps on the cut-off server again). A pull that goes unanswered is sent again to the
+    /// same consumer; only a consumer that is gone, or that skipped a sequence, is created again.
     async fn follow(&mut self) -> Stop {
         let consumer = self
             .stream
@@ -194,7 +233,7 @@ impl Replica {
                 },
                 ack_policy: AckPolicy::None,
                 inactive_threshold: Duration::from_secs(30),
-                num_replicas: 1,
+                num_replicas: self.consumer_replicas,
                 memory_storage: true,
                 ..Default::default()
             })
@@ -222,6 +261,10 @@ impl Replica {
             Ok(_) => {}
             Err(error) => return Stop::Transient(format!("stream info: {error}")),
         }
+        // Whether the consumer has gone silent and the replica reads from the stream's leader.
+        let mut direct = false;
+        // Since when the consumer has not answered a pull.
+        let mut silent_since: Option<std::time::Instant> = None;
         loop {
             let batch = consumer
                 .batch()
@@ -233,15 +276,51 @@ impl Replica {
                 Ok(batch) => batch,
                 Err(error) => return Stop::Transient(format!("pulling: {error}")),
             };
+            let mut answer_due = Some(Box::pin(tokio::time::sleep(PULL_ANSWER)));
+            let mut answered = false;
+            let mut polls = tokio::time::interval(DIRECT_POLL);
             loop {
-                // A pull the server forgot (it restarted) would never end: bound it.
-                let next = tokio::time::timeout(PULL_EXPIRES * 3, batch.next()).await;
-                let message = match next {
-                    Err(_) => return Stop::Transient("a pull went unanswered".to_owned()),
-                    Ok(None) => break,
-                    Ok(Some(Err(error))) => return Stop::Transient(format!("pulling: {error}")),
-                    Ok(Some(Ok(message))) => message,
+                let next = tokio::select! {
+                    next = batch.next() => next,
+                    () = async { answer_due.as_mut().expect("armed").await }, if answer_due.is_some() => {
+                        answer_due = None;
+                        if !answered && !direct {
+                            tracing::warn!(next = self.next, "replica: the consumer is silent; reading from the stream's leader meanwhile");
+                            direct = true;
+                        }
+                        continue;
+                    }
+                    _ = polls.tick(), if direct => {
+                        if let Err(stop) = self.read_directly().await {
+                            return self.skipped_or(stop).await;
+                        }
+                        continue;
+                    }
                 };
+                let message = match next {
+                    None => break,
+                    // Gone for good (deleted, or lost with every server that kept it): again.
+                    Some(Err(error)) if consumer_gone(&error.to_string()) => {
+                        return Stop::Transient(format!("pulling: {error}"));
+                    }
+                    // No one answers for the consumer now (its leader is cut off, or moved): the
+                    // pull is void, the consumer lives on, and the stream's leader is read.
+                    Some(Err(error)) => {
+                        if !direct {
+                            tracing::warn!(%error, next = self.next, "replica: the consumer does not answer; reading from the stream's leader meanwhile");
+                            direct = true;
+                        }
+                        if let Err(stop) = self.read_directly().await {
+                            return self.skipped_or(stop).await;
+                        }
+                        tokio::time::sleep(DIRECT_POLL).await;
+                        answer_due = None;
+                        break;
+                    }
+                    Some(Ok(message)) => message,
+                };
+                answered = true;
+                direct = false;
                 let (sequence, pending, published) = match message.info() {
                     Ok(info) => (
                         info.stream_sequence,
@@ -251,14 +330,81 @@ impl Replica {
                     Err(error) => return Stop::Transient(format!("message info: {error}")),
                 };
                 if let Err(stop) = self.take(sequence, &message.payload) {
-                    return stop;
+                    return self.skipped_or(stop).await;
                 }
                 self.note_applied(pending, published);
                 // At once, not when the pull ends: a pull that finds fewer messages than it asked
                 // for waits out its expiry first.
                 self.note_caught_up();
             }
+            // A pull the server answered ends at its expiry, before its answer is due; one that
+            // went unanswered ends on the client's own timer, seconds later.
+            if answer_due.is_some() {
+                answered = true;
+            }
+            if answered {
+                silent_since = None;
+                if direct {
+                    tracing::info!(next = self.next, "replica: the consumer answers again");
+                    direct = false;
+                }
+            } else {
+                let since = *silent_since.get_or_insert_with(std::time::Instant::now);
+                if since.elapsed() > CONSUMER_PATIENCE {
+                    return Stop::Transient(format!(
+                        "the consumer has not answered for {}s",
+                        CONSUMER_PATIENCE.as_secs()
+                    ));
+                }
+            }
             self.note_caught_up();
+        }
+    }
+
+    /// Reads what the stream holds past `next` from the stream's leader, [`DIRECT_BATCH`]
+    /// messages at a time, asked for together: while the consumer is silent (its leader cut off,
+    /// an election under way), the replica keeps up with the majority side this way. Messages the
+    /// consumer delivers again later are skipped.
+    async fn read_directly(&mut self) -> Result<(), Stop> {
+        let info = tokio::time::timeout(super::stream::API_TIMEOUT, self.stream.info()).await;
+        let last = match info {
+            Ok(Ok(info)) => info.state.last_sequence,
+            // No leader answers: nothing to read from, and the quorum watch says so.
+            _ => return Ok(()),
+        };
+        while self.next <= last {
+            let upto = last.min(self.next + DIRECT_BATCH - 1);
+            let stream = &self.stream;
+            let reads = (self.next..=upto).map(|sequence| {
+                tokio::time::timeout(super::stream::API_TIMEOUT, stream.get_raw_message(sequence))
+            });
+            for read in futures_util::future::join_all(reads).await {
+                match read {
+                    Ok(Ok(message)) => self.take(message.sequence, &message.payload)?,
+                    // Evicted, or the leader is gone: the consumer or the next poll goes on.
+                    _ => return Ok(()),
+                }
+            }
+            self.note_caught_up();
+        }
+        Ok(())
+    }
+
+    /// What to do when a message arrived past `next`: a consumer whose leadership moved may
+    /// resume past messages its old leader sent that never arrived, and the stream still holds
+    /// them, so a new consumer from `next` reads them; only when the stream itself starts past
+    /// `next` did retention overtake the replica.
+    async fn skipped_or(&mut self, stop: Stop) -> Stop {
+        let Stop::Behind(_) = stop else {
+            return stop;
+        };
+        match self.stream.info().await {
+            Ok(info) if info.state.first_sequence <= self.next => Stop::Transient(format!(
+                "the consumer skipped from {} to a later sequence; reading again from {}",
+                self.next, self.next
+            )),
+            Ok(info) => Stop::Behind(info.state.first_sequence),
+            Err(error) => Stop::Transient(format!("stream info: {error}")),
         }
     }
 

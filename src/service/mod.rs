@@ -339,7 +339,14 @@ impl StoryService for Service {
             _ if request.snapshot => Start::Snapshot,
             None => Start::Live,
             Some(from) => {
-                self.log.check_position(from).map_err(status)?;
+                match (self.log.check_position(from), &self.cluster) {
+                    // A replica behind the stream: the position may be on the stream already.
+                    (Err(LogError::BeyondHead { .. }), Some(node)) => node
+                        .reach(from, !request.log_id.is_empty())
+                        .await
+                        .map_err(status)?,
+                    (checked, _) => checked.map_err(status)?,
+                }
                 Start::From(from)
             }
         };

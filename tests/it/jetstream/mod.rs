@@ -91,6 +91,9 @@ struct Server {
     log: PathBuf,
     /// The running process; `None` once it was killed or stopped (and reaped).
     process: Option<Child>,
+    /// Whether it is stopped with SIGSTOP: its process lives, holding every connection open, and
+    /// answers nothing, its monitoring port included.
+    paused: bool,
 }
 
 /// The three loopback ports of a server.
@@ -201,6 +204,45 @@ impl Cluster {
         self.signal_and_reap(index, libc::SIGTERM).await;
     }
 
+    /// Pauses server `index` with SIGSTOP: its connections stay open, and nothing on them is
+    /// answered, as when the server is cut off from everyone but the kernel still holds its
+    /// sockets.
+    pub fn pause(&mut self, index: usize) {
+        self.send(index, libc::SIGSTOP);
+        self.servers[index].paused = true;
+    }
+
+    /// Resumes server `index`, paused before, with SIGCONT.
+    pub fn resume(&mut self, index: usize) {
+        self.send(index, libc::SIGCONT);
+        self.servers[index].paused = false;
+    }
+
+    /// The consumers of stream `stream` and the index of the server leading each now, as the
+    /// answering servers that lead them report.
+    pub async fn consumer_leaders(&self, stream: &str) -> Vec<(String, usize)> {
+        let mut leaders = Vec::new();
+        for index in self.answering() {
+            let http = self.servers[index].ports.http;
+            let Some(jsz) = get_json(http, "/jsz?accounts=true&streams=true&consumers=true").await
+            else {
+                continue;
+            };
+            let Some(detail) = stream_detail(&jsz, stream) else {
+                continue;
+            };
+            let consumers = detail["consumer_detail"].as_array().into_iter().flatten();
+            for consumer in consumers {
+                let leader = named_leader(consumer, self.name(index));
+                if leader == self.name(index) {
+                    let name = consumer["name"].as_str().unwrap_or_default().to_owned();
+                    leaders.push((name, index));
+                }
+            }
+        }
+        leaders
+    }
+
     /// Starts server `index` again, killed or stopped before, with the same ports, config and
     /// store, and waits until it is back in the cluster: healthy, counted current by the meta
     /// leader, and counted current by the leader of every stream it holds (caught up).
@@ -281,6 +323,7 @@ impl Cluster {
                     config,
                     log: home.join("nats-server.log"),
                     process: None,
+                    paused: false,
                 }
             })
             .collect();
@@ -382,7 +425,7 @@ impl Cluster {
     /// read.
     async fn views(&self) -> Option<Vec<View>> {
         let mut views = Vec::new();
-        for index in self.running() {
+        for index in self.answering() {
             let http = self.servers[index].ports.http;
             views.push(View {
                 index,
@@ -503,9 +546,11 @@ impl Cluster {
         }
     }
 
-    /// The indexes of the running servers.
-    fn running(&self) -> Vec<usize> {
-        (0..self.len()).filter(|&i| self.is_running(i)).collect()
+    /// The indexes of the running servers that are not paused.
+    fn answering(&self) -> Vec<usize> {
+        (0..self.len())
+            .filter(|&i| self.is_running(i) && !self.servers[i].paused)
+            .collect()
     }
 
     /// The index of the server named `name`.

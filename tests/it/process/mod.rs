@@ -220,6 +220,18 @@ impl Running {
         }
     }
 
+    /// Reads lines from `pipe` until one contains `text` (true), or until the process closes
+    /// `pipe` first (false).
+    pub async fn saw_line(&mut self, pipe: Pipe, text: &str) -> bool {
+        let what = format!("{} to print a {pipe} line containing {text:?}", self.name);
+        while let Some(line) = self.next_line(pipe, &what).await {
+            if line.contains(text) {
+                return true;
+            }
+        }
+        false
+    }
+
     /// Reads a `storywire serve` process's stderr up to its `storywire listening address=` line;
     /// returns the loopback address it announced and the lines read.
     pub async fn listening_address(&mut self) -> (std::net::SocketAddr, Vec<String>) {
