@@ -85,7 +85,7 @@ impl Message for EncodedResponse {
 /// (one queued in HTTP/2, one waiting for window), in one allocation of about twice this size,
 /// so this bounds what a stalled subscription holds: about 25 KiB in all, not about 100 KiB. A
 /// busy stream sends DATA frames of about 8 KiB instead of 16 KiB; the fan-out figures in
-/// docs/benchmarks.md are measured with it.
+/// docs/benchmarks.md ("Fan-out") are measured with it.
 pub const SERVER_CHUNK_BYTES: usize = 8 * 1024;
 
 /// How much room a stream's encoding buffer starts with. It grows to a chunk when a catch-up

@@ -57,7 +57,8 @@ pub struct Limits {
     /// Streams one HTTP/2 connection may hold open at once.
     pub max_streams_per_connection: u32,
     /// Open subscriptions in total: about 7 KiB each while idle and about 25 KiB for one whose
-    /// reader has stopped (docs/benchmarks.md), so the default holds at most about 1.2 GiB.
+    /// reader has stopped (docs/benchmarks.md, "Catch-up and memory", and
+    /// docs/benchmarks/2026-11-30-abuse.md), so the default holds at most about 1.2 GiB.
     pub max_subscribers: usize,
     /// Open subscriptions per token (with `--tokens`), so one client cannot take every slot.
     pub max_subscribers_per_token: usize,
@@ -85,7 +86,8 @@ pub struct Limits {
     /// refusals included, and deadlines never count. Past its budget the server stops reading
     /// that connection until the budget allows another (`crate::throttle`); 0 turns this off.
     /// An honest client resets next to nothing that fast; 10 a second keeps a connection that
-    /// resets streams in a loop to a few hundredths of a core (docs/benchmarks.md).
+    /// resets streams in a loop to a few hundredths of a core (docs/benchmarks/2026-11-30-abuse.md,
+    /// "Abuse: what a well-behaved client felt with the first budget").
     pub wasted_streams_per_second: f64,
     /// How long shutdown waits for open streams and calls to finish after it starts. A
     /// subscriber that stopped reading never drains its stream, and without a deadline it would

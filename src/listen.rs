@@ -14,9 +14,9 @@ use crate::metrics::AcceptFailures;
 /// The listen backlog asked for: how many connections the kernel completes and holds before the
 /// server accepts them. Linux holds it to `net.core.somaxconn` (4,096 by default since 5.4),
 /// which is what Go servers such as nats-server ask for. tokio's `TcpListener::bind` asks for
-/// 1,024, which 10,000 readers reconnecting at once overflow: one reconnect storm in
-/// docs/benchmarks.md had 2,110 connection attempts dropped by the kernel, each tried again by
-/// its client a second later.
+/// 1,024, which 10,000 readers reconnecting at once overflow: one reconnect storm had 2,110
+/// connection attempts dropped by the kernel, each tried again by its client a second later
+/// (docs/benchmarks/2026-11-30-reconnect-storm-and-burst.md, "A backlog for the storm").
 pub const LISTEN_BACKLOG: u32 = 65_535;
 
 /// The first pause after an accept fails for want of a resource; it doubles up to

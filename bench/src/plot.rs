@@ -1,6 +1,6 @@
 //! The connections-per-reader case drawn (issue 13): delivery p99 and server CPU per delivery
-//! against the readers, one line per server, so that a reader of docs/benchmarks.md sees the
-//! curve bend rather than reads it out of three tables.
+//! against the readers, one line per server, so that a reader of docs/benchmarks.md
+//! ("Connections per reader") sees the curve bend rather than reads it out of three tables.
 //!
 //! Each point is the median of the runs at that count, with the runs' min–max as an error bar.
 //! The p99 panel's y axis is logarithmic: NATS's p99 reaches 33 s at 19,000 readers where the
@@ -38,7 +38,7 @@ const COLOURS: [RGBColor; 3] = [
 ];
 
 /// The title, which leaves the machine and the date to the docs rather than guessing them here.
-const TITLE: &str = "Connections per reader (issue 13): median and min–max of the runs; machine and date in docs/benchmarks.md";
+const TITLE: &str = "Connections per reader: median and min–max of the runs; machine and date in docs/benchmarks.md";
 
 /// One panel: what it plots and how its y axis is scaled.
 struct Panel {

@@ -64,7 +64,8 @@ pub const WASTED_WITHIN: Duration = Duration::from_millis(50);
 const MAX_PAUSE: Duration = Duration::from_secs(10);
 /// The most a connection in debt reads at a time, giving way to other tasks in between: some
 /// dozens of small frames (about 45 opened-and-reset streams), so that the calls one slice starts
-/// run, and are counted, before the next slice is read (docs/benchmarks.md, "Abuse").
+/// run, and are counted, before the next slice is read (docs/benchmarks/2026-11-30-abuse.md,
+/// "Abuse: what a well-behaved client felt with the first budget").
 const IN_DEBT_READ: usize = 2 * 1024;
 /// How often the server may log that a connection was paused, over all connections: one abuser
 /// opening connection after connection must not flood the log.
