@@ -1,4 +1,4 @@
-//! The client side of the NATS anchor (issue 13): core NATS publish/subscribe carrying the same
+//! The client side of the NATS anchor: core NATS publish/subscribe carrying the same
 //! bench events storywire sends, so that a figure of storywire's can be read against what a
 //! mature broker needs to fan the same bytes out to the same subscribers.
 //!

@@ -1,4 +1,4 @@
-//! One burst to many readers (issue 13): the desk sends a batch of updates in one PublishStream
+//! One burst to many readers: the desk sends a batch of updates in one PublishStream
 //! as fast as it can, and every reader, each on a connection of its own, must have all of them.
 //! Where connections per reader ([`crate::readers`]) measures a steady trickle, this measures
 //! the worst moment of a breaking story: every update of the batch to every reader at once.
@@ -29,7 +29,7 @@ const GRACE: Duration = Duration::from_secs(120);
 #[derive(Debug, clap::Args)]
 #[group(id = "burst_case")]
 pub struct Args {
-    /// Also run the burst case (issue 13): --burst-updates updates in one PublishStream at full
+    /// Also run the burst case: --burst-updates updates in one PublishStream at full
     /// speed to --burst-readers subscribers, each on a connection of its own, against storywire,
     /// bare tonic and NATS.
     #[arg(long)]

@@ -1,4 +1,4 @@
-//! The cluster case (issue 11): what the JetStream journal of `storywire serve --nats` costs,
+//! The cluster case: what the JetStream journal of `storywire serve --nats` costs,
 //! beside the in-memory log and `--fsync always`, in one run.
 //!
 //! The bench starts its own JetStream: one nats-server (streams of one replica, R1) and three
@@ -68,7 +68,7 @@ const RETAIN: usize = 10_000_000;
 #[derive(Debug, clap::Args)]
 #[group(id = "cluster_case")]
 pub struct Args {
-    /// Also run the cluster case (issue 11): publishing with the in-memory log, --fsync always,
+    /// Also run the cluster case: publishing with the in-memory log, --fsync always,
     /// and the JetStream journal on one nats-server (R1) and on three (R3); replication lag
     /// between two nodes; a new node's catch-up; fan-out on a node of each journal. Starts its
     /// own nats-servers on loopback (see --nats-server).

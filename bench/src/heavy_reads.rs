@@ -1,4 +1,4 @@
-//! Heavy reads (issue 10): what clients reading much history, or many stories at once, cost a
+//! Heavy reads: what clients reading much history, or many stories at once, cost a
 //! publisher and a subscriber beside them. Each case is a table of two phases run like the abuse
 //! phases ([`crate::abuse`]): a fresh server filled for the case, the load in place on a thread
 //! of its own, then the victim publishing 200 events a second and subscribing to them. The quiet
@@ -28,7 +28,7 @@ fn healthy(phases: &[Phase]) -> &'static str {
 
 /// The lock case: [`Abuse::HistoryReaders`] ask for the bench story as of its last version, so
 /// that each call rebuilds it from all of its `events` events (holding the log's read lock, which
-/// appends wait for, in the log as issue 10 found it); the figure is the publisher's p99 against
+/// appends wait for, in the log as it was before history was rebuilt outside the lock); the figure is the publisher's p99 against
 /// quiet.
 pub async fn history_readers(events: u64, runs: usize) -> Result<(), String> {
     let kinds = [

@@ -16,11 +16,11 @@
 //!   and a subscriber.
 //! - [`cluster`]: the JetStream journal of `serve --nats` beside the others: publishing,
 //!   replication lag, a new node's catch-up, fan-out on one node.
-//! - [`readers`]: connections per reader (issue 13): each subscriber on a connection of its own.
+//! - [`readers`]: connections per reader: each subscriber on a connection of its own.
 //! - [`plot`]: the connections-per-reader case drawn as an SVG, from its runs or a results file.
-//! - [`storm`]: the reconnect storm (issue 13): a durable server restarts under every reader,
+//! - [`storm`]: the reconnect storm: a durable server restarts under every reader,
 //!   and all of them come back at once and resume 1,000 events back while a desk publishes.
-//! - [`burst`]: one burst to many readers (issue 13): one PublishStream of updates to every
+//! - [`burst`]: one burst to many readers: one PublishStream of updates to every
 //!   reader on a connection of its own.
 //! - [`flood`]: one address floods the HTTP face with silent, slow and stalled connections while
 //!   readers from other addresses read a story.

@@ -70,14 +70,14 @@ pub struct Args {
     /// measures its p99.
     #[arg(long)]
     abuse: bool,
-    /// Also run the lock case (issue 10): 16 clients looping GetStory with as_of_version on a
+    /// Also run the lock case: 16 clients looping GetStory with as_of_version on a
     /// story of --lock-story-events events, against a publisher's p99.
     #[arg(long)]
     lock: bool,
     /// Events of the story the lock case rebuilds on every GetStory.
     #[arg(long, default_value_t = 100_000)]
     lock_story_events: u64,
-    /// Also run the snapshot case (issue 10): --snapshot-subscribers snapshot subscriptions over
+    /// Also run the snapshot case: --snapshot-subscribers snapshot subscriptions over
     /// --snapshot-stories stories, never read, against the server's RSS and a subscriber's p99.
     /// Each may hold a copy of every story, so the defaults may take gigabytes.
     #[arg(long)]

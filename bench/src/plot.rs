@@ -1,4 +1,4 @@
-//! The connections-per-reader case drawn (issue 13): delivery p99 and server CPU per delivery
+//! The connections-per-reader case drawn: delivery p99 and server CPU per delivery
 //! against the readers, one line per server, so that a reader of docs/benchmarks.md
 //! ("Connections per reader") sees the curve bend rather than reads it out of three tables.
 //!

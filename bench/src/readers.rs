@@ -1,4 +1,4 @@
-//! Connections per reader (issue 13): every subscriber on a connection of its own, as readers'
+//! Connections per reader: every subscriber on a connection of its own, as readers'
 //! browsers and apps are, rather than many subscriptions sharing a few HTTP/2 connections.
 //!
 //! For each count of subscribers and each server (storywire, the bare tonic baseline, the NATS
@@ -45,7 +45,7 @@ const SPARE_DESCRIPTORS: u64 = 256;
 #[derive(Debug, clap::Args)]
 #[group(id = "readers_case")]
 pub struct Args {
-    /// Also run the connections-per-reader case (issue 13): each subscriber on a connection of
+    /// Also run the connections-per-reader case: each subscriber on a connection of
     /// its own, one event every 100 ms, against storywire, bare tonic and NATS.
     #[arg(long)]
     pub readers: bool,

@@ -1,4 +1,4 @@
-//! Reconnect storm (issue 13): a durable server with every reader connected restarts, and every
+//! Reconnect storm: a durable server with every reader connected restarts, and every
 //! reader comes back at once, each asking for the last 1,000 events, while the desk keeps
 //! publishing.
 //!
@@ -75,7 +75,7 @@ const RETAIN_EVENTS: usize = 1_000_000;
 #[derive(Debug, clap::Args)]
 #[group(id = "storm_case")]
 pub struct Args {
-    /// Also run the reconnect storm (issue 13): a durable server with --storm-readers
+    /// Also run the reconnect storm: a durable server with --storm-readers
     /// subscribers, each on a connection of its own, restarts; all reconnect at once and resume
     /// 1,000 events back while a desk publishes 10 events/s.
     #[arg(long)]
