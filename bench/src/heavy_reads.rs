@@ -27,9 +27,8 @@ fn healthy(phases: &[Phase]) -> &'static str {
 }
 
 /// The lock case: [`Abuse::HistoryReaders`] ask for the bench story as of its last version, so
-/// that each call rebuilds it from all of its `events` events (holding the log's read lock, which
-/// appends wait for, in the log as it was before history was rebuilt outside the lock); the figure is the publisher's p99 against
-/// quiet.
+/// that each call rebuilds it from all of its `events` events (the log once held its read lock,
+/// which appends wait for, through the rebuild); the figure is the publisher's p99 against quiet.
 pub async fn history_readers(events: u64, runs: usize) -> Result<(), String> {
     let kinds = [
         Abuse::Quiet,
