@@ -522,3 +522,38 @@ fn h2_get(stream: u32, path: &str) -> Vec<u8> {
     headers[4] |= http2::END_STREAM;
     headers
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_ends_sse_streams_within_the_shutdown_grace() {
+    let mut server = HttpServer::start(&["--shutdown-grace", "5"]).await;
+    let mut client = server.client().await;
+    client.publish(open("ending", &[])).await.expect("open");
+    // One reader that reads, and one over HTTP/2 that never reads nor answers anything: the
+    // grace must bound the wait for it.
+    let mut reader = http1::EventStream::open(server.http, "/v1/events?story=ending", &[])
+        .await
+        .expect("a 200");
+    reader
+        .until(|event| event.event.as_deref() == Some("caught_up"))
+        .await;
+    let mut stalled = http2::RawPeer::connect(server.http).await;
+    stalled.send(&h2_get(1, "/v1/events?from_sequence=1")).await;
+    drop(client);
+
+    let started = Instant::now();
+    server.process.terminate().await;
+    // The reading reader is told the stream ended, as gRPC's Subscribe is, with UNAVAILABLE.
+    let ending = reader
+        .until(|event| event.event.as_deref() == Some("end"))
+        .await;
+    let end = ending.last().expect("the end event").json();
+    assert_eq!(end["code"], "UNAVAILABLE", "{end}");
+    assert!(
+        reader.next().await.is_none(),
+        "the stream closed after its end event"
+    );
+    let status = server.process.wait().await;
+    assert!(status.success(), "exit on SIGTERM: {status}");
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(5 + 5), "stopped after {took:?}");
+}
