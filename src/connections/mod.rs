@@ -172,6 +172,9 @@ pub(crate) struct Connection {
     head_started_ms: AtomicU64,
     /// Whether its requests are HTTP/1.x, where a next request head is timed.
     http1: AtomicBool,
+    /// Whether it has left the registry, after which its state changes are no longer counted;
+    /// state changes and the release take this lock, so the gauges see each connection leave once.
+    released: Mutex<bool>,
     /// Why the server wants it closed, as a [`CloseReason`] number + 1; 0: it does not.
     closing: AtomicU8,
     /// Wakes its task when `closing` is set.
@@ -255,6 +258,7 @@ impl Connections {
                 idle_since_ms: AtomicU64::new(0),
                 head_started_ms: AtomicU64::new(0),
                 http1: AtomicBool::new(false),
+                released: Mutex::new(false),
                 closing: AtomicU8::new(0),
                 close: Notify::new(),
                 connections: Arc::downgrade(self),
@@ -355,6 +359,11 @@ impl Connections {
             }
         }
         drop(open);
+        let mut released = connection
+            .released
+            .lock()
+            .expect("connection lock poisoned");
+        *released = true;
         self.metrics.left(connection.face, connection.state());
     }
 
@@ -421,8 +430,13 @@ impl Connection {
     }
 
     fn set_state(&self, to: State) {
+        // Under the lock that release takes too: hyper drives an HTTP/2 response body in a task
+        // of its own, which may drop it (and so end a request) after the connection's task has
+        // released the connection, and the gauges must not count a connection gone.
+        let released = self.released.lock().expect("connection lock poisoned");
         let from = State::from_u8(self.state.swap(to as u8, Ordering::Relaxed));
         if from != to
+            && !*released
             && let Some(connections) = self.connections.upgrade()
         {
             connections.metrics.moved(self.face, from, to);

@@ -557,3 +557,52 @@ async fn sigterm_ends_sse_streams_within_the_shutdown_grace() {
     let took = started.elapsed();
     assert!(took < Duration::from_secs(5 + 5), "stopped after {took:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_connection_gauges_come_back_to_what_is_open_after_readers_leave() {
+    let server = HttpServer::start(&[]).await;
+    // Readers over HTTP/2 and HTTP/1.1 with streams in flight, then gone.
+    let mut peers = Vec::new();
+    for _ in 0..5 {
+        let mut peer = http2::RawPeer::connect(server.http).await;
+        peer.send(&h2_get(1, "/v1/events")).await;
+        peers.push(peer);
+    }
+    for peer in &mut peers {
+        while let Some(frame) = peer.next_frame().await {
+            if frame.kind == http2::HEADERS && frame.stream == 1 {
+                break;
+            }
+        }
+    }
+    let readers: Vec<_> =
+        join_all((0..5).map(|_| http1::EventStream::open(server.http, "/v1/events", &[]))).await;
+    drop(peers);
+    drop(readers);
+    // Only the scrape itself is open, in flight on the HTTP face, once the server has seen the
+    // others go; each state counts what is really in it, never below zero.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let scrape = scrape(server.http).await;
+        let gauge = |face: &str, state: &str| {
+            sample(
+                &scrape,
+                "storywire_connections_open",
+                &format!("face=\"{face}\",state=\"{state}\""),
+            )
+        };
+        let http = [
+            gauge("http", "awaiting_request"),
+            gauge("http", "active"),
+            gauge("http", "idle"),
+        ];
+        if http == [0.0, 1.0, 0.0] {
+            break;
+        }
+        assert!(
+            http.iter().all(|count| *count >= 0.0) && Instant::now() < deadline,
+            "the HTTP face's gauges (awaiting, active, idle): {http:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
