@@ -33,7 +33,8 @@
 //! - [`connections`]: every connection's lifecycle: timeouts, per-address limits, shedding.
 //! - [`descriptors`]: the open-files limit, raised to the hard one, and the descriptors open.
 //! - [`listen`]: the listen backlog, and accepting without spinning.
-//! - [`server`]: the tonic server with health, reflection, gRPC-Web and graceful shutdown.
+//! - [`server`]: both faces started and ended together: gRPC with health, reflection and gRPC-Web,
+//!   the HTTP face, and graceful shutdown.
 //! - `codes`: gRPC status codes by the names gRPC gives them.
 //! - [`clock`]: the one clock timestamps come from, so tests can control it.
 //! - [`demo`]: the seed story and its live replay for `serve --demo`.

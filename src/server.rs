@@ -1,6 +1,7 @@
-//! Building and running the gRPC server: the StoryService, gRPC health, server reflection (v1 and
-//! v1alpha), gRPC-Web for browsers on the same port, and a graceful shutdown that lets every
-//! stream flush before it ends.
+//! Building and running the server's two faces: the gRPC port (the StoryService, gRPC health,
+//! server reflection v1 and v1alpha, gRPC-Web for browsers) and the HTTP face, both served by
+//! [`crate::connections`], and a graceful shutdown that lets every stream on either flush before
+//! it ends.
 
 use std::{future::Future, sync::Arc};
 
