@@ -24,6 +24,7 @@ use crate::{
     listen::Accepting,
     log::EventLog,
     pb::{self, server::story_service_server::StoryServiceServer},
+    publisher::{Local, Publisher},
     service::Service,
     throttle::{ConnectionBudgets, WasteLayer},
     tls::{ServerTls, TlsFiles},
@@ -49,8 +50,10 @@ pub struct ServerOptions {
     pub tls: Option<TlsFiles>,
     /// What one client may take.
     pub limits: Limits,
-    /// On a cluster node: the node whose replica `log` is. Publishes go through its stream,
-    /// and health follows it (NOT_SERVING while it cannot reach JetStream or is catching up).
+    /// On a cluster node: the node whose replica `log` is, and the server's publisher
+    /// ([`crate::publisher`]): publishes go through its stream, and health follows it
+    /// (NOT_SERVING while it cannot reach JetStream or is catching up). `None`: the server
+    /// publishes to `log` itself.
     pub cluster: Option<Arc<Node>>,
     /// The origins whose pages may call over gRPC-Web ([`crate::cors`]).
     pub cors: Origins,
@@ -90,10 +93,12 @@ pub async fn run_with_http(
     let (health, health_service) = tonic_health::server::health_reporter();
     let story_service_name = <StoryServiceServer<Service> as NamedService>::NAME;
     let (stopping_tx, stopping_rx) = watch::channel(false);
-    let serving = match &options.cluster {
-        Some(node) => node.serving(),
-        None => watch::channel(true).1,
+    // The one place that decides where updates go; everything after calls the publisher.
+    let publisher: Arc<dyn Publisher> = match options.cluster.clone() {
+        Some(node) => node,
+        None => Arc::new(Local::new(log.clone())),
     };
+    let serving = publisher.serving();
     let status = if *serving.borrow() {
         tonic_health::ServingStatus::Serving
     } else {
@@ -117,8 +122,7 @@ pub async fn run_with_http(
     let accept_failures = log.metrics().accept_failures();
     let connections = Connections::new(options.lifecycle.clone(), log.metrics().connections());
     let slots = SubscriberSlots::new(&limits);
-    let service =
-        Service::new(log.clone(), stopping_rx.clone(), slots).through(options.cluster.clone());
+    let service = Service::new(publisher, stopping_rx.clone(), slots);
     let tls = match (options.tls_config.clone(), &options.tls) {
         (Some(tls), _) => Some(tls),
         (None, Some(files)) => Some(ServerTls::load(files.clone())?),
@@ -192,7 +196,7 @@ pub async fn run_with_http(
         () = shutdown => {}
     }
     tracing::info!("shutting down: flushing open streams");
-    // First, so that the health task stops following the cluster node; then every face stops
+    // First, so that the health task stops following the publisher; then every face stops
     // accepting and asks its connections to finish, and every subscription sends what is left.
     stopping_tx.send_replace(true);
     for name in ["", story_service_name] {

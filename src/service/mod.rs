@@ -12,13 +12,13 @@ use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::{
     auth::{ANONYMOUS, Caller},
-    cluster::{Node, Refused},
     connections::ClientAddress,
     encoded::EncodedResponse,
     limits::{LimitError, SubscriberSlots},
     log::{EventLog, Filter, LogError},
     metrics::{Format, Metrics, Rpc, SseStalls, Transport},
     pb::{self, server::story_service_server::StoryService},
+    publisher::{Publisher, Refused},
     story::StoryError,
     subscription::{End, Start, Subscription},
     validate::{self, FieldError},
@@ -51,9 +51,10 @@ pub enum Error {
     /// A limit on what one client may take.
     #[error(transparent)]
     Limit(#[from] LimitError),
-    /// A cluster node could not publish through its stream.
+    /// The publisher refused a publish, or a position to resume from (a cluster node's stream
+    /// could not take it, or its replica did not reach it).
     #[error(transparent)]
-    Cluster(#[from] Refused),
+    Refused(#[from] Refused),
 }
 
 impl Error {
@@ -82,7 +83,7 @@ impl From<StoryError> for Error {
 pub fn status(error: impl Into<Error>) -> Status {
     // A subscription that ends on a log error reports it like any other log error.
     let error = match error.into() {
-        Error::End(End::Log(log)) | Error::Cluster(Refused::Log(log)) => Error::Log(log),
+        Error::End(End::Log(log)) | Error::Refused(Refused::Log(log)) => Error::Log(log),
         other => other,
     };
     let message = error.to_string();
@@ -125,11 +126,11 @@ pub fn status(error: impl Into<Error>) -> Status {
         },
         Error::End(End::ShuttingDown) => Code::Unavailable,
         Error::Limit(_) => Code::ResourceExhausted,
-        Error::Cluster(Refused::Unavailable(_)) => Code::Unavailable,
-        Error::Cluster(Refused::Contended(_)) => Code::Aborted,
+        Error::Refused(Refused::Unavailable(_)) => Code::Unavailable,
+        Error::Refused(Refused::Contended(_)) => Code::Aborted,
         // As tonic refuses a request over --max-request-bytes.
-        Error::Cluster(Refused::TooLarge(_)) => Code::OutOfRange,
-        Error::End(End::Log(_)) | Error::Cluster(Refused::Log(_)) => {
+        Error::Refused(Refused::TooLarge(_)) => Code::OutOfRange,
+        Error::End(End::Log(_)) | Error::Refused(Refused::Log(_)) => {
             unreachable!("flattened above")
         }
     };
@@ -144,30 +145,31 @@ pub use publish_stream::{PUBLISH_BURST, PublishResponseStream};
 /// The StoryService over one shared log.
 #[derive(Debug, Clone)]
 pub struct Service {
-    /// The log every RPC reads or appends to.
+    /// Where publishes go, and whether a position to resume from is in reach: the log itself,
+    /// or a cluster node's stream ([`crate::publisher`]). The service does not know which.
+    publisher: Arc<dyn Publisher>,
+    /// The log every RPC reads from: the publisher's.
     log: Arc<EventLog>,
     /// Becomes true when the server starts shutting down; each subscription watches it to flush
     /// and end. The sender belongs to the server.
     shutdown: watch::Receiver<bool>,
     /// Open subscriptions against their limits; each stream holds a slot until it ends.
     slots: Arc<SubscriberSlots>,
-    /// On a cluster node: where publishes go (the log is its replica of the stream).
-    cluster: Option<Arc<Node>>,
 }
 
 impl Service {
-    /// A service over `log` whose streams end when `shutdown` turns true, holding at most what
-    /// `slots` allows.
-    pub fn new(
-        log: Arc<EventLog>,
+    /// A service publishing through `publisher` and reading its log, whose streams end when
+    /// `shutdown` turns true, holding at most what `slots` allows.
+    pub(crate) fn new(
+        publisher: Arc<dyn Publisher>,
         shutdown: watch::Receiver<bool>,
         slots: Arc<SubscriberSlots>,
     ) -> Self {
         Self {
-            log,
+            log: publisher.log().clone(),
+            publisher,
             shutdown,
             slots,
-            cluster: None,
         }
     }
 
@@ -202,33 +204,24 @@ impl Service {
         self.log.metrics()
     }
 
-    /// The service of a cluster node: publishes go through `node`'s stream, and everything is
-    /// read from its replica.
-    pub fn through(mut self, node: Option<Arc<Node>>) -> Self {
-        self.cluster = node;
-        self
-    }
-
-    /// Publishes one request as `published_by`: through the cluster node's stream, or appended
-    /// to the log and answered once acknowledged.
+    /// Publishes one request as `published_by`: validated, then through the publisher, and
+    /// answered once acknowledged.
     async fn publish_one(
         &self,
         request: pb::PublishRequest,
         published_by: &str,
     ) -> Result<pb::PublishResponse, Status> {
-        if let Some(node) = &self.cluster {
-            validate::publish(&request).map_err(status)?;
-            return node.publish(request, published_by).await.map_err(status);
-        }
-        let receipt = publish(&self.log, request, published_by).map_err(status)?;
-        // With a data directory, acknowledged means written as the fsync mode says.
-        self.log.acknowledged(receipt.sequence).await;
-        Ok(receipt)
+        validate::publish(&request).map_err(status)?;
+        self.publisher
+            .publish(request, published_by)
+            .await
+            .map_err(status)
     }
 }
 
-/// Publishes one request, as `published_by` (a token's name), the way the Publish RPC does:
-/// validate, then append.
+/// Publishes one request to `log`, as `published_by` (a token's name), the way the Publish RPC
+/// does on a server whose log is its own: validate, then append; without waiting for the
+/// journal's acknowledgement (for the demo, and tests that build a log before serving it).
 pub fn publish(
     log: &EventLog,
     request: pb::PublishRequest,
@@ -309,8 +302,7 @@ impl StoryService for Service {
             publisher(&request),
             request.extensions().get::<Caller>().cloned(),
             request.into_inner(),
-            self.log.clone(),
-            self.cluster.clone(),
+            self.publisher.clone(),
             self.shutdown.clone(),
         );
         Ok(Response::new(session.responses()))
@@ -339,14 +331,10 @@ impl StoryService for Service {
             _ if request.snapshot => Start::Snapshot,
             None => Start::Live,
             Some(from) => {
-                match (self.log.check_position(from), &self.cluster) {
-                    // A replica behind the stream: the position may be on the stream already.
-                    (Err(LogError::BeyondHead { .. }), Some(node)) => node
-                        .reach(from, !request.log_id.is_empty())
-                        .await
-                        .map_err(status)?,
-                    (checked, _) => checked.map_err(status)?,
-                }
+                self.publisher
+                    .reach(from, !request.log_id.is_empty())
+                    .await
+                    .map_err(status)?;
                 Start::From(from)
             }
         };
