@@ -51,10 +51,11 @@ pub enum Error {
     /// A limit on what one client may take.
     #[error(transparent)]
     Limit(#[from] LimitError),
-    /// The publisher refused a publish, or a position to resume from (a cluster node's stream
-    /// could not take it, or its replica did not reach it).
+    /// The publisher refused a publish, or a position to resume from, for a reason of its own
+    /// (a cluster node's stream could not take it, or its replica did not reach it); the log's
+    /// refusals are [`Error::Log`].
     #[error(transparent)]
-    Refused(#[from] Refused),
+    Refused(Refused),
 }
 
 impl Error {
@@ -68,6 +69,17 @@ impl Error {
                 Some(("event_id".to_owned(), self.to_string()))
             }
             _ => None,
+        }
+    }
+}
+
+impl From<Refused> for Error {
+    /// The log's refusals as the log's own, so that a refusal reads the same whichever the
+    /// publisher: a request's own fault still names its field.
+    fn from(refused: Refused) -> Self {
+        match refused {
+            Refused::Log(log) => Self::Log(log),
+            other => Self::Refused(other),
         }
     }
 }
