@@ -98,6 +98,10 @@ pub async fn run_with_http(
         Some(node) => node,
         None => Arc::new(Local::new(log.clone())),
     };
+    debug_assert!(
+        Arc::ptr_eq(publisher.log(), &log),
+        "a cluster node serves its own replica"
+    );
     let serving = publisher.serving();
     let status = if *serving.borrow() {
         tonic_health::ServingStatus::Serving

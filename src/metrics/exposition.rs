@@ -15,12 +15,10 @@ use super::{Metrics, gauge_value};
 const PREFIX: &str = "storywire";
 
 /// The OpenMetrics text format's content type, which Prometheus asks for first.
-const OPENMETRICS_CONTENT_TYPE: &str =
-    "application/openmetrics-text; version=1.0.0; charset=utf-8";
+const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// The Prometheus text format's content type, for every other client (curl, older scrapers).
-const PROMETHEUS_CONTENT_TYPE: &str =
-    prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+const PROMETHEUS_CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 
 /// The text format a scrape asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

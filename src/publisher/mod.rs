@@ -63,8 +63,9 @@ pub trait Publisher: Send + Sync + fmt::Debug {
     }
 
     /// Publishes a burst of validated requests from one client (a PublishStream's), each as
-    /// [`Self::publish`] would on its own, in request order: one request's event never lands
-    /// before an earlier one's of the same burst. Outcomes in request order, answered together.
+    /// [`Self::publish`] would on its own, sent in request order: requests to one story land in
+    /// request order (requests to different stories may be re-decided, on a cluster node, and
+    /// land later). Outcomes in request order, answered together.
     fn publish_all<'a>(
         &'a self,
         requests: Vec<pb::PublishRequest>,
