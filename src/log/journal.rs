@@ -11,9 +11,9 @@
 //!
 //! A replicated stream (NATS JetStream, `serve --nats`) orders events before the log sees them,
 //! so it does not go through this trait: the seam a cluster node plugs into is the publisher
-//! ([`crate::publisher`]), one level up. The node publishes beside [`super::EventLog::append`]
-//! and applies what the stream delivers with [`super::EventLog::replicate`], at the stream's
-//! sequences, over the memory journal (see [`super::replicated`] and [`crate::cluster`]).
+//! (`src/publisher/`), one level up. The node publishes beside [`super::EventLog::append`] and
+//! applies what the stream delivers with [`super::EventLog::replicate`], at the stream's
+//! sequences, over the memory journal (see [`super::replicated`] and `src/cluster/`).
 
 use std::{
     fmt,
