@@ -27,9 +27,10 @@ const PULL_EXPIRES: Duration = Duration::from_secs(1);
 /// before it gives up: the server it reaches may have been down, and be catching up itself.
 const REBUILD_ATTEMPTS: u32 = 50;
 
-/// When a pull's answer is due: the server answers at [`PULL_EXPIRES`] even with nothing to
-/// deliver, so a pull still unanswered half a second later went to a consumer leader that is cut
-/// off or paused, and the replica reads from the stream's leader until the consumer answers.
+/// When a pull's end is due: the server ends it at [`PULL_EXPIRES`] even with nothing to
+/// deliver, so a pull still unended half a second later went to a consumer leader that is cut off
+/// or paused (perhaps after delivering some of it), and the replica reads from the stream's leader
+/// until the consumer answers.
 const PULL_ANSWER: Duration = Duration::from_millis(1_500);
 
 /// How many messages the replica asks the stream's leader for at once while the consumer is
@@ -219,9 +220,12 @@ impl Replica {
                 let next = tokio::select! {
                     next = batch.next() => next,
                     () = async { answer_due.as_mut().expect("armed").await }, if answer_due.is_some() => {
+                        // Unended past its expiry, whether or not some messages came first: a
+                        // consumer leader cut off mid-pull leaves it to the client's own timer,
+                        // seconds later, and nothing would be read meanwhile.
                         answer_due = None;
-                        if !answered && !direct {
-                            tracing::warn!(next = self.next, "replica: the consumer is silent; reading from the stream's leader meanwhile");
+                        if !direct {
+                            tracing::warn!(next = self.next, answered, "replica: the consumer's pull has not ended; reading from the stream's leader meanwhile");
                             direct = true;
                         }
                         continue;
