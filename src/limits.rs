@@ -82,7 +82,7 @@ pub struct Limits {
     /// Streams the server may reset for a client's protocol errors before closing the connection.
     pub max_local_error_reset_streams: usize,
     /// Streams one connection may waste per second, over time: reset by the client before any
-    /// answer, within 50 ms of the call starting (`crate::throttle::WASTED_WITHIN`). Answers,
+    /// answer, within `wasted_stream_window` of the call starting. Answers,
     /// refusals included, and deadlines never count. Past its budget the server stops reading
     /// that connection until the budget allows another (`crate::throttle`); 0 turns this off.
     /// An honest client resets next to nothing that fast; 10 a second keeps a connection that
@@ -98,6 +98,10 @@ pub struct Limits {
     /// Streams one connection may waste at once before the rate applies: room for a client that
     /// cancels a few calls right after making them now and then.
     pub wasted_streams_burst: u32,
+    /// How soon after its call starts a stream ended unanswered counts as wasted: 50 ms
+    /// (`crate::throttle::WASTED_WITHIN`), longer than a reset sent on purpose takes and shorter
+    /// than any deadline a client means. A deadline shorter than this that expires counts.
+    pub wasted_stream_window: Duration,
 }
 
 impl Default for Limits {
@@ -117,6 +121,7 @@ impl Default for Limits {
             max_local_error_reset_streams: 1_024,
             wasted_streams_per_second: 10.0,
             wasted_streams_burst: 20,
+            wasted_stream_window: crate::throttle::WASTED_WITHIN,
             shutdown_grace: Duration::from_secs(10),
         }
     }

@@ -26,7 +26,7 @@ use crate::{
     pb::{self, server::story_service_server::StoryServiceServer},
     publisher::{Local, Publisher},
     service::Service,
-    throttle::{ConnectionBudgets, WasteLayer},
+    throttle::{ConnectionBudgets, WASTED_WITHIN, WasteLayer},
     tls::{ServerTls, TlsFiles},
 };
 
@@ -146,7 +146,7 @@ pub async fn run_with_http(
     let http = http.map(|(listener, http_options)| {
         let router = crate::http::router(service.clone(), http_options);
         // Wasted streams are a gRPC matter: the HTTP face's reads are never paused.
-        let config = face(Face::Http, ConnectionBudgets::new(0.0, 0));
+        let config = face(Face::Http, ConnectionBudgets::new(0.0, 0, WASTED_WITHIN));
         let accepting =
             Accepting::new(listener, limits.keepalive_interval, accept_failures.clone());
         connections::serve(
@@ -170,6 +170,7 @@ pub async fn run_with_http(
     let budgets = ConnectionBudgets::new(
         limits.wasted_streams_per_second,
         limits.wasted_streams_burst,
+        limits.wasted_stream_window,
     );
     let routes = Routes::new(Authorized::new(story_service, options.tokens))
         .add_service(health_service)

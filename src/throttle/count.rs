@@ -15,7 +15,7 @@ use std::{
 
 use tonic::{body::Body, codegen::http, transport::server::TcpConnectInfo};
 
-use super::{ConnectionBudgets, WASTED_WITHIN};
+use super::ConnectionBudgets;
 
 /// The tower layer that counts wasted streams against their connections' budgets.
 #[derive(Debug, Clone)]
@@ -136,7 +136,7 @@ impl Unanswered {
 impl Drop for Unanswered {
     fn drop(&mut self) {
         if let Some(peer) = self.peer
-            && self.started.elapsed() < WASTED_WITHIN
+            && self.started.elapsed() < self.budgets.window
         {
             self.budgets.waste(peer);
         }

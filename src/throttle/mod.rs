@@ -4,10 +4,10 @@
 //! start of a call, and the client next to nothing, since a reset stream frees its slot at once
 //! (h2 bounds only the resets that come before the server reads the stream,
 //! `--max-pending-accept-reset-streams`). Such a stream is *wasted*: it ended with no answer
-//! within [`WASTED_WITHIN`] of its call starting. Each connection has a budget of wasted
-//! streams, a burst refilled at a steady rate; past it the server stops reading that connection
-//! until the budget allows another. Its requests wait in its own socket buffers, costing the
-//! server nothing, and none is lost.
+//! within a window (by default [`WASTED_WITHIN`]) of its call starting. Each connection has a
+//! budget of wasted streams, a burst refilled at a steady rate; past it the server stops reading
+//! that connection until the budget allows another. Its requests wait in its own socket
+//! buffers, costing the server nothing, and none is lost.
 //!
 //! What counts, and why nothing else does:
 //!
@@ -19,13 +19,14 @@
 //!   its stream until the server was done with it, so such calls are bounded by
 //!   `--max-streams-per-connection` like any other load; counting them punished clients for the
 //!   server's own limits.
-//! - **Only within [`WASTED_WITHIN`] of the call starting, by the server's clock alone.** A
-//!   deadline ends a call no sooner than the deadline, whether tonic's timeout answers it or the
-//!   client resets the stream when its own timer fires, so a deadline of that length or more
-//!   never counts, and neither does a caller who gives up after waiting. The `grpc-timeout`
-//!   header is not read: a client may claim any deadline, and one that claimed a nanosecond
-//!   would be let off every reset. A deadline shorter than [`WASTED_WITHIN`] that expires before
-//!   the answer does count: the server cannot tell it from a reset.
+//! - **Only within the window ([`WASTED_WITHIN`] by default) of the call starting, by the
+//!   server's clock alone.** A deadline ends a call no sooner than the deadline, whether the
+//!   server's timeout answers it or the client resets the stream when its own timer fires, so a
+//!   deadline of that length or more never counts, and neither does a caller who gives up after
+//!   waiting. The `grpc-timeout` header is not read: a client may claim any deadline, and one
+//!   that claimed a nanosecond would be let off every reset. A deadline shorter than the window
+//!   that expires before the answer does count: the server cannot tell it from a reset. The
+//!   window is a flag so that a deployment (or a test on a loaded machine) can widen it.
 //! - **Per connection, not per address.** Clients behind one proxy or NAT share an address, and
 //!   one of them resetting streams would pause them all. A peer that opens many connections gets
 //!   a budget on each, but pays a handshake for each, and h2's own guard against rapid resets is
@@ -54,10 +55,10 @@ mod count;
 pub use connection::Throttled;
 pub use count::WasteLayer;
 
-/// A stream that ends with no answer this soon after its call started counts as wasted. A reset
-/// sent on purpose comes within a few milliseconds (the tests' abusers, which wait for a round
-/// trip before each reset, take about 2 ms in a debug build); a client's deadline, or its
-/// patience, is longer.
+/// By default, a stream that ends with no answer this soon after its call started counts as
+/// wasted (`--wasted-stream-window`). A reset sent on purpose comes within a few milliseconds (an
+/// abuser that waits for a round trip before each reset takes about 2 ms in a debug build); a
+/// client's deadline, or its patience, is longer.
 pub const WASTED_WITHIN: Duration = Duration::from_millis(50);
 /// The longest a connection's reads are paused at once, however far past its budget it went: it
 /// is then read again (and paused again if it keeps on).
@@ -79,6 +80,8 @@ pub struct ConnectionBudgets {
     interval: u64,
     /// Nanoseconds a connection's budget may lie ahead of now before it is paused: a burst's worth.
     tolerance: u64,
+    /// A stream ended unanswered this soon after its call started is wasted.
+    window: Duration,
     /// The time every account's clock counts from.
     epoch: Instant,
     /// When the server last logged a pause, in nanoseconds from the epoch (0: never).
@@ -90,8 +93,9 @@ pub struct ConnectionBudgets {
 
 impl ConnectionBudgets {
     /// A budget of `burst` wasted streams per connection, refilled at `per_second`; 0 (or
-    /// anything but a positive number) turns it off. The slowest refill is one a day.
-    pub fn new(per_second: f64, burst: u32) -> Arc<Self> {
+    /// anything but a positive number) turns it off. The slowest refill is one a day. A stream
+    /// counts when it ends unanswered within `window` of its call starting.
+    pub fn new(per_second: f64, burst: u32, window: Duration) -> Arc<Self> {
         const DAY: f64 = 86_400e9;
         let interval = if per_second.is_finite() && per_second > 0.0 {
             (1e9 / per_second).clamp(1.0, DAY) as u64
@@ -101,6 +105,7 @@ impl ConnectionBudgets {
         Arc::new(Self {
             interval,
             tolerance: interval.saturating_mul(u64::from(burst)),
+            window,
             epoch: Instant::now(),
             warned_at: AtomicU64::new(0),
             open: Mutex::new(HashMap::new()),
@@ -225,7 +230,7 @@ mod tests {
         SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 4321);
 
     fn connection(per_second: f64, burst: u32) -> Throttled<()> {
-        ConnectionBudgets::new(per_second, burst).throttle((), Some(PEER))
+        ConnectionBudgets::new(per_second, burst, WASTED_WITHIN).throttle((), Some(PEER))
     }
 
     #[test]

@@ -3,10 +3,7 @@
 use crate::support;
 
 use std::{
-    sync::{
-        Arc, Condvar, Mutex,
-        atomic::{AtomicUsize, Ordering},
-    },
+    sync::{Arc, Condvar, Mutex},
     time::{Duration, SystemTime},
 };
 
@@ -428,14 +425,19 @@ async fn acknowledged(peer: &mut RawPeer) {
     }
 }
 
-/// Sends a PING and says whether the server answers it while `neighbour` publishes 50 updates
-/// one after another: it does not once it has stopped reading `peer`'s connection.
+/// Sends a PING and says whether the server answers it within [`PAUSED_AFTER`] while
+/// `neighbour` publishes 50 updates one after another: it does not once it has stopped reading
+/// `peer`'s connection.
 async fn read_alongside(peer: &mut RawPeer, neighbour: &mut StoryServiceClient<Channel>) -> bool {
     peer.send(&http2::ping(*b"still up")).await;
-    tokio::select! {
-        () = acknowledged(peer) => true,
-        () = carry_on_publishing(neighbour, 50) => false,
-    }
+    let (read, ()) = tokio::join!(
+        tokio::time::timeout(PAUSED_AFTER, acknowledged(peer)),
+        within(
+            "the neighbour's publishes",
+            carry_on_publishing(neighbour, 50)
+        )
+    );
+    read.is_ok()
 }
 
 #[tokio::test]
@@ -447,29 +449,37 @@ async fn a_connection_resetting_streams_before_any_answer_is_paused_and_its_neig
 
     // In a loop: open a Publish, wait until the server has read it, then reset it. Count the
     // rounds the server took part in.
-    let rounds = Arc::new(AtomicUsize::new(0));
+    let (rounds_tx, mut rounds) = tokio::sync::watch::channel(0_u32);
     let mut peer = RawPeer::connect(server.address).await;
-    let resetting = {
-        let rounds = rounds.clone();
-        tokio::spawn(async move {
-            for round in 0..1_000_u32 {
-                open_and_reset(&mut peer, 2 * round + 1).await;
-                rounds.fetch_add(1, Ordering::SeqCst);
-            }
-        })
-    };
-    // The neighbour's 50 round trips are ample time for 1,000 unthrottled rounds...
-    carry_on_publishing(&mut neighbour, 50).await;
-    // ... but past the burst of 5, the server stopped reading the resetting connection. A reset
-    // is counted once the server has dropped the call, which may let a next few in first.
-    let got_through = rounds.load(Ordering::SeqCst);
+    let resetting = tokio::spawn(async move {
+        for round in 0..1_000_u32 {
+            open_and_reset(&mut peer, 2 * round + 1).await;
+            rounds_tx.send_replace(round + 1);
+        }
+    });
+    // The burst of 5 gets through...
+    // (A borrow of the watch holds a lock the resetting task needs: none is kept.)
+    let burst = async { rounds.wait_for(|&n| n >= 5).await.is_ok() };
     assert!(
-        !resetting.is_finished(),
-        "the resetting connection must be paused"
+        within("the burst of wasted streams", burst).await,
+        "the resetting task ended"
     );
+    // ... and then the server stops reading the resetting connection while the neighbour is
+    // answered. A reset is counted once the server has dropped the call, which may let a next
+    // few in first.
+    let more = async { rounds.wait_for(|&n| n > 10).await.is_ok() };
+    let (stalled, ()) = tokio::join!(
+        tokio::time::timeout(PAUSED_AFTER, more),
+        within(
+            "the neighbour's publishes",
+            carry_on_publishing(&mut neighbour, 50)
+        )
+    );
+    let paused = stalled.is_err();
+    let got_through = *rounds.borrow();
     assert!(
-        (5..=10).contains(&got_through),
-        "{got_through} reset calls got through"
+        paused,
+        "the resetting connection must be paused: {got_through} rounds got through"
     );
     resetting.abort();
 }
@@ -542,8 +552,12 @@ impl Clock for StallingClock {
 async fn a_client_whose_deadlines_expire_on_a_slow_server_is_never_paused() {
     let clock = Arc::new(StallingClock::default());
     let log = Arc::new(EventLog::new(DEFAULT_RETAIN_EVENTS, clock.clone()));
+    // The server's own window: the 250 ms deadlines below end their calls well after it.
     let options = ServerOptions {
-        limits: waste_budget(5),
+        limits: Limits {
+            wasted_stream_window: Limits::default().wasted_stream_window,
+            ..waste_budget(5)
+        },
         ..Default::default()
     };
     let server = TestServer::over_with(log, options).await;
@@ -554,10 +568,11 @@ async fn a_client_whose_deadlines_expire_on_a_slow_server_is_never_paused() {
     let mut health = HealthClient::new(channel);
     let mut head = server.log.watch_head();
 
-    for n in 0..50 {
+    // Four times the burst: counted as wasted, they would pause the connection.
+    for n in 0..20 {
         clock.stall(true);
         let mut request = Request::new(note("story", &format!("Hurried {n}")));
-        request.set_timeout(Duration::from_millis(100));
+        request.set_timeout(Duration::from_millis(250));
         let late = within("a publish past its deadline", hurried.publish(request)).await;
         late.expect_err("the deadline passed before the answer");
         // The client reset the stream at its deadline; once a call sent after it on the same
@@ -581,7 +596,15 @@ async fn a_client_whose_deadlines_expire_on_a_slow_server_is_never_paused() {
 
 #[tokio::test]
 async fn calls_the_server_times_out_never_pause_their_connection() {
-    let server = server_with(waste_budget(5), None).await;
+    // The server's own window: its timer ends each call 100 ms after it started, past 50 ms
+    // however slowly the machine runs, since both are measured by the server from the call's
+    // start. (Its timeout's status does not count as an answer: the `grpc-timeout` header is the
+    // client's to claim.)
+    let limits = Limits {
+        wasted_stream_window: Limits::default().wasted_stream_window,
+        ..waste_budget(5)
+    };
+    let server = server_with(limits, None).await;
     let mut neighbour = server.client().await;
     publish(&mut neighbour, open("story", &[])).await;
     // 50 Publishes with 100 ms deadlines whose request messages never come: tonic's timeout

@@ -49,7 +49,8 @@ pub(super) struct LimitArgs {
     #[arg(long, default_value_t = Limits::default().max_local_error_reset_streams)]
     max_local_error_reset_streams: usize,
     /// Streams one connection may waste per second: reset by the client before any answer,
-    /// within 50 ms of the call starting (answers, refusals and deadlines never count). Past the
+    /// within --wasted-stream-window of the call starting (answers, refusals and deadlines never
+    /// count). Past the
     /// budget the server stops reading that connection until it refills. 0: no limit.
     #[arg(long, default_value_t = Limits::default().wasted_streams_per_second,
           value_parser = per_second)]
@@ -62,6 +63,11 @@ pub(super) struct LimitArgs {
     /// Streams one connection may waste at once before --max-wasted-streams-per-second applies.
     #[arg(long, default_value_t = Limits::default().wasted_streams_burst)]
     wasted_streams_burst: u32,
+    /// Seconds after a call starts within which its stream, reset unanswered, counts as wasted.
+    /// Deadlines shorter than this that expire count too.
+    #[arg(long, value_name = "SECONDS", default_value_t = Limits::default().wasted_stream_window.as_secs_f64(),
+          value_parser = positive_seconds)]
+    wasted_stream_window: f64,
 }
 
 impl From<LimitArgs> for Limits {
@@ -82,6 +88,7 @@ impl From<LimitArgs> for Limits {
             max_local_error_reset_streams: args.max_local_error_reset_streams,
             wasted_streams_per_second: args.max_wasted_streams_per_second,
             wasted_streams_burst: args.wasted_streams_burst,
+            wasted_stream_window: Duration::from_secs_f64(args.wasted_stream_window),
             shutdown_grace: Duration::from_secs_f64(args.shutdown_grace),
         }
     }

@@ -583,14 +583,22 @@ pub fn expect_status<T: std::fmt::Debug>(
 pub const SECOND_PEER: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
 
 /// Limits with a budget of `burst` wasted streams per connection that, in effect, never refills
-/// during a test.
+/// during a test, and a window of 30 s: a stream reset before any answer counts however slowly a
+/// loaded machine runs the test's round trips (the default 50 ms is the server's, not a test's).
 pub fn waste_budget(burst: u32) -> Limits {
     Limits {
         wasted_streams_per_second: 0.001,
         wasted_streams_burst: burst,
+        wasted_stream_window: Duration::from_secs(30),
         ..Limits::default()
     }
 }
+
+/// How long a test waits for an answer on a connection before calling it paused. On
+/// [`waste_budget`]'s refill a paused connection is not read again for the longest pause (10 s),
+/// so its call waits well past this; a connection that is read answers in milliseconds even on a
+/// loaded machine.
+pub const PAUSED_AFTER: Duration = Duration::from_secs(3);
 
 /// Cancels `count` calls on `channel` that the server has started and not answered, one after
 /// another, as a client resetting streams in a loop would: each a Publish whose request message
@@ -636,25 +644,33 @@ async fn list_stories(client: &mut StoryServiceClient<Channel>) {
 }
 
 /// Publishes twice from `peer`, one after the other, while `neighbour`, on another connection,
-/// publishes 50 updates one after another, and says whether the server answered both meanwhile:
-/// it does not once it has stopped reading `peer`'s connection. (The first may be read while
-/// the server is still counting a stream `peer` has just wasted.) Story "story" must be open.
+/// publishes 50 updates one after another, and says whether the server answered both of the
+/// peer's within [`PAUSED_AFTER`]: it does not once it has stopped reading `peer`'s connection,
+/// and the neighbour's are answered all the same. (The first may be read while the server is
+/// still counting a stream `peer` has just wasted.) Story "story" must be open.
 pub async fn answered_alongside(
     peer: &StoryServiceClient<Channel>,
     neighbour: &mut StoryServiceClient<Channel>,
 ) -> bool {
     let mut peer = peer.clone();
-    let pending = tokio::spawn(async move {
+    let from_peer = async move {
         peer.publish(note("story", "From the peer")).await?;
         peer.publish(note("story", "From the peer, again")).await
-    });
-    carry_on_publishing(neighbour, 50).await;
-    if !pending.is_finished() {
-        pending.abort();
-        return false;
+    };
+    let (answered, ()) = tokio::join!(
+        tokio::time::timeout(PAUSED_AFTER, from_peer),
+        within(
+            "the neighbour's publishes",
+            carry_on_publishing(neighbour, 50)
+        )
+    );
+    match answered {
+        Ok(published) => {
+            published.expect("publish accepted");
+            true
+        }
+        Err(_) => false,
     }
-    pending.await.expect("task").expect("publish accepted");
-    true
 }
 
 /// Publishes `count` events as a well-behaved peer would, one after another, and checks each
