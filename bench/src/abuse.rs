@@ -28,6 +28,8 @@ use tonic::{
 
 use storywire::pb::{self, story_service_client::StoryServiceClient};
 
+use crate::error::{Result, failed};
+use crate::report::ms_at;
 use crate::{
     load::{
         self, Rate, connect, open_stories, publish_from, publish_measured, publish_unary, receive,
@@ -119,7 +121,7 @@ impl Prefill {
     }
 
     /// Publishes it on `channel`, the bench story's opening first, at full speed.
-    async fn publish(self, channel: Channel) -> Result<(), String> {
+    async fn publish(self, channel: Channel) -> Result<()> {
         publish_unary(channel.clone(), 1).await?;
         let more = self.events() - 1;
         match self {
@@ -180,7 +182,7 @@ async fn abuse(
     url: String,
     stop: Arc<AtomicBool>,
     ready: oneshot::Sender<()>,
-) -> Result<u64, String> {
+) -> Result<u64> {
     let done = Arc::new(AtomicU64::new(0));
     let mut ready = Some(ready);
     match kind {
@@ -267,7 +269,7 @@ async fn abuse(
                 stop.store(true, Ordering::Relaxed);
             }
             for task in tasks {
-                task.await.map_err(|e| e.to_string())??;
+                task.await??;
             }
         }
         Abuse::Oversized | Abuse::Garbage => {
@@ -309,26 +311,24 @@ async fn stall(
     url: &str,
     count: usize,
     request: &pb::SubscribeRequest,
-) -> Result<Vec<Streaming<pb::SubscribeResponse>>, String> {
+) -> Result<Vec<Streaming<pb::SubscribeResponse>>> {
     let mut channels = Vec::new();
     for _ in 0..count.clamp(1, STALLING_CONNECTIONS) {
         let endpoint = abuser_endpoint(url)?
             .initial_stream_window_size(65_535)
             .initial_connection_window_size(65_535);
-        channels.push(endpoint.connect().await.map_err(|e| e.to_string())?);
+        channels.push(endpoint.connect().await?);
     }
     subscribe_many(&channels, count, request).await
 }
 
 /// An endpoint for `url` that connects from [`ABUSER_ADDRESS`].
-fn abuser_endpoint(url: &str) -> Result<Endpoint, String> {
-    Ok(Endpoint::from_shared(url.to_owned())
-        .map_err(|e| e.to_string())?
-        .local_address(Some(ABUSER_ADDRESS)))
+fn abuser_endpoint(url: &str) -> Result<Endpoint> {
+    Ok(Endpoint::from_shared(url.to_owned())?.local_address(Some(ABUSER_ADDRESS)))
 }
 
 /// `count` connections to `url` from [`ABUSER_ADDRESS`].
-async fn connect_abuser(url: &str, count: usize) -> Result<Vec<Channel>, String> {
+async fn connect_abuser(url: &str, count: usize) -> Result<Vec<Channel>> {
     let mut channels = Vec::with_capacity(count);
     for _ in 0..count {
         let channel = abuser_endpoint(url)?.tcp_nodelay(true).connect().await;
@@ -410,17 +410,17 @@ fn spawn_abuser(
     url: String,
     stop: Arc<AtomicBool>,
     ready: oneshot::Sender<()>,
-) -> std::thread::JoinHandle<Result<u64, String>> {
+) -> std::thread::JoinHandle<Result<u64>> {
     std::thread::spawn(move || {
         if priority == Priority::Background {
             // SAFETY: setpriority and gettid only read their integer arguments; on Linux a thread
             // id given as PRIO_PROCESS sets that one thread's nice value.
             let set = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as u32, 19) };
             if set != 0 {
-                return Err(format!(
+                return failed!(
                     "setting the abuser's nice value: {}",
                     std::io::Error::last_os_error()
-                ));
+                );
             }
         }
         tokio::runtime::Builder::new_current_thread()
@@ -432,15 +432,14 @@ fn spawn_abuser(
 }
 
 /// Waits for the abuser's thread to end and returns what it counted.
-async fn join_abuser(abuser: std::thread::JoinHandle<Result<u64, String>>) -> Result<u64, String> {
+async fn join_abuser(abuser: std::thread::JoinHandle<Result<u64>>) -> Result<u64> {
     tokio::task::spawn_blocking(move || abuser.join())
-        .await
-        .map_err(|e| e.to_string())?
+        .await?
         .map_err(|_| "the abuser panicked".to_owned())?
 }
 
 /// One phase: a fresh server holding `prefill`, `kind` in place, the victim measuring.
-async fn phase(kind: Abuse, priority: Priority, prefill: Prefill) -> Result<Phase, String> {
+async fn phase(kind: Abuse, priority: Priority, prefill: Prefill) -> Result<Phase> {
     // Nothing is evicted during a phase: the victim would count it lost.
     let retain = (prefill.events() + PHASE_EVENTS) as usize;
     let server = ServerProcess::start(Target::Storywire, retain.max(1_000_000)).await?;
@@ -455,7 +454,7 @@ async fn phase(kind: Abuse, priority: Priority, prefill: Prefill) -> Result<Phas
         // The abuser ended before it was in place: its result says why.
         return Err(match join_abuser(abuser).await {
             Err(error) => error,
-            Ok(_) => format!("the {kind:?} abuser ended before it was in place"),
+            Ok(_) => format!("the {kind:?} abuser ended before it was in place").into(),
         });
     }
     let rss_in_place = server.rss_bytes();
@@ -474,7 +473,7 @@ async fn phase(kind: Abuse, priority: Priority, prefill: Prefill) -> Result<Phas
         Rate::PerSecond(PHASE_RATE),
     )
     .await?;
-    let received = receiving.await.map_err(|e| e.to_string())?;
+    let received = receiving.await?;
     let server_cpu = (server.cpu_seconds() - cpu_before) / started.elapsed().as_secs_f64();
     stop.store(true, Ordering::Relaxed);
     let abuses = join_abuser(abuser).await?;
@@ -483,8 +482,8 @@ async fn phase(kind: Abuse, priority: Priority, prefill: Prefill) -> Result<Phas
     server.stop().await;
     let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
     Ok(Phase {
-        p99_ms: received.latency.value_at_quantile(0.99) as f64 / 1_000.0,
-        publish_p99_ms: published.latency.value_at_quantile(0.99) as f64 / 1_000.0,
+        p99_ms: ms_at(&received.latency, 0.99),
+        publish_p99_ms: ms_at(&published.latency, 0.99),
         server_cpu,
         lost: received.gaps,
         peak_rss_mib: mib(peak),
@@ -495,7 +494,7 @@ async fn phase(kind: Abuse, priority: Priority, prefill: Prefill) -> Result<Phas
 }
 
 /// Runs every phase `runs` times at each priority and prints a table for each.
-pub async fn run(runs: usize) -> Result<(), String> {
+pub async fn run(runs: usize) -> Result<()> {
     for priority in [Priority::Same, Priority::Background] {
         table(runs, priority).await?;
     }
@@ -509,7 +508,7 @@ pub async fn rounds(
     priority: Priority,
     prefill: Prefill,
     runs: usize,
-) -> Result<Vec<Vec<Phase>>, String> {
+) -> Result<Vec<Vec<Phase>>> {
     // Each round runs every phase once, so that a noisy spell on the machine spreads over the
     // phases (the quiet one included) rather than landing on all the runs of one.
     let mut by_kind: Vec<Vec<Phase>> = kinds.iter().map(|_| Vec::new()).collect();
@@ -532,7 +531,7 @@ pub async fn rounds(
     Ok(by_kind)
 }
 
-async fn table(runs: usize, priority: Priority) -> Result<(), String> {
+async fn table(runs: usize, priority: Priority) -> Result<()> {
     println!("\n{}:", priority.describe());
     println!(
         "\n| abuse while a client publishes {PHASE_RATE}/s and subscribes | victim p99 ms | ratio to quiet | server CPU, cores | events lost | server peak RSS MiB | abusive operations | server healthy after |"

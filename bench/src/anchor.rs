@@ -19,6 +19,7 @@ use prost::Message;
 use storywire::pb::{self, subscribe_response::Item};
 use tokio::time::Instant;
 
+use crate::error::{Error, Result, failed};
 use crate::load::{
     CONNECT_ATTEMPTS, CONNECT_WAVE, Rate, Received, Tally, source_address, update_event,
 };
@@ -28,7 +29,7 @@ const SUBJECT: &str = "bench.story";
 
 /// Connects one client to `url` (from the loopback address `from`, when given), trying again
 /// after a second on failure, as many times as a gRPC subscriber would ([`CONNECT_ATTEMPTS`]).
-async fn connect_one(url: &str, from: Option<IpAddr>) -> Result<Client, String> {
+async fn connect_one(url: &str, from: Option<IpAddr>) -> Result<Client> {
     let mut attempt = 1;
     loop {
         let mut options = async_nats::ConnectOptions::new();
@@ -42,13 +43,13 @@ async fn connect_one(url: &str, from: Option<IpAddr>) -> Result<Client, String> 
                 attempt += 1;
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
-            Err(error) => return Err(format!("connect to NATS at {url}: {error}")),
+            Err(error) => return failed!("connect to NATS at {url}: {error}"),
         }
     }
 }
 
 /// Connects `count` clients to `url`, one connection each.
-pub async fn connect(url: &str, count: usize) -> Result<Vec<Client>, String> {
+pub async fn connect(url: &str, count: usize) -> Result<Vec<Client>> {
     let mut clients = Vec::with_capacity(count);
     for _ in 0..count {
         clients.push(connect_one(url, None).await?);
@@ -59,7 +60,7 @@ pub async fn connect(url: &str, count: usize) -> Result<Vec<Client>, String> {
 /// Subscribes `count` times to the bench subject, spread over `clients`, and waits until the
 /// server has registered every subscription (a flush is a PING answered after every SUB before
 /// it).
-pub async fn subscribe_many(clients: &[Client], count: usize) -> Result<Vec<Subscriber>, String> {
+pub async fn subscribe_many(clients: &[Client], count: usize) -> Result<Vec<Subscriber>> {
     let mut subscribers = Vec::with_capacity(count);
     for i in 0..count {
         let client = &clients[i % clients.len()];
@@ -81,15 +82,12 @@ pub async fn subscribe_many(clients: &[Client], count: usize) -> Result<Vec<Subs
 
 /// Opens `count` subscriptions to `url`, each on a client (a connection) of its own, and waits
 /// until the server has registered each. The clients come back too, for [`close`].
-pub async fn subscribe_each(
-    url: &str,
-    count: usize,
-) -> Result<(Vec<Client>, Vec<Subscriber>), String> {
+pub async fn subscribe_each(url: &str, count: usize) -> Result<(Vec<Client>, Vec<Subscriber>)> {
     let opened: Vec<_> = futures_util::stream::iter(0..count)
         .map(|_| async move {
             let client = connect_one(url, Some(source_address())).await?;
             let subscribers = subscribe_many(std::slice::from_ref(&client), 1).await?;
-            Ok::<_, String>((client, subscribers))
+            Ok::<_, Error>((client, subscribers))
         })
         .buffer_unordered(CONNECT_WAVE)
         .collect()
@@ -133,7 +131,7 @@ fn message(n: u64) -> bytes::Bytes {
 /// from the first publish to the flush after the last. Core NATS acknowledges nothing, so at
 /// full speed this is how fast the client hands events to the server, not how fast it accepts
 /// them.
-pub async fn publish(client: &Client, events: u64, rate: Rate) -> Result<Duration, String> {
+pub async fn publish(client: &Client, events: u64, rate: Rate) -> Result<Duration> {
     let mut ticks = match rate {
         Rate::Max => None,
         Rate::PerSecond(per_second) => Some(tokio::time::interval(Duration::from_secs_f64(

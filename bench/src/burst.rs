@@ -13,12 +13,13 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::error::Result;
 use crate::{
     anchor,
     load::{Rate, Received, connect, publish, publish_more, receive, subscribe_each},
-    process::{ServerProcess, Target, in_turn},
+    process::{ServerProcess, Target},
     readers::{Connections, finish, open_descriptors, room_for},
-    report::{Figure, by_server, quantile},
+    report::{Figure, by_server, in_turn, quantile},
 };
 
 /// How long past the burst's first send the subscribers wait for its last update before what is
@@ -86,7 +87,7 @@ const FIGURES: [Figure<Burst>; 7] = [
 ];
 
 /// Runs the burst on every one of `targets`, `runs` times, and prints its table.
-pub async fn run(args: &Args, targets: &[Target], runs: usize) -> Result<(), String> {
+pub async fn run(args: &Args, targets: &[Target], runs: usize) -> Result<()> {
     let count = args.burst_readers;
     let updates = args.burst_updates.max(1);
     room_for(count)?;
@@ -94,29 +95,16 @@ pub async fn run(args: &Args, targets: &[Target], runs: usize) -> Result<(), Str
         "\nOne burst to many readers: {updates} updates in one PublishStream at full speed (NATS: published, then flushed) to {count} subscribers, each on a connection of its own; median (min–max) of {runs} runs; ratios taken within each run."
     );
     let label = format!("burst, {count} readers");
-    let (results, failed) =
-        in_turn(targets, runs, &label, |target| once(target, count, updates)).await;
-    println!("\n{}", table(count, updates, targets, &results, &failed));
-    Ok(())
-}
-
-/// The table: a row per figure, a column per server, storywire over each other server.
-fn table(
-    count: usize,
-    updates: u64,
-    targets: &[Target],
-    results: &[Vec<Burst>],
-    failed: &[usize],
-) -> String {
-    let names: Vec<&str> = targets.iter().map(|t| t.name()).collect();
+    let runs = in_turn(targets, runs, &label, |target| once(target, count, updates)).await;
     let corner = format!("{updates} updates to {count} readers");
     let misses = |r: &Burst| (r.gaps, r.duplicates);
-    by_server(&corner, &names, &FIGURES, results, misses, failed)
+    println!("\n{}", by_server(&corner, targets, &FIGURES, &runs, misses));
+    Ok(())
 }
 
 /// One run on `target`: a fresh server, `count` subscribers each on a connection of its own, a
 /// burst of `updates`.
-async fn once(target: Target, count: usize, updates: u64) -> Result<Burst, String> {
+async fn once(target: Target, count: usize, updates: u64) -> Result<Burst> {
     let server = ServerProcess::start(target, updates as usize + 2).await?;
     let url = server.url();
     let descriptors = open_descriptors();

@@ -21,22 +21,23 @@ use std::{
 };
 
 use async_nats::jetstream::{self, stream::StorageType};
-use hdrhistogram::Histogram;
 use prost::Message;
 use storywire::{log::replicated::Proposal, pb};
+use storywire_testkit::nats::{Cluster as JetStream, Sync, find_nats_server};
 use tokio::time::Instant;
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
 
+use crate::error::{Result, failed};
+use crate::report::{histogram, ms, ms_at, record};
 use crate::{
     load::{
         self, Rate, connect, open_stories, publish_from, publish_measured, publish_spread, receive,
         subscribe_many,
     },
     matrix::{FAN_OUT_HEADER, FanOut, fan_out_rows, fan_out_with},
-    nats::{self, Fsync, JetStream},
-    process::{ServerProcess, Target},
+    process::{ServerProcess, Target, cpu_seconds_of},
     report::cell,
 };
 
@@ -141,7 +142,7 @@ impl Node {
         servers: &Servers,
         stream: &str,
         retain: usize,
-    ) -> Result<Self, String> {
+    ) -> Result<Self> {
         let (extra, data_dir) = node_args(journal, servers, stream);
         let server = ServerProcess::start_with(Target::Storywire, retain, &extra).await?;
         until_serving(&server.url(), SERVING_TIMEOUT).await?;
@@ -194,7 +195,7 @@ fn jetstream_args(jetstream: &JetStream, stream: &str, replicas: u8) -> Vec<Stri
 }
 
 /// Waits, by watching gRPC health, until the server at `url` is SERVING.
-async fn until_serving(url: &str, timeout: Duration) -> Result<(), String> {
+async fn until_serving(url: &str, timeout: Duration) -> Result<()> {
     let channel = connect(url, 1).await?.remove(0);
     let mut health = HealthClient::new(channel);
     let request = HealthCheckRequest {
@@ -206,12 +207,12 @@ async fn until_serving(url: &str, timeout: Duration) -> Result<(), String> {
         .map_err(|e| format!("watch health: {e}"))?
         .into_inner();
     let serving = async {
-        while let Some(reply) = watch.message().await.map_err(|e| e.to_string())? {
+        while let Some(reply) = watch.message().await? {
             if reply.status == i32::from(ServingStatus::Serving) {
                 return Ok(());
             }
         }
-        Err(format!("{url}: the health stream ended"))
+        failed!("{url}: the health stream ended")
     };
     tokio::time::timeout(timeout, serving)
         .await
@@ -219,16 +220,37 @@ async fn until_serving(url: &str, timeout: Duration) -> Result<(), String> {
 }
 
 /// Runs the cluster case and prints its tables.
-pub async fn run(args: &Args, connections: usize, runs: usize) -> Result<(), String> {
-    let binary = nats::binary(args.nats_server.clone())?;
+pub async fn run(args: &Args, connections: usize, runs: usize) -> Result<()> {
+    let binary = find_nats_server(args.nats_server.clone())?;
     let servers = Servers {
-        r1: JetStream::start(&binary, 1, Fsync::Always).await?,
-        r3: JetStream::start(&binary, 3, Fsync::Always).await?,
+        r1: start_jetstream(&binary, 1, Sync::Always).await?,
+        r3: start_jetstream(&binary, 3, Sync::Always).await?,
     };
-    let outcome = cases(args, &binary, &servers, connections, runs).await;
-    servers.r1.stop().await;
-    servers.r3.stop().await;
-    outcome
+    // Dropping the servers kills them by PID and removes their stores.
+    cases(args, &binary, &servers, connections, runs).await
+}
+
+/// How long the nats-servers may take to enable JetStream and, in a cluster, elect a meta
+/// leader that counts every other server current: an election takes about a second; a loaded
+/// machine more.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// `servers` nats-servers with JetStream on loopback, ready for a stream, fsyncing as `sync` says.
+async fn start_jetstream(binary: &Path, servers: usize, sync: Sync) -> Result<JetStream> {
+    match tokio::time::timeout(READY_TIMEOUT, JetStream::launch(binary, servers, sync)).await {
+        Ok(started) => Ok(started?),
+        Err(_) => failed!(
+            "JetStream was not ready within {}s",
+            READY_TIMEOUT.as_secs()
+        ),
+    }
+}
+
+/// User plus system CPU seconds every server of `jetstream` has used so far.
+fn cpu_of(jetstream: &JetStream) -> f64 {
+    (0..jetstream.len())
+        .map(|index| cpu_seconds_of(jetstream.pid(index)))
+        .sum()
 }
 
 /// The four tables, in order, on `servers`.
@@ -238,7 +260,7 @@ async fn cases(
     servers: &Servers,
     connections: usize,
     runs: usize,
-) -> Result<(), String> {
+) -> Result<()> {
     if args.cluster_events > 0 {
         publishing(servers, args.cluster_events, runs).await?;
     }
@@ -291,7 +313,7 @@ struct Publishing {
 
 /// The publishing table: each log, and JetStream alone, `runs` times, the rows' order rotating
 /// from run to run so that none always runs on a warmer (or busier) machine.
-async fn publishing(servers: &Servers, events: u64, runs: usize) -> Result<(), String> {
+async fn publishing(servers: &Servers, events: u64, runs: usize) -> Result<()> {
     let one_story = (events / 10).max(1);
     let rows = [
         Row::Through(Journal::Memory),
@@ -351,7 +373,7 @@ async fn publish_through(
     run: usize,
     events: u64,
     one_story: u64,
-) -> Result<Publishing, String> {
+) -> Result<Publishing> {
     let stream = format!("PUBLISH-{run}");
     let node = Node::start(journal, servers, &stream, RETAIN).await?;
     let channel = connect(&node.server.url(), 1).await?.remove(0);
@@ -363,27 +385,22 @@ async fn publish_through(
         _ => None,
     };
     let node_cpu = node.server.cpu_seconds();
-    let nats_cpu = nats.map(JetStream::cpu_seconds);
+    let nats_cpu = nats.map(cpu_of);
     let spread = publish_spread(channel, events, STORIES).await?;
     let per_event = |seconds: f64| seconds * 1e6 / events as f64;
     let node_cpu_us = per_event(node.server.cpu_seconds() - node_cpu);
     let nats_cpu_us = nats
         .zip(nats_cpu)
-        .map(|(nats, before)| per_event(nats.cpu_seconds() - before));
+        .map(|(nats, before)| per_event(cpu_of(nats) - before));
     node.stop().await;
     Ok(Publishing {
-        unary_p50_ms: ms(unary.latency.value_at_quantile(0.5)),
-        unary_p99_ms: ms(unary.latency.value_at_quantile(0.99)),
+        unary_p50_ms: ms_at(&unary.latency, 0.5),
+        unary_p99_ms: ms_at(&unary.latency, 0.99),
         one_story_per_second: one_story as f64 / one.as_secs_f64(),
         spread_per_second: events as f64 / spread.as_secs_f64(),
         node_cpu_us: Some(node_cpu_us),
         nats_cpu_us,
     })
-}
-
-/// Milliseconds from a histogram's microseconds.
-fn ms(micros: u64) -> f64 {
-    micros as f64 / 1_000.0
 }
 
 /// How many publishes JetStream alone keeps in flight when it stands in for PublishStream over
@@ -401,7 +418,7 @@ async fn jetstream_alone(
     run: usize,
     events: u64,
     one_story: u64,
-) -> Result<Publishing, String> {
+) -> Result<Publishing> {
     let urls: Vec<async_nats::ServerAddr> = jetstream
         .urls()
         .split(',')
@@ -445,11 +462,11 @@ async fn jetstream_alone(
     };
     let subject = |n: u64| format!("{name}.story.{}", load::story_id(n));
 
-    let mut latency = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("valid bounds");
+    let mut latency = histogram();
     for _ in 0..UNARY_EVENTS {
         let sent = Instant::now();
         publish_one(subject(0)).await?;
-        latency.saturating_record(u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX));
+        record(&mut latency, sent.elapsed());
     }
     let start = Instant::now();
     for _ in 0..one_story {
@@ -457,7 +474,7 @@ async fn jetstream_alone(
     }
     let one = start.elapsed();
 
-    let cpu = jetstream.cpu_seconds();
+    let cpu = cpu_of(jetstream);
     let start = Instant::now();
     let mut in_flight = std::collections::VecDeque::with_capacity(IN_FLIGHT);
     for i in 0..events {
@@ -478,10 +495,10 @@ async fn jetstream_alone(
             .map_err(|e| format!("JetStream acknowledgement: {e}"))?;
     }
     let spread = start.elapsed();
-    let nats_cpu_us = (jetstream.cpu_seconds() - cpu) * 1e6 / events as f64;
+    let nats_cpu_us = (cpu_of(jetstream) - cpu) * 1e6 / events as f64;
     Ok(Publishing {
-        unary_p50_ms: ms(latency.value_at_quantile(0.5)),
-        unary_p99_ms: ms(latency.value_at_quantile(0.99)),
+        unary_p50_ms: ms_at(&latency, 0.5),
+        unary_p99_ms: ms_at(&latency, 0.99),
         one_story_per_second: one_story as f64 / one.as_secs_f64(),
         spread_per_second: events as f64 / spread.as_secs_f64(),
         node_cpu_us: None,
@@ -506,7 +523,7 @@ struct Lag {
 
 /// The replication-lag table: two nodes on a fresh stream of each of R1 and R3, a subscriber on
 /// node B, and a publisher on node A at [`LAG_RATE`].
-async fn lag(servers: &Servers, runs: usize) -> Result<(), String> {
+async fn lag(servers: &Servers, runs: usize) -> Result<()> {
     let replicas = [1u8, 3];
     let mut results: [Vec<Lag>; 2] = [Vec::new(), Vec::new()];
     for run in 0..runs {
@@ -541,7 +558,7 @@ async fn lag(servers: &Servers, runs: usize) -> Result<(), String> {
 }
 
 /// One run of the replication-lag case on a fresh stream of `replicas`.
-async fn lag_once(servers: &Servers, replicas: u8, run: usize) -> Result<Lag, String> {
+async fn lag_once(servers: &Servers, replicas: u8, run: usize) -> Result<Lag> {
     let stream = format!("LAG-{run}");
     let journal = Journal::JetStream(replicas);
     let a = Node::start(journal, servers, &stream, RETAIN).await?;
@@ -554,15 +571,15 @@ async fn lag_once(servers: &Servers, replicas: u8, run: usize) -> Result<Lag, St
     let receiving = tokio::spawn(receive(subscription, 1, LAG_EVENTS, deadline));
     let channel_a = connect(&a.server.url(), 1).await?.remove(0);
     let published = publish_measured(channel_a, 1, LAG_EVENTS, Rate::PerSecond(LAG_RATE)).await?;
-    let received = receiving.await.map_err(|e| e.to_string())?;
+    let received = receiving.await?;
     a.stop().await;
     b.stop().await;
     Ok(Lag {
-        p50_ms: ms(received.latency.value_at_quantile(0.5)),
-        p99_ms: ms(received.latency.value_at_quantile(0.99)),
+        p50_ms: ms_at(&received.latency, 0.5),
+        p99_ms: ms_at(&received.latency, 0.99),
         max_ms: ms(received.latency.max()),
-        publish_p50_ms: ms(published.latency.value_at_quantile(0.5)),
-        publish_p99_ms: ms(published.latency.value_at_quantile(0.99)),
+        publish_p50_ms: ms_at(&published.latency, 0.5),
+        publish_p99_ms: ms_at(&published.latency, 0.99),
         gaps: received.gaps,
         duplicates: received.duplicates,
     })
@@ -570,7 +587,7 @@ async fn lag_once(servers: &Servers, replicas: u8, run: usize) -> Result<Lag, St
 
 /// The fan-out table: [`FAN_OUT_POINTS`] on a node of the JetStream journal (R1, a fresh stream
 /// each run) against the same node in memory, alternating which goes first.
-async fn fan_out(servers: &Servers, connections: usize, runs: usize) -> Result<(), String> {
+async fn fan_out(servers: &Servers, connections: usize, runs: usize) -> Result<()> {
     println!(
         "\nFan-out on one node: live subscribers over {connections} connections, one PublishStream publisher; median (min–max) of {runs} runs; ratios taken within each run.\n"
     );
@@ -607,17 +624,15 @@ async fn fan_out(servers: &Servers, connections: usize, runs: usize) -> Result<(
 /// The filling server takes JetStream's default fsync (every two minutes) rather than every
 /// write: what is measured is reading the stream back, which the fsync mode does not touch, and
 /// filling a million events with an fsync each would take the case most of its time.
-async fn catch_up(binary: &Path, events: u64, runs: usize) -> Result<(), String> {
-    let jetstream = JetStream::start(binary, 1, Fsync::Default).await?;
-    let outcome = catch_up_on(&jetstream, events, runs).await;
-    jetstream.stop().await;
-    outcome
+async fn catch_up(binary: &Path, events: u64, runs: usize) -> Result<()> {
+    let jetstream = start_jetstream(binary, 1, Sync::Default).await?;
+    catch_up_on(&jetstream, events, runs).await
 }
 
-async fn catch_up_on(jetstream: &JetStream, events: u64, runs: usize) -> Result<(), String> {
+async fn catch_up_on(jetstream: &JetStream, events: u64, runs: usize) -> Result<()> {
     let stream = "CATCH-UP";
     let total = events + CATCH_UP_STORIES;
-    let retain = usize::try_from(total).map_err(|e| e.to_string())?;
+    let retain = total as usize;
     let extra = jetstream_args(jetstream, stream, 1);
 
     let filler = ServerProcess::start_with(Target::Storywire, retain, &extra).await?;

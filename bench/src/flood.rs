@@ -14,8 +14,8 @@ use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
     time::Duration,
 };
+use storywire_testkit::net::get_from;
 
-use hdrhistogram::Histogram;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpSocket, TcpStream},
@@ -24,10 +24,10 @@ use tokio::{
 };
 use tonic::transport::Endpoint;
 
+use crate::error::{Result, failed};
+use crate::report::{histogram, ms, ms_at};
 use crate::{
     load::{Rate, publish, receive, subscribe_each_from},
-    matrix::ms,
-    nats::get_from,
     process::{ServerProcess, Target},
     readers::{Connections, finish, open_descriptors, room_for},
     report::{cell, ratio_within_runs},
@@ -89,7 +89,7 @@ struct Phase {
 }
 
 /// Runs the case `runs` times and prints its table.
-pub async fn run(args: &Args, runs: usize) -> Result<(), String> {
+pub async fn run(args: &Args, runs: usize) -> Result<()> {
     room_for(args.flood_readers + 3 * args.flood_connections)?;
     println!(
         "\nFlood: {} readers from 127.0.0.2 onwards, {RATE} events/s for {} s, while 127.0.0.1 keeps {} silent, {} slow-header and {} stalled SSE connections open on the HTTP face; median (min–max) of {runs} runs.",
@@ -132,8 +132,8 @@ pub async fn run(args: &Args, runs: usize) -> Result<(), String> {
 }
 
 /// One phase on a fresh server: the readers, the publisher, and with `flood` the flooder.
-async fn once(args: &Args, flood: bool) -> Result<Phase, String> {
-    let http = free_port()?;
+async fn once(args: &Args, flood: bool) -> Result<Phase> {
+    let http = storywire_testkit::net::free_ports(1)?[0];
     let events = args.flood_seconds * RATE;
     let extra = [
         "--http".to_owned(),
@@ -173,8 +173,7 @@ async fn once(args: &Args, flood: bool) -> Result<Phase, String> {
         // Let the first wave land before the publisher starts.
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    let publisher = Endpoint::from_shared(url.clone())
-        .map_err(|e| e.to_string())?
+    let publisher = Endpoint::from_shared(url.clone())?
         .tcp_nodelay(true)
         .local_address(Some(PUBLISHER))
         .connect()
@@ -184,11 +183,11 @@ async fn once(args: &Args, flood: bool) -> Result<Phase, String> {
     let rss = server.rss_bytes();
     let closed = match get_from(PUBLISHER, http, "/metrics").await {
         Some((200, scrape)) => REASONS.map(|reason| closed_for(&scrape, reason)),
-        other => return Err(format!("GET /metrics: {other:?}")),
+        other => return failed!("GET /metrics: {other:?}"),
     };
     let mut opened = 0;
     while let Some(count) = flooder.join_next().await {
-        opened += count.map_err(|e| e.to_string())?;
+        opened += count?;
     }
     let (all, _) = finish(
         receivers,
@@ -198,13 +197,13 @@ async fn once(args: &Args, flood: bool) -> Result<Phase, String> {
         0.0,
     )
     .await?;
-    let mut latency = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("valid bounds");
+    let mut latency = histogram();
     for received in &all {
-        latency.add(&received.latency).map_err(|e| e.to_string())?;
+        latency.add(&received.latency)?;
     }
     Ok(Phase {
-        p50_ms: ms(latency.value_at_quantile(0.5)),
-        p99_ms: ms(latency.value_at_quantile(0.99)),
+        p50_ms: ms_at(&latency, 0.5),
+        p99_ms: ms_at(&latency, 0.99),
         max_ms: ms(latency.max()),
         rss_mib: rss as f64 / (1024.0 * 1024.0),
         gaps: all.iter().map(|r| r.gaps).sum(),
@@ -278,10 +277,4 @@ async fn connect_from(
     }
     socket.bind(SocketAddr::new(local, 0))?;
     socket.connect(target).await
-}
-
-/// A loopback port free now, for the HTTP face.
-fn free_port() -> Result<u16, String> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
-    Ok(listener.local_addr().map_err(|e| e.to_string())?.port())
 }

@@ -7,6 +7,7 @@
 //! The load runs at nice 19, as if on another machine: the figures are then what the server's
 //! own work for it costs, not the load generator's share of the two cores.
 
+use crate::error::Result;
 use crate::{
     abuse::{self, Abuse, Phase, Prefill, Priority},
     report::{cell, ratio},
@@ -29,7 +30,7 @@ fn healthy(phases: &[Phase]) -> &'static str {
 /// The lock case: [`Abuse::HistoryReaders`] ask for the bench story as of its last version, so
 /// that each call rebuilds it from all of its `events` events (the log once held its read lock,
 /// which appends wait for, through the rebuild); the figure is the publisher's p99 against quiet.
-pub async fn history_readers(events: u64, runs: usize) -> Result<(), String> {
+pub async fn history_readers(events: u64, runs: usize) -> Result<()> {
     let kinds = [
         Abuse::Quiet,
         Abuse::HistoryReaders {
@@ -68,11 +69,7 @@ pub async fn history_readers(events: u64, runs: usize) -> Result<(), String> {
 /// The snapshot case: with `stories` stories, [`Abuse::SnapshotStallers`] open `subscribers`
 /// snapshot subscriptions that never read, each holding every story it has yet to send; the
 /// figures are the server's RSS growth and the subscriber's p99 against quiet.
-pub async fn snapshot_stallers(
-    stories: u64,
-    subscribers: usize,
-    runs: usize,
-) -> Result<(), String> {
+pub async fn snapshot_stallers(stories: u64, subscribers: usize, runs: usize) -> Result<()> {
     let kinds = [Abuse::Quiet, Abuse::SnapshotStallers { subscribers }];
     let priority = Priority::Background;
     let phases = abuse::rounds(&kinds, priority, Prefill::Stories(stories), runs).await?;

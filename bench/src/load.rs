@@ -29,6 +29,9 @@ use storywire::{
     },
 };
 
+use crate::error::{Error, Result, failed};
+use crate::report::{histogram, record};
+
 /// How far apart publishing may fall behind a fixed rate before ticks are bunched: the load is
 /// the rate, not an exact schedule.
 const PUBLISH_QUEUE: usize = 1_024;
@@ -56,10 +59,10 @@ impl std::fmt::Display for Rate {
 }
 
 /// Connects `count` separate HTTP/2 connections to `url`.
-pub async fn connect(url: &str, count: usize) -> Result<Vec<Channel>, String> {
+pub async fn connect(url: &str, count: usize) -> Result<Vec<Channel>> {
     let mut channels = Vec::with_capacity(count);
     for _ in 0..count {
-        let endpoint = Endpoint::from_shared(url.to_owned()).map_err(|e| e.to_string())?;
+        let endpoint = Endpoint::from_shared(url.to_owned())?;
         let channel = endpoint.tcp_nodelay(true).connect().await;
         channels.push(channel.map_err(|e| format!("connect {url}: {e}"))?);
     }
@@ -156,12 +159,12 @@ pub fn update_event(n: u64, sequence: u64) -> pb::UpdateEvent {
 
 /// Publishes `events` bench events at `rate` on one PublishStream, the first opening the story,
 /// and returns how long it took from the first send to the last acknowledgement.
-pub async fn publish(channel: Channel, events: u64, rate: Rate) -> Result<Duration, String> {
+pub async fn publish(channel: Channel, events: u64, rate: Rate) -> Result<Duration> {
     publish_from(channel, 1, events, rate).await
 }
 
 /// Like [`publish`] at full speed, to a story already opened.
-pub async fn publish_more(channel: Channel, events: u64) -> Result<Duration, String> {
+pub async fn publish_more(channel: Channel, events: u64) -> Result<Duration> {
     publish_from(channel, 2, events, Rate::Max).await
 }
 
@@ -171,14 +174,14 @@ pub async fn publish_from(
     first: u64,
     events: u64,
     rate: Rate,
-) -> Result<Duration, String> {
+) -> Result<Duration> {
     Ok(publish_measured(channel, first, events, rate)
         .await?
         .elapsed)
 }
 
 /// Opens `count` stories besides the bench story, at full speed on one PublishStream.
-pub async fn open_stories(channel: Channel, count: u64) -> Result<Duration, String> {
+pub async fn open_stories(channel: Channel, count: u64) -> Result<Duration> {
     let published = stream_requests(channel, count, Rate::Max, |i| story_opening(i + 1)).await?;
     Ok(published.elapsed)
 }
@@ -187,11 +190,7 @@ pub async fn open_stories(channel: Channel, count: u64) -> Result<Duration, Stri
 /// first `stories` of the stories [`open_stories`] opened, and returns how long it took from the
 /// first send to the last acknowledgement. Consecutive requests go to different stories, which a
 /// cluster node publishes concurrently.
-pub async fn publish_spread(
-    channel: Channel,
-    events: u64,
-    stories: u64,
-) -> Result<Duration, String> {
+pub async fn publish_spread(channel: Channel, events: u64, stories: u64) -> Result<Duration> {
     let stories = stories.max(1);
     let published = stream_requests(channel, events, Rate::Max, move |i| {
         revision(story_id(i % stories + 1), i / stories + 2)
@@ -218,7 +217,7 @@ pub async fn publish_measured(
     first: u64,
     events: u64,
     rate: Rate,
-) -> Result<Published, String> {
+) -> Result<Published> {
     stream_requests(channel, events, rate, move |i| bench_request(first + i)).await
 }
 
@@ -229,7 +228,7 @@ async fn stream_requests(
     events: u64,
     rate: Rate,
     request: impl Fn(u64) -> pb::PublishRequest + Send + 'static,
-) -> Result<Published, String> {
+) -> Result<Published> {
     let mut client = StoryServiceClient::new(channel);
     let (sender, receiver) = mpsc::channel(PUBLISH_QUEUE);
     // At a fixed rate, when each message was due, in the order sent: acknowledgements come in
@@ -260,17 +259,17 @@ async fn stream_requests(
         .await
         .map_err(|e| format!("publish_stream: {e}"))?
         .into_inner();
-    let mut latency = Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid bounds");
+    let mut latency = histogram();
     for _ in 0..events {
         match responses.message().await {
             Ok(Some(pb::PublishStreamResponse {
                 result: Some(Outcome::Accepted(_)),
             })) => {}
-            other => return Err(format!("publish failed: {other:?}")),
+            other => return failed!("publish failed: {other:?}"),
         }
         if rate != Rate::Max {
             let due: Instant = due.recv().await.ok_or("the publisher ended early")?;
-            latency.saturating_record(u64::try_from(due.elapsed().as_micros()).unwrap_or(u64::MAX));
+            record(&mut latency, due.elapsed());
         }
     }
     let elapsed = start.elapsed();
@@ -280,27 +279,27 @@ async fn stream_requests(
 
 /// Publishes `events` bench events with unary Publish, each call awaited before the next, and
 /// returns how long it took.
-pub async fn publish_unary(channel: Channel, events: u64) -> Result<Duration, String> {
+pub async fn publish_unary(channel: Channel, events: u64) -> Result<Duration> {
     unary_from(channel, 1, events).await
 }
 
 /// Like [`publish_unary`], to a story already opened.
-pub async fn publish_unary_more(channel: Channel, events: u64) -> Result<Duration, String> {
+pub async fn publish_unary_more(channel: Channel, events: u64) -> Result<Duration> {
     unary_from(channel, 2, events).await
 }
 
-async fn unary_from(channel: Channel, first: u64, events: u64) -> Result<Duration, String> {
+async fn unary_from(channel: Channel, first: u64, events: u64) -> Result<Duration> {
     Ok(unary_measured(channel, first, events).await?.elapsed)
 }
 
 /// Like [`publish_unary`], with each call's latency from its send to its answer.
-pub async fn publish_unary_measured(channel: Channel, events: u64) -> Result<Published, String> {
+pub async fn publish_unary_measured(channel: Channel, events: u64) -> Result<Published> {
     unary_measured(channel, 1, events).await
 }
 
-async fn unary_measured(channel: Channel, first: u64, events: u64) -> Result<Published, String> {
+async fn unary_measured(channel: Channel, first: u64, events: u64) -> Result<Published> {
     let mut client = StoryServiceClient::new(channel);
-    let mut latency = Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid bounds");
+    let mut latency = histogram();
     let start = Instant::now();
     for n in first..first + events {
         let sent = Instant::now();
@@ -308,7 +307,7 @@ async fn unary_measured(channel: Channel, first: u64, events: u64) -> Result<Pub
             .publish(bench_request(n))
             .await
             .map_err(|e| format!("publish: {e}"))?;
-        latency.saturating_record(u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX));
+        record(&mut latency, sent.elapsed());
     }
     Ok(Published {
         elapsed: start.elapsed(),
@@ -317,10 +316,10 @@ async fn unary_measured(channel: Channel, first: u64, events: u64) -> Result<Pub
 }
 
 /// Every subscriber's tally, in order, once each has finished (or given up at its deadline).
-pub async fn gather(receivers: Vec<JoinHandle<Received>>) -> Result<Vec<Received>, String> {
+pub async fn gather(receivers: Vec<JoinHandle<Received>>) -> Result<Vec<Received>> {
     let mut all = Vec::with_capacity(receivers.len());
     for receiver in receivers {
-        all.push(receiver.await.map_err(|e| e.to_string())?);
+        all.push(receiver.await?);
     }
     Ok(all)
 }
@@ -350,7 +349,7 @@ pub async fn subscribe_many(
     channels: &[Channel],
     count: usize,
     request: &pb::SubscribeRequest,
-) -> Result<Vec<Streaming<pb::SubscribeResponse>>, String> {
+) -> Result<Vec<Streaming<pb::SubscribeResponse>>> {
     let mut streams = Vec::with_capacity(count);
     let mut opened = 0;
     while opened < count {
@@ -362,7 +361,7 @@ pub async fn subscribe_many(
             opening.spawn(async move { client.subscribe(request).await.map(|r| r.into_inner()) });
         }
         while let Some(stream) = opening.join_next().await {
-            let stream = stream.map_err(|e| e.to_string())?;
+            let stream = stream?;
             streams.push(stream.map_err(|e| format!("subscribe: {e}"))?);
         }
         opened += wave;
@@ -401,7 +400,7 @@ pub fn source_address() -> IpAddr {
 pub async fn subscribe_each(
     url: &str,
     count: usize,
-) -> Result<(Vec<Channel>, Vec<Streaming<pb::SubscribeResponse>>), String> {
+) -> Result<(Vec<Channel>, Vec<Streaming<pb::SubscribeResponse>>)> {
     subscribe_each_from(url, count, |_| source_address()).await
 }
 
@@ -410,10 +409,8 @@ pub async fn subscribe_each_from(
     url: &str,
     count: usize,
     source: impl Fn(usize) -> IpAddr,
-) -> Result<(Vec<Channel>, Vec<Streaming<pb::SubscribeResponse>>), String> {
-    let endpoint = Endpoint::from_shared(url.to_owned())
-        .map_err(|e| e.to_string())?
-        .tcp_nodelay(true);
+) -> Result<(Vec<Channel>, Vec<Streaming<pb::SubscribeResponse>>)> {
+    let endpoint = Endpoint::from_shared(url.to_owned())?.tcp_nodelay(true);
     let opened: Vec<_> = futures_util::stream::iter(0..count)
         .map(|n| {
             let endpoint = endpoint.clone().local_address(Some(source(n)));
@@ -424,7 +421,7 @@ pub async fn subscribe_each_from(
                     .await
                     .map_err(|e| format!("subscribe: {e}"))?
                     .into_inner();
-                Ok::<_, String>((channel, stream))
+                Ok::<_, Error>((channel, stream))
             }
         })
         .buffer_unordered(CONNECT_WAVE)
@@ -442,7 +439,7 @@ pub const CONNECT_ATTEMPTS: u32 = 3;
 
 /// Connects to `endpoint`, trying again after a second on failure, up to [`CONNECT_ATTEMPTS`]
 /// times; the error names its cause (tonic's own says only "transport error").
-async fn connect_patiently(endpoint: &Endpoint) -> Result<Channel, String> {
+async fn connect_patiently(endpoint: &Endpoint) -> Result<Channel> {
     let mut attempt = 1;
     loop {
         match endpoint.connect().await {
@@ -455,7 +452,7 @@ async fn connect_patiently(endpoint: &Endpoint) -> Result<Channel, String> {
                     source = cause.source();
                 }
                 if attempt == CONNECT_ATTEMPTS {
-                    return Err(message);
+                    return Err(message.into());
                 }
                 eprintln!("{message}; trying again");
                 attempt += 1;
@@ -504,7 +501,7 @@ impl Tally {
                 events: 0,
                 gaps: 0,
                 duplicates: 0,
-                latency: Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid bounds"),
+                latency: histogram(),
                 last_at: None,
             },
             previous: first - 1,

@@ -17,7 +17,6 @@
 //! - [`cluster`]: the JetStream journal of `serve --nats` beside the others: publishing,
 //!   replication lag, a new node's catch-up, fan-out on one node.
 //! - [`readers`]: connections per reader: each subscriber on a connection of its own.
-//! - [`plot`]: the connections-per-reader case drawn as an SVG, from its runs or a results file.
 //! - [`storm`]: the reconnect storm: a durable server restarts under every reader,
 //!   and all of them come back at once and resume 1,000 events back while a desk publishes.
 //! - [`burst`]: one burst to many readers: one PublishStream of updates to every
@@ -26,7 +25,6 @@
 //!   readers from other addresses read a story.
 //! - [`sse`]: Server-Sent Event readers, each on a connection of its own, against nginx+nchan.
 //! - [`nchan`]: the nginx+nchan anchor: a fresh nginx per run, its publisher's side.
-//! - [`nats`]: the nats-server binary, and the JetStream servers the cluster case starts.
 //! - [`anchor`]: the NATS anchor's client side: the same events over core NATS publish/subscribe.
 //! - [`report`]: medians, spreads and ratios as the report's markdown cells.
 //! - [`process`]: a server under test in its own process, its CPU time and memory from /proc.
@@ -38,13 +36,12 @@ mod anchor;
 mod bare;
 mod burst;
 mod cluster;
+mod error;
 mod flood;
 mod heavy_reads;
 mod load;
 mod matrix;
-mod nats;
 mod nchan;
-mod plot;
 mod process;
 mod readers;
 mod report;
@@ -81,15 +78,6 @@ enum Mode {
         #[arg(long, default_value = "127.0.0.1:0")]
         listen: SocketAddr,
     },
-    /// Draw a connections-per-reader results file (`--reader-results`) again as an SVG.
-    Plot {
-        /// The results file.
-        #[arg(long)]
-        from: std::path::PathBuf,
-        /// Where to write the SVG.
-        #[arg(long)]
-        out: std::path::PathBuf,
-    },
 }
 
 #[tokio::main]
@@ -97,7 +85,6 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match cli.mode {
         Some(Mode::Bare { listen }) => bare::run(listen).await,
-        Some(Mode::Plot { from, out }) => plot::redraw(&from, &out),
         None => matrix::run(cli.args).await,
     };
     match outcome {

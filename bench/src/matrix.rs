@@ -5,14 +5,14 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use hdrhistogram::Histogram;
 use storywire::pb;
 use tokio::{task::JoinHandle, time::Instant};
 
+use crate::error::{Error, Result, failed};
+use crate::report::{histogram, ms, ms_at};
 use crate::{
     abuse, anchor, burst, cluster, flood, heavy_reads,
     load::{self, Rate, Received, connect, gather, publish, receive, subscribe_many},
-    nats,
     process::{self, ServerProcess, Target},
     readers,
     report::{cell, ratio, ratio_within_runs, summary},
@@ -156,7 +156,7 @@ async fn fan_out(
     subscribers: usize,
     connections: usize,
     rate: Rate,
-) -> Result<FanOut, String> {
+) -> Result<FanOut> {
     match target {
         Target::Nats => fan_out_nats(subscribers, connections, rate).await,
         Target::Storywire | Target::Bare => {
@@ -181,7 +181,7 @@ pub async fn fan_out_with(
     subscribers: usize,
     connections: usize,
     rate: Rate,
-) -> Result<FanOut, String> {
+) -> Result<FanOut> {
     let events = events_for(subscribers, rate);
     let server = ServerProcess::start_with(target, events as usize + 1, extra).await?;
     let channels = connect(&server.url(), connections).await?;
@@ -201,11 +201,7 @@ pub async fn fan_out_with(
 
 /// [`fan_out`] on the NATS anchor: the same events to the same number of subscribers over as
 /// many client connections, one more client publishing.
-async fn fan_out_nats(
-    subscribers: usize,
-    connections: usize,
-    rate: Rate,
-) -> Result<FanOut, String> {
+async fn fan_out_nats(subscribers: usize, connections: usize, rate: Rate) -> Result<FanOut> {
     let events = events_for(subscribers, rate);
     let server = ServerProcess::start(Target::Nats, 0).await?;
     let clients = anchor::connect(&server.url(), connections).await?;
@@ -232,7 +228,7 @@ async fn finish(
     events: u64,
     start: Instant,
     publish_time: Duration,
-) -> Result<FanOut, String> {
+) -> Result<FanOut> {
     let all = gather(receivers).await?;
     let cpu = server.cpu_seconds() - cpu_before;
     let rss = server.rss_bytes();
@@ -249,29 +245,24 @@ fn figures(
     publish_time: Duration,
     cpu: f64,
     rss: u64,
-) -> Result<FanOut, String> {
+) -> Result<FanOut> {
     let delivered: u64 = all.iter().map(|r| r.events).sum();
     let last = all.iter().filter_map(|r| r.last_at).max().unwrap_or(start);
-    let mut latency = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("valid bounds");
+    let mut latency = histogram();
     for received in all {
-        latency.add(&received.latency).map_err(|e| e.to_string())?;
+        latency.add(&received.latency)?;
     }
     Ok(FanOut {
         delivered_per_second: delivered as f64 / (last - start).as_secs_f64().max(1e-9),
         published_per_second: events as f64 / publish_time.as_secs_f64().max(1e-9),
-        p50_ms: ms(latency.value_at_quantile(0.5)),
-        p99_ms: ms(latency.value_at_quantile(0.99)),
+        p50_ms: ms_at(&latency, 0.5),
+        p99_ms: ms_at(&latency, 0.99),
         max_ms: ms(latency.max()),
         cpu_us_per_delivery: cpu * 1e6 / delivered.max(1) as f64,
         rss_mib: rss as f64 / (1024.0 * 1024.0),
         gaps: all.iter().map(|r| r.gaps).sum(),
         duplicates: all.iter().map(|r| r.duplicates).sum(),
     })
-}
-
-/// Microseconds as milliseconds.
-pub fn ms(micros: u64) -> f64 {
-    micros as f64 / 1_000.0
 }
 
 /// The fan-out table's header, for [`fan_out_rows`].
@@ -311,12 +302,14 @@ pub fn fan_out_rows(subscribers: usize, rate: Rate, rows: &[(&str, &[FanOut])]) 
 }
 
 /// Runs the cases and prints the report as markdown.
-pub async fn run(args: Args) -> Result<(), String> {
+pub async fn run(args: Args) -> Result<()> {
     process::use_storywire_binary(args.storywire.clone())?;
     let runs = args.runs.max(1);
     // The NATS anchor runs beside the others when there is a nats-server to run; without one the
     // report says so and goes on with the two gRPC servers.
-    let nats = nats::binary(args.cluster.nats_server.clone()).and_then(process::use_nats_binary);
+    let nats = storywire_testkit::nats::find_nats_server(args.cluster.nats_server.clone())
+        .map_err(Error::from)
+        .and_then(process::use_nats_binary);
     let mut targets = vec![Target::Storywire, Target::Bare];
     match &nats {
         Ok(()) => targets.push(Target::Nats),
@@ -325,7 +318,7 @@ pub async fn run(args: Args) -> Result<(), String> {
     if !args.servers.is_empty() {
         targets.retain(|target| args.servers.contains(target));
         if targets.len() < args.servers.len() {
-            return Err("--servers names NATS, but there is no nats-server to run".to_owned());
+            return Err("--servers names NATS, but there is no nats-server to run".into());
         }
     }
     if args.subscribers.iter().any(|&s| s > 0) {
@@ -381,7 +374,7 @@ pub async fn run(args: Args) -> Result<(), String> {
 }
 
 /// The fan-out table: every subscriber count at every rate, on each of `targets`.
-async fn fan_out_table(args: &Args, targets: &[Target], runs: usize) -> Result<(), String> {
+async fn fan_out_table(args: &Args, targets: &[Target], runs: usize) -> Result<()> {
     // Each table row is printed as soon as its case is done, so a long run that fails late
     // still leaves what it measured.
     let others: Vec<&str> = targets[1..].iter().map(|t| t.name()).collect();
@@ -429,7 +422,7 @@ async fn fan_out_table(args: &Args, targets: &[Target], runs: usize) -> Result<(
 }
 
 /// Publish throughput: unary Publish, one call at a time, against PublishStream at full speed.
-async fn publish_paths(unary_events: u64, runs: usize) -> Result<String, String> {
+async fn publish_paths(unary_events: u64, runs: usize) -> Result<String> {
     let stream_events = unary_events * 20;
     let mut unary = Vec::new();
     let mut streamed = Vec::new();
@@ -466,7 +459,7 @@ const DURABILITY_UNARY_EVENTS: u64 = 200;
 
 /// Publish throughput with each fsync mode (and in memory), and start-up time with the events on
 /// disk.
-async fn durability(events: u64, runs: usize) -> Result<(), String> {
+async fn durability(events: u64, runs: usize) -> Result<()> {
     println!(
         "\n| log | unary publish/s, 1 client | unary publish/s, {DURABILITY_CLIENTS} clients | PublishStream events/s | start-up with {} events on disk, ms |",
         events + 1 + DURABILITY_UNARY_EVENTS * (DURABILITY_CLIENTS + 1)
@@ -503,7 +496,7 @@ async fn durability(events: u64, runs: usize) -> Result<(), String> {
                 )));
             }
             for client in clients {
-                client.await.map_err(|e| e.to_string())??;
+                client.await??;
             }
             many.push(
                 (DURABILITY_CLIENTS * DURABILITY_UNARY_EVENTS) as f64
@@ -538,7 +531,7 @@ async fn durability(events: u64, runs: usize) -> Result<(), String> {
 }
 
 /// Catch-up replay and memory per retained event.
-async fn catch_up(events: u64, runs: usize) -> Result<String, String> {
+async fn catch_up(events: u64, runs: usize) -> Result<String> {
     let mut rates = Vec::new();
     let mut per_event = Vec::new();
     for _ in 0..runs {
@@ -559,10 +552,11 @@ async fn catch_up(events: u64, runs: usize) -> Result<String, String> {
         let elapsed = start.elapsed();
         server.stop().await;
         if received.gaps + received.duplicates > 0 {
-            return Err(format!(
+            return failed!(
                 "catch-up: {} gaps, {} duplicates",
-                received.gaps, received.duplicates
-            ));
+                received.gaps,
+                received.duplicates
+            );
         }
         rates.push(received.events as f64 / elapsed.as_secs_f64());
         eprintln!(
@@ -582,7 +576,7 @@ async fn catch_up(events: u64, runs: usize) -> Result<String, String> {
 }
 
 /// Memory per idle subscriber, for both servers.
-async fn idle(subscribers: usize, connections: usize, runs: usize) -> Result<String, String> {
+async fn idle(subscribers: usize, connections: usize, runs: usize) -> Result<String> {
     let mut per: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
     for _ in 0..runs {
         for (i, target) in [Target::Storywire, Target::Bare].into_iter().enumerate() {

@@ -15,22 +15,17 @@
 //! draw them (`--reader-plot`, see [`crate::plot`]); `storywire-bench plot` draws such a file
 //! again without running anything.
 
-use std::{
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::time::Duration;
 
-use hdrhistogram::Histogram;
-use serde::{Deserialize, Serialize};
 use tokio::{task::JoinHandle, time::Instant};
 
+use crate::error::{Result, failed};
+use crate::report::{histogram, ms, ms_at};
 use crate::{
     anchor,
     load::{Rate, Received, connect, gather, publish, receive, subscribe_each},
-    matrix::ms,
-    plot,
-    process::{ServerProcess, Target, in_turn},
-    report::{Figure, by_server},
+    process::{ServerProcess, Target},
+    report::{Figure, Runs, by_server, in_turn},
 };
 
 /// How often the publisher sends, as a busy story's live updates might come.
@@ -56,18 +51,10 @@ pub struct Args {
     /// How long the connections-per-reader case publishes for, in seconds.
     #[arg(long, default_value_t = 30)]
     pub reader_seconds: u64,
-    /// Also write every run of the connections-per-reader case to this JSON file, rewritten after
-    /// each count, so that its plot can be drawn again (`storywire-bench plot --from PATH`).
-    #[arg(long, value_name = "PATH")]
-    pub reader_results: Option<PathBuf>,
-    /// Also draw the connections-per-reader case as an SVG at this path, rewritten after each
-    /// count: delivery p99 and server CPU per delivery against the readers, a line per server.
-    #[arg(long, value_name = "PATH")]
-    pub reader_plot: Option<PathBuf>,
 }
 
-/// One run of the case on one server. Its field names are the results file's keys.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+/// One run of the case on one server.
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Readers {
     /// From the first connect to the last subscription registered.
     pub subscribe_all_seconds: f64,
@@ -80,40 +67,6 @@ pub struct Readers {
     /// Sequences missed, and seen twice, over all subscribers.
     pub gaps: u64,
     pub duplicates: u64,
-}
-
-/// One run as the results file keeps it: which server, how many readers, what it measured.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Run {
-    /// The server's name as the tables give it: `storywire`, `bare tonic` or `NATS`.
-    pub server: String,
-    pub readers: usize,
-    #[serde(flatten)]
-    pub figures: Readers,
-}
-
-/// The results file of `--reader-results`: every run that did not fail, server by server.
-/// Runs, not summaries, so that whoever reads it can summarise them another way.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Results {
-    /// Where the runs come from: the case's settings, or the tables they were copied from.
-    pub note: String,
-    pub runs: Vec<Run>,
-}
-
-impl Results {
-    /// Reads a results file, saying which one if it cannot.
-    pub fn read(path: &Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("reading {}: {e}", path.display()))?;
-        serde_json::from_str(&text).map_err(|e| format!("reading {}: {e}", path.display()))
-    }
-
-    /// Writes the results file, pretty-printed so that a diff of two shows which runs changed.
-    pub fn write(&self, path: &Path) -> Result<(), String> {
-        let text = serde_json::to_string_pretty(self).map_err(|e| e.to_string())?;
-        std::fs::write(path, text + "\n").map_err(|e| format!("writing {}: {e}", path.display()))
-    }
 }
 
 /// The table's figures, one row each.
@@ -136,72 +89,40 @@ const FIGURES: [Figure<Readers>; 6] = [
 
 /// Runs the case for every count on every one of `targets`, `runs` times, and prints a table
 /// per count.
-pub async fn run(args: &Args, targets: &[Target], runs: usize) -> Result<(), String> {
+pub async fn run(args: &Args, targets: &[Target], runs: usize) -> Result<()> {
     let events = (args.reader_seconds * 1_000 / INTERVAL.as_millis() as u64).max(1);
     println!(
         "\nConnections per reader: each subscriber on a connection of its own, one event every {} ms for {} s ({events} events); median (min–max) of {runs} runs; ratios taken within each run.",
         INTERVAL.as_millis(),
         args.reader_seconds
     );
-    let mut kept = Results {
-        note: format!(
-            "storywire-bench --readers: each subscriber on a connection of its own, one event every {} ms for {} s ({events} events), {runs} runs per server and count",
-            INTERVAL.as_millis(),
-            args.reader_seconds
-        ),
-        runs: Vec::new(),
-    };
     for &count in &args.reader_counts {
         room_for(count)?;
         let label = format!("{count} readers");
-        let (results, failed) =
-            in_turn(targets, runs, &label, |target| once(target, count, events)).await;
-        for (target, runs) in targets.iter().zip(&results) {
-            kept.runs.extend(runs.iter().map(|&figures| Run {
-                server: target.name().to_owned(),
-                readers: count,
-                figures,
-            }));
-        }
-        println!("\n{}", table(count, targets, &results, &failed));
-        // After each count, not only the last: a later count that fails (out of descriptors,
-        // say) then keeps what the earlier ones measured.
-        if let Some(path) = &args.reader_results {
-            kept.write(path)?;
-        }
-        if let Some(path) = &args.reader_plot {
-            plot::write(&kept, path)?;
-        }
+        let runs = in_turn(targets, runs, &label, |target| once(target, count, events)).await;
+        println!("\n{}", table(count, targets, &runs));
     }
     Ok(())
 }
 
 /// The table for `count` subscribers: a row per figure, a column per server, then storywire
 /// over each other server.
-fn table(count: usize, targets: &[Target], results: &[Vec<Readers>], failed: &[usize]) -> String {
-    let names: Vec<&str> = targets.iter().map(|t| t.name()).collect();
+fn table(count: usize, targets: &[Target], runs: &Runs<Readers>) -> String {
     let misses = |r: &Readers| (r.gaps, r.duplicates);
-    by_server(
-        &format!("{count} readers"),
-        &names,
-        &FIGURES,
-        results,
-        misses,
-        failed,
-    )
+    by_server(&format!("{count} readers"), targets, &FIGURES, runs, misses)
 }
 
 /// Fails, saying why, if this process may not open `count` more sockets; raises its soft
 /// open-files limit to the hard one first (the servers it starts inherit it).
-pub fn room_for(count: usize) -> Result<(), String> {
+pub fn room_for(count: usize) -> Result<()> {
     let limit = storywire::descriptors::raise_open_files_limit()
         .map_err(|e| format!("cannot raise the open-files limit: {e}"))?;
     let needed = count as u64 + SPARE_DESCRIPTORS;
     if needed > limit {
-        return Err(format!(
+        return failed!(
             "{count} readers need {needed} open files in the bench (and as many in the server), \
              over the limit of {limit}: spreading them over several processes is not done yet"
-        ));
+        );
     }
     Ok(())
 }
@@ -235,7 +156,7 @@ pub async fn finish(
     open: Connections,
     descriptors: usize,
     cpu_before: f64,
-) -> Result<(Vec<Received>, f64), String> {
+) -> Result<(Vec<Received>, f64)> {
     let all = gather(receivers).await?;
     let cpu = server.cpu_seconds() - cpu_before;
     open.close().await;
@@ -271,7 +192,7 @@ pub async fn settle(before: usize) {
 
 /// One run on `target`: a fresh server, `count` subscribers each on a connection of its own,
 /// `events` events one every [`INTERVAL`].
-async fn once(target: Target, count: usize, events: u64) -> Result<Readers, String> {
+async fn once(target: Target, count: usize, events: u64) -> Result<Readers> {
     let server = ServerProcess::start(target, events as usize + 1).await?;
     let idle_rss = server.rss_bytes();
     let url = server.url();
@@ -316,14 +237,14 @@ async fn once(target: Target, count: usize, events: u64) -> Result<Readers, Stri
     let (all, cpu) = finish(receivers, server, open, descriptors, cpu_before).await?;
 
     let delivered: u64 = all.iter().map(|r| r.events).sum();
-    let mut latency = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("valid bounds");
+    let mut latency = histogram();
     for received in &all {
-        latency.add(&received.latency).map_err(|e| e.to_string())?;
+        latency.add(&received.latency)?;
     }
     Ok(Readers {
         subscribe_all_seconds: subscribe_all.as_secs_f64(),
-        p50_ms: ms(latency.value_at_quantile(0.5)),
-        p99_ms: ms(latency.value_at_quantile(0.99)),
+        p50_ms: ms_at(&latency, 0.5),
+        p99_ms: ms_at(&latency, 0.99),
         max_ms: ms(latency.max()),
         cpu_us_per_delivery: cpu * 1e6 / delivered.max(1) as f64,
         rss_kib_per_connection: rss.saturating_sub(idle_rss) as f64 / count as f64 / 1024.0,
@@ -334,7 +255,8 @@ async fn once(target: Target, count: usize, events: u64) -> Result<Readers, Stri
 
 #[cfg(test)]
 mod tests {
-    use super::{Readers, Results, Run, once, table};
+    use super::{Readers, once, table};
+    use crate::report::Runs;
     use crate::{anchor::tests::nats_server_at_hand, process::Target};
 
     #[tokio::test]
@@ -367,12 +289,11 @@ mod tests {
         let run = made_up_run();
         let half = Readers { p50_ms: 1.0, ..run };
         let targets = [Target::Storywire, Target::Bare, Target::Nats];
-        let text = table(
-            10,
-            &targets,
-            &[vec![run], vec![run], vec![half]],
-            &[0, 0, 0],
-        );
+        let runs = Runs {
+            results: vec![vec![run], vec![run], vec![half]],
+            failed: vec![0, 0, 0],
+        };
+        let text = table(10, &targets, &runs);
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(
             lines[0],
@@ -389,30 +310,14 @@ mod tests {
         );
 
         // One server alone (`--servers storywire`, for a profile) has no ratio columns.
-        let alone = table(10, &targets[..1], &[vec![run]], &[0]);
+        let runs = Runs {
+            results: vec![vec![run]],
+            failed: vec![0],
+        };
+        let alone = table(10, &targets[..1], &runs);
         let lines: Vec<&str> = alone.lines().collect();
         assert_eq!(lines[0], "| 10 readers | storywire |");
         assert_eq!(lines[1], "|---|---|");
         assert_eq!(lines[3], "| delivery p50, ms | 2.00 |");
-    }
-
-    #[test]
-    fn the_results_file_reads_back_what_was_written() {
-        let path = std::env::temp_dir().join(format!("readers-{}.json", uuid::Uuid::new_v4()));
-        let written = Results {
-            note: "made up".to_owned(),
-            runs: vec![Run {
-                server: "storywire".to_owned(),
-                readers: 10,
-                figures: Readers {
-                    duplicates: 1,
-                    ..made_up_run()
-                },
-            }],
-        };
-        written.write(&path).unwrap();
-        let read = Results::read(&path).unwrap();
-        std::fs::remove_file(&path).unwrap();
-        assert_eq!(read, written);
     }
 }

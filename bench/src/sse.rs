@@ -11,7 +11,6 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use hdrhistogram::Histogram;
 use storywire::pb;
 use tokio::{
     io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
@@ -20,15 +19,16 @@ use tokio::{
     time::Instant,
 };
 
+use crate::error::{Result, failed};
+use crate::report::{histogram, ms, ms_at};
 use crate::{
     load::{
         CONNECT_WAVE, Rate, Received, Tally, connect, gather, publish, source_address, update_event,
     },
-    matrix::ms,
-    nchan::{self, Nginx, free_port},
+    nchan::{self, Nginx},
     process::{ServerProcess, Target},
     readers::{open_descriptors, room_for, settle},
-    report::{Figure, by_server},
+    report::{Figure, by_server, in_turn},
 };
 
 /// How often the publisher sends, as a busy story's live updates might come.
@@ -62,6 +62,15 @@ enum Server {
     Nchan,
 }
 
+impl std::fmt::Display for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Storywire => "storywire",
+            Self::Nchan => "nginx+nchan",
+        })
+    }
+}
+
 /// One run of the case on one server.
 #[derive(Debug, Clone, Copy)]
 struct SseRun {
@@ -91,11 +100,9 @@ const FIGURES: [Figure<SseRun>; 6] = [
 
 /// Runs the case for every count on both servers, `runs` times (taking turns at going first),
 /// and prints a table per count.
-pub async fn run(args: &Args, runs: usize) -> Result<(), String> {
+pub async fn run(args: &Args, runs: usize) -> Result<()> {
     if let Some(missing) = nchan::missing() {
-        return Err(format!(
-            "the SSE readers case needs nginx with nchan: {missing}"
-        ));
+        return failed!("the SSE readers case needs nginx with nchan: {missing}");
     }
     let events = (args.sse_reader_seconds * 1_000 / INTERVAL.as_millis() as u64).max(1);
     println!(
@@ -106,32 +113,10 @@ pub async fn run(args: &Args, runs: usize) -> Result<(), String> {
     let servers = [Server::Storywire, Server::Nchan];
     for &count in &args.sse_reader_counts {
         room_for(count)?;
-        let mut results: Vec<Vec<SseRun>> = vec![Vec::new(), Vec::new()];
-        let mut failed = vec![0; servers.len()];
-        for run in 0..runs {
-            for k in 0..servers.len() {
-                let i = (k + run) % servers.len();
-                match once(servers[i], count, events).await {
-                    Ok(result) => {
-                        eprintln!("{count} SSE readers, {:?}: {result:?}", servers[i]);
-                        results[i].push(result);
-                    }
-                    Err(error) => {
-                        eprintln!("{count} SSE readers, {:?}: failed: {error}", servers[i]);
-                        failed[i] += 1;
-                    }
-                }
-            }
-        }
+        let label = format!("{count} SSE readers");
+        let runs = in_turn(&servers, runs, &label, |server| once(server, count, events)).await;
         let misses = |r: &SseRun| (r.gaps, r.duplicates);
-        let table = by_server(
-            &format!("{count} SSE readers"),
-            &["storywire", "nginx+nchan"],
-            &FIGURES,
-            &results,
-            misses,
-            &failed,
-        );
+        let table = by_server(&label, &servers, &FIGURES, &runs, misses);
         println!("\n{table}");
     }
     Ok(())
@@ -147,10 +132,11 @@ enum Running {
 }
 
 impl Running {
-    async fn start(server: Server, events: u64) -> Result<Self, String> {
+    async fn start(server: Server, events: u64) -> Result<Self> {
         match server {
             Server::Storywire => {
-                let http = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+                let http =
+                    SocketAddr::from(([127, 0, 0, 1], storywire_testkit::net::free_ports(1)?[0]));
                 let extra = ["--http".to_owned(), http.to_string()];
                 let server =
                     ServerProcess::start_with(Target::Storywire, events as usize + 1, &extra)
@@ -159,7 +145,7 @@ impl Running {
                 let deadline = Instant::now() + Duration::from_secs(10);
                 while TcpStream::connect(http).await.is_err() {
                     if Instant::now() > deadline {
-                        return Err(format!("storywire's HTTP face did not listen on {http}"));
+                        return failed!("storywire's HTTP face did not listen on {http}");
                     }
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
@@ -192,7 +178,7 @@ impl Running {
     }
 
     /// Publishes `events` events at `rate`: over gRPC to storywire, POSTed to nchan.
-    async fn publish(&self, events: u64, rate: Rate) -> Result<(), String> {
+    async fn publish(&self, events: u64, rate: Rate) -> Result<()> {
         match self {
             Self::Storywire { server, .. } => {
                 let publisher = connect(&server.url(), 1).await?.remove(0);
@@ -203,8 +189,7 @@ impl Running {
                 let mut ticks = tokio::time::interval(INTERVAL);
                 for n in 1..=events {
                     ticks.tick().await;
-                    let body =
-                        serde_json::to_vec(&update_event(n, n)).map_err(|e| e.to_string())?;
+                    let body = serde_json::to_vec(&update_event(n, n))?;
                     publisher.publish(&body).await?;
                 }
                 Ok(())
@@ -222,7 +207,7 @@ impl Running {
 
 /// One run on `server`: a fresh server, `count` readers each on a connection of its own,
 /// `events` events one every [`INTERVAL`].
-async fn once(server: Server, count: usize, events: u64) -> Result<SseRun, String> {
+async fn once(server: Server, count: usize, events: u64) -> Result<SseRun> {
     let running = Running::start(server, events).await?;
     let idle_rss = running.rss_bytes();
     let (address, path) = running.readers_at();
@@ -230,7 +215,7 @@ async fn once(server: Server, count: usize, events: u64) -> Result<SseRun, Strin
     let descriptors = open_descriptors();
 
     let start = Instant::now();
-    let opened: Vec<Result<BufReader<TcpStream>, String>> =
+    let opened: Vec<Result<BufReader<TcpStream>>> =
         futures_util::StreamExt::collect(futures_util::StreamExt::buffer_unordered(
             futures_util::stream::iter((0..count).map(|_| open_reader(address, path))),
             CONNECT_WAVE,
@@ -255,14 +240,14 @@ async fn once(server: Server, count: usize, events: u64) -> Result<SseRun, Strin
     running.stop().await;
 
     let delivered: u64 = all.iter().map(|r| r.events).sum();
-    let mut latency = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("valid bounds");
+    let mut latency = histogram();
     for received in &all {
-        latency.add(&received.latency).map_err(|e| e.to_string())?;
+        latency.add(&received.latency)?;
     }
     Ok(SseRun {
         subscribe_all_seconds: subscribe_all.as_secs_f64(),
-        p50_ms: ms(latency.value_at_quantile(0.5)),
-        p99_ms: ms(latency.value_at_quantile(0.99)),
+        p50_ms: ms_at(&latency, 0.5),
+        p99_ms: ms_at(&latency, 0.99),
         max_ms: ms(latency.max()),
         cpu_us_per_delivery: cpu * 1e6 / delivered.max(1) as f64,
         rss_kib_per_reader: rss.saturating_sub(idle_rss) as f64 / count as f64 / 1024.0,
@@ -273,8 +258,8 @@ async fn once(server: Server, count: usize, events: u64) -> Result<SseRun, Strin
 
 /// Connects one reader from the next loopback source address, sends its request as a browser's
 /// EventSource does, and reads the response's head.
-async fn open_reader(address: SocketAddr, path: &str) -> Result<BufReader<TcpStream>, String> {
-    let socket = TcpSocket::new_v4().map_err(|e| e.to_string())?;
+async fn open_reader(address: SocketAddr, path: &str) -> Result<BufReader<TcpStream>> {
+    let socket = TcpSocket::new_v4()?;
     socket
         .bind(SocketAddr::new(source_address(), 0))
         .map_err(|e| format!("bind a reader: {e}"))?;
@@ -282,29 +267,20 @@ async fn open_reader(address: SocketAddr, path: &str) -> Result<BufReader<TcpStr
         .connect(address)
         .await
         .map_err(|e| format!("connect a reader to {address}: {e}"))?;
-    stream.set_nodelay(true).map_err(|e| e.to_string())?;
+    stream.set_nodelay(true)?;
     let request = format!(
         "GET {path} HTTP/1.1\r\nhost: bench\r\naccept: text/event-stream\r\ncache-control: no-cache\r\n\r\n"
     );
-    stream
-        .write_all(request.as_bytes())
-        .await
-        .map_err(|e| e.to_string())?;
+    stream.write_all(request.as_bytes()).await?;
     let mut reader = BufReader::new(stream);
     let mut status = String::new();
-    reader
-        .read_line(&mut status)
-        .await
-        .map_err(|e| e.to_string())?;
+    reader.read_line(&mut status).await?;
     if !status.contains(" 200 ") {
-        return Err(format!("{path}: {}", status.trim()));
+        return failed!("{path}: {}", status.trim());
     }
     loop {
         let mut line = String::new();
-        reader
-            .read_line(&mut line)
-            .await
-            .map_err(|e| e.to_string())?;
+        reader.read_line(&mut line).await?;
         if line.trim().is_empty() {
             return Ok(reader);
         }

@@ -38,9 +38,10 @@ use tonic::{
     transport::{Channel, Endpoint},
 };
 
+use crate::error::{Result, failed};
+use crate::report::{histogram, ms_at};
 use crate::{
     load::{self, Rate, STORY, connect, publish, subscribe_each},
-    matrix::ms,
     process::{ServerProcess, Target, cpu_seconds_of},
     readers::{open_descriptors, room_for, settle},
     report::{Figure, cell, quantile},
@@ -184,7 +185,7 @@ async fn follow(
     let completed = signals.completed.clone();
     let mut follower = Follower::default();
     if let Err(error) = follow_into(&mut follower, endpoint, channel, stream, signals).await {
-        follower.error = Some(error);
+        follower.error = Some(error.to_string());
     }
     if follower.completed_at.is_none() {
         let _ = completed.send(None);
@@ -200,7 +201,7 @@ async fn follow_into(
     channel: Channel,
     mut stream: Streaming<pb::SubscribeResponse>,
     mut signals: Signals,
-) -> Result<(), String> {
+) -> Result<()> {
     let deadline = signals.deadline;
     loop {
         match tokio::time::timeout_at(deadline, stream.message()).await {
@@ -260,7 +261,7 @@ async fn follow_into(
                     _ => {}
                 },
                 Ok(None) => return Err("the resumed stream ended".into()),
-                Err(status) => return Err(format!("the resumed stream failed: {status}")),
+                Err(status) => return failed!("the resumed stream failed: {status}"),
             },
             changed = signals.last.changed() => {
                 if changed.is_err() {
@@ -292,7 +293,7 @@ async fn connect_until(
     endpoint: &Endpoint,
     deadline: Instant,
     failed: &mut u64,
-) -> Result<Channel, String> {
+) -> Result<Channel> {
     loop {
         match tokio::time::timeout_at(deadline, endpoint.connect()).await {
             Ok(Ok(channel)) => return Ok(channel),
@@ -334,7 +335,7 @@ async fn desk(
     acked: Arc<AtomicU64>,
     stop: watch::Receiver<Option<Instant>>,
     deadline: Instant,
-) -> Result<Vec<Acked>, String> {
+) -> Result<Vec<Acked>> {
     // Connected before the first tick, so that the quiet phase's latency holds no connect.
     let channel = endpoint
         .connect()
@@ -364,7 +365,7 @@ async fn desk(
                         return Err("the run ended under the desk".into());
                     }
                     if Instant::now() + RETRY_INTERVAL > deadline {
-                        return Err(format!("event {n} unacknowledged at the deadline"));
+                        return failed!("event {n} unacknowledged at the deadline");
                     }
                     resends += 1;
                     tokio::time::sleep(RETRY_INTERVAL).await;
@@ -394,7 +395,7 @@ fn desk_apart(
     acked: Arc<AtomicU64>,
     stop: watch::Receiver<Option<Instant>>,
     deadline: Instant,
-) -> Result<oneshot::Receiver<Result<Vec<Acked>, String>>, String> {
+) -> Result<oneshot::Receiver<Result<Vec<Acked>>>, String> {
     let (sender, receiver) = oneshot::channel();
     std::thread::Builder::new()
         .name("storm-desk".into())
@@ -404,7 +405,7 @@ fn desk_apart(
                 .build()
             {
                 Ok(runtime) => runtime.block_on(desk(endpoint, first, acked, stop, deadline)),
-                Err(error) => Err(format!("the desk's runtime: {error}")),
+                Err(error) => failed!("the desk's runtime: {error}"),
             };
             let _ = sender.send(outcome);
         })
@@ -628,7 +629,7 @@ const ROWS: [Row; 26] = [
 ];
 
 /// Runs the storm `runs` times and prints its table.
-pub async fn run(args: &Args, runs: usize) -> Result<(), String> {
+pub async fn run(args: &Args, runs: usize) -> Result<()> {
     let count = args.storm_readers;
     room_for(count)?;
     let quiet = Duration::from_secs(args.storm_quiet_seconds.max(1));
@@ -689,7 +690,7 @@ fn table(count: usize, results: &[Storm], failed: usize) -> String {
 }
 
 /// One run in a fresh data directory, removed afterwards.
-async fn once(count: usize, quiet: Duration, run: usize) -> Result<Storm, String> {
+async fn once(count: usize, quiet: Duration, run: usize) -> Result<Storm> {
     let dir = std::env::temp_dir().join(format!("storywire-storm-{}-{run}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let extra = vec!["--data-dir".to_owned(), dir.display().to_string()];
@@ -699,7 +700,7 @@ async fn once(count: usize, quiet: Duration, run: usize) -> Result<Storm, String
 }
 
 /// One run against a server started with `extra` (its data directory).
-async fn storm(count: usize, quiet: Duration, extra: &[String]) -> Result<Storm, String> {
+async fn storm(count: usize, quiet: Duration, extra: &[String]) -> Result<Storm> {
     let server = ServerProcess::start_with(Target::Storywire, RETAIN_EVENTS, extra).await?;
     let address: SocketAddr = server.address;
     let url = server.url();
@@ -709,9 +710,7 @@ async fn storm(count: usize, quiet: Duration, extra: &[String]) -> Result<Storm,
     let descriptors = open_descriptors();
     let (channels, streams) = subscribe_each(&url, count).await?;
     let deadline = Instant::now() + quiet + STORM_TIMEOUT + RUN_SLACK;
-    let endpoint = Endpoint::from_shared(url.clone())
-        .map_err(|e| e.to_string())?
-        .tcp_nodelay(true);
+    let endpoint = Endpoint::from_shared(url.clone())?.tcp_nodelay(true);
     let acked = Arc::new(AtomicU64::new(PRELOAD_EVENTS));
     let (resume_from, resume_from_rx) = watch::channel(None);
     let (last, last_rx) = watch::channel(None);
@@ -770,7 +769,7 @@ async fn storm(count: usize, quiet: Duration, extra: &[String]) -> Result<Storm,
     last.send_replace(Some(last_sequence));
     let mut all = Vec::with_capacity(count);
     while let Some(follower) = followers.join_next().await {
-        all.push(follower.map_err(|e| e.to_string())?);
+        all.push(follower?);
     }
     drop(last);
     // The clients close first and the server stays until they are gone (see readers.rs).
@@ -802,7 +801,7 @@ async fn storm(count: usize, quiet: Duration, extra: &[String]) -> Result<Storm,
         (storm_end - sigterm_at).as_secs_f64()
     );
     let latency = |due_in: &dyn Fn(Instant) -> bool, from_send: bool| -> Histogram<u64> {
-        let mut histogram = Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid bounds");
+        let mut histogram = histogram();
         for event in published.iter().filter(|a| due_in(a.due)) {
             let start = if from_send { event.sent } else { event.due };
             let micros = (event.acked - start).as_micros();
@@ -836,14 +835,14 @@ async fn storm(count: usize, quiet: Duration, extra: &[String]) -> Result<Storm,
         each_p50_s: quantile(&each, 0.5),
         each_p99_s: quantile(&each, 0.99),
         incomplete: (count - done.len()) as u64,
-        quiet_p50_ms: ms(quiet_latency.value_at_quantile(0.5)),
-        quiet_p99_ms: ms(quiet_latency.value_at_quantile(0.99)),
-        storm_p50_ms: ms(storm_latency.value_at_quantile(0.5)),
-        storm_p99_ms: ms(storm_latency.value_at_quantile(0.99)),
-        quiet_sent_p50_ms: ms(quiet_sent.value_at_quantile(0.5)),
-        quiet_sent_p99_ms: ms(quiet_sent.value_at_quantile(0.99)),
-        storm_sent_p50_ms: ms(storm_sent.value_at_quantile(0.5)),
-        storm_sent_p99_ms: ms(storm_sent.value_at_quantile(0.99)),
+        quiet_p50_ms: ms_at(&quiet_latency, 0.5),
+        quiet_p99_ms: ms_at(&quiet_latency, 0.99),
+        storm_p50_ms: ms_at(&storm_latency, 0.5),
+        storm_p99_ms: ms_at(&storm_latency, 0.99),
+        quiet_sent_p50_ms: ms_at(&quiet_sent, 0.5),
+        quiet_sent_p99_ms: ms_at(&quiet_sent, 0.99),
+        storm_sent_p50_ms: ms_at(&storm_sent, 0.5),
+        storm_sent_p99_ms: ms_at(&storm_sent, 0.99),
         storm_events: storm_latency.len(),
         outage_events: outage.len() as u64,
         outage_max_s: outage

