@@ -1,5 +1,6 @@
-//! The load: subscribers spread over a few HTTP/2 connections, a publisher on PublishStream, and
-//! what each subscriber saw (count, gaps, duplicates, latency).
+//! The load: connections, publishers on PublishStream or unary Publish, subscribers spread over a
+//! few HTTP/2 connections or each on one of its own, and what each subscriber saw (count, gaps,
+//! duplicates, latency).
 
 use std::{
     net::{IpAddr, Ipv4Addr},
@@ -10,6 +11,13 @@ use std::{
 use futures_util::StreamExt;
 use hdrhistogram::Histogram;
 use prost::Message;
+use storywire::{
+    clock::to_timestamp,
+    pb::{
+        self, change::Kind, publish_stream_response::Result as Outcome,
+        story_service_client::StoryServiceClient, subscribe_response::Item,
+    },
+};
 use tokio::{
     sync::mpsc,
     task::{JoinHandle, JoinSet},
@@ -21,16 +29,10 @@ use tonic::{
     transport::{Channel, Endpoint},
 };
 
-use storywire::{
-    clock::to_timestamp,
-    pb::{
-        self, change::Kind, publish_stream_response::Result as Outcome,
-        story_service_client::StoryServiceClient, subscribe_response::Item,
-    },
+use crate::{
+    error::{Result, failed},
+    report::{histogram, record},
 };
-
-use crate::error::{Error, Result, failed};
-use crate::report::{histogram, record};
 
 /// How far apart publishing may fall behind a fixed rate before ticks are bunched: the load is
 /// the rate, not an exact schedule.
@@ -60,13 +62,17 @@ impl std::fmt::Display for Rate {
 
 /// Connects `count` separate HTTP/2 connections to `url`.
 pub async fn connect(url: &str, count: usize) -> Result<Vec<Channel>> {
+    let endpoint = Endpoint::from_shared(url.to_owned())?.tcp_nodelay(true);
     let mut channels = Vec::with_capacity(count);
     for _ in 0..count {
-        let endpoint = Endpoint::from_shared(url.to_owned())?;
-        let channel = endpoint.tcp_nodelay(true).connect().await;
-        channels.push(channel.map_err(|e| format!("connect {url}: {e}"))?);
+        channels.push(endpoint.connect().await?);
     }
     Ok(channels)
+}
+
+/// One connection to `url`.
+pub async fn connect_one(url: &str) -> Result<Channel> {
+    Ok(connect(url, 1).await?.remove(0))
 }
 
 /// The `n`th bench request (1-based): the first opens the story, the rest revise its summary, so
@@ -76,14 +82,15 @@ fn bench_request(n: u64) -> pb::PublishRequest {
     if n > 1 {
         return revision(STORY.into(), n);
     }
-    let kind = Kind::StoryOpened(pb::StoryOpened {
+    let opened = pb::StoryOpened {
         headline: "Bench story".into(),
-        summary: String::new(),
         tags: vec!["bench".into()],
-        language: String::new(),
-    });
+        ..Default::default()
+    };
     pb::PublishRequest {
-        change: Some(pb::Change { kind: Some(kind) }),
+        change: Some(pb::Change {
+            kind: Some(Kind::StoryOpened(opened)),
+        }),
         ..revision(STORY.into(), n)
     }
 }
@@ -91,20 +98,18 @@ fn bench_request(n: u64) -> pb::PublishRequest {
 /// The `n`th update of `story_id`, a story already open: a new summary, so that every bench event
 /// is about the same size whichever story it goes to.
 pub fn revision(story_id: String, n: u64) -> pb::PublishRequest {
+    let revised = pb::StoryRevised {
+        summary: Some(format!("Summary {n:>10}: {SUMMARY}")),
+        ..Default::default()
+    };
     pb::PublishRequest {
         story_id,
-        event_id: String::new(),
-        expected_version: None,
         headline: format!("Update {n:>10} on the bench story, one line long"),
         occurred_at: Some(to_timestamp(SystemTime::now())),
         change: Some(pb::Change {
-            kind: Some(Kind::StoryRevised(pb::StoryRevised {
-                headline: None,
-                summary: Some(format!("Summary {n:>10}: {SUMMARY}")),
-                tags: None,
-                language: None,
-            })),
+            kind: Some(Kind::StoryRevised(revised)),
         }),
+        ..Default::default()
     }
 }
 
@@ -117,20 +122,20 @@ pub fn story_id(n: u64) -> String {
 /// event, so that each story's state is about one summary long.
 fn story_opening(n: u64) -> pb::PublishRequest {
     let headline = format!("Bench story {n:>10}, one line long");
+    let opened = pb::StoryOpened {
+        headline: headline.clone(),
+        summary: format!("Story {n:>10}: {SUMMARY}"),
+        tags: vec!["bench".into()],
+        language: String::new(),
+    };
     pb::PublishRequest {
         story_id: story_id(n),
-        event_id: String::new(),
-        expected_version: None,
-        headline: headline.clone(),
+        headline,
         occurred_at: Some(to_timestamp(SystemTime::now())),
         change: Some(pb::Change {
-            kind: Some(Kind::StoryOpened(pb::StoryOpened {
-                headline,
-                summary: format!("Story {n:>10}: {SUMMARY}"),
-                tags: vec!["bench".into()],
-                language: String::new(),
-            })),
+            kind: Some(Kind::StoryOpened(opened)),
         }),
+        ..Default::default()
     }
 }
 
@@ -157,27 +162,33 @@ pub fn update_event(n: u64, sequence: u64) -> pb::UpdateEvent {
     }
 }
 
+/// What a publisher saw.
+pub struct Published {
+    /// From the first send to the last acknowledgement.
+    pub elapsed: Duration,
+    /// On PublishStream at a fixed rate, each event's latency in microseconds from its tick to
+    /// its acknowledgement; empty at full speed, where it would be only queueing (and recording
+    /// it would take the publisher's time). Counting from the tick rather than the send keeps a
+    /// stall in view: the events due during it are late too, not merely sent late. With unary
+    /// Publish, each call's, from its send to its answer.
+    pub latency: Histogram<u64>,
+}
+
 /// Publishes `events` bench events at `rate` on one PublishStream, the first opening the story,
 /// and returns how long it took from the first send to the last acknowledgement.
 pub async fn publish(channel: Channel, events: u64, rate: Rate) -> Result<Duration> {
-    publish_from(channel, 1, events, rate).await
+    Ok(publish_from(channel, 1, events, rate).await?.elapsed)
 }
 
-/// Like [`publish`] at full speed, to a story already opened.
-pub async fn publish_more(channel: Channel, events: u64) -> Result<Duration> {
-    publish_from(channel, 2, events, Rate::Max).await
-}
-
-/// Like [`publish`], starting with the `first`th bench event (1 opens the story).
+/// Like [`publish`], starting with the `first`th bench event (1 opens the story), with each
+/// event's latency.
 pub async fn publish_from(
     channel: Channel,
     first: u64,
     events: u64,
     rate: Rate,
-) -> Result<Duration> {
-    Ok(publish_measured(channel, first, events, rate)
-        .await?
-        .elapsed)
+) -> Result<Published> {
+    stream_requests(channel, events, rate, move |i| bench_request(first + i)).await
 }
 
 /// Opens `count` stories besides the bench story, at full speed on one PublishStream.
@@ -197,28 +208,6 @@ pub async fn publish_spread(channel: Channel, events: u64, stories: u64) -> Resu
     })
     .await?;
     Ok(published.elapsed)
-}
-
-/// What a publisher saw.
-pub struct Published {
-    /// From the first send to the last acknowledgement.
-    pub elapsed: Duration,
-    /// On PublishStream at a fixed rate, each event's latency in microseconds from its tick to
-    /// its acknowledgement; empty at full speed, where it would be only queueing (and recording
-    /// it would take the publisher's time). Counting from the tick rather than the send keeps a
-    /// stall in view: the events due during it are late too, not merely sent late. With unary
-    /// Publish, each call's, from its send to its answer.
-    pub latency: Histogram<u64>,
-}
-
-/// Like [`publish_from`], with each event's latency to its acknowledgement.
-pub async fn publish_measured(
-    channel: Channel,
-    first: u64,
-    events: u64,
-    rate: Rate,
-) -> Result<Published> {
-    stream_requests(channel, events, rate, move |i| bench_request(first + i)).await
 }
 
 /// Sends `request(0)` to `request(events - 1)` at `rate` on one PublishStream, each made when it
@@ -256,8 +245,7 @@ async fn stream_requests(
     });
     let mut responses = client
         .publish_stream(ReceiverStream::new(receiver))
-        .await
-        .map_err(|e| format!("publish_stream: {e}"))?
+        .await?
         .into_inner();
     let mut latency = histogram();
     for _ in 0..events {
@@ -277,36 +265,15 @@ async fn stream_requests(
     Ok(Published { elapsed, latency })
 }
 
-/// Publishes `events` bench events with unary Publish, each call awaited before the next, and
-/// returns how long it took.
-pub async fn publish_unary(channel: Channel, events: u64) -> Result<Duration> {
-    unary_from(channel, 1, events).await
-}
-
-/// Like [`publish_unary`], to a story already opened.
-pub async fn publish_unary_more(channel: Channel, events: u64) -> Result<Duration> {
-    unary_from(channel, 2, events).await
-}
-
-async fn unary_from(channel: Channel, first: u64, events: u64) -> Result<Duration> {
-    Ok(unary_measured(channel, first, events).await?.elapsed)
-}
-
-/// Like [`publish_unary`], with each call's latency from its send to its answer.
-pub async fn publish_unary_measured(channel: Channel, events: u64) -> Result<Published> {
-    unary_measured(channel, 1, events).await
-}
-
-async fn unary_measured(channel: Channel, first: u64, events: u64) -> Result<Published> {
+/// Publishes bench events `first` to `first + events - 1` with unary Publish, each call awaited
+/// before the next, with each call's latency from its send to its answer.
+pub async fn publish_unary(channel: Channel, first: u64, events: u64) -> Result<Published> {
     let mut client = StoryServiceClient::new(channel);
     let mut latency = histogram();
     let start = Instant::now();
     for n in first..first + events {
         let sent = Instant::now();
-        client
-            .publish(bench_request(n))
-            .await
-            .map_err(|e| format!("publish: {e}"))?;
+        client.publish(bench_request(n)).await?;
         record(&mut latency, sent.elapsed());
     }
     Ok(Published {
@@ -322,20 +289,6 @@ pub async fn gather(receivers: Vec<JoinHandle<Received>>) -> Result<Vec<Received
         all.push(receiver.await?);
     }
     Ok(all)
-}
-
-/// What one subscriber saw.
-pub struct Received {
-    /// Events received.
-    pub events: u64,
-    /// Sequences skipped (counted by how far each jump went past the next expected one).
-    pub gaps: u64,
-    /// Events at or below a sequence already seen.
-    pub duplicates: u64,
-    /// End-to-end latency, receipt minus the publisher's send stamp, in microseconds.
-    pub latency: Histogram<u64>,
-    /// When the last event arrived.
-    pub last_at: Option<Instant>,
 }
 
 /// How many subscriptions are opened at once. h2 counts each small request DATA frame a server
@@ -361,8 +314,7 @@ pub async fn subscribe_many(
             opening.spawn(async move { client.subscribe(request).await.map(|r| r.into_inner()) });
         }
         while let Some(stream) = opening.join_next().await {
-            let stream = stream?;
-            streams.push(stream.map_err(|e| format!("subscribe: {e}"))?);
+            streams.push(stream??);
         }
         opened += wave;
     }
@@ -377,8 +329,7 @@ pub const CONNECT_WAVE: usize = 128;
 /// How many readers' connections come from one loopback address.
 const READERS_PER_SOURCE: u64 = 2_000;
 
-/// The loopback address the next reader's connection comes from, for [`subscribe_each`] and
-/// `anchor::subscribe_each`.
+/// The loopback address the next reader's connection comes from.
 ///
 /// Linux's `connect()` takes ephemeral ports of one parity first. From one address to one server,
 /// past 14,116 connections (half of 32768–60999), every connect scans that half before it tries
@@ -394,13 +345,13 @@ pub fn source_address() -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, 0, 0, last))
 }
 
-/// Opens `count` live subscriptions to `url`, each on an HTTP/2 connection of its own, waiting
-/// until each is registered. The channels come back too: a stream keeps its connection open, but
-/// the caller decides when they all close.
-pub async fn subscribe_each(
-    url: &str,
-    count: usize,
-) -> Result<(Vec<Channel>, Vec<Streaming<pb::SubscribeResponse>>)> {
+/// A run's live streams, each on a connection of its own, with their channels: a stream keeps
+/// its connection open, but the caller decides when they all close.
+pub type Each = (Vec<Channel>, Vec<Streaming<pb::SubscribeResponse>>);
+
+/// Opens `count` live subscriptions to `url`, each on an HTTP/2 connection of its own from
+/// [`source_address`], waiting until each is registered.
+pub async fn subscribe_each(url: &str, count: usize) -> Result<Each> {
     subscribe_each_from(url, count, |_| source_address()).await
 }
 
@@ -409,44 +360,48 @@ pub async fn subscribe_each_from(
     url: &str,
     count: usize,
     source: impl Fn(usize) -> IpAddr,
-) -> Result<(Vec<Channel>, Vec<Streaming<pb::SubscribeResponse>>)> {
+) -> Result<Each> {
     let endpoint = Endpoint::from_shared(url.to_owned())?.tcp_nodelay(true);
-    let opened: Vec<_> = futures_util::stream::iter(0..count)
+    let opened: Vec<Result<_>> = futures_util::stream::iter(0..count)
         .map(|n| {
             let endpoint = endpoint.clone().local_address(Some(source(n)));
             async move {
-                let channel = connect_patiently(&endpoint).await?;
+                let channel = patiently(|| endpoint.connect(), &endpoint.uri().to_string()).await?;
                 let stream = StoryServiceClient::new(channel.clone())
                     .subscribe(pb::SubscribeRequest::default())
-                    .await
-                    .map_err(|e| format!("subscribe: {e}"))?
+                    .await?
                     .into_inner();
-                Ok::<_, Error>((channel, stream))
+                Ok((channel, stream))
             }
         })
         .buffer_unordered(CONNECT_WAVE)
         .collect()
         .await;
-    opened
+    Ok(opened
         .into_iter()
-        .collect::<Result<Vec<_>, _>>()
-        .map(|pairs| pairs.into_iter().unzip())
+        .collect::<Result<Vec<_>>>()?
+        .into_iter()
+        .unzip())
 }
 
-/// How many times [`subscribe_each`] tries each connection before it gives up: thousands of
-/// connects in a row on a loaded machine may meet a refusal that a second later is gone.
-pub const CONNECT_ATTEMPTS: u32 = 3;
+/// How many times [`patiently`] tries each connection before it gives up: thousands of connects
+/// in a row on a loaded machine may meet a refusal that a second later is gone.
+const CONNECT_ATTEMPTS: u32 = 3;
 
-/// Connects to `endpoint`, trying again after a second on failure, up to [`CONNECT_ATTEMPTS`]
-/// times; the error names its cause (tonic's own says only "transport error").
-async fn connect_patiently(endpoint: &Endpoint) -> Result<Channel> {
+/// Connects with `connect`, trying again after a second on failure, up to [`CONNECT_ATTEMPTS`]
+/// times; the error names `to` and every cause (tonic's own says only "transport error").
+pub async fn patiently<C, E, F>(mut connect: impl FnMut() -> F, to: &str) -> Result<C>
+where
+    E: std::error::Error,
+    F: Future<Output = Result<C, E>>,
+{
     let mut attempt = 1;
     loop {
-        match endpoint.connect().await {
-            Ok(channel) => return Ok(channel),
+        match connect().await {
+            Ok(connection) => return Ok(connection),
             Err(error) => {
-                let mut message = format!("connect {}: {error}", endpoint.uri());
-                let mut source = std::error::Error::source(&error);
+                let mut message = format!("connect {to}: {error}");
+                let mut source = error.source();
                 while let Some(cause) = source {
                     message.push_str(&format!(": {cause}"));
                     source = cause.source();
@@ -472,23 +427,75 @@ pub async fn receive(
 ) -> Received {
     let mut tally = Tally::new(first, last);
     while let Ok(Ok(Some(message))) = tokio::time::timeout_at(deadline, stream.message()).await {
-        let Some(Item::Event(event)) = message.item else {
-            continue;
-        };
-        if tally.count(&event) {
+        if let Some(Item::Event(event)) = message.item
+            && tally.count(&event)
+        {
             break;
         }
     }
     tally.finish()
 }
 
-/// One subscriber's count of the events it was sent, whatever carried them: sequences for gaps
-/// and duplicates, the publisher's stamp for latency.
+/// What one stream delivered against what it should have: every sequence from its first, once,
+/// in order. Counts only, for cases with thousands of streams and no latency to keep.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Sequences {
+    /// The sequence expected next: one past the highest seen.
+    pub next: u64,
+    /// Events received.
+    pub events: u64,
+    /// Sequences skipped, counted by how far each jump went past the next expected one, and
+    /// those missing at the end ([`Self::end_at`]).
+    pub gaps: u64,
+    /// Events at or below a sequence already seen.
+    pub duplicates: u64,
+}
+
+impl Sequences {
+    /// A stream whose first event should be `first`.
+    pub fn starting_at(first: u64) -> Self {
+        Self {
+            next: first,
+            ..Self::default()
+        }
+    }
+
+    /// Counts the event `sequence`, just received; false if it was a duplicate.
+    pub fn see(&mut self, sequence: u64) -> bool {
+        self.events += 1;
+        if sequence < self.next {
+            self.duplicates += 1;
+            return false;
+        }
+        self.gaps += sequence - self.next;
+        self.next = sequence + 1;
+        true
+    }
+
+    /// The stream should have reached `last`: what it has not received up to it counts as gaps.
+    pub fn end_at(&mut self, last: u64) {
+        if last >= self.next {
+            self.gaps += last + 1 - self.next;
+            self.next = last + 1;
+        }
+    }
+}
+
+/// What one subscriber saw.
+pub struct Received {
+    /// Events received, gaps and duplicates.
+    pub sequences: Sequences,
+    /// End-to-end latency, receipt minus the publisher's send stamp, in microseconds.
+    pub latency: Histogram<u64>,
+    /// When the last event arrived.
+    pub last_at: Option<Instant>,
+}
+
+/// One subscriber's count of the events it was sent, whatever carried them (gRPC, NATS, SSE):
+/// sequences for gaps and duplicates, the publisher's stamp for latency.
 pub struct Tally {
     /// What it has seen so far.
     received: Received,
-    /// The highest sequence seen, or the one before the first expected.
-    previous: u64,
     /// The sequence of the last event expected.
     last: u64,
 }
@@ -498,13 +505,10 @@ impl Tally {
     pub fn new(first: u64, last: u64) -> Self {
         Self {
             received: Received {
-                events: 0,
-                gaps: 0,
-                duplicates: 0,
+                sequences: Sequences::starting_at(first),
                 latency: histogram(),
                 last_at: None,
             },
-            previous: first - 1,
             last,
         }
     }
@@ -512,26 +516,17 @@ impl Tally {
     /// Counts `event`, just received; true once the last expected event has arrived.
     pub fn count(&mut self, event: &pb::UpdateEvent) -> bool {
         let received = &mut self.received;
-        received.events += 1;
         received.last_at = Some(Instant::now());
-        if event.sequence <= self.previous {
-            received.duplicates += 1;
+        if !received.sequences.see(event.sequence) {
             return false;
         }
-        received.gaps += event.sequence - self.previous - 1;
-        self.previous = event.sequence;
         if let Some(sent) = event.occurred_at.and_then(|t| {
             let nanos = u64::try_from(t.nanos).ok()?;
             let secs = u64::try_from(t.seconds).ok()?;
             Some(SystemTime::UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_nanos(nanos))
         }) {
-            let micros = SystemTime::now()
-                .duration_since(sent)
-                .unwrap_or_default()
-                .as_micros();
-            received
-                .latency
-                .saturating_record(u64::try_from(micros).unwrap_or(u64::MAX));
+            let elapsed = SystemTime::now().duration_since(sent).unwrap_or_default();
+            record(&mut received.latency, elapsed);
         }
         event.sequence >= self.last
     }
@@ -539,7 +534,58 @@ impl Tally {
     /// What the subscriber saw; one that stopped short of the last event missed the rest, and
     /// those count as gaps too.
     pub fn finish(mut self) -> Received {
-        self.received.gaps += self.last.saturating_sub(self.previous);
+        self.received.sequences.end_at(self.last);
         self.received
+    }
+}
+
+/// Every subscriber's gaps and duplicates, summed.
+pub fn misses(all: &[Received]) -> (u64, u64) {
+    all.iter().fold((0, 0), |(gaps, duplicates), r| {
+        (gaps + r.sequences.gaps, duplicates + r.sequences.duplicates)
+    })
+}
+
+/// Every subscriber's latency in one histogram, and the events delivered to all of them.
+pub fn pooled(all: &[Received]) -> Result<(Histogram<u64>, u64)> {
+    let mut latency = histogram();
+    for received in all {
+        latency.add(&received.latency)?;
+    }
+    Ok((latency, all.iter().map(|r| r.sequences.events).sum()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Sequences;
+
+    #[test]
+    fn a_stream_in_order_has_no_gap_and_no_duplicate() {
+        let mut stream = Sequences::starting_at(1_001);
+        for sequence in 1_001..=2_050 {
+            stream.see(sequence);
+        }
+        stream.end_at(2_050);
+        assert_eq!(
+            (stream.events, stream.gaps, stream.duplicates),
+            (1_050, 0, 0)
+        );
+    }
+
+    #[test]
+    fn skipped_repeated_and_missing_sequences_are_counted() {
+        // Starts one late (a gap), repeats 3 and goes back to 2 (two duplicates), jumps from 3
+        // to 6 (two gaps), and stops at 6 of 8 (two more).
+        let mut stream = Sequences::starting_at(1);
+        for sequence in [2, 3, 3, 2, 6] {
+            stream.see(sequence);
+        }
+        stream.end_at(8);
+        assert_eq!((stream.events, stream.gaps, stream.duplicates), (5, 5, 2));
+        // A stream already past its last has nothing missing.
+        let mut stream = Sequences::starting_at(1);
+        stream.see(1);
+        stream.end_at(0);
+        assert_eq!(stream.gaps, 0);
     }
 }

@@ -289,3 +289,63 @@ pub fn cpu_seconds_of(pid: u32) -> f64 {
     };
     (ticks(11) + ticks(12)) / CLOCK_TICKS_PER_SECOND
 }
+
+/// Descriptors the bench needs besides one per reader: the publisher, the runtime, the server's
+/// pipe, stdio, and room to spare.
+const SPARE_DESCRIPTORS: u64 = 256;
+/// How long [`settle`] waits for the last run's sockets to be closed.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Fails, saying why, if this process may not open `count` more sockets; raises its soft
+/// open-files limit to the hard one first (the servers it starts inherit it).
+pub fn room_for(count: usize) -> Result<()> {
+    let limit = storywire::descriptors::raise_open_files_limit()
+        .map_err(|e| format!("cannot raise the open-files limit: {e}"))?;
+    let needed = count as u64 + SPARE_DESCRIPTORS;
+    if needed > limit {
+        return failed!(
+            "{count} readers need {needed} open files in the bench (and as many in the server), \
+             over the limit of {limit}: spreading them over several processes is not done yet"
+        );
+    }
+    Ok(())
+}
+
+/// Descriptors this process holds.
+pub fn open_descriptors() -> usize {
+    std::fs::read_dir("/proc/self/fd").map_or(0, |entries| entries.count())
+}
+
+/// Waits until this process holds no more than [`SPARE_DESCRIPTORS`] descriptors over
+/// `before`, so that a run does not start while the last one's connections, closed by tasks of
+/// their own, still hold descriptors; gives up, saying so, after [`SETTLE_TIMEOUT`].
+pub async fn settle(before: usize) {
+    let deadline = tokio::time::Instant::now() + SETTLE_TIMEOUT;
+    while open_descriptors() > before + SPARE_DESCRIPTORS as usize {
+        if tokio::time::Instant::now() > deadline {
+            let now = open_descriptors();
+            eprintln!("{now} descriptors still open after a run, {before} before it");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    /// Makes the nats-server at hand the one [`super::Target::Nats`] starts; false, after saying
+    /// so, if there is none (scripts/test installs one), so that the calling test can skip.
+    pub(crate) fn nats_server_at_hand() -> bool {
+        match storywire_testkit::nats::find_nats_server(None) {
+            Ok(binary) => {
+                // Another test may have chosen it first: the same binary either way.
+                let _ = super::use_nats_binary(binary);
+                true
+            }
+            Err(error) => {
+                eprintln!("skipped: {error}");
+                false
+            }
+        }
+    }
+}

@@ -64,6 +64,11 @@ impl Table {
         ])
     }
 
+    /// Rows to print under a head printed before.
+    pub fn rows() -> Self {
+        Self(Vec::new())
+    }
+
     /// Adds a row of these cells.
     pub fn row<S: Display>(&mut self, cells: impl IntoIterator<Item = S>) {
         let cells: Vec<String> = cells.into_iter().map(|cell| cell.to_string()).collect();
@@ -105,8 +110,11 @@ pub fn summary(values: &[f64]) -> (f64, f64, f64) {
     (median, sorted[0], sorted[sorted.len() - 1])
 }
 
-/// `median (min–max)` with `decimals` decimals, or just the value for a single run.
+/// `median (min–max)` with `decimals` decimals, just the value for a single run, `–` for none.
 pub fn cell(values: &[f64], decimals: usize) -> String {
+    if values.is_empty() {
+        return "–".to_owned();
+    }
     let (median, low, high) = summary(values);
     if values.len() > 1 {
         format!("{median:.decimals$} ({low:.decimals$}–{high:.decimals$})")
@@ -117,6 +125,9 @@ pub fn cell(values: &[f64], decimals: usize) -> String {
 
 /// The ratio of the medians, `ours / theirs`, as `1.23x`.
 pub fn ratio(ours: &[f64], theirs: &[f64]) -> String {
+    if ours.is_empty() || theirs.is_empty() {
+        return "–".to_owned();
+    }
     let (ours, _, _) = summary(ours);
     let (theirs, _, _) = summary(theirs);
     if theirs == 0.0 {
@@ -192,10 +203,7 @@ pub fn by_server<K: Display, T>(
     for (name, f, decimals) in figures {
         let column = |i: usize| -> Vec<f64> { results[i].iter().map(f).collect() };
         let cells: Vec<String> = (0..names.len())
-            .map(|i| match column(i) {
-                values if values.is_empty() => "–".to_owned(),
-                values => cell(&values, *decimals),
-            })
+            .map(|i| cell(&column(i), *decimals))
             .collect();
         let ratios: Vec<String> = (1..names.len())
             .map(|i| ratio_within_runs(&column(0), &column(i)))

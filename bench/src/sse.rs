@@ -12,6 +12,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use storywire::pb;
+use storywire_testkit::net::free_ports;
 use tokio::{
     io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
     net::{TcpSocket, TcpStream},
@@ -19,15 +20,15 @@ use tokio::{
     time::Instant,
 };
 
-use crate::error::{Result, failed};
-use crate::report::{histogram, ms, ms_at};
 use crate::{
+    crowd::Delivery,
+    error::{Result, failed},
     load::{
-        CONNECT_WAVE, Rate, Received, Tally, connect, gather, publish, source_address, update_event,
+        CONNECT_WAVE, Rate, Received, Tally, connect_one, gather, publish, source_address,
+        update_event,
     },
     nchan::{self, Nginx},
-    process::{ServerProcess, Target},
-    readers::{open_descriptors, room_for, settle},
+    process::{ServerProcess, Target, open_descriptors, room_for, settle},
     report::{Figure, by_server, in_turn},
 };
 
@@ -71,26 +72,10 @@ impl std::fmt::Display for Server {
     }
 }
 
-/// One run of the case on one server.
-#[derive(Debug, Clone, Copy)]
-struct SseRun {
-    subscribe_all_seconds: f64,
-    p50_ms: f64,
-    p99_ms: f64,
-    max_ms: f64,
-    cpu_us_per_delivery: f64,
-    rss_kib_per_reader: f64,
-    gaps: u64,
-    duplicates: u64,
-}
-
 /// The table's figures, one row each.
-const FIGURES: [Figure<SseRun>; 6] = [
-    (
-        "time to connect and subscribe all, s",
-        |r| r.subscribe_all_seconds,
-        3,
-    ),
+#[rustfmt::skip]
+const FIGURES: [Figure<Delivery>; 6] = [
+    ("time to connect and subscribe all, s", |r| r.subscribe_all_seconds, 3),
     ("delivery p50, ms", |r| r.p50_ms, 2),
     ("delivery p99, ms", |r| r.p99_ms, 2),
     ("delivery max, ms", |r| r.max_ms, 2),
@@ -115,8 +100,7 @@ pub async fn run(args: &Args, runs: usize) -> Result<()> {
         room_for(count)?;
         let label = format!("{count} SSE readers");
         let runs = in_turn(&servers, runs, &label, |server| once(server, count, events)).await;
-        let misses = |r: &SseRun| (r.gaps, r.duplicates);
-        let table = by_server(&label, &servers, &FIGURES, &runs, misses);
+        let table = by_server(&label, &servers, &FIGURES, &runs, |r| r.misses);
         println!("\n{table}");
     }
     Ok(())
@@ -135,8 +119,7 @@ impl Running {
     async fn start(server: Server, events: u64) -> Result<Self> {
         match server {
             Server::Storywire => {
-                let http =
-                    SocketAddr::from(([127, 0, 0, 1], storywire_testkit::net::free_ports(1)?[0]));
+                let http = SocketAddr::from(([127, 0, 0, 1], free_ports(1)?[0]));
                 let extra = ["--http".to_owned(), http.to_string()];
                 let server =
                     ServerProcess::start_with(Target::Storywire, events as usize + 1, &extra)
@@ -181,8 +164,8 @@ impl Running {
     async fn publish(&self, events: u64, rate: Rate) -> Result<()> {
         match self {
             Self::Storywire { server, .. } => {
-                let publisher = connect(&server.url(), 1).await?.remove(0);
-                publish(publisher, events, rate).await.map(drop)
+                publish(connect_one(&server.url()).await?, events, rate).await?;
+                Ok(())
             }
             Self::Nchan(nginx) => {
                 let mut publisher = nchan::Publisher::connect(nginx.address).await?;
@@ -207,7 +190,7 @@ impl Running {
 
 /// One run on `server`: a fresh server, `count` readers each on a connection of its own,
 /// `events` events one every [`INTERVAL`].
-async fn once(server: Server, count: usize, events: u64) -> Result<SseRun> {
+async fn once(server: Server, count: usize, events: u64) -> Result<Delivery> {
     let running = Running::start(server, events).await?;
     let idle_rss = running.rss_bytes();
     let (address, path) = running.readers_at();
@@ -239,21 +222,7 @@ async fn once(server: Server, count: usize, events: u64) -> Result<SseRun> {
     settle(descriptors).await;
     running.stop().await;
 
-    let delivered: u64 = all.iter().map(|r| r.events).sum();
-    let mut latency = histogram();
-    for received in &all {
-        latency.add(&received.latency)?;
-    }
-    Ok(SseRun {
-        subscribe_all_seconds: subscribe_all.as_secs_f64(),
-        p50_ms: ms_at(&latency, 0.5),
-        p99_ms: ms_at(&latency, 0.99),
-        max_ms: ms(latency.max()),
-        cpu_us_per_delivery: cpu * 1e6 / delivered.max(1) as f64,
-        rss_kib_per_reader: rss.saturating_sub(idle_rss) as f64 / count as f64 / 1024.0,
-        gaps: all.iter().map(|r| r.gaps).sum(),
-        duplicates: all.iter().map(|r| r.duplicates).sum(),
-    })
+    Delivery::of(&all, subscribe_all, cpu, rss.saturating_sub(idle_rss))
 }
 
 /// Connects one reader from the next loopback source address, sends its request as a browser's

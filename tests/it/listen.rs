@@ -15,10 +15,8 @@ use tokio::net::TcpStream;
 
 /// Sends `signal` to the process.
 fn send(process: &Running, signal: libc::c_int) {
-    let pid = libc::pid_t::try_from(process.id()).expect("a pid");
-    // SAFETY: kill only reads its two integer arguments.
-    let sent = unsafe { libc::kill(pid, signal) };
-    assert_eq!(sent, 0, "kill({pid}, {signal})");
+    storywire_testkit::process::signal(process.id(), signal)
+        .unwrap_or_else(|e| panic!("kill({}, {signal}): {e}", process.id()));
 }
 
 /// The CPU time, user and system, the process has used so far.
