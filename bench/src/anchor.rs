@@ -21,7 +21,8 @@ use tokio::time::Instant;
 
 use crate::{
     error::{Error, Result},
-    load::{CONNECT_WAVE, Rate, Received, Tally, patiently, source_address, update_event},
+    load::{CONNECT_WAVE, Rate, patiently, source_address, update_event},
+    tally::{Received, Tally},
 };
 
 /// The subject every bench event is published to and every subscriber listens on.

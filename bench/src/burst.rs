@@ -16,9 +16,10 @@ use tokio::time::Instant;
 use crate::{
     crowd::{Crowd, Finished, Publisher, Spread},
     error::Result,
-    load::{Rate, Received, misses},
+    load::Rate,
     process::{ServerProcess, Target, room_for},
     report::{Figure, by_server, in_turn, quantile},
+    tally::{Received, misses},
 };
 
 /// How long past the burst's first send the subscribers wait for its last update before what is

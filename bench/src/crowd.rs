@@ -12,11 +12,11 @@ use crate::{
     anchor,
     error::Result,
     load::{
-        self, Rate, Received, connect, connect_one, gather, misses, pooled, receive,
-        subscribe_each_from, subscribe_many,
+        self, Rate, connect, connect_one, gather, receive, subscribe_each_from, subscribe_many,
     },
     process::{ServerProcess, Target, open_descriptors, settle},
     report::{ms, ms_at},
+    tally::{Received, misses, pooled},
 };
 
 /// How the readers are connected.

@@ -27,9 +27,10 @@ use tonic::transport::Endpoint;
 use crate::{
     crowd::{Crowd, Finished, Spread},
     error::{Result, failed},
-    load::{Rate, misses, pooled, publish},
+    load::{Rate, publish},
     process::{ServerProcess, Target, room_for},
     report::{Table, cell, ms, ms_at, ratio_within_runs},
+    tally::{misses, pooled},
 };
 
 /// The flood case's flags.

@@ -23,7 +23,8 @@
 //! - [`crowd`]: a run's readers and its publisher on any of the three servers.
 //! - [`nchan`]: the nginx+nchan anchor: a fresh nginx per run, its publisher's side.
 //! - [`anchor`]: the NATS anchor's client side: the same events over core NATS.
-//! - [`load`]: the gRPC client side: connections, publishers, subscribers and what each saw.
+//! - [`load`]: the gRPC client side: connections, publishers, subscribers.
+//! - [`tally`]: what each reader saw: gaps, duplicates, latency.
 //! - [`bare`]: the bare tonic baseline server.
 //! - [`process`]: a server under test in its own process, its CPU time and memory from /proc;
 //!   this process's descriptors.
@@ -49,6 +50,7 @@ mod readers;
 mod report;
 mod sse;
 mod storm;
+mod tally;
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 

@@ -10,12 +10,10 @@ use tokio::time::Instant;
 use crate::{
     crowd::{Crowd, Finished, Publisher, Spread},
     error::{Result, failed},
-    load::{
-        self, Rate, connect, connect_one, misses, pooled, publish, publish_unary, receive,
-        subscribe_many,
-    },
+    load::{self, Rate, connect, connect_one, publish, publish_unary, receive, subscribe_many},
     process::{ServerProcess, Target},
     report::{Figure, Table, cell, in_turn, ms, ms_at, ratio, ratio_within_runs, summary},
+    tally::{misses, pooled},
 };
 
 /// How long past the expected end of a case the bench waits for stragglers before it counts

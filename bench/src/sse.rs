@@ -23,13 +23,11 @@ use tokio::{
 use crate::{
     crowd::Delivery,
     error::{Result, failed},
-    load::{
-        CONNECT_WAVE, Rate, Received, Tally, connect_one, gather, publish, source_address,
-        update_event,
-    },
+    load::{CONNECT_WAVE, Rate, connect_one, gather, publish, source_address, update_event},
     nchan::{self, Nginx},
     process::{ServerProcess, Target, open_descriptors, room_for, settle},
     report::{Figure, by_server, in_turn},
+    tally::{Received, Tally},
 };
 
 /// How often the publisher sends, as a busy story's live updates might come.

@@ -25,23 +25,26 @@ use std::{
 };
 
 use hdrhistogram::Histogram;
-use storywire::pb::{self, story_service_client::StoryServiceClient, subscribe_response::Item};
 use tokio::{
-    sync::{mpsc, oneshot, watch},
+    sync::{mpsc, watch},
     task::JoinSet,
     time::Instant,
 };
-use tonic::{
-    Streaming,
-    transport::{Channel, Endpoint},
-};
+use tonic::transport::Endpoint;
 
 use crate::{
-    error::{Result, failed},
-    load::{self, Rate, STORY, Sequences, connect_one, publish, subscribe_each},
+    error::Result,
+    load::{Rate, connect_one, publish, subscribe_each},
     process::{ServerProcess, Target, cpu_seconds_of, open_descriptors, room_for, settle},
     report::{Figure, Table, cell, histogram, ms_at, quantile, record},
+    tally::Sequences,
 };
+
+mod desk;
+mod follow;
+
+use desk::desk_apart;
+use follow::{Follower, Signals, follow};
 
 /// Events in the log before the subscribers connect: more than [`RESUME_BACK`], so that resuming
 /// that far back reads retained events and never asks for sequence 0.
@@ -187,272 +190,6 @@ fn table(count: usize, results: &[Storm], failed: usize) -> Table {
         table.row(["runs that failed (see the log)", &failed.to_string(), ""]);
     }
     table
-}
-
-/// What the coordinator and the desk tell each subscriber. Each subscriber holds a clone.
-#[derive(Clone)]
-struct Signals {
-    /// The highest sequence the desk has had acknowledged; written by the desk alone.
-    acked: Arc<AtomicU64>,
-    /// Where to resume: set by the coordinator once the old server has exited.
-    resume_from: watch::Receiver<Option<u64>>,
-    /// The last sequence published: set once the desk has stopped; each subscriber reads up to
-    /// it. The coordinator keeps the sender until every subscriber has returned.
-    last: watch::Receiver<Option<u64>>,
-    /// Each subscriber sends exactly once: when it was complete (caught up and holding every
-    /// event acknowledged so far), or `None` when it gave up. The coordinator counts them.
-    completed: mpsc::UnboundedSender<Option<Instant>>,
-    /// When every task of the run gives up.
-    deadline: Instant,
-}
-
-/// What one subscriber saw across the restart.
-#[derive(Debug, Default)]
-struct Follower {
-    /// Its live stream before the restart, from the head its `Started` named.
-    before: Sequences,
-    /// Its resumed stream, from [`resume_sequence`] to the last event published.
-    resumed: Sequences,
-    /// Connects and Subscribe calls that failed before the resumed stream opened.
-    failed_attempts: u64,
-    /// Why it gave up, if it did.
-    error: Option<String>,
-}
-
-/// One subscriber: reads its live stream until the server ends it, reconnects on a new
-/// connection, resumes, and reads until it has the last event published. Says it gave up (on
-/// `completed`) if it did so before it was complete.
-async fn follow(
-    endpoint: Endpoint,
-    channel: Channel,
-    stream: Streaming<pb::SubscribeResponse>,
-    signals: Signals,
-) -> Follower {
-    let completed = signals.completed.clone();
-    let mut follower = Follower::default();
-    let mut complete = false;
-    let outcome = follow_into(
-        &mut follower,
-        &mut complete,
-        endpoint,
-        channel,
-        stream,
-        signals,
-    );
-    if let Err(error) = outcome.await {
-        follower.error = Some(error.to_string());
-    }
-    if !complete {
-        let _ = completed.send(None);
-    }
-    follower
-}
-
-/// [`follow`]'s work. Once complete, the subscriber says so at once and keeps reading to the
-/// last event, for the gaps and duplicates.
-async fn follow_into(
-    follower: &mut Follower,
-    complete: &mut bool,
-    endpoint: Endpoint,
-    channel: Channel,
-    mut stream: Streaming<pb::SubscribeResponse>,
-    mut signals: Signals,
-) -> Result<()> {
-    let deadline = signals.deadline;
-    loop {
-        match tokio::time::timeout_at(deadline, stream.message()).await {
-            Err(_) => return failed!("the live stream did not end before the deadline"),
-            Ok(Ok(Some(message))) => match message.item {
-                Some(Item::Started(started)) => {
-                    follower.before = Sequences::starting_at(started.head_sequence + 1);
-                }
-                Some(Item::Event(event)) => _ = follower.before.see(event.sequence),
-                _ => {}
-            },
-            // The server ends every stream when it drains: UNAVAILABLE, or a plain end.
-            Ok(Ok(None) | Err(_)) => break,
-        }
-    }
-    drop((stream, channel));
-
-    // The channel is kept until the resumed stream has been read to its end.
-    let (from, mut stream, _channel) = loop {
-        let channel = connect_until(&endpoint, deadline, &mut follower.failed_attempts).await?;
-        let wait = signals.resume_from.wait_for(Option::is_some);
-        let from = match tokio::time::timeout_at(deadline, wait).await {
-            Ok(Ok(from)) => from.expect("waited for"),
-            _ => return failed!("no resume point before the deadline"),
-        };
-        let request = pb::SubscribeRequest {
-            from_sequence: Some(from),
-            ..Default::default()
-        };
-        let mut client = StoryServiceClient::new(channel.clone());
-        match tokio::time::timeout_at(deadline, client.subscribe(request)).await {
-            Ok(Ok(response)) => break (from, response.into_inner(), channel),
-            Ok(Err(_)) => {
-                follower.failed_attempts += 1;
-                tokio::time::sleep(RETRY_INTERVAL).await;
-            }
-            Err(_) => return failed!("Subscribe did not answer before the deadline"),
-        }
-    };
-
-    follower.resumed = Sequences::starting_at(from);
-    let mut caught_up = false;
-    loop {
-        if let Some(last) = *signals.last.borrow()
-            && follower.resumed.next > last
-        {
-            break;
-        }
-        tokio::select! {
-            message = stream.message() => match message? {
-                Some(message) => match message.item {
-                    Some(Item::Event(event)) => _ = follower.resumed.see(event.sequence),
-                    Some(Item::CaughtUp(_)) => caught_up = true,
-                    _ => {}
-                },
-                None => return failed!("the resumed stream ended"),
-            },
-            changed = signals.last.changed() => {
-                if changed.is_err() {
-                    return failed!("the run ended before the last event was named");
-                }
-            }
-            () = tokio::time::sleep_until(deadline) => {
-                return failed!("the last event did not arrive before the deadline");
-            }
-        }
-        if caught_up && !*complete && follower.resumed.next > signals.acked.load(Ordering::Acquire)
-        {
-            *complete = true;
-            let _ = signals.completed.send(Some(Instant::now()));
-        }
-    }
-    if let Some(last) = *signals.last.borrow() {
-        follower.resumed.end_at(last);
-    }
-    Ok(())
-}
-
-/// Connects to `endpoint` on a connection of its own, trying every [`RETRY_INTERVAL`] until it
-/// answers or `deadline`, counting the attempts that failed.
-async fn connect_until(
-    endpoint: &Endpoint,
-    deadline: Instant,
-    failed: &mut u64,
-) -> Result<Channel> {
-    loop {
-        match tokio::time::timeout_at(deadline, endpoint.connect()).await {
-            Ok(Ok(channel)) => return Ok(channel),
-            Ok(Err(_)) => *failed += 1,
-            Err(_) => break,
-        }
-        if Instant::now() + RETRY_INTERVAL > deadline {
-            break;
-        }
-        tokio::time::sleep(RETRY_INTERVAL).await;
-    }
-    failed!("the server did not answer before the deadline")
-}
-
-/// One event the desk published and had acknowledged.
-#[derive(Debug, Clone, Copy)]
-struct Acked {
-    /// When it was due: its tick. Latency counts from here.
-    due: Instant,
-    /// When it was first sent: later than `due` when the one before it was held up.
-    sent: Instant,
-    /// When its acknowledgement arrived.
-    acked: Instant,
-    /// Its sequence in the log.
-    sequence: u64,
-    /// Times it was sent again, with the same event_id, after no answer or a failure.
-    resends: u32,
-}
-
-/// The desk: from bench event `first` on, one unary Publish every [`INTERVAL`], each with an
-/// event_id of its own, until `stop` names an end: every event due before it is published,
-/// however late, so that a desk held up keeps its backlog in the figures rather than dropping
-/// it; dropping `stop`'s sender ends it at once. A publish that fails or goes unanswered for
-/// [`CALL_TIMEOUT`] is sent again on a new connection after [`RETRY_INTERVAL`], with the same
-/// event_id, so that the server either appends it or answers that it already has it.
-async fn desk(
-    endpoint: Endpoint,
-    first: u64,
-    acked: Arc<AtomicU64>,
-    stop: watch::Receiver<Option<Instant>>,
-    deadline: Instant,
-) -> Result<Vec<Acked>> {
-    // Connected before the first tick, so that the quiet phase's latency holds no connect.
-    let mut client = StoryServiceClient::new(endpoint.connect().await?);
-    let mut ticks = tokio::time::interval(INTERVAL);
-    let mut published = Vec::new();
-    for n in first.. {
-        // Ticks missed while a publish was held up come at once, each with its own due time.
-        let due = ticks.tick().await;
-        if stop.has_changed().is_err() {
-            return failed!("the run ended under the desk");
-        }
-        if matches!(*stop.borrow(), Some(end) if due >= end) {
-            break;
-        }
-        let mut request = load::revision(STORY.into(), n);
-        request.event_id = format!("storm-{n}");
-        let mut resends = 0;
-        let sent = Instant::now();
-        let answer = loop {
-            match tokio::time::timeout(CALL_TIMEOUT, client.publish(request.clone())).await {
-                Ok(Ok(answer)) => break answer.into_inner(),
-                Ok(Err(_)) | Err(_) => {
-                    if stop.has_changed().is_err() {
-                        return failed!("the run ended under the desk");
-                    }
-                    if Instant::now() + RETRY_INTERVAL > deadline {
-                        return failed!("event {n} unacknowledged at the deadline");
-                    }
-                    resends += 1;
-                    tokio::time::sleep(RETRY_INTERVAL).await;
-                    // A connection of its own again: the old one may be to the server that left.
-                    client = StoryServiceClient::new(endpoint.connect_lazy());
-                }
-            }
-        };
-        acked.fetch_max(answer.sequence, Ordering::Release);
-        let sequence = answer.sequence;
-        let acked = Instant::now();
-        published.push(Acked {
-            due,
-            sent,
-            acked,
-            sequence,
-            resends,
-        });
-    }
-    Ok(published)
-}
-
-/// Runs [`desk`] on a thread and a runtime of its own, so that its latency is the server's and
-/// the wire's, not the wait behind thousands of subscriber tasks in the bench's runtime; they
-/// still share the machine's cores.
-fn desk_apart(
-    endpoint: Endpoint,
-    acked: Arc<AtomicU64>,
-    stop: watch::Receiver<Option<Instant>>,
-    deadline: Instant,
-) -> Result<oneshot::Receiver<Result<Vec<Acked>>>> {
-    let (sender, receiver) = oneshot::channel();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    std::thread::Builder::new()
-        .name("storm-desk".into())
-        .spawn(move || {
-            let first = PRELOAD_EVENTS + 1;
-            let _ = sender.send(runtime.block_on(desk(endpoint, first, acked, stop, deadline)));
-        })?;
-    Ok(receiver)
 }
 
 /// One run in a fresh data directory, removed afterwards.
