@@ -1,6 +1,6 @@
 //! One burst to many readers: the desk sends a batch of updates in one PublishStream
 //! as fast as it can, and every reader, each on a connection of its own, must have all of them.
-//! Where connections per reader ([`crate::readers`]) measures a steady trickle, this measures
+//! Where connections per reader (`--readers`) measures a steady trickle, this measures
 //! the worst moment of a breaking story: every update of the batch to every reader at once.
 //!
 //! For each server (storywire, the bare tonic baseline, which has PublishStream too, and the NATS

@@ -15,7 +15,7 @@ use crate::{
         self, Rate, connect, connect_one, gather, receive, subscribe_each_from, subscribe_many,
     },
     process::{ServerProcess, Target, open_descriptors, settle},
-    report::{ms, ms_at},
+    report::{Figure, ms, ms_at},
     tally::{Received, misses, pooled},
 };
 
@@ -181,6 +181,22 @@ pub struct Delivery {
 }
 
 impl Delivery {
+    /// The figures a table of many readers shows, one row each; `rss` names the memory row.
+    pub fn figures(rss: &'static str) -> [Figure<Self>; 6] {
+        [
+            (
+                "time to connect and subscribe all, s",
+                |r| r.subscribe_all_seconds,
+                3,
+            ),
+            ("delivery p50, ms", |r| r.p50_ms, 2),
+            ("delivery p99, ms", |r| r.p99_ms, 2),
+            ("delivery max, ms", |r| r.max_ms, 2),
+            ("server CPU per delivery, µs", |r| r.cpu_us_per_delivery, 2),
+            (rss, |r| r.rss_kib_per_reader, 1),
+        ]
+    }
+
     /// The figures of `all` readers, connected in `subscribe_all`, that cost the server `cpu`
     /// seconds and `rss_growth` bytes.
     pub fn of(

@@ -9,9 +9,9 @@
 //!
 //! The modules, from the cases down to the sockets; each imports only from modules below it:
 //!
-//! - [`matrix`]: the standard cases: fan-out, publish paths, durability, catch-up, idle memory.
 //! - [`cluster`]: the JetStream journal of `serve --nats` beside the others: publishing,
 //!   replication lag, a new node's catch-up, fan-out on one node (with [`matrix`]'s fan-out).
+//! - [`matrix`]: the standard cases: fan-out, publish paths, durability, catch-up, idle memory.
 //! - [`abuse`]: misbehaving clients, and history rebuilt by GetStory (`--lock`), against a
 //!   server while a well-behaved client measures.
 //! - [`readers`]: connections per reader: each subscriber on a connection of its own.

@@ -20,7 +20,7 @@ use crate::{
     error::Result,
     load::Rate,
     process::{ServerProcess, Target, room_for},
-    report::{Figure, Runs, by_server, in_turn},
+    report::{Runs, by_server, in_turn},
 };
 
 /// How often the publisher sends, as a busy story's live updates might come.
@@ -45,15 +45,8 @@ pub struct Args {
     pub reader_seconds: u64,
 }
 
-#[rustfmt::skip]
-const FIGURES: [Figure<Delivery>; 6] = [
-    ("time to connect and subscribe all, s", |r| r.subscribe_all_seconds, 3),
-    ("delivery p50, ms", |r| r.p50_ms, 2),
-    ("delivery p99, ms", |r| r.p99_ms, 2),
-    ("delivery max, ms", |r| r.max_ms, 2),
-    ("server CPU per delivery, µs", |r| r.cpu_us_per_delivery, 2),
-    ("server RSS per connection with a subscriber, KiB", |r| r.rss_kib_per_reader, 1),
-];
+/// The memory row's name.
+const RSS: &str = "server RSS per connection with a subscriber, KiB";
 
 /// Runs the case for every count on every one of `targets`, `runs` times, and prints a table
 /// per count.
@@ -76,9 +69,13 @@ pub async fn run(args: &Args, targets: &[Target], runs: usize) -> Result<()> {
 /// The table for `count` subscribers: a row per figure, a column per server, then storywire
 /// over each other server.
 fn table(count: usize, targets: &[Target], runs: &Runs<Delivery>) -> String {
-    by_server(&format!("{count} readers"), targets, &FIGURES, runs, |r| {
-        r.misses
-    })
+    by_server(
+        &format!("{count} readers"),
+        targets,
+        &Delivery::figures(RSS),
+        runs,
+        |r| r.misses,
+    )
 }
 
 /// One run on `target`: a fresh server, `count` subscribers each on a connection of its own,

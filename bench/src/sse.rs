@@ -26,7 +26,7 @@ use crate::{
     load::{CONNECT_WAVE, Rate, connect_one, gather, publish, source_address, update_event},
     nchan::{self, Nginx},
     process::{ServerProcess, Target, open_descriptors, room_for, settle},
-    report::{Figure, by_server, in_turn},
+    report::{by_server, in_turn},
     tally::{Received, Tally},
 };
 
@@ -70,16 +70,8 @@ impl std::fmt::Display for Server {
     }
 }
 
-/// The table's figures, one row each.
-#[rustfmt::skip]
-const FIGURES: [Figure<Delivery>; 6] = [
-    ("time to connect and subscribe all, s", |r| r.subscribe_all_seconds, 3),
-    ("delivery p50, ms", |r| r.p50_ms, 2),
-    ("delivery p99, ms", |r| r.p99_ms, 2),
-    ("delivery max, ms", |r| r.max_ms, 2),
-    ("server CPU per delivery, µs", |r| r.cpu_us_per_delivery, 2),
-    ("server RSS per reader, KiB", |r| r.rss_kib_per_reader, 1),
-];
+/// The memory row's name.
+const RSS: &str = "server RSS per reader, KiB";
 
 /// Runs the case for every count on both servers, `runs` times (taking turns at going first),
 /// and prints a table per count.
@@ -98,7 +90,9 @@ pub async fn run(args: &Args, runs: usize) -> Result<()> {
         room_for(count)?;
         let label = format!("{count} SSE readers");
         let runs = in_turn(&servers, runs, &label, |server| once(server, count, events)).await;
-        let table = by_server(&label, &servers, &FIGURES, &runs, |r| r.misses);
+        let table = by_server(&label, &servers, &Delivery::figures(RSS), &runs, |r| {
+            r.misses
+        });
         println!("\n{table}");
     }
     Ok(())

@@ -25,6 +25,7 @@ use serde_json::Value;
 use tokio::process::{Child, Command};
 
 use crate::{
+    PATIENCE,
     net::{free_ports, get, get_json},
     process::{die_with_parent, signal},
     within,
@@ -149,6 +150,9 @@ pub enum Error {
     /// A server found one of its ports taken by another process, [`START_ATTEMPTS`] times.
     #[error("nats-server found a port taken {START_ATTEMPTS} times in a row")]
     PortsTaken,
+    /// The cluster had not formed within the time given.
+    #[error("the JetStream cluster had not formed within {seconds} s:\n{logs}")]
+    NotFormed { seconds: u64, logs: String },
 }
 
 /// Why a server process exited while a wait expected it to run.
@@ -185,27 +189,35 @@ impl Cluster {
     /// cluster starts again on new ports. With `n == 1` the server runs JetStream without a
     /// cluster.
     pub async fn start(n: usize) -> Self {
-        let what = format!("a JetStream cluster of {n} to form");
-        within(&what, Self::launch(nats_server(), n, Sync::Always))
+        Self::launch(nats_server(), n, Sync::Always, PATIENCE)
             .await
             .unwrap_or_else(|error| panic!("{error}"))
     }
 
-    /// [`Cluster::start`] with `binary` and `sync`, returning an error where it would panic, and
-    /// unbounded in time: the caller bounds it.
-    pub async fn launch(binary: &Path, n: usize, sync: Sync) -> Result<Self, Error> {
+    /// [`Cluster::start`] with `binary` and `sync`, waiting at most `patience` for the cluster to
+    /// form, and returning an error (with the servers' logs) where it would panic.
+    pub async fn launch(
+        binary: &Path,
+        n: usize,
+        sync: Sync,
+        patience: Duration,
+    ) -> Result<Self, Error> {
         assert!(n >= 1, "a cluster of at least one server");
         for attempt in 1..=START_ATTEMPTS {
             let mut cluster = Self::configure(n, sync)?;
             for index in 0..n {
                 cluster.try_spawn(binary, index)?;
             }
-            match cluster.until_settled().await {
-                Ok(()) => return Ok(cluster),
-                Err(Exited::PortClash) => {
+            match tokio::time::timeout(patience, cluster.until_settled()).await {
+                Ok(Ok(())) => return Ok(cluster),
+                Ok(Err(Exited::PortClash)) => {
                     eprintln!("nats-server found a port taken (attempt {attempt}); new ports");
                 }
-                Err(Exited::Failed(error)) => return Err(error),
+                Ok(Err(Exited::Failed(error))) => return Err(error),
+                Err(_) => {
+                    let (seconds, logs) = (patience.as_secs(), cluster.log_tails());
+                    return Err(Error::NotFormed { seconds, logs });
+                }
             }
         }
         Err(Error::PortsTaken)
@@ -605,6 +617,20 @@ impl Cluster {
         }
     }
 
+    /// Each server's log path and last lines.
+    fn log_tails(&self) -> String {
+        let tails = self.servers.iter().map(|server| {
+            let log = fs::read_to_string(&server.log).unwrap_or_default();
+            format!(
+                "--- {} log, kept at {}:\n{}",
+                server.name,
+                server.log.display(),
+                tail(&log)
+            )
+        });
+        tails.collect::<Vec<_>>().join("\n")
+    }
+
     /// The indexes of the running servers that are not paused.
     fn answering(&self) -> Vec<usize> {
         (0..self.len())
@@ -634,15 +660,7 @@ impl Drop for Cluster {
             }
         }
         if std::thread::panicking() {
-            for server in &self.servers {
-                let log = fs::read_to_string(&server.log).unwrap_or_default();
-                eprintln!(
-                    "--- {} log, kept at {}:\n{}",
-                    server.name,
-                    server.log.display(),
-                    tail(&log)
-                );
-            }
+            eprintln!("{}", self.log_tails());
         } else {
             let _ = fs::remove_dir_all(&self.dir);
         }

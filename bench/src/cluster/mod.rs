@@ -149,13 +149,7 @@ fn jetstream_args(jetstream: &JetStream, stream: &str, replicas: u8) -> Vec<Stri
 
 /// `servers` nats-servers with JetStream on loopback, ready for a stream, fsyncing as `sync` says.
 async fn start_jetstream(binary: &Path, servers: usize, sync: Sync) -> Result<JetStream> {
-    match tokio::time::timeout(READY_TIMEOUT, JetStream::launch(binary, servers, sync)).await {
-        Ok(started) => Ok(started?),
-        Err(_) => failed!(
-            "JetStream was not ready within {}s",
-            READY_TIMEOUT.as_secs()
-        ),
-    }
+    Ok(JetStream::launch(binary, servers, sync, READY_TIMEOUT).await?)
 }
 
 /// User plus system CPU seconds every server of `jetstream` has used so far.
