@@ -22,7 +22,7 @@ use tokio::{
 };
 
 use crate::error::{Result, failed};
-use crate::process::cpu_seconds_of;
+use crate::process::{cpu_seconds_of, status_kib};
 
 /// The nginx binary Debian's `nginx-light` installs.
 const NGINX: &str = "/usr/sbin/nginx";
@@ -159,19 +159,12 @@ http {{
 
     /// The resident set sizes of the master and its workers, summed, in bytes.
     pub fn rss_bytes(&self) -> u64 {
-        self.pids()
+        let kib: u64 = self
+            .pids()
             .into_iter()
-            .map(|pid| {
-                std::fs::read_to_string(format!("/proc/{pid}/status"))
-                    .unwrap_or_default()
-                    .lines()
-                    .find_map(|line| line.strip_prefix("VmRSS:"))
-                    .and_then(|rest| rest.split_whitespace().next())
-                    .and_then(|kib| kib.parse::<u64>().ok())
-                    .unwrap_or(0)
-                    * 1024
-            })
-            .sum()
+            .map(|pid| status_kib(pid, "VmRSS:"))
+            .sum();
+        kib * 1024
     }
 
     /// Stops nginx by its master's PID (SIGQUIT: workers finish, then exit), killing it if it

@@ -233,24 +233,12 @@ impl ServerProcess {
 
     /// The server's resident set size in bytes.
     pub fn rss_bytes(&self) -> u64 {
-        self.status_kib("VmRSS:") * 1024
+        status_kib(self.pid, "VmRSS:") * 1024
     }
 
     /// The most the server's resident set has been, in bytes.
     pub fn peak_rss_bytes(&self) -> u64 {
-        self.status_kib("VmHWM:") * 1024
-    }
-
-    /// A `kB` figure from /proc/PID/status.
-    fn status_kib(&self, field: &str) -> u64 {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.pid)).unwrap_or_default();
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix(field))
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|kib| kib.parse::<u64>().ok())
-            .unwrap_or(0)
+        status_kib(self.pid, "VmHWM:") * 1024
     }
 
     /// Stops the server.
@@ -273,6 +261,17 @@ impl ServerProcess {
             }
         }
     }
+}
+
+/// A `kB` figure (`VmRSS:`, `VmHWM:`) from /proc/`pid`/status (0 once it is gone).
+pub fn status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|kib| kib.parse::<u64>().ok())
+        .unwrap_or(0)
 }
 
 /// User plus system CPU seconds process `pid` has used so far (0 once it is gone).
