@@ -62,7 +62,7 @@ impl std::fmt::Display for Abuse {
             Self::Quiet => write!(f, "quiet (no abuser)"),
             Self::Stallers => write!(
                 f,
-                "{STALLED} subscriptions from sequence 1 on {STALLING_CONNECTIONS} connections, never read"
+                "1,000 subscriptions from sequence 1 on 50 connections, never read"
             ),
             Self::Resetters => write!(f, "streams opened and reset in a loop, 4 connections"),
             Self::Oversized => write!(f, "2 MiB publishes (over the 1 MiB limit) in a loop"),
