@@ -12,7 +12,7 @@ use crate::{
     error::{Result, failed},
     load::{self, Rate, connect, connect_one, publish, publish_unary, receive, subscribe_many},
     process::{ServerProcess, Target},
-    report::{Figure, Table, cell, in_turn, ms, ms_at, ratio, ratio_within_runs, summary},
+    report::{Figure, Runs, Table, cell, in_turn, ms, ms_at, ratio, ratio_within_runs, summary},
     tally::{misses, pooled},
 };
 
@@ -113,14 +113,16 @@ pub fn fan_out_head() -> Table {
 }
 
 /// The fan-out table's rows for one case, to `table`: each contender's medians and spreads over
-/// its runs, then for each after the first, the first's figures over its, taken within each run.
+/// its runs (and how many failed, if any did), then for each after the first, the first's
+/// figures over its, taken within each run.
 pub fn fan_out_rows(
     table: &mut Table,
     subscribers: usize,
     rate: Rate,
     names: &[String],
-    results: &[Vec<FanOut>],
+    runs: &Runs<FanOut>,
 ) {
+    let (results, failed) = (&runs.results, &runs.failed);
     let events = events_for(subscribers, rate);
     let column =
         |i: usize, f: fn(&FanOut) -> f64| -> Vec<f64> { results[i].iter().map(f).collect() };
@@ -130,7 +132,11 @@ pub fn fan_out_rows(
         let (gaps, duplicates) = results[i]
             .iter()
             .fold((0, 0), |(g, d), r| (g + r.misses.0, d + r.misses.1));
-        let head = [events.to_string(), name.clone()];
+        let name = match failed[i] {
+            0 => name.clone(),
+            n => format!("{name} ({n} runs failed, see the log)"),
+        };
+        let head = [events.to_string(), name];
         let tail = [gaps.to_string(), duplicates.to_string()];
         table.row(case.iter().cloned().chain(head).chain(cells).chain(tail));
     }
@@ -177,7 +183,7 @@ pub async fn fan_out_table(
             let runs = in_turn(&targets, runs, &label, once).await;
             let names: Vec<String> = targets.iter().map(ToString::to_string).collect();
             let mut rows = Table::rows();
-            fan_out_rows(&mut rows, subscribers, rate, &names, &runs.results);
+            fan_out_rows(&mut rows, subscribers, rate, &names, &runs);
             println!("{rows}");
         }
     }

@@ -32,7 +32,7 @@ use crate::{
     load::{
         Rate, connect_one, open_stories, publish_from, publish_spread, receive, subscribe_many,
     },
-    matrix::{FanOut, fan_out, fan_out_head, fan_out_rows},
+    matrix::{fan_out, fan_out_head, fan_out_rows},
     process::{ServerProcess, Target, cpu_seconds_of},
     report::{Table, cell, in_turn, ms, ms_at},
 };
@@ -305,8 +305,7 @@ async fn fan_out_on_a_node(servers: &Servers, connections: usize, runs: usize) -
         })
         .await;
         let mut rows = Table::rows();
-        let results: &[Vec<FanOut>] = &outcome.results;
-        fan_out_rows(&mut rows, subscribers, rate, &names, results);
+        fan_out_rows(&mut rows, subscribers, rate, &names, &outcome);
         println!("{rows}");
     }
     Ok(())
