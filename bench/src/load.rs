@@ -66,7 +66,8 @@ pub async fn connect(url: &str, count: usize) -> Result<Vec<Channel>> {
     let endpoint = Endpoint::from_shared(url.to_owned())?.tcp_nodelay(true);
     let mut channels = Vec::with_capacity(count);
     for _ in 0..count {
-        channels.push(endpoint.connect().await?);
+        let channel = endpoint.connect().await;
+        channels.push(channel.map_err(|e| format!("connect {url}: {e}"))?);
     }
     Ok(channels)
 }
