@@ -16,9 +16,6 @@ use tokio::{
 
 use crate::error::{Error, Result, failed};
 
-/// Linux's clock ticks per second for /proc's CPU times (`getconf CLK_TCK`; 100 on every
-/// mainstream Linux build).
-const CLOCK_TICKS_PER_SECOND: f64 = 100.0;
 /// How long a server may take to report its address before the bench gives up.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -233,12 +230,12 @@ impl ServerProcess {
 
     /// The server's resident set size in bytes.
     pub fn rss_bytes(&self) -> u64 {
-        status_kib(self.pid, "VmRSS:") * 1024
+        memory_of(self.pid, "VmRSS:")
     }
 
     /// The most the server's resident set has been, in bytes.
     pub fn peak_rss_bytes(&self) -> u64 {
-        status_kib(self.pid, "VmHWM:") * 1024
+        memory_of(self.pid, "VmHWM:")
     }
 
     /// Stops the server.
@@ -263,30 +260,15 @@ impl ServerProcess {
     }
 }
 
-/// A `kB` figure (`VmRSS:`, `VmHWM:`) from /proc/`pid`/status (0 once it is gone).
-pub fn status_kib(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix(field))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|kib| kib.parse::<u64>().ok())
-        .unwrap_or(0)
+/// The resident set (`VmRSS:`) or its peak (`VmHWM:`) of process `pid` in bytes; 0 once it is
+/// gone, as a server stopped under a figure has no more to add to it.
+pub fn memory_of(pid: u32, field: &str) -> u64 {
+    storywire_testkit::process::status_bytes(pid, field).unwrap_or(0)
 }
 
-/// User plus system CPU seconds process `pid` has used so far (0 once it is gone).
+/// User plus system CPU seconds process `pid` has used so far; 0 once it is gone.
 pub fn cpu_seconds_of(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
-    let after_name = stat.rsplit(')').next().unwrap_or_default();
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    (ticks(11) + ticks(12)) / CLOCK_TICKS_PER_SECOND
+    storywire_testkit::process::cpu_time(pid).map_or(0.0, |cpu| cpu.as_secs_f64())
 }
 
 /// Descriptors the bench needs besides one per reader: the publisher, the runtime, the server's

@@ -2,7 +2,8 @@
 //! as nats.rs shares its nats-server launcher between the client's tests and benches.
 //!
 //! - [`within`]: every wait a test makes, bounded.
-//! - [`process`]: children that die with their parent, signalled by their PID.
+//! - [`process`]: children that die with their parent, signalled by their PID; their CPU time
+//!   and memory from /proc.
 //! - [`net`]: free loopback ports and plain HTTP/1.0 GETs of monitoring endpoints.
 //! - [`nats`]: nats-server processes on loopback, alone or in a JetStream cluster of several.
 

@@ -1,4 +1,7 @@
-//! Child processes that never outlive the process that started them, and signals by PID.
+//! Child processes that never outlive the process that started them, signals by PID, and what
+//! /proc says a process has used.
+
+use std::time::Duration;
 
 use tokio::process::Command;
 
@@ -32,4 +35,34 @@ pub fn signal(pid: u32, signal: libc::c_int) -> std::io::Result<()> {
     } else {
         Err(std::io::Error::last_os_error())
     }
+}
+
+/// User plus system CPU time the process `pid` has used so far, from /proc/PID/stat.
+pub fn cpu_time(pid: u32) -> std::io::Result<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // After the command name in parentheses (which may hold spaces): utime and stime are
+    // fields 14 and 15.
+    let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let field = |i: usize| {
+        let value = fields.get(i).and_then(|f| f.parse::<u64>().ok());
+        value.ok_or_else(|| std::io::Error::other(format!("/proc/{pid}/stat: {stat:?}")))
+    };
+    let ticks = field(11)? + field(12)?;
+    // SAFETY: sysconf only reads its argument.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    Ok(Duration::from_secs_f64(ticks as f64 / per_second as f64))
+}
+
+/// A `kB` figure of the process `pid` (`VmRSS:`, `VmHWM:`) from /proc/PID/status, in bytes.
+pub fn status_bytes(pid: u32, field: &str) -> std::io::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib = status
+        .lines()
+        .find_map(|line| line.strip_prefix(field))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|kib| kib.parse::<u64>().ok());
+    let kib =
+        kib.ok_or_else(|| std::io::Error::other(format!("/proc/{pid}/status: no {field}")))?;
+    Ok(kib * 1024)
 }
