@@ -5,8 +5,9 @@ COPY Cargo.toml Cargo.lock build.rs ./
 COPY proto proto
 COPY demo demo
 COPY src src
-# The workspace's other member: cargo loads every member's manifest even to build one package.
+# The workspace's other members: cargo loads every member's manifest even to build one package.
 COPY bench bench
+COPY testkit testkit
 RUN cargo build --release --locked --package storywire && strip target/release/storywire
 
 # Run: a small Debian base (the binary links glibc), no toolchain, a non-root user.

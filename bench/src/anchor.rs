@@ -19,36 +19,30 @@ use prost::Message;
 use storywire::pb::{self, subscribe_response::Item};
 use tokio::time::Instant;
 
-use crate::load::{
-    CONNECT_ATTEMPTS, CONNECT_WAVE, Rate, Received, Tally, source_address, update_event,
+use crate::{
+    error::{Error, Result},
+    load::{CONNECT_WAVE, Rate, patiently, source_address, update_event},
+    tally::{Received, Tally},
 };
 
 /// The subject every bench event is published to and every subscriber listens on.
 const SUBJECT: &str = "bench.story";
 
 /// Connects one client to `url` (from the loopback address `from`, when given), trying again
-/// after a second on failure, as many times as a gRPC subscriber would ([`CONNECT_ATTEMPTS`]).
-async fn connect_one(url: &str, from: Option<IpAddr>) -> Result<Client, String> {
-    let mut attempt = 1;
-    loop {
+/// as patiently as a gRPC subscriber would.
+async fn connect_one(url: &str, from: Option<IpAddr>) -> Result<Client> {
+    let connect = || {
         let mut options = async_nats::ConnectOptions::new();
         if let Some(address) = from {
             options = options.local_address(SocketAddr::new(address, 0));
         }
-        match options.connect(url).await {
-            Ok(client) => return Ok(client),
-            Err(error) if attempt < CONNECT_ATTEMPTS => {
-                eprintln!("connect to NATS at {url}: {error}; trying again");
-                attempt += 1;
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-            Err(error) => return Err(format!("connect to NATS at {url}: {error}")),
-        }
-    }
+        options.connect(url)
+    };
+    patiently(connect, url).await
 }
 
 /// Connects `count` clients to `url`, one connection each.
-pub async fn connect(url: &str, count: usize) -> Result<Vec<Client>, String> {
+pub async fn connect(url: &str, count: usize) -> Result<Vec<Client>> {
     let mut clients = Vec::with_capacity(count);
     for _ in 0..count {
         clients.push(connect_one(url, None).await?);
@@ -59,16 +53,12 @@ pub async fn connect(url: &str, count: usize) -> Result<Vec<Client>, String> {
 /// Subscribes `count` times to the bench subject, spread over `clients`, and waits until the
 /// server has registered every subscription (a flush is a PING answered after every SUB before
 /// it).
-pub async fn subscribe_many(clients: &[Client], count: usize) -> Result<Vec<Subscriber>, String> {
+pub async fn subscribe_many(clients: &[Client], count: usize) -> Result<Vec<Subscriber>> {
     let mut subscribers = Vec::with_capacity(count);
     for i in 0..count {
         let client = &clients[i % clients.len()];
-        subscribers.push(
-            client
-                .subscribe(SUBJECT)
-                .await
-                .map_err(|e| format!("NATS subscribe: {e}"))?,
-        );
+        let subscriber = client.subscribe(SUBJECT).await;
+        subscribers.push(subscriber.map_err(|e| format!("NATS subscribe: {e}"))?);
     }
     for client in clients {
         client
@@ -81,15 +71,12 @@ pub async fn subscribe_many(clients: &[Client], count: usize) -> Result<Vec<Subs
 
 /// Opens `count` subscriptions to `url`, each on a client (a connection) of its own, and waits
 /// until the server has registered each. The clients come back too, for [`close`].
-pub async fn subscribe_each(
-    url: &str,
-    count: usize,
-) -> Result<(Vec<Client>, Vec<Subscriber>), String> {
+pub async fn subscribe_each(url: &str, count: usize) -> Result<(Vec<Client>, Vec<Subscriber>)> {
     let opened: Vec<_> = futures_util::stream::iter(0..count)
         .map(|_| async move {
             let client = connect_one(url, Some(source_address())).await?;
             let subscribers = subscribe_many(std::slice::from_ref(&client), 1).await?;
-            Ok::<_, String>((client, subscribers))
+            Ok::<_, Error>((client, subscribers))
         })
         .buffer_unordered(CONNECT_WAVE)
         .collect()
@@ -129,11 +116,11 @@ fn message(n: u64) -> bytes::Bytes {
     .into()
 }
 
-/// Publishes bench events 1 to `events` at `rate` from `client`, and returns how long it took
-/// from the first publish to the flush after the last. Core NATS acknowledges nothing, so at
-/// full speed this is how fast the client hands events to the server, not how fast it accepts
-/// them.
-pub async fn publish(client: &Client, events: u64, rate: Rate) -> Result<Duration, String> {
+/// Publishes bench events `first` to `first + events - 1` at `rate` from `client`, and returns
+/// how long it took from the first publish to the flush after the last. Core NATS acknowledges
+/// nothing, so at full speed this is how fast the client hands events to the server, not how
+/// fast it accepts them.
+pub async fn publish(client: &Client, first: u64, events: u64, rate: Rate) -> Result<Duration> {
     let mut ticks = match rate {
         Rate::Max => None,
         Rate::PerSecond(per_second) => Some(tokio::time::interval(Duration::from_secs_f64(
@@ -141,14 +128,12 @@ pub async fn publish(client: &Client, events: u64, rate: Rate) -> Result<Duratio
         ))),
     };
     let start = Instant::now();
-    for n in 1..=events {
+    for n in first..first + events {
         if let Some(ticks) = ticks.as_mut() {
             ticks.tick().await;
         }
-        client
-            .publish(SUBJECT, message(n))
-            .await
-            .map_err(|e| format!("NATS publish: {e}"))?;
+        let published = client.publish(SUBJECT, message(n)).await;
+        published.map_err(|e| format!("NATS publish: {e}"))?;
     }
     client
         .flush()
@@ -178,58 +163,4 @@ pub async fn receive(
         }
     }
     tally.finish()
-}
-
-#[cfg(test)]
-pub(crate) mod tests {
-    use tokio::time::Instant;
-
-    use super::{connect, publish, receive, subscribe_many};
-    use crate::{
-        load::Rate,
-        nats,
-        process::{self, ServerProcess, Target},
-    };
-
-    /// Makes the nats-server at hand the one [`Target::Nats`] starts; false, after saying so, if
-    /// there is none (scripts/test installs one), so that the calling test can skip.
-    pub(crate) fn nats_server_at_hand() -> bool {
-        match nats::binary(std::env::var_os("STORYWIRE_NATS_SERVER").map(Into::into)) {
-            Ok(binary) => {
-                // Another test may have chosen it first: the same binary either way.
-                let _ = process::use_nats_binary(binary);
-                true
-            }
-            Err(error) => {
-                eprintln!("skipped: {error}");
-                false
-            }
-        }
-    }
-
-    #[tokio::test]
-    async fn subscribers_sharing_a_connection_each_get_every_event_once() {
-        if !nats_server_at_hand() {
-            return;
-        }
-        let server = ServerProcess::start(Target::Nats, 0).await.unwrap();
-        let clients = connect(&server.url(), 1).await.unwrap();
-        let subscribers = subscribe_many(&clients, 3).await.unwrap();
-        let deadline = Instant::now() + std::time::Duration::from_secs(10);
-        let receivers: Vec<_> = subscribers
-            .into_iter()
-            .map(|s| tokio::spawn(receive(s, 1, 20, deadline)))
-            .collect();
-        let publisher = connect(&server.url(), 1).await.unwrap().remove(0);
-        publish(&publisher, 20, Rate::Max).await.unwrap();
-        for receiver in receivers {
-            let received = receiver.await.unwrap();
-            assert_eq!(
-                (received.events, received.gaps, received.duplicates),
-                (20, 0, 0)
-            );
-            assert_eq!(received.latency.len(), 20);
-        }
-        server.stop().await;
-    }
 }

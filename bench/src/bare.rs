@@ -23,6 +23,8 @@ use tonic::{
     transport::{Server, server::TcpIncoming},
 };
 
+use crate::error::Result;
+
 /// Events the broadcast keeps for lagging subscribers before they lose some: large, so that the
 /// baseline drops only under real overload.
 const BROADCAST_CAPACITY: usize = 65_536;
@@ -123,7 +125,7 @@ impl StoryService for Bare {
 /// Runs the baseline on `listen` until the process is stopped, announcing its address on stderr
 /// as `storywire serve` does, so that the bench reads both the same way. `STORYWIRE_BARE_LOG`
 /// (an EnvFilter) turns on tonic's and hyper's logs, for when the baseline misbehaves.
-pub async fn run(listen: SocketAddr) -> Result<(), String> {
+pub async fn run(listen: SocketAddr) -> Result<()> {
     if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_env("STORYWIRE_BARE_LOG") {
         tracing_subscriber::fmt()
             .with_env_filter(filter)
@@ -132,9 +134,9 @@ pub async fn run(listen: SocketAddr) -> Result<(), String> {
     }
     // storywire's backlog, so that a storm of connects meets the same kernel queue.
     let listener = storywire::listen::bind(listen).map_err(|e| format!("bind {listen}: {e}"))?;
-    let address = listener.local_addr().map_err(|e| e.to_string())?;
+    let address = listener.local_addr()?;
     eprintln!("bare listening address={address}");
-    serve(listener).await.map_err(|e| e.to_string())
+    Ok(serve(listener).await?)
 }
 
 /// Serves the bare baseline on `listener` until the process is stopped.

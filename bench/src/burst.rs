@@ -1,6 +1,6 @@
 //! One burst to many readers: the desk sends a batch of updates in one PublishStream
 //! as fast as it can, and every reader, each on a connection of its own, must have all of them.
-//! Where connections per reader ([`crate::readers`]) measures a steady trickle, this measures
+//! Where connections per reader (`--readers`) measures a steady trickle, this measures
 //! the worst moment of a breaking story: every update of the batch to every reader at once.
 //!
 //! For each server (storywire, the bare tonic baseline, which has PublishStream too, and the NATS
@@ -14,11 +14,12 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::{
-    anchor,
-    load::{Rate, Received, connect, publish, publish_more, receive, subscribe_each},
-    process::{ServerProcess, Target, in_turn},
-    readers::{Connections, finish, open_descriptors, room_for},
-    report::{Figure, by_server, quantile},
+    crowd::{Crowd, Finished, Publisher, Spread},
+    error::Result,
+    load::Rate,
+    process::{ServerProcess, Target, room_for},
+    report::{Figure, by_server, in_turn, quantile},
+    tally::{Received, misses},
 };
 
 /// How long past the burst's first send the subscribers wait for its last update before what is
@@ -56,37 +57,25 @@ struct Burst {
     cpu_ms: f64,
     cpu_us_per_delivery: f64,
     /// Subscribers that did not have every update within [`GRACE`].
-    incomplete: u64,
+    incomplete: f64,
     /// Sequences missed, and seen twice, over all subscribers.
-    gaps: u64,
-    duplicates: u64,
+    misses: (u64, u64),
 }
 
 /// The table's figures, one row each.
+#[rustfmt::skip]
 const FIGURES: [Figure<Burst>; 7] = [
-    (
-        "first send to the last reader's last update, ms",
-        |r| r.last_reader_ms,
-        1,
-    ),
+    ("first send to the last reader's last update, ms", |r| r.last_reader_ms, 1),
     ("each reader's last update, p50, ms", |r| r.each_p50_ms, 1),
     ("each reader's last update, p99, ms", |r| r.each_p99_ms, 1),
-    (
-        "publisher: first send to last ack (NATS: flush), ms",
-        |r| r.publish_ms,
-        1,
-    ),
+    ("publisher: first send to last ack (NATS: flush), ms", |r| r.publish_ms, 1),
     ("server CPU for the burst, ms", |r| r.cpu_ms, 0),
     ("server CPU per delivery, µs", |r| r.cpu_us_per_delivery, 2),
-    (
-        "readers without every update within 120 s",
-        |r| r.incomplete as f64,
-        0,
-    ),
+    ("readers without every update within 120 s", |r| r.incomplete, 0),
 ];
 
 /// Runs the burst on every one of `targets`, `runs` times, and prints its table.
-pub async fn run(args: &Args, targets: &[Target], runs: usize) -> Result<(), String> {
+pub async fn run(args: &Args, targets: &[Target], runs: usize) -> Result<()> {
     let count = args.burst_readers;
     let updates = args.burst_updates.max(1);
     room_for(count)?;
@@ -94,89 +83,49 @@ pub async fn run(args: &Args, targets: &[Target], runs: usize) -> Result<(), Str
         "\nOne burst to many readers: {updates} updates in one PublishStream at full speed (NATS: published, then flushed) to {count} subscribers, each on a connection of its own; median (min–max) of {runs} runs; ratios taken within each run."
     );
     let label = format!("burst, {count} readers");
-    let (results, failed) =
-        in_turn(targets, runs, &label, |target| once(target, count, updates)).await;
-    println!("\n{}", table(count, updates, targets, &results, &failed));
-    Ok(())
-}
-
-/// The table: a row per figure, a column per server, storywire over each other server.
-fn table(
-    count: usize,
-    updates: u64,
-    targets: &[Target],
-    results: &[Vec<Burst>],
-    failed: &[usize],
-) -> String {
-    let names: Vec<&str> = targets.iter().map(|t| t.name()).collect();
+    let runs = in_turn(targets, runs, &label, |target| once(target, count, updates)).await;
     let corner = format!("{updates} updates to {count} readers");
-    let misses = |r: &Burst| (r.gaps, r.duplicates);
-    by_server(&corner, &names, &FIGURES, results, misses, failed)
+    println!(
+        "\n{}",
+        by_server(&corner, targets, &FIGURES, &runs, |r| r.misses)
+    );
+    Ok(())
 }
 
 /// One run on `target`: a fresh server, `count` subscribers each on a connection of its own, a
 /// burst of `updates`.
-async fn once(target: Target, count: usize, updates: u64) -> Result<Burst, String> {
+async fn once(target: Target, count: usize, updates: u64) -> Result<Burst> {
     let server = ServerProcess::start(target, updates as usize + 2).await?;
     let url = server.url();
-    let descriptors = open_descriptors();
-    let (receivers, open, start, published, cpu_before) = match target {
-        Target::Nats => {
-            let publisher = anchor::connect(&url, 1).await?.remove(0);
-            let (mut clients, subscribers) = anchor::subscribe_each(&url, count).await?;
-            let deadline = Instant::now() + GRACE;
-            let receivers: Vec<_> = subscribers
-                .into_iter()
-                .map(|s| tokio::spawn(anchor::receive(s, 1, updates, deadline)))
-                .collect();
-            let cpu_before = server.cpu_seconds();
-            let start = Instant::now();
-            let published = anchor::publish(&publisher, updates, Rate::Max).await?;
-            clients.push(publisher);
-            (
-                receivers,
-                Connections::Nats(clients),
-                start,
-                published,
-                cpu_before,
-            )
-        }
+    let publisher = Publisher::connect(target, &url).await?;
+    // On the gRPC servers the story is opened before anyone subscribes: the burst is its updates
+    // 2 to updates + 1, as a desk's would be on a story already running. NATS has no story.
+    let first = match target {
+        Target::Nats => 1,
         Target::Storywire | Target::Bare => {
-            // The story is opened before anyone subscribes: the burst is its updates 2 to
-            // updates + 1, as a desk's would be on a story already running.
-            let publisher = connect(&url, 1).await?.remove(0);
-            publish(publisher.clone(), 1, Rate::Max).await?;
-            let (mut channels, streams) = subscribe_each(&url, count).await?;
-            let deadline = Instant::now() + GRACE;
-            let receivers: Vec<_> = streams
-                .into_iter()
-                .map(|s| tokio::spawn(receive(s, 2, updates + 1, deadline)))
-                .collect();
-            let cpu_before = server.cpu_seconds();
-            let start = Instant::now();
-            let published = publish_more(publisher.clone(), updates).await?;
-            channels.push(publisher);
-            (
-                receivers,
-                Connections::Grpc(channels),
-                start,
-                published,
-                cpu_before,
-            )
+            publisher.publish(1, 1, Rate::Max).await?;
+            2
         }
     };
-    let (all, cpu) = finish(receivers, server, open, descriptors, cpu_before).await?;
+    let expected = (first, first + updates - 1);
+    let deadline = Instant::now() + GRACE;
+    let crowd = Crowd::subscribe(target, &url, count, Spread::Each, expected, deadline).await?;
+    let cpu_before = server.cpu_seconds();
+    let start = Instant::now();
+    let published = publisher.publish(first, updates, Rate::Max).await?;
+    let Finished { all, cpu, .. } = crowd.finish(server, cpu_before).await?;
+    publisher.close().await;
 
     let complete: Vec<&Received> = all
         .iter()
-        .filter(|r| r.gaps == 0 && r.events >= updates)
+        .filter(|r| r.sequences.gaps == 0 && r.sequences.events >= updates)
         .collect();
     let each: Vec<f64> = complete
         .iter()
         .filter_map(|r| r.last_at)
         .map(|at| at.saturating_duration_since(start).as_secs_f64() * 1_000.0)
         .collect();
-    let delivered: u64 = all.iter().map(|r| r.events).sum();
+    let delivered: u64 = all.iter().map(|r| r.sequences.events).sum();
     Ok(Burst {
         last_reader_ms: each.iter().copied().fold(0.0, f64::max),
         each_p50_ms: quantile(&each, 0.5),
@@ -184,49 +133,7 @@ async fn once(target: Target, count: usize, updates: u64) -> Result<Burst, Strin
         publish_ms: published.as_secs_f64() * 1_000.0,
         cpu_ms: cpu * 1_000.0,
         cpu_us_per_delivery: cpu * 1e6 / delivered.max(1) as f64,
-        incomplete: (count - complete.len()) as u64,
-        gaps: all.iter().map(|r| r.gaps).sum(),
-        duplicates: all.iter().map(|r| r.duplicates).sum(),
+        incomplete: (count - complete.len()) as f64,
+        misses: misses(&all),
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{Burst, table};
-    use crate::process::Target;
-
-    #[test]
-    fn the_table_names_the_burst_and_sums_the_misses_over_runs() {
-        let run = Burst {
-            last_reader_ms: 10.0,
-            each_p50_ms: 5.0,
-            each_p99_ms: 9.0,
-            publish_ms: 1.0,
-            cpu_ms: 100.0,
-            cpu_us_per_delivery: 2.0,
-            incomplete: 0,
-            gaps: 1,
-            duplicates: 0,
-        };
-        let text = table(
-            10,
-            50,
-            &[Target::Storywire, Target::Bare],
-            &[vec![run, run], vec![run]],
-            &[0, 1],
-        );
-        let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(
-            lines[0],
-            "| 50 updates to 10 readers | storywire | bare tonic | storywire / bare tonic |"
-        );
-        assert_eq!(
-            lines[lines.len() - 2],
-            "| gaps / duplicates, all runs | 2 / 0 | 1 / 0 | |"
-        );
-        assert_eq!(
-            lines[lines.len() - 1],
-            "| runs that failed (see the log) | 0 | 1 | |"
-        );
-    }
 }

@@ -15,7 +15,7 @@ use std::{
     time::Duration,
 };
 
-use hdrhistogram::Histogram;
+use storywire_testkit::net::{free_ports, get_from};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpSocket, TcpStream},
@@ -25,12 +25,12 @@ use tokio::{
 use tonic::transport::Endpoint;
 
 use crate::{
-    load::{Rate, publish, receive, subscribe_each_from},
-    matrix::ms,
-    nats::get_from,
-    process::{ServerProcess, Target},
-    readers::{Connections, finish, open_descriptors, room_for},
-    report::{cell, ratio_within_runs},
+    crowd::{Crowd, Finished, Spread},
+    error::{Result, failed},
+    load::{Rate, publish},
+    process::{ServerProcess, Target, room_for},
+    report::{Table, cell, ms, ms_at, ratio_within_runs},
+    tally::{misses, pooled},
 };
 
 /// The flood case's flags.
@@ -80,8 +80,8 @@ struct Phase {
     p99_ms: f64,
     max_ms: f64,
     rss_mib: f64,
-    gaps: u64,
-    duplicates: u64,
+    /// Gaps and duplicates over every reader.
+    misses: (u64, u64),
     /// Connections the server closed, by [`REASONS`].
     closed: [f64; REASONS.len()],
     /// Connections the flooder opened, reopenings included.
@@ -89,7 +89,7 @@ struct Phase {
 }
 
 /// Runs the case `runs` times and prints its table.
-pub async fn run(args: &Args, runs: usize) -> Result<(), String> {
+pub async fn run(args: &Args, runs: usize) -> Result<()> {
     room_for(args.flood_readers + 3 * args.flood_connections)?;
     println!(
         "\nFlood: {} readers from 127.0.0.2 onwards, {RATE} events/s for {} s, while 127.0.0.1 keeps {} silent, {} slow-header and {} stalled SSE connections open on the HTTP face; median (min–max) of {runs} runs.",
@@ -105,35 +105,32 @@ pub async fn run(args: &Args, runs: usize) -> Result<(), String> {
         flooded.push(once(args, true).await?);
         eprintln!("flood: run {} of {runs} done", run + 1);
     }
-    println!("\n| figure | quiet | flooded | flooded / quiet |\n|---|---|---|---|");
     let rows: [Row; 6] = [
         ("readers' p50 (ms)", |p| p.p50_ms, 2),
         ("readers' p99 (ms)", |p| p.p99_ms, 2),
         ("readers' max (ms)", |p| p.max_ms, 2),
         ("server RSS (MiB)", |p| p.rss_mib, 1),
-        ("gaps + duplicates", |p| (p.gaps + p.duplicates) as f64, 0),
+        ("gaps + duplicates", |p| (p.misses.0 + p.misses.1) as f64, 0),
         ("flood connections opened", |p| p.opened as f64, 0),
     ];
+    let mut table = Table::new(&["figure", "quiet", "flooded", "flooded / quiet"]);
     for (name, figure, decimals) in rows {
         let q: Vec<f64> = quiet.iter().map(figure).collect();
         let f: Vec<f64> = flooded.iter().map(figure).collect();
-        println!(
-            "| {name} | {} | {} | {} |",
-            cell(&q, decimals),
-            cell(&f, decimals),
-            ratio_within_runs(&f, &q)
-        );
+        let ratio = ratio_within_runs(&f, &q);
+        table.row([name, &cell(&q, decimals), &cell(&f, decimals), &ratio]);
     }
     for (i, reason) in REASONS.iter().enumerate() {
         let f: Vec<f64> = flooded.iter().map(|p| p.closed[i]).collect();
-        println!("| closed: {reason} | | {} | |", cell(&f, 0));
+        table.row([&format!("closed: {reason}"), "", &cell(&f, 0), ""]);
     }
+    println!("\n{table}");
     Ok(())
 }
 
 /// One phase on a fresh server: the readers, the publisher, and with `flood` the flooder.
-async fn once(args: &Args, flood: bool) -> Result<Phase, String> {
-    let http = free_port()?;
+async fn once(args: &Args, flood: bool) -> Result<Phase> {
+    let http = free_ports(1)?[0];
     let events = args.flood_seconds * RATE;
     let extra = [
         "--http".to_owned(),
@@ -147,21 +144,19 @@ async fn once(args: &Args, flood: bool) -> Result<Phase, String> {
     ];
     let server = ServerProcess::start_with(Target::Storywire, events as usize + 1, &extra).await?;
     let url = server.url();
-    let descriptors = open_descriptors();
-    let reader_address = |n: usize| {
-        IpAddr::V4(Ipv4Addr::new(
-            127,
-            0,
-            0,
-            2 + (n / READERS_PER_ADDRESS) as u8,
-        ))
-    };
-    let (channels, streams) = subscribe_each_from(&url, args.flood_readers, reader_address).await?;
     let deadline = Instant::now() + Duration::from_secs(args.flood_seconds + 60);
-    let receivers = streams
-        .into_iter()
-        .map(|s| tokio::spawn(receive(s, 1, events, deadline)))
-        .collect();
+    let readers =
+        Spread::EachFrom(|n| Ipv4Addr::new(127, 0, 0, 2 + (n / READERS_PER_ADDRESS) as u8).into());
+    let expected = (1, events);
+    let crowd = Crowd::subscribe(
+        Target::Storywire,
+        &url,
+        args.flood_readers,
+        readers,
+        expected,
+        deadline,
+    )
+    .await?;
 
     let phase_ends = Instant::now() + Duration::from_secs(args.flood_seconds + 2);
     let target = SocketAddr::from(([127, 0, 0, 1], http));
@@ -173,8 +168,7 @@ async fn once(args: &Args, flood: bool) -> Result<Phase, String> {
         // Let the first wave land before the publisher starts.
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    let publisher = Endpoint::from_shared(url.clone())
-        .map_err(|e| e.to_string())?
+    let publisher = Endpoint::from_shared(url.clone())?
         .tcp_nodelay(true)
         .local_address(Some(PUBLISHER))
         .connect()
@@ -184,31 +178,20 @@ async fn once(args: &Args, flood: bool) -> Result<Phase, String> {
     let rss = server.rss_bytes();
     let closed = match get_from(PUBLISHER, http, "/metrics").await {
         Some((200, scrape)) => REASONS.map(|reason| closed_for(&scrape, reason)),
-        other => return Err(format!("GET /metrics: {other:?}")),
+        other => return failed!("GET /metrics: {other:?}"),
     };
     let mut opened = 0;
     while let Some(count) = flooder.join_next().await {
-        opened += count.map_err(|e| e.to_string())?;
+        opened += count?;
     }
-    let (all, _) = finish(
-        receivers,
-        server,
-        Connections::Grpc(channels),
-        descriptors,
-        0.0,
-    )
-    .await?;
-    let mut latency = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("valid bounds");
-    for received in &all {
-        latency.add(&received.latency).map_err(|e| e.to_string())?;
-    }
+    let Finished { all, .. } = crowd.finish(server, 0.0).await?;
+    let (latency, _) = pooled(&all)?;
     Ok(Phase {
-        p50_ms: ms(latency.value_at_quantile(0.5)),
-        p99_ms: ms(latency.value_at_quantile(0.99)),
+        p50_ms: ms_at(&latency, 0.5),
+        p99_ms: ms_at(&latency, 0.99),
         max_ms: ms(latency.max()),
         rss_mib: rss as f64 / (1024.0 * 1024.0),
-        gaps: all.iter().map(|r| r.gaps).sum(),
-        duplicates: all.iter().map(|r| r.duplicates).sum(),
+        misses: misses(&all),
         closed,
         opened,
     })
@@ -278,10 +261,4 @@ async fn connect_from(
     }
     socket.bind(SocketAddr::new(local, 0))?;
     socket.connect(target).await
-}
-
-/// A loopback port free now, for the HTTP face.
-fn free_port() -> Result<u16, String> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
-    Ok(listener.local_addr().map_err(|e| e.to_string())?.port())
 }

@@ -1,5 +1,6 @@
-//! The load: subscribers spread over a few HTTP/2 connections, a publisher on PublishStream, and
-//! what each subscriber saw (count, gaps, duplicates, latency).
+//! The load: connections, publishers on PublishStream or unary Publish, subscribers spread over a
+//! few HTTP/2 connections or each on one of its own, and what each subscriber saw (count, gaps,
+//! duplicates, latency).
 
 use std::{
     net::{IpAddr, Ipv4Addr},
@@ -10,6 +11,13 @@ use std::{
 use futures_util::StreamExt;
 use hdrhistogram::Histogram;
 use prost::Message;
+use storywire::{
+    clock::to_timestamp,
+    pb::{
+        self, change::Kind, publish_stream_response::Result as Outcome,
+        story_service_client::StoryServiceClient, subscribe_response::Item,
+    },
+};
 use tokio::{
     sync::mpsc,
     task::{JoinHandle, JoinSet},
@@ -21,12 +29,10 @@ use tonic::{
     transport::{Channel, Endpoint},
 };
 
-use storywire::{
-    clock::to_timestamp,
-    pb::{
-        self, change::Kind, publish_stream_response::Result as Outcome,
-        story_service_client::StoryServiceClient, subscribe_response::Item,
-    },
+use crate::{
+    error::{Result, failed},
+    report::{histogram, record},
+    tally::{Received, Tally},
 };
 
 /// How far apart publishing may fall behind a fixed rate before ticks are bunched: the load is
@@ -56,14 +62,19 @@ impl std::fmt::Display for Rate {
 }
 
 /// Connects `count` separate HTTP/2 connections to `url`.
-pub async fn connect(url: &str, count: usize) -> Result<Vec<Channel>, String> {
+pub async fn connect(url: &str, count: usize) -> Result<Vec<Channel>> {
+    let endpoint = Endpoint::from_shared(url.to_owned())?.tcp_nodelay(true);
     let mut channels = Vec::with_capacity(count);
     for _ in 0..count {
-        let endpoint = Endpoint::from_shared(url.to_owned()).map_err(|e| e.to_string())?;
-        let channel = endpoint.tcp_nodelay(true).connect().await;
+        let channel = endpoint.connect().await;
         channels.push(channel.map_err(|e| format!("connect {url}: {e}"))?);
     }
     Ok(channels)
+}
+
+/// One connection to `url`.
+pub async fn connect_one(url: &str) -> Result<Channel> {
+    Ok(connect(url, 1).await?.remove(0))
 }
 
 /// The `n`th bench request (1-based): the first opens the story, the rest revise its summary, so
@@ -73,14 +84,15 @@ fn bench_request(n: u64) -> pb::PublishRequest {
     if n > 1 {
         return revision(STORY.into(), n);
     }
-    let kind = Kind::StoryOpened(pb::StoryOpened {
+    let opened = pb::StoryOpened {
         headline: "Bench story".into(),
-        summary: String::new(),
         tags: vec!["bench".into()],
-        language: String::new(),
-    });
+        ..Default::default()
+    };
     pb::PublishRequest {
-        change: Some(pb::Change { kind: Some(kind) }),
+        change: Some(pb::Change {
+            kind: Some(Kind::StoryOpened(opened)),
+        }),
         ..revision(STORY.into(), n)
     }
 }
@@ -88,20 +100,18 @@ fn bench_request(n: u64) -> pb::PublishRequest {
 /// The `n`th update of `story_id`, a story already open: a new summary, so that every bench event
 /// is about the same size whichever story it goes to.
 pub fn revision(story_id: String, n: u64) -> pb::PublishRequest {
+    let revised = pb::StoryRevised {
+        summary: Some(format!("Summary {n:>10}: {SUMMARY}")),
+        ..Default::default()
+    };
     pb::PublishRequest {
         story_id,
-        event_id: String::new(),
-        expected_version: None,
         headline: format!("Update {n:>10} on the bench story, one line long"),
         occurred_at: Some(to_timestamp(SystemTime::now())),
         change: Some(pb::Change {
-            kind: Some(Kind::StoryRevised(pb::StoryRevised {
-                headline: None,
-                summary: Some(format!("Summary {n:>10}: {SUMMARY}")),
-                tags: None,
-                language: None,
-            })),
+            kind: Some(Kind::StoryRevised(revised)),
         }),
+        ..Default::default()
     }
 }
 
@@ -114,20 +124,20 @@ pub fn story_id(n: u64) -> String {
 /// event, so that each story's state is about one summary long.
 fn story_opening(n: u64) -> pb::PublishRequest {
     let headline = format!("Bench story {n:>10}, one line long");
+    let opened = pb::StoryOpened {
+        headline: headline.clone(),
+        summary: format!("Story {n:>10}: {SUMMARY}"),
+        tags: vec!["bench".into()],
+        language: String::new(),
+    };
     pb::PublishRequest {
         story_id: story_id(n),
-        event_id: String::new(),
-        expected_version: None,
-        headline: headline.clone(),
+        headline,
         occurred_at: Some(to_timestamp(SystemTime::now())),
         change: Some(pb::Change {
-            kind: Some(Kind::StoryOpened(pb::StoryOpened {
-                headline,
-                summary: format!("Story {n:>10}: {SUMMARY}"),
-                tags: vec!["bench".into()],
-                language: String::new(),
-            })),
+            kind: Some(Kind::StoryOpened(opened)),
         }),
+        ..Default::default()
     }
 }
 
@@ -154,52 +164,6 @@ pub fn update_event(n: u64, sequence: u64) -> pb::UpdateEvent {
     }
 }
 
-/// Publishes `events` bench events at `rate` on one PublishStream, the first opening the story,
-/// and returns how long it took from the first send to the last acknowledgement.
-pub async fn publish(channel: Channel, events: u64, rate: Rate) -> Result<Duration, String> {
-    publish_from(channel, 1, events, rate).await
-}
-
-/// Like [`publish`] at full speed, to a story already opened.
-pub async fn publish_more(channel: Channel, events: u64) -> Result<Duration, String> {
-    publish_from(channel, 2, events, Rate::Max).await
-}
-
-/// Like [`publish`], starting with the `first`th bench event (1 opens the story).
-pub async fn publish_from(
-    channel: Channel,
-    first: u64,
-    events: u64,
-    rate: Rate,
-) -> Result<Duration, String> {
-    Ok(publish_measured(channel, first, events, rate)
-        .await?
-        .elapsed)
-}
-
-/// Opens `count` stories besides the bench story, at full speed on one PublishStream.
-pub async fn open_stories(channel: Channel, count: u64) -> Result<Duration, String> {
-    let published = stream_requests(channel, count, Rate::Max, |i| story_opening(i + 1)).await?;
-    Ok(published.elapsed)
-}
-
-/// Publishes `events` updates at full speed on one PublishStream, spread round-robin over the
-/// first `stories` of the stories [`open_stories`] opened, and returns how long it took from the
-/// first send to the last acknowledgement. Consecutive requests go to different stories, which a
-/// cluster node publishes concurrently.
-pub async fn publish_spread(
-    channel: Channel,
-    events: u64,
-    stories: u64,
-) -> Result<Duration, String> {
-    let stories = stories.max(1);
-    let published = stream_requests(channel, events, Rate::Max, move |i| {
-        revision(story_id(i % stories + 1), i / stories + 2)
-    })
-    .await?;
-    Ok(published.elapsed)
-}
-
 /// What a publisher saw.
 pub struct Published {
     /// From the first send to the last acknowledgement.
@@ -212,14 +176,40 @@ pub struct Published {
     pub latency: Histogram<u64>,
 }
 
-/// Like [`publish_from`], with each event's latency to its acknowledgement.
-pub async fn publish_measured(
+/// Publishes `events` bench events at `rate` on one PublishStream, the first opening the story,
+/// and returns how long it took from the first send to the last acknowledgement.
+pub async fn publish(channel: Channel, events: u64, rate: Rate) -> Result<Duration> {
+    Ok(publish_from(channel, 1, events, rate).await?.elapsed)
+}
+
+/// Like [`publish`], starting with the `first`th bench event (1 opens the story), with each
+/// event's latency.
+pub async fn publish_from(
     channel: Channel,
     first: u64,
     events: u64,
     rate: Rate,
-) -> Result<Published, String> {
+) -> Result<Published> {
     stream_requests(channel, events, rate, move |i| bench_request(first + i)).await
+}
+
+/// Opens `count` stories besides the bench story, at full speed on one PublishStream.
+pub async fn open_stories(channel: Channel, count: u64) -> Result<Duration> {
+    let published = stream_requests(channel, count, Rate::Max, |i| story_opening(i + 1)).await?;
+    Ok(published.elapsed)
+}
+
+/// Publishes `events` updates at full speed on one PublishStream, spread round-robin over the
+/// first `stories` of the stories [`open_stories`] opened, and returns how long it took from the
+/// first send to the last acknowledgement. Consecutive requests go to different stories, which a
+/// cluster node publishes concurrently.
+pub async fn publish_spread(channel: Channel, events: u64, stories: u64) -> Result<Duration> {
+    let stories = stories.max(1);
+    let published = stream_requests(channel, events, Rate::Max, move |i| {
+        revision(story_id(i % stories + 1), i / stories + 2)
+    })
+    .await?;
+    Ok(published.elapsed)
 }
 
 /// Sends `request(0)` to `request(events - 1)` at `rate` on one PublishStream, each made when it
@@ -229,7 +219,7 @@ async fn stream_requests(
     events: u64,
     rate: Rate,
     request: impl Fn(u64) -> pb::PublishRequest + Send + 'static,
-) -> Result<Published, String> {
+) -> Result<Published> {
     let mut client = StoryServiceClient::new(channel);
     let (sender, receiver) = mpsc::channel(PUBLISH_QUEUE);
     // At a fixed rate, when each message was due, in the order sent: acknowledgements come in
@@ -257,20 +247,19 @@ async fn stream_requests(
     });
     let mut responses = client
         .publish_stream(ReceiverStream::new(receiver))
-        .await
-        .map_err(|e| format!("publish_stream: {e}"))?
+        .await?
         .into_inner();
-    let mut latency = Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid bounds");
+    let mut latency = histogram();
     for _ in 0..events {
         match responses.message().await {
             Ok(Some(pb::PublishStreamResponse {
                 result: Some(Outcome::Accepted(_)),
             })) => {}
-            other => return Err(format!("publish failed: {other:?}")),
+            other => return failed!("publish failed: {other:?}"),
         }
         if rate != Rate::Max {
             let due: Instant = due.recv().await.ok_or("the publisher ended early")?;
-            latency.saturating_record(u64::try_from(due.elapsed().as_micros()).unwrap_or(u64::MAX));
+            record(&mut latency, due.elapsed());
         }
     }
     let elapsed = start.elapsed();
@@ -278,37 +267,16 @@ async fn stream_requests(
     Ok(Published { elapsed, latency })
 }
 
-/// Publishes `events` bench events with unary Publish, each call awaited before the next, and
-/// returns how long it took.
-pub async fn publish_unary(channel: Channel, events: u64) -> Result<Duration, String> {
-    unary_from(channel, 1, events).await
-}
-
-/// Like [`publish_unary`], to a story already opened.
-pub async fn publish_unary_more(channel: Channel, events: u64) -> Result<Duration, String> {
-    unary_from(channel, 2, events).await
-}
-
-async fn unary_from(channel: Channel, first: u64, events: u64) -> Result<Duration, String> {
-    Ok(unary_measured(channel, first, events).await?.elapsed)
-}
-
-/// Like [`publish_unary`], with each call's latency from its send to its answer.
-pub async fn publish_unary_measured(channel: Channel, events: u64) -> Result<Published, String> {
-    unary_measured(channel, 1, events).await
-}
-
-async fn unary_measured(channel: Channel, first: u64, events: u64) -> Result<Published, String> {
+/// Publishes bench events `first` to `first + events - 1` with unary Publish, each call awaited
+/// before the next, with each call's latency from its send to its answer.
+pub async fn publish_unary(channel: Channel, first: u64, events: u64) -> Result<Published> {
     let mut client = StoryServiceClient::new(channel);
-    let mut latency = Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid bounds");
+    let mut latency = histogram();
     let start = Instant::now();
     for n in first..first + events {
         let sent = Instant::now();
-        client
-            .publish(bench_request(n))
-            .await
-            .map_err(|e| format!("publish: {e}"))?;
-        latency.saturating_record(u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX));
+        client.publish(bench_request(n)).await?;
+        record(&mut latency, sent.elapsed());
     }
     Ok(Published {
         elapsed: start.elapsed(),
@@ -317,26 +285,12 @@ async fn unary_measured(channel: Channel, first: u64, events: u64) -> Result<Pub
 }
 
 /// Every subscriber's tally, in order, once each has finished (or given up at its deadline).
-pub async fn gather(receivers: Vec<JoinHandle<Received>>) -> Result<Vec<Received>, String> {
+pub async fn gather(receivers: Vec<JoinHandle<Received>>) -> Result<Vec<Received>> {
     let mut all = Vec::with_capacity(receivers.len());
     for receiver in receivers {
-        all.push(receiver.await.map_err(|e| e.to_string())?);
+        all.push(receiver.await?);
     }
     Ok(all)
-}
-
-/// What one subscriber saw.
-pub struct Received {
-    /// Events received.
-    pub events: u64,
-    /// Sequences skipped (counted by how far each jump went past the next expected one).
-    pub gaps: u64,
-    /// Events at or below a sequence already seen.
-    pub duplicates: u64,
-    /// End-to-end latency, receipt minus the publisher's send stamp, in microseconds.
-    pub latency: Histogram<u64>,
-    /// When the last event arrived.
-    pub last_at: Option<Instant>,
 }
 
 /// How many subscriptions are opened at once. h2 counts each small request DATA frame a server
@@ -350,7 +304,7 @@ pub async fn subscribe_many(
     channels: &[Channel],
     count: usize,
     request: &pb::SubscribeRequest,
-) -> Result<Vec<Streaming<pb::SubscribeResponse>>, String> {
+) -> Result<Vec<Streaming<pb::SubscribeResponse>>> {
     let mut streams = Vec::with_capacity(count);
     let mut opened = 0;
     while opened < count {
@@ -362,8 +316,7 @@ pub async fn subscribe_many(
             opening.spawn(async move { client.subscribe(request).await.map(|r| r.into_inner()) });
         }
         while let Some(stream) = opening.join_next().await {
-            let stream = stream.map_err(|e| e.to_string())?;
-            streams.push(stream.map_err(|e| format!("subscribe: {e}"))?);
+            streams.push(stream??);
         }
         opened += wave;
     }
@@ -378,8 +331,7 @@ pub const CONNECT_WAVE: usize = 128;
 /// How many readers' connections come from one loopback address.
 const READERS_PER_SOURCE: u64 = 2_000;
 
-/// The loopback address the next reader's connection comes from, for [`subscribe_each`] and
-/// `anchor::subscribe_each`.
+/// The loopback address the next reader's connection comes from.
 ///
 /// Linux's `connect()` takes ephemeral ports of one parity first. From one address to one server,
 /// past 14,116 connections (half of 32768–60999), every connect scans that half before it tries
@@ -395,13 +347,13 @@ pub fn source_address() -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, 0, 0, last))
 }
 
-/// Opens `count` live subscriptions to `url`, each on an HTTP/2 connection of its own, waiting
-/// until each is registered. The channels come back too: a stream keeps its connection open, but
-/// the caller decides when they all close.
-pub async fn subscribe_each(
-    url: &str,
-    count: usize,
-) -> Result<(Vec<Channel>, Vec<Streaming<pb::SubscribeResponse>>), String> {
+/// A run's live streams, each on a connection of its own, with their channels: a stream keeps
+/// its connection open, but the caller decides when they all close.
+pub type Each = (Vec<Channel>, Vec<Streaming<pb::SubscribeResponse>>);
+
+/// Opens `count` live subscriptions to `url`, each on an HTTP/2 connection of its own from
+/// [`source_address`], waiting until each is registered.
+pub async fn subscribe_each(url: &str, count: usize) -> Result<Each> {
     subscribe_each_from(url, count, |_| source_address()).await
 }
 
@@ -410,52 +362,54 @@ pub async fn subscribe_each_from(
     url: &str,
     count: usize,
     source: impl Fn(usize) -> IpAddr,
-) -> Result<(Vec<Channel>, Vec<Streaming<pb::SubscribeResponse>>), String> {
-    let endpoint = Endpoint::from_shared(url.to_owned())
-        .map_err(|e| e.to_string())?
-        .tcp_nodelay(true);
-    let opened: Vec<_> = futures_util::stream::iter(0..count)
+) -> Result<Each> {
+    let endpoint = Endpoint::from_shared(url.to_owned())?.tcp_nodelay(true);
+    let opened: Vec<Result<_>> = futures_util::stream::iter(0..count)
         .map(|n| {
             let endpoint = endpoint.clone().local_address(Some(source(n)));
             async move {
-                let channel = connect_patiently(&endpoint).await?;
+                let channel = patiently(|| endpoint.connect(), &endpoint.uri().to_string()).await?;
                 let stream = StoryServiceClient::new(channel.clone())
                     .subscribe(pb::SubscribeRequest::default())
-                    .await
-                    .map_err(|e| format!("subscribe: {e}"))?
+                    .await?
                     .into_inner();
-                Ok::<_, String>((channel, stream))
+                Ok((channel, stream))
             }
         })
         .buffer_unordered(CONNECT_WAVE)
         .collect()
         .await;
-    opened
+    Ok(opened
         .into_iter()
-        .collect::<Result<Vec<_>, _>>()
-        .map(|pairs| pairs.into_iter().unzip())
+        .collect::<Result<Vec<_>>>()?
+        .into_iter()
+        .unzip())
 }
 
-/// How many times [`subscribe_each`] tries each connection before it gives up: thousands of
-/// connects in a row on a loaded machine may meet a refusal that a second later is gone.
-pub const CONNECT_ATTEMPTS: u32 = 3;
+/// How many times [`patiently`] tries each connection before it gives up: thousands of connects
+/// in a row on a loaded machine may meet a refusal that a second later is gone.
+const CONNECT_ATTEMPTS: u32 = 3;
 
-/// Connects to `endpoint`, trying again after a second on failure, up to [`CONNECT_ATTEMPTS`]
-/// times; the error names its cause (tonic's own says only "transport error").
-async fn connect_patiently(endpoint: &Endpoint) -> Result<Channel, String> {
+/// Connects with `connect`, trying again after a second on failure, up to [`CONNECT_ATTEMPTS`]
+/// times; the error names `to` and every cause (tonic's own says only "transport error").
+pub async fn patiently<C, E, F>(mut connect: impl FnMut() -> F, to: &str) -> Result<C>
+where
+    E: std::error::Error,
+    F: Future<Output = Result<C, E>>,
+{
     let mut attempt = 1;
     loop {
-        match endpoint.connect().await {
-            Ok(channel) => return Ok(channel),
+        match connect().await {
+            Ok(connection) => return Ok(connection),
             Err(error) => {
-                let mut message = format!("connect {}: {error}", endpoint.uri());
-                let mut source = std::error::Error::source(&error);
+                let mut message = format!("connect {to}: {error}");
+                let mut source = error.source();
                 while let Some(cause) = source {
                     message.push_str(&format!(": {cause}"));
                     source = cause.source();
                 }
                 if attempt == CONNECT_ATTEMPTS {
-                    return Err(message);
+                    return Err(message.into());
                 }
                 eprintln!("{message}; trying again");
                 attempt += 1;
@@ -475,74 +429,11 @@ pub async fn receive(
 ) -> Received {
     let mut tally = Tally::new(first, last);
     while let Ok(Ok(Some(message))) = tokio::time::timeout_at(deadline, stream.message()).await {
-        let Some(Item::Event(event)) = message.item else {
-            continue;
-        };
-        if tally.count(&event) {
+        if let Some(Item::Event(event)) = message.item
+            && tally.count(&event)
+        {
             break;
         }
     }
     tally.finish()
-}
-
-/// One subscriber's count of the events it was sent, whatever carried them: sequences for gaps
-/// and duplicates, the publisher's stamp for latency.
-pub struct Tally {
-    /// What it has seen so far.
-    received: Received,
-    /// The highest sequence seen, or the one before the first expected.
-    previous: u64,
-    /// The sequence of the last event expected.
-    last: u64,
-}
-
-impl Tally {
-    /// A subscriber expecting the events from `first` to `last`.
-    pub fn new(first: u64, last: u64) -> Self {
-        Self {
-            received: Received {
-                events: 0,
-                gaps: 0,
-                duplicates: 0,
-                latency: Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid bounds"),
-                last_at: None,
-            },
-            previous: first - 1,
-            last,
-        }
-    }
-
-    /// Counts `event`, just received; true once the last expected event has arrived.
-    pub fn count(&mut self, event: &pb::UpdateEvent) -> bool {
-        let received = &mut self.received;
-        received.events += 1;
-        received.last_at = Some(Instant::now());
-        if event.sequence <= self.previous {
-            received.duplicates += 1;
-            return false;
-        }
-        received.gaps += event.sequence - self.previous - 1;
-        self.previous = event.sequence;
-        if let Some(sent) = event.occurred_at.and_then(|t| {
-            let nanos = u64::try_from(t.nanos).ok()?;
-            let secs = u64::try_from(t.seconds).ok()?;
-            Some(SystemTime::UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_nanos(nanos))
-        }) {
-            let micros = SystemTime::now()
-                .duration_since(sent)
-                .unwrap_or_default()
-                .as_micros();
-            received
-                .latency
-                .saturating_record(u64::try_from(micros).unwrap_or(u64::MAX));
-        }
-        event.sequence >= self.last
-    }
-
-    /// What the subscriber saw; one that stopped short of the last event missed the rest, and
-    /// those count as gaps too.
-    pub fn finish(mut self) -> Received {
-        self.received.gaps += self.last.saturating_sub(self.previous);
-        self.received
-    }
 }

@@ -7,53 +7,56 @@
 //! Where a nats-server is at hand, core NATS runs beside them as an anchor: what a mature broker
 //! needs to fan the same bytes out.
 //!
-//! The modules, from the command line down to the sockets:
+//! The modules, from the cases down to the sockets; each imports only from modules below it:
 //!
-//! - [`matrix`]: the arguments and the standard cases: fan-out, publish paths, durability,
-//!   catch-up, idle memory.
-//! - [`abuse`]: misbehaving clients against a server while a well-behaved one measures.
-//! - [`heavy_reads`]: history rebuilt by GetStory and snapshots never read, against a publisher
-//!   and a subscriber.
 //! - [`cluster`]: the JetStream journal of `serve --nats` beside the others: publishing,
-//!   replication lag, a new node's catch-up, fan-out on one node.
+//!   replication lag, a new node's catch-up, fan-out on one node (with [`matrix`]'s fan-out).
+//! - [`matrix`]: the standard cases: fan-out, publish paths, durability, catch-up, idle memory.
+//! - [`abuse`]: misbehaving clients, and history rebuilt by GetStory (`--lock`), against a
+//!   server while a well-behaved client measures.
 //! - [`readers`]: connections per reader: each subscriber on a connection of its own.
-//! - [`plot`]: the connections-per-reader case drawn as an SVG, from its runs or a results file.
-//! - [`storm`]: the reconnect storm: a durable server restarts under every reader,
-//!   and all of them come back at once and resume 1,000 events back while a desk publishes.
-//! - [`burst`]: one burst to many readers: one PublishStream of updates to every
-//!   reader on a connection of its own.
-//! - [`flood`]: one address floods the HTTP face with silent, slow and stalled connections while
-//!   readers from other addresses read a story.
+//! - [`storm`]: the reconnect storm: a durable server restarts under every reader, and all of
+//!   them come back at once and resume 1,000 events back while a desk publishes.
+//! - [`burst`]: one PublishStream of updates to every reader on a connection of its own.
+//! - [`flood`]: one address floods the HTTP face while readers from other addresses read.
 //! - [`sse`]: Server-Sent Event readers, each on a connection of its own, against nginx+nchan.
+//! - [`crowd`]: a run's readers and its publisher on any of the three servers.
 //! - [`nchan`]: the nginx+nchan anchor: a fresh nginx per run, its publisher's side.
-//! - [`nats`]: the nats-server binary, and the JetStream servers the cluster case starts.
-//! - [`anchor`]: the NATS anchor's client side: the same events over core NATS publish/subscribe.
-//! - [`report`]: medians, spreads and ratios as the report's markdown cells.
-//! - [`process`]: a server under test in its own process, its CPU time and memory from /proc.
-//! - [`load`]: the client side: connections, publishers, subscribers and what each saw.
+//! - [`anchor`]: the NATS anchor's client side: the same events over core NATS.
+//! - [`load`]: the gRPC client side: connections, publishers, subscribers.
+//! - [`tally`]: what each reader saw: gaps, duplicates, latency.
 //! - [`bare`]: the bare tonic baseline server.
+//! - [`process`]: a server under test in its own process, its CPU time and memory from /proc;
+//!   this process's descriptors.
+//! - [`report`]: every case's contenders run in turn, and its markdown tables.
+//! - [`error`]: the one error type.
+//!
+//! A new case is a module of its own above [`crowd`]: its flags as a `clap::Args` flattened into
+//! [`Args`], a `run` that prints its tables with [`report`], and a line in [`run`] below.
 
 mod abuse;
 mod anchor;
 mod bare;
 mod burst;
 mod cluster;
+mod crowd;
+mod error;
 mod flood;
-mod heavy_reads;
 mod load;
 mod matrix;
-mod nats;
 mod nchan;
-mod plot;
 mod process;
 mod readers;
 mod report;
 mod sse;
 mod storm;
+mod tally;
 
-use std::{net::SocketAddr, process::ExitCode};
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
+
+use crate::{error::Result, load::Rate, process::Target};
 
 /// storywire-bench: storywire under load, beside a bare tonic baseline, as a markdown report.
 #[derive(Debug, Parser)]
@@ -68,7 +71,7 @@ struct Cli {
     #[command(subcommand)]
     mode: Option<Mode>,
     #[command(flatten)]
-    args: matrix::Args,
+    args: Args,
 }
 
 /// What else the binary can be.
@@ -81,15 +84,81 @@ enum Mode {
         #[arg(long, default_value = "127.0.0.1:0")]
         listen: SocketAddr,
     },
-    /// Draw a connections-per-reader results file (`--reader-results`) again as an SVG.
-    Plot {
-        /// The results file.
-        #[arg(long)]
-        from: std::path::PathBuf,
-        /// Where to write the SVG.
-        #[arg(long)]
-        out: std::path::PathBuf,
-    },
+}
+
+/// What the bench runs, and against which server binary.
+#[derive(Debug, clap::Args)]
+struct Args {
+    /// The storywire server binary to measure [default: `storywire` next to this executable,
+    /// which `cargo build --release --workspace` puts there].
+    #[arg(long, value_name = "PATH")]
+    storywire: Option<PathBuf>,
+    /// Subscriber counts to run in the fan-out case (comma-separated; 0 alone skips it).
+    #[arg(long, value_delimiter = ',', default_values_t = [1usize, 100, 1000])]
+    subscribers: Vec<usize>,
+    /// HTTP/2 connections the subscribers are spread over.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Publish rates to run: `max` or events per second (comma-separated).
+    #[arg(long, value_delimiter = ',', default_values = ["max", "100", "2000"], value_parser = parse_rate)]
+    rates: Vec<Rate>,
+    /// Runs of each case; the report gives the median and the spread.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// The servers the fan-out, connections-per-reader and burst cases measure
+    /// (comma-separated) [default: all three, NATS where a nats-server is at hand]. Ratios are
+    /// to storywire, so a profile of one server can run alone.
+    #[arg(long, value_delimiter = ',', value_enum)]
+    servers: Vec<Target>,
+    /// Events in the catch-up and retained-memory case (0 skips it).
+    #[arg(long, default_value_t = 1_000_000)]
+    catch_up_events: u64,
+    /// Idle subscribers in the memory case (0 skips it).
+    #[arg(long, default_value_t = 10_000)]
+    idle_subscribers: usize,
+    /// Events published one unary Publish at a time in the publish-path case (0 skips it); the
+    /// PublishStream side publishes 20 times as many.
+    #[arg(long, default_value_t = 5_000)]
+    unary_events: u64,
+    /// Events published on PublishStream in the durability case, for each fsync mode, and then
+    /// replayed at start-up (0 skips it).
+    #[arg(long, default_value_t = 100_000)]
+    durability_events: u64,
+    /// Also run the abuse phases: misbehaving clients against a server while a well-behaved one
+    /// measures its p99.
+    #[arg(long)]
+    abuse: bool,
+    /// Also run the lock case: 16 clients looping GetStory with as_of_version on a
+    /// story of --lock-story-events events, against a publisher's p99.
+    #[arg(long)]
+    lock: bool,
+    /// Events of the story the lock case rebuilds on every GetStory.
+    #[arg(long, default_value_t = 100_000)]
+    lock_story_events: u64,
+    #[command(flatten)]
+    cluster: cluster::Args,
+    #[command(flatten)]
+    readers: readers::Args,
+    #[command(flatten)]
+    sse: sse::Args,
+    #[command(flatten)]
+    storm: storm::Args,
+    #[command(flatten)]
+    burst: burst::Args,
+    #[command(flatten)]
+    flood: flood::Args,
+}
+
+fn parse_rate(value: &str) -> Result<Rate, String> {
+    match value {
+        "max" => Ok(Rate::Max),
+        n => n
+            .parse::<u64>()
+            .ok()
+            .filter(|n| *n > 0)
+            .map(Rate::PerSecond)
+            .ok_or_else(|| format!("{n:?} is neither `max` nor a positive rate")),
+    }
 }
 
 #[tokio::main]
@@ -97,8 +166,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match cli.mode {
         Some(Mode::Bare { listen }) => bare::run(listen).await,
-        Some(Mode::Plot { from, out }) => plot::redraw(&from, &out),
-        None => matrix::run(cli.args).await,
+        None => run(cli.args).await,
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -107,4 +175,77 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Runs the cases asked for, in the report's order, and prints the report as markdown.
+async fn run(args: Args) -> Result<()> {
+    process::use_storywire_binary(args.storywire.clone())?;
+    let runs = args.runs.max(1);
+    // The NATS anchor runs beside the others when there is a nats-server to run; without one the
+    // report says so and goes on with the two gRPC servers.
+    let nats = storywire_testkit::nats::find_nats_server(args.cluster.nats_server.clone())
+        .map_err(error::Error::from)
+        .and_then(process::use_nats_binary);
+    let mut targets = vec![Target::Storywire, Target::Bare];
+    match &nats {
+        Ok(()) => targets.push(Target::Nats),
+        Err(error) => eprintln!("no NATS anchor: {error}"),
+    }
+    if !args.servers.is_empty() {
+        targets.retain(|target| args.servers.contains(target));
+        if targets.len() < args.servers.len() {
+            return Err("--servers names NATS, but there is no nats-server to run".into());
+        }
+    }
+    if args.subscribers.iter().any(|&s| s > 0) {
+        let counts = &args.subscribers;
+        matrix::fan_out_table(counts, &args.rates, args.connections, &targets, runs).await?;
+        if let Err(error) = &nats {
+            println!("\n(No NATS column: {error}.)");
+        }
+    }
+    if args.readers.readers {
+        readers::run(&args.readers, &targets, runs).await?;
+    }
+    if args.sse.sse_readers {
+        sse::run(&args.sse, runs).await?;
+    }
+    if args.storm.storm {
+        storm::run(&args.storm, runs).await?;
+    }
+    if args.burst.burst {
+        burst::run(&args.burst, &targets, runs).await?;
+    }
+    if args.flood.flood {
+        flood::run(&args.flood, runs).await?;
+    }
+    if args.unary_events > 0 {
+        println!(
+            "\n{}",
+            matrix::publish_paths(args.unary_events, runs).await?
+        );
+    }
+    if args.abuse {
+        abuse::run(runs).await?;
+    }
+    if args.lock {
+        abuse::history_readers(args.lock_story_events, runs).await?;
+    }
+    if args.durability_events > 0 {
+        println!(
+            "\n{}",
+            matrix::durability(args.durability_events, runs).await?
+        );
+    }
+    if args.cluster.cluster {
+        cluster::run(&args.cluster, args.connections, runs).await?;
+    }
+    if args.catch_up_events > 0 {
+        println!("\n{}", matrix::catch_up(args.catch_up_events, runs).await?);
+    }
+    if args.idle_subscribers > 0 {
+        let table = matrix::idle(args.idle_subscribers, args.connections, runs).await?;
+        println!("\n{table}");
+    }
+    Ok(())
 }

@@ -21,7 +21,8 @@ use tokio::{
     time::Instant,
 };
 
-use crate::process::cpu_seconds_of;
+use crate::error::{Result, failed};
+use crate::process::{cpu_seconds_of, memory_of};
 
 /// The nginx binary Debian's `nginx-light` installs.
 const NGINX: &str = "/usr/sbin/nginx";
@@ -56,11 +57,11 @@ pub fn missing() -> Option<String> {
 
 impl Nginx {
     /// Starts nginx with nchan on a free loopback port, with `workers` worker processes.
-    pub async fn start(workers: usize) -> Result<Self, String> {
+    pub async fn start(workers: usize) -> Result<Self> {
         if let Some(missing) = missing() {
-            return Err(missing);
+            return Err(missing.into());
         }
-        let port = free_port()?;
+        let port = storywire_testkit::net::free_ports(1)?[0];
         let dir =
             std::env::temp_dir().join(format!("storywire-bench-nchan-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -116,7 +117,7 @@ http {{
         while TcpStream::connect(address).await.is_err() {
             if Instant::now() > deadline {
                 let log = std::fs::read_to_string(nginx.dir.join("error.log")).unwrap_or_default();
-                return Err(format!("nginx did not listen on {address}: {log}"));
+                return failed!("nginx did not listen on {address}: {log}");
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -160,27 +161,14 @@ http {{
     pub fn rss_bytes(&self) -> u64 {
         self.pids()
             .into_iter()
-            .map(|pid| {
-                std::fs::read_to_string(format!("/proc/{pid}/status"))
-                    .unwrap_or_default()
-                    .lines()
-                    .find_map(|line| line.strip_prefix("VmRSS:"))
-                    .and_then(|rest| rest.split_whitespace().next())
-                    .and_then(|kib| kib.parse::<u64>().ok())
-                    .unwrap_or(0)
-                    * 1024
-            })
+            .map(|pid| memory_of(pid, "VmRSS:"))
             .sum()
     }
 
     /// Stops nginx by its master's PID (SIGQUIT: workers finish, then exit), killing it if it
     /// has not exited in time, and removes its directory.
     pub async fn stop(mut self) {
-        if let Ok(pid) = libc::pid_t::try_from(self.pid) {
-            // SAFETY: kill(2) only sends a signal, to the child this value owns and has not
-            // reaped.
-            unsafe { libc::kill(pid, libc::SIGQUIT) };
-        }
+        let _ = storywire_testkit::process::signal(self.pid, libc::SIGQUIT);
         if tokio::time::timeout(STOP_TIMEOUT, self.master.wait())
             .await
             .is_err()
@@ -191,16 +179,6 @@ http {{
     }
 }
 
-/// A free port on 127.0.0.1, as the system gives one for a moment.
-pub fn free_port() -> Result<u16, String> {
-    let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .map_err(|e| format!("a free port: {e}"))?;
-    listener
-        .local_addr()
-        .map(|address| address.port())
-        .map_err(|e| e.to_string())
-}
-
 /// The publisher's side: messages POSTed to `/pub` on one kept-alive connection.
 pub struct Publisher {
     connection: BufReader<TcpStream>,
@@ -208,43 +186,34 @@ pub struct Publisher {
 
 impl Publisher {
     /// Connects to nginx at `address`.
-    pub async fn connect(address: SocketAddr) -> Result<Self, String> {
+    pub async fn connect(address: SocketAddr) -> Result<Self> {
         let stream = TcpStream::connect(address)
             .await
             .map_err(|e| format!("connect to nginx: {e}"))?;
-        stream.set_nodelay(true).map_err(|e| e.to_string())?;
+        stream.set_nodelay(true)?;
         Ok(Self {
             connection: BufReader::new(stream),
         })
     }
 
     /// Publishes `body` to the channel and waits for nchan's answer.
-    pub async fn publish(&mut self, body: &[u8]) -> Result<(), String> {
+    pub async fn publish(&mut self, body: &[u8]) -> Result<()> {
         let head = format!(
             "POST /pub HTTP/1.1\r\nhost: bench\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
             body.len()
         );
         let stream = self.connection.get_mut();
-        stream
-            .write_all(head.as_bytes())
-            .await
-            .map_err(|e| e.to_string())?;
-        stream.write_all(body).await.map_err(|e| e.to_string())?;
+        stream.write_all(head.as_bytes()).await?;
+        stream.write_all(body).await?;
         let mut status = String::new();
-        self.connection
-            .read_line(&mut status)
-            .await
-            .map_err(|e| e.to_string())?;
+        self.connection.read_line(&mut status).await?;
         if !(status.contains(" 201 ") || status.contains(" 202 ")) {
-            return Err(format!("nchan refused a publish: {}", status.trim()));
+            return failed!("nchan refused a publish: {}", status.trim());
         }
         let mut length = 0;
         loop {
             let mut line = String::new();
-            self.connection
-                .read_line(&mut line)
-                .await
-                .map_err(|e| e.to_string())?;
+            self.connection.read_line(&mut line).await?;
             let line = line.trim();
             if line.is_empty() {
                 break;
@@ -256,10 +225,7 @@ impl Publisher {
             }
         }
         let mut answer = vec![0; length];
-        self.connection
-            .read_exact(&mut answer)
-            .await
-            .map_err(|e| e.to_string())?;
+        self.connection.read_exact(&mut answer).await?;
         Ok(())
     }
 }

@@ -14,9 +14,8 @@ use tokio::{
     process::{Child, Command},
 };
 
-/// Linux's clock ticks per second for /proc's CPU times (`getconf CLK_TCK`; 100 on every
-/// mainstream Linux build).
-const CLOCK_TICKS_PER_SECOND: f64 = 100.0;
+use crate::error::{Error, Result, failed};
+
 /// How long a server may take to report its address before the bench gives up.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -27,7 +26,7 @@ static STORYWIRE_BINARY: OnceLock<PathBuf> = OnceLock::new();
 /// Makes `path`, or else the `storywire` binary next to this executable (where cargo builds both
 /// into the same target/release or target/debug), the server that [`Target::Storywire`] starts.
 /// Fails if there is no such file, saying how to build it.
-pub fn use_storywire_binary(path: Option<PathBuf>) -> Result<(), String> {
+pub fn use_storywire_binary(path: Option<PathBuf>) -> Result<()> {
     let path = match path {
         Some(path) => path,
         None => {
@@ -36,33 +35,33 @@ pub fn use_storywire_binary(path: Option<PathBuf>) -> Result<(), String> {
         }
     };
     if !path.is_file() {
-        return Err(format!(
+        return failed!(
             "no storywire server binary at {}: build it beside the bench with `cargo build \
              --release --workspace`, or name one with --storywire PATH",
             path.display()
-        ));
+        );
     }
     STORYWIRE_BINARY
         .set(path)
-        .map_err(|_| "the storywire binary was already chosen".to_owned())
+        .map_err(|_| "the storywire binary was already chosen".into())
 }
 
 /// The nats-server binary [`Target::Nats`] starts: set once, before the first case that runs it.
 static NATS_BINARY: OnceLock<PathBuf> = OnceLock::new();
 
 /// Makes `path` the nats-server that [`Target::Nats`] starts.
-pub fn use_nats_binary(path: PathBuf) -> Result<(), String> {
+pub fn use_nats_binary(path: PathBuf) -> Result<()> {
     NATS_BINARY
         .set(path)
-        .map_err(|_| "the nats-server binary was already chosen".to_owned())
+        .map_err(|_| "the nats-server binary was already chosen".into())
 }
 
 /// The binary [`use_storywire_binary`] chose.
-fn storywire_binary() -> Result<&'static Path, String> {
+fn storywire_binary() -> Result<&'static Path> {
     STORYWIRE_BINARY
         .get()
         .map(PathBuf::as_path)
-        .ok_or_else(|| "no storywire binary chosen before the first case".to_owned())
+        .ok_or_else(|| "no storywire binary chosen before the first case".into())
 }
 
 /// Which server a case runs against.
@@ -75,6 +74,12 @@ pub enum Target {
     /// Core NATS publish/subscribe (a plain `nats-server`, no JetStream): the anchor, what
     /// fanning small messages out to many connections costs a mature broker.
     Nats,
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 impl Target {
@@ -96,40 +101,6 @@ impl Target {
     }
 }
 
-/// Runs `once` on each of `targets`, `runs` times, rotating which goes first so that no server
-/// always runs on a warmer machine, and returns each target's results in run order with how many
-/// of its runs failed. A run that fails is logged after `label` and counted, not allowed to lose
-/// the others (the ratios then pair the runs that are left, in order).
-pub async fn in_turn<T: std::fmt::Debug, F, Fut>(
-    targets: &[Target],
-    runs: usize,
-    label: &str,
-    mut once: F,
-) -> (Vec<Vec<T>>, Vec<usize>)
-where
-    F: FnMut(Target) -> Fut,
-    Fut: Future<Output = Result<T, String>>,
-{
-    let mut results: Vec<Vec<T>> = targets.iter().map(|_| Vec::new()).collect();
-    let mut failed = vec![0; targets.len()];
-    for run in 0..runs {
-        for k in 0..targets.len() {
-            let i = (k + run) % targets.len();
-            match once(targets[i]).await {
-                Ok(result) => {
-                    eprintln!("{label}, {}: {result:?}", targets[i].name());
-                    results[i].push(result);
-                }
-                Err(error) => {
-                    eprintln!("{label}, {}: failed: {error}", targets[i].name());
-                    failed[i] += 1;
-                }
-            }
-        }
-    }
-    (results, failed)
-}
-
 /// A running server process on a loopback port. Killed when dropped.
 pub struct ServerProcess {
     /// The child process; `kill_on_drop` ends it with the bench.
@@ -144,7 +115,7 @@ pub struct ServerProcess {
 
 impl ServerProcess {
     /// Starts `target` on 127.0.0.1 with an ephemeral port and waits until it listens.
-    pub async fn start(target: Target, retain_events: usize) -> Result<Self, String> {
+    pub async fn start(target: Target, retain_events: usize) -> Result<Self> {
         Self::start_with(target, retain_events, &[]).await
     }
 
@@ -153,7 +124,7 @@ impl ServerProcess {
         target: Target,
         retain_events: usize,
         extra: &[String],
-    ) -> Result<Self, String> {
+    ) -> Result<Self> {
         let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
         Self::start_on(target, any_port, retain_events, extra).await
     }
@@ -165,7 +136,7 @@ impl ServerProcess {
         listen: SocketAddr,
         retain_events: usize,
         extra: &[String],
-    ) -> Result<Self, String> {
+    ) -> Result<Self> {
         let listen = listen.to_string();
         let mut command = match target {
             Target::Storywire => {
@@ -200,7 +171,7 @@ impl ServerProcess {
                 let mut command = Command::new(binary);
                 // Port -1: one the system picks, reported on stderr like the others'.
                 command.args(["--addr", "127.0.0.1", "--port", "-1"]);
-                crate::nats::die_with_parent(&mut command);
+                storywire_testkit::process::die_with_parent(&mut command);
                 command
             }
         };
@@ -216,13 +187,15 @@ impl ServerProcess {
         let stderr = child.stderr.take().ok_or("no stderr")?;
         let mut lines = BufReader::new(stderr).lines();
         let address = tokio::time::timeout(START_TIMEOUT, async {
-            while let Some(line) = lines.next_line().await.map_err(|e| e.to_string())? {
+            while let Some(line) = lines.next_line().await? {
                 if let Some(rest) = line.split(target.listening_marker()).nth(1) {
                     let address = rest.split_whitespace().next().unwrap_or_default();
-                    return address.parse::<SocketAddr>().map_err(|e| e.to_string());
+                    return address
+                        .parse::<SocketAddr>()
+                        .map_err(|e| Error::from(format!("{address:?}: {e}")));
                 }
             }
-            Err("the server exited before listening".to_owned())
+            Err(Error::from("the server exited before listening"))
         })
         .await
         .map_err(|_| "the server did not report its address".to_owned())??;
@@ -257,24 +230,12 @@ impl ServerProcess {
 
     /// The server's resident set size in bytes.
     pub fn rss_bytes(&self) -> u64 {
-        self.status_kib("VmRSS:") * 1024
+        memory_of(self.pid, "VmRSS:")
     }
 
     /// The most the server's resident set has been, in bytes.
     pub fn peak_rss_bytes(&self) -> u64 {
-        self.status_kib("VmHWM:") * 1024
-    }
-
-    /// A `kB` figure from /proc/PID/status.
-    fn status_kib(&self, field: &str) -> u64 {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.pid)).unwrap_or_default();
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix(field))
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|kib| kib.parse::<u64>().ok())
-            .unwrap_or(0)
+        memory_of(self.pid, "VmHWM:")
     }
 
     /// Stops the server.
@@ -285,37 +246,87 @@ impl ServerProcess {
     /// Asks the server to stop as an operator would, with SIGTERM, and waits up to `timeout`
     /// for it to exit; kills it past that, and says so. A storywire server drains first: every
     /// subscription gets the events up to the head, then ends.
-    pub async fn terminate(mut self, timeout: Duration) -> Result<(), String> {
-        let pid = libc::pid_t::try_from(self.pid).map_err(|e| e.to_string())?;
-        // SAFETY: kill(2) only sends a signal, to the child this value owns and has not reaped.
-        if unsafe { libc::kill(pid, libc::SIGTERM) } != 0 {
-            return Err(format!("SIGTERM: {}", std::io::Error::last_os_error()));
-        }
+    pub async fn terminate(mut self, timeout: Duration) -> Result<()> {
+        storywire_testkit::process::signal(self.pid, libc::SIGTERM)?;
         match tokio::time::timeout(timeout, self.child.wait()).await {
             Ok(Ok(status)) if status.success() => Ok(()),
-            Ok(Ok(status)) => Err(format!("the server exited with {status} after SIGTERM")),
-            Ok(Err(error)) => Err(format!("waiting for the server: {error}")),
+            Ok(Ok(status)) => failed!("the server exited with {status} after SIGTERM"),
+            Ok(Err(error)) => failed!("waiting for the server: {error}"),
             Err(_) => {
                 let _ = self.child.kill().await;
-                Err(format!(
-                    "the server was still running {timeout:?} after SIGTERM"
-                ))
+                failed!("the server was still running {timeout:?} after SIGTERM")
             }
         }
     }
 }
 
-/// User plus system CPU seconds process `pid` has used so far (0 once it is gone).
+/// The resident set (`VmRSS:`) or its peak (`VmHWM:`) of process `pid` in bytes; 0 once it is
+/// gone, as a server stopped under a figure has no more to add to it.
+pub fn memory_of(pid: u32, field: &str) -> u64 {
+    storywire_testkit::process::status_bytes(pid, field).unwrap_or(0)
+}
+
+/// User plus system CPU seconds process `pid` has used so far; 0 once it is gone.
 pub fn cpu_seconds_of(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
-    let after_name = stat.rsplit(')').next().unwrap_or_default();
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    (ticks(11) + ticks(12)) / CLOCK_TICKS_PER_SECOND
+    storywire_testkit::process::cpu_time(pid).map_or(0.0, |cpu| cpu.as_secs_f64())
+}
+
+/// Descriptors the bench needs besides one per reader: the publisher, the runtime, the server's
+/// pipe, stdio, and room to spare.
+const SPARE_DESCRIPTORS: u64 = 256;
+/// How long [`settle`] waits for the last run's sockets to be closed.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Fails, saying why, if this process may not open `count` more sockets; raises its soft
+/// open-files limit to the hard one first (the servers it starts inherit it).
+pub fn room_for(count: usize) -> Result<()> {
+    let limit = storywire::descriptors::raise_open_files_limit()
+        .map_err(|e| format!("cannot raise the open-files limit: {e}"))?;
+    let needed = count as u64 + SPARE_DESCRIPTORS;
+    if needed > limit {
+        return failed!(
+            "{count} readers need {needed} open files in the bench (and as many in the server), \
+             over the limit of {limit}: spreading them over several processes is not done yet"
+        );
+    }
+    Ok(())
+}
+
+/// Descriptors this process holds.
+pub fn open_descriptors() -> usize {
+    std::fs::read_dir("/proc/self/fd").map_or(0, |entries| entries.count())
+}
+
+/// Waits until this process holds no more than [`SPARE_DESCRIPTORS`] descriptors over
+/// `before`, so that a run does not start while the last one's connections, closed by tasks of
+/// their own, still hold descriptors; gives up, saying so, after [`SETTLE_TIMEOUT`].
+pub async fn settle(before: usize) {
+    let deadline = tokio::time::Instant::now() + SETTLE_TIMEOUT;
+    while open_descriptors() > before + SPARE_DESCRIPTORS as usize {
+        if tokio::time::Instant::now() > deadline {
+            let now = open_descriptors();
+            eprintln!("{now} descriptors still open after a run, {before} before it");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    /// Makes the nats-server at hand the one [`super::Target::Nats`] starts; false, after saying
+    /// so, if there is none (scripts/test installs one), so that the calling test can skip.
+    pub(crate) fn nats_server_at_hand() -> bool {
+        match storywire_testkit::nats::find_nats_server(None) {
+            Ok(binary) => {
+                // Another test may have chosen it first: the same binary either way.
+                let _ = super::use_nats_binary(binary);
+                true
+            }
+            Err(error) => {
+                eprintln!("skipped: {error}");
+                false
+            }
+        }
+    }
 }

@@ -11,8 +11,8 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use hdrhistogram::Histogram;
 use storywire::pb;
+use storywire_testkit::net::free_ports;
 use tokio::{
     io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
     net::{TcpSocket, TcpStream},
@@ -21,14 +21,13 @@ use tokio::{
 };
 
 use crate::{
-    load::{
-        CONNECT_WAVE, Rate, Received, Tally, connect, gather, publish, source_address, update_event,
-    },
-    matrix::ms,
-    nchan::{self, Nginx, free_port},
-    process::{ServerProcess, Target},
-    readers::{open_descriptors, room_for, settle},
-    report::{Figure, by_server},
+    crowd::Delivery,
+    error::{Result, failed},
+    load::{CONNECT_WAVE, Rate, connect_one, gather, publish, source_address, update_event},
+    nchan::{self, Nginx},
+    process::{ServerProcess, Target, open_descriptors, room_for, settle},
+    report::{by_server, in_turn},
+    tally::{Received, Tally},
 };
 
 /// How often the publisher sends, as a busy story's live updates might come.
@@ -62,40 +61,23 @@ enum Server {
     Nchan,
 }
 
-/// One run of the case on one server.
-#[derive(Debug, Clone, Copy)]
-struct SseRun {
-    subscribe_all_seconds: f64,
-    p50_ms: f64,
-    p99_ms: f64,
-    max_ms: f64,
-    cpu_us_per_delivery: f64,
-    rss_kib_per_reader: f64,
-    gaps: u64,
-    duplicates: u64,
+impl std::fmt::Display for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Storywire => "storywire",
+            Self::Nchan => "nginx+nchan",
+        })
+    }
 }
 
-/// The table's figures, one row each.
-const FIGURES: [Figure<SseRun>; 6] = [
-    (
-        "time to connect and subscribe all, s",
-        |r| r.subscribe_all_seconds,
-        3,
-    ),
-    ("delivery p50, ms", |r| r.p50_ms, 2),
-    ("delivery p99, ms", |r| r.p99_ms, 2),
-    ("delivery max, ms", |r| r.max_ms, 2),
-    ("server CPU per delivery, µs", |r| r.cpu_us_per_delivery, 2),
-    ("server RSS per reader, KiB", |r| r.rss_kib_per_reader, 1),
-];
+/// The memory row's name.
+const RSS: &str = "server RSS per reader, KiB";
 
 /// Runs the case for every count on both servers, `runs` times (taking turns at going first),
 /// and prints a table per count.
-pub async fn run(args: &Args, runs: usize) -> Result<(), String> {
+pub async fn run(args: &Args, runs: usize) -> Result<()> {
     if let Some(missing) = nchan::missing() {
-        return Err(format!(
-            "the SSE readers case needs nginx with nchan: {missing}"
-        ));
+        return failed!("the SSE readers case needs nginx with nchan: {missing}");
     }
     let events = (args.sse_reader_seconds * 1_000 / INTERVAL.as_millis() as u64).max(1);
     println!(
@@ -106,32 +88,11 @@ pub async fn run(args: &Args, runs: usize) -> Result<(), String> {
     let servers = [Server::Storywire, Server::Nchan];
     for &count in &args.sse_reader_counts {
         room_for(count)?;
-        let mut results: Vec<Vec<SseRun>> = vec![Vec::new(), Vec::new()];
-        let mut failed = vec![0; servers.len()];
-        for run in 0..runs {
-            for k in 0..servers.len() {
-                let i = (k + run) % servers.len();
-                match once(servers[i], count, events).await {
-                    Ok(result) => {
-                        eprintln!("{count} SSE readers, {:?}: {result:?}", servers[i]);
-                        results[i].push(result);
-                    }
-                    Err(error) => {
-                        eprintln!("{count} SSE readers, {:?}: failed: {error}", servers[i]);
-                        failed[i] += 1;
-                    }
-                }
-            }
-        }
-        let misses = |r: &SseRun| (r.gaps, r.duplicates);
-        let table = by_server(
-            &format!("{count} SSE readers"),
-            &["storywire", "nginx+nchan"],
-            &FIGURES,
-            &results,
-            misses,
-            &failed,
-        );
+        let label = format!("{count} SSE readers");
+        let runs = in_turn(&servers, runs, &label, |server| once(server, count, events)).await;
+        let table = by_server(&label, &servers, &Delivery::figures(RSS), &runs, |r| {
+            r.misses
+        });
         println!("\n{table}");
     }
     Ok(())
@@ -147,10 +108,10 @@ enum Running {
 }
 
 impl Running {
-    async fn start(server: Server, events: u64) -> Result<Self, String> {
+    async fn start(server: Server, events: u64) -> Result<Self> {
         match server {
             Server::Storywire => {
-                let http = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+                let http = SocketAddr::from(([127, 0, 0, 1], free_ports(1)?[0]));
                 let extra = ["--http".to_owned(), http.to_string()];
                 let server =
                     ServerProcess::start_with(Target::Storywire, events as usize + 1, &extra)
@@ -159,7 +120,7 @@ impl Running {
                 let deadline = Instant::now() + Duration::from_secs(10);
                 while TcpStream::connect(http).await.is_err() {
                     if Instant::now() > deadline {
-                        return Err(format!("storywire's HTTP face did not listen on {http}"));
+                        return failed!("storywire's HTTP face did not listen on {http}");
                     }
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
@@ -192,19 +153,18 @@ impl Running {
     }
 
     /// Publishes `events` events at `rate`: over gRPC to storywire, POSTed to nchan.
-    async fn publish(&self, events: u64, rate: Rate) -> Result<(), String> {
+    async fn publish(&self, events: u64, rate: Rate) -> Result<()> {
         match self {
             Self::Storywire { server, .. } => {
-                let publisher = connect(&server.url(), 1).await?.remove(0);
-                publish(publisher, events, rate).await.map(drop)
+                publish(connect_one(&server.url()).await?, events, rate).await?;
+                Ok(())
             }
             Self::Nchan(nginx) => {
                 let mut publisher = nchan::Publisher::connect(nginx.address).await?;
                 let mut ticks = tokio::time::interval(INTERVAL);
                 for n in 1..=events {
                     ticks.tick().await;
-                    let body =
-                        serde_json::to_vec(&update_event(n, n)).map_err(|e| e.to_string())?;
+                    let body = serde_json::to_vec(&update_event(n, n))?;
                     publisher.publish(&body).await?;
                 }
                 Ok(())
@@ -222,7 +182,7 @@ impl Running {
 
 /// One run on `server`: a fresh server, `count` readers each on a connection of its own,
 /// `events` events one every [`INTERVAL`].
-async fn once(server: Server, count: usize, events: u64) -> Result<SseRun, String> {
+async fn once(server: Server, count: usize, events: u64) -> Result<Delivery> {
     let running = Running::start(server, events).await?;
     let idle_rss = running.rss_bytes();
     let (address, path) = running.readers_at();
@@ -230,7 +190,7 @@ async fn once(server: Server, count: usize, events: u64) -> Result<SseRun, Strin
     let descriptors = open_descriptors();
 
     let start = Instant::now();
-    let opened: Vec<Result<BufReader<TcpStream>, String>> =
+    let opened: Vec<Result<BufReader<TcpStream>>> =
         futures_util::StreamExt::collect(futures_util::StreamExt::buffer_unordered(
             futures_util::stream::iter((0..count).map(|_| open_reader(address, path))),
             CONNECT_WAVE,
@@ -254,27 +214,13 @@ async fn once(server: Server, count: usize, events: u64) -> Result<SseRun, Strin
     settle(descriptors).await;
     running.stop().await;
 
-    let delivered: u64 = all.iter().map(|r| r.events).sum();
-    let mut latency = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("valid bounds");
-    for received in &all {
-        latency.add(&received.latency).map_err(|e| e.to_string())?;
-    }
-    Ok(SseRun {
-        subscribe_all_seconds: subscribe_all.as_secs_f64(),
-        p50_ms: ms(latency.value_at_quantile(0.5)),
-        p99_ms: ms(latency.value_at_quantile(0.99)),
-        max_ms: ms(latency.max()),
-        cpu_us_per_delivery: cpu * 1e6 / delivered.max(1) as f64,
-        rss_kib_per_reader: rss.saturating_sub(idle_rss) as f64 / count as f64 / 1024.0,
-        gaps: all.iter().map(|r| r.gaps).sum(),
-        duplicates: all.iter().map(|r| r.duplicates).sum(),
-    })
+    Delivery::of(&all, subscribe_all, cpu, rss.saturating_sub(idle_rss))
 }
 
 /// Connects one reader from the next loopback source address, sends its request as a browser's
 /// EventSource does, and reads the response's head.
-async fn open_reader(address: SocketAddr, path: &str) -> Result<BufReader<TcpStream>, String> {
-    let socket = TcpSocket::new_v4().map_err(|e| e.to_string())?;
+async fn open_reader(address: SocketAddr, path: &str) -> Result<BufReader<TcpStream>> {
+    let socket = TcpSocket::new_v4()?;
     socket
         .bind(SocketAddr::new(source_address(), 0))
         .map_err(|e| format!("bind a reader: {e}"))?;
@@ -282,29 +228,20 @@ async fn open_reader(address: SocketAddr, path: &str) -> Result<BufReader<TcpStr
         .connect(address)
         .await
         .map_err(|e| format!("connect a reader to {address}: {e}"))?;
-    stream.set_nodelay(true).map_err(|e| e.to_string())?;
+    stream.set_nodelay(true)?;
     let request = format!(
         "GET {path} HTTP/1.1\r\nhost: bench\r\naccept: text/event-stream\r\ncache-control: no-cache\r\n\r\n"
     );
-    stream
-        .write_all(request.as_bytes())
-        .await
-        .map_err(|e| e.to_string())?;
+    stream.write_all(request.as_bytes()).await?;
     let mut reader = BufReader::new(stream);
     let mut status = String::new();
-    reader
-        .read_line(&mut status)
-        .await
-        .map_err(|e| e.to_string())?;
+    reader.read_line(&mut status).await?;
     if !status.contains(" 200 ") {
-        return Err(format!("{path}: {}", status.trim()));
+        return failed!("{path}: {}", status.trim());
     }
     loop {
         let mut line = String::new();
-        reader
-            .read_line(&mut line)
-            .await
-            .map_err(|e| e.to_string())?;
+        reader.read_line(&mut line).await?;
         if line.trim().is_empty() {
             return Ok(reader);
         }

@@ -68,9 +68,8 @@ fn printed_sequence(line: &str) -> Option<u64> {
 
 /// An address on 127.0.0.1 where nothing listens: a port the system just handed out and took back.
 fn unused_address() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
-    let address = listener.local_addr().expect("local address");
-    format!("http://{address}")
+    let port = storywire_testkit::net::free_ports(1).expect("bind loopback")[0];
+    format!("http://127.0.0.1:{port}")
 }
 
 /// `storywire subscribe --from 1` against `url`, running.

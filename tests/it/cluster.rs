@@ -5,17 +5,17 @@
 //!
 //! Every process is stopped by PID when its handle drops, and every wait has a deadline.
 
-use crate::{jetstream, node, process, support};
+use crate::{node, process, support};
 
 use std::collections::HashMap;
 
-use jetstream::Cluster;
 use node::{
     Node, all_events, assert_exactly_once, opening, publish_until_acknowledged, receive_through,
     subscribe, update,
 };
 use process::Pipe;
 use storywire::pb;
+use storywire_testkit::nats::Cluster;
 use support::{change_mut, client_at, open, report, within};
 use tokio::sync::mpsc;
 use tonic::Code;

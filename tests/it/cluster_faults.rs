@@ -5,7 +5,6 @@
 //!
 //! Every process is stopped by PID when its handle drops, and every wait has a deadline.
 
-use crate::jetstream;
 use crate::node;
 use crate::support;
 
@@ -14,12 +13,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use jetstream::Cluster;
 use node::{
     Node, all_events, assert_exactly_once, opening, publish_until_acknowledged, receive_through,
     subscribe, update,
 };
 use storywire::pb;
+use storywire_testkit::nats::Cluster;
 use support::{client_at, within};
 use tokio_stream::StreamExt;
 use tonic::Code;

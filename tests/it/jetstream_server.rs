@@ -3,7 +3,6 @@
 //! subject's own last message, `Nats-Msg-Id` answers a retried publish with its first sequence,
 //! and killing a stream's leader loses nothing it acknowledged.
 
-use crate::jetstream;
 use crate::support;
 
 use std::error::Error as _;
@@ -16,7 +15,7 @@ use async_nats::jetstream::{
     stream::{Config, StorageType, Stream},
 };
 use bytes::Bytes;
-use jetstream::Cluster;
+use storywire_testkit::nats::Cluster;
 use support::within;
 
 /// The stream every test here creates; the cluster node names its subjects the same way,

@@ -10,31 +10,14 @@ use std::time::{Duration, Instant};
 use futures_util::future::{join_all, try_join_all};
 use process::{Pipe, Running, storywire, storywire_under};
 use storywire::{descriptors, listen, pb};
+use storywire_testkit::process::cpu_time;
 use support::{client_at, http1, within};
 use tokio::net::TcpStream;
 
 /// Sends `signal` to the process.
 fn send(process: &Running, signal: libc::c_int) {
-    let pid = libc::pid_t::try_from(process.id()).expect("a pid");
-    // SAFETY: kill only reads its two integer arguments.
-    let sent = unsafe { libc::kill(pid, signal) };
-    assert_eq!(sent, 0, "kill({pid}, {signal})");
-}
-
-/// The CPU time, user and system, the process has used so far.
-fn cpu_time(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read its stat");
-    // After the command name in parentheses: state is field 3, utime 14 and stime 15.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .expect("a command name")
-        .1
-        .split_whitespace()
-        .collect();
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    // SAFETY: sysconf only reads its argument.
-    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    Duration::from_secs_f64(ticks as f64 / per_second as f64)
+    storywire_testkit::process::signal(process.id(), signal)
+        .unwrap_or_else(|e| panic!("kill({}, {signal}): {e}", process.id()));
 }
 
 /// The soft and hard limits on open files that /proc shows for the process.
@@ -157,9 +140,12 @@ async fn out_of_descriptors_the_server_waits_without_spinning_then_serves_again(
     // While it cannot accept, it waits. Polling the failed accept again at once, as tonic does
     // with its own listener, took a whole core for as long as it lasted.
     let pid = server.id();
-    let (cpu_before, wall) = (cpu_time(pid), Instant::now());
+    let (cpu_before, wall) = (cpu_time(pid).expect("read its stat"), Instant::now());
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let (used, elapsed) = (cpu_time(pid) - cpu_before, wall.elapsed());
+    let (used, elapsed) = (
+        cpu_time(pid).expect("read its stat") - cpu_before,
+        wall.elapsed(),
+    );
     assert!(
         used < elapsed / 4,
         "{used:?} of CPU over {elapsed:?} while out of descriptors"

@@ -1,12 +1,12 @@
 //! The integration tests, one crate with a module per area (as rust-analyzer and vector lay
 //! theirs out), so that the support modules are compiled and linked once: `support` (a server in
 //! this process on 127.0.0.1:0, clients, requests, bounded waits), `process` (the `storywire`
-//! binary and other children, killed when dropped), `jetstream` (a real nats-server cluster),
-//! `node` (a storywire node of a test cluster) and `terminal` (a pseudo-terminal for the CLI's
-//! progress bars). Every test runs against a real server over a real socket; `faults` runs the
-//! cluster in network namespaces, as root.
+//! binary and other children, killed when dropped), `node` (a storywire node of a test cluster)
+//! and `terminal` (a pseudo-terminal for the CLI's progress bars); the tooling the bench shares
+//! (a real nats-server cluster, bounded waits) is the `storywire-testkit` crate. Every test runs
+//! against a real server over a real socket; `faults` runs the cluster in network namespaces, as
+//! root.
 
-mod jetstream;
 mod node;
 mod process;
 mod support;

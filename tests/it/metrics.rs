@@ -6,7 +6,6 @@
 //! `--public-read` opens it. Nothing is skipped: without python3 and prometheus_client the tests
 //! fail, naming scripts/test, which installs them.
 
-use crate::jetstream;
 use crate::process;
 use crate::support;
 
@@ -432,7 +431,7 @@ async fn the_write_ahead_log_reports_each_fsync() {
 
 #[tokio::test]
 async fn a_cluster_node_reports_its_replica_lag_and_apply_delay() {
-    let nats = jetstream::Cluster::start(1).await;
+    let nats = storywire_testkit::nats::Cluster::start(1).await;
     let urls = nats.urls();
     let node = HttpServer::start(&[
         "--nats",

@@ -6,14 +6,12 @@ pub mod http1;
 pub mod http2;
 
 use std::{
-    future::Future,
     net::{IpAddr, Ipv4Addr, SocketAddr},
     path::PathBuf,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
     },
-    time::Duration,
 };
 
 use storywire::{
@@ -26,16 +24,7 @@ use storywire::{
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tonic::{Streaming, codegen::http, transport::Channel};
 
-/// The most any single wait in a test may take before the test fails instead of hanging. It bounds
-/// a wait; it never stands in for one.
-pub const PATIENCE: Duration = Duration::from_secs(20);
-
-/// Awaits `future`, failing the test if it takes longer than [`PATIENCE`].
-pub async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
-    tokio::time::timeout(PATIENCE, future)
-        .await
-        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
-}
+pub use storywire_testkit::within;
 
 /// A fresh directory of a test's own under the system's temp directory, removed when dropped:
 /// named for `what`, this process (unique among running processes) and a count of the
