@@ -45,3 +45,4 @@ mod story_limits;
 mod subscribe;
 mod subscribers_per_address;
 mod tls;
+mod upgrade;
