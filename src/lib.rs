@@ -19,6 +19,8 @@
 //! - [`ninjs`]: a story as an IPTC ninjs 2.1 news item (`story --ninjs`), a pure function of it.
 //! - `encoded`: each event encoded once, its bytes shared by every subscriber.
 //! - `subscription`: a cursor into the log plus a filter: catch-up, live, checkpoints, the end.
+//! - [`consumers`]: named consumers, a filter and a position the server keeps for a pipeline
+//!   (in memory, or in the data directory), read one reader at a time and acknowledged.
 //! - [`service`]: the StoryService, and the one mapping from domain errors to gRPC status codes.
 //! - [`http`]: the read side as proto3 JSON over HTTP, and Subscribe as Server-Sent Events
 //!   (`serve --http`), through the same service.
@@ -54,6 +56,7 @@ pub mod clock;
 pub(crate) mod cluster;
 pub(crate) mod codes;
 pub mod connections;
+pub mod consumers;
 pub mod cors;
 mod deadline;
 pub mod demo;

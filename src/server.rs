@@ -59,6 +59,9 @@ pub struct ServerOptions {
     pub lifecycle: Lifecycle,
     /// TLS already loaded (so that SIGHUP can reload it); without it, `tls` is loaded at start.
     pub tls_config: Option<Arc<ServerTls>>,
+    /// Where named consumers are kept (with `--data-dir`, the data directory); `None`: in
+    /// memory, or refused on a cluster node.
+    pub consumers: Option<Arc<crate::consumers::Consumers>>,
 }
 
 /// Serves `log` on `listener` until `shutdown` completes.
@@ -117,8 +120,9 @@ pub async fn run_with_http(
     let accept_failures = log.metrics().accept_failures();
     let connections = Connections::new(options.lifecycle.clone(), log.metrics().connections());
     let slots = SubscriberSlots::new(&limits);
-    let service =
-        Service::new(log.clone(), stopping_rx.clone(), slots).through(options.cluster.clone());
+    let service = Service::new(log.clone(), stopping_rx.clone(), slots)
+        .through(options.cluster.clone())
+        .with_consumers(options.consumers.clone());
     let tls = match (options.tls_config.clone(), &options.tls) {
         (Some(tls), _) => Some(tls),
         (None, Some(files)) => Some(ServerTls::load(files.clone())?),

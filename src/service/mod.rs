@@ -12,8 +12,10 @@ use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::{
     auth::{ANONYMOUS, Caller},
+    clock::SystemClock,
     cluster::{Node, Refused},
     connections::ClientAddress,
+    consumers::{ConsumerError, Consumers},
     encoded::EncodedResponse,
     limits::{LimitError, SubscriberSlots},
     log::{EventLog, Filter, LogError},
@@ -54,6 +56,9 @@ pub enum Error {
     /// A cluster node could not publish through its stream.
     #[error(transparent)]
     Cluster(#[from] Refused),
+    /// A named consumer's request was refused (see `consumers.rs` for the conversion).
+    #[error(transparent)]
+    Consumer(ConsumerError),
 }
 
 impl Error {
@@ -132,10 +137,22 @@ pub fn status(error: impl Into<Error>) -> Status {
         Error::End(End::Log(_)) | Error::Cluster(Refused::Log(_)) => {
             unreachable!("flattened above")
         }
+        Error::Consumer(consumer) => match consumer {
+            ConsumerError::NotFound { .. } => Code::NotFound,
+            ConsumerError::FilterTaken { .. } => Code::AlreadyExists,
+            ConsumerError::OtherLog { .. } => Code::FailedPrecondition,
+            ConsumerError::TooMany { .. } => Code::ResourceExhausted,
+            ConsumerError::Storage(_) => Code::Unavailable,
+            ConsumerError::Unsupported => Code::Unimplemented,
+            ConsumerError::Invalid(_) | ConsumerError::Log(_) => {
+                unreachable!("converted to Invalid and Log")
+            }
+        },
     };
     Status::new(code, message)
 }
 
+mod consumers;
 mod publish_stream;
 
 use publish_stream::PublishSession;
@@ -153,6 +170,8 @@ pub struct Service {
     slots: Arc<SubscriberSlots>,
     /// On a cluster node: where publishes go (the log is its replica of the stream).
     cluster: Option<Arc<Node>>,
+    /// The named consumers, kept as the log is: in memory unless [`Self::with_consumers`] says.
+    consumers: Arc<Consumers>,
 }
 
 impl Service {
@@ -168,7 +187,17 @@ impl Service {
             shutdown,
             slots,
             cluster: None,
+            consumers: Consumers::in_memory(Arc::new(SystemClock)),
         }
+    }
+
+    /// The service keeping named consumers in `consumers` (with `--data-dir`, the data
+    /// directory's); `None` keeps them in memory, or, on a cluster node, refuses them.
+    pub fn with_consumers(mut self, consumers: Option<Arc<Consumers>>) -> Self {
+        if let Some(consumers) = consumers {
+            self.consumers = consumers;
+        }
+        self
     }
 
     /// The id of the log the service serves.
@@ -205,6 +234,11 @@ impl Service {
     /// The service of a cluster node: publishes go through `node`'s stream, and everything is
     /// read from its replica.
     pub fn through(mut self, node: Option<Arc<Node>>) -> Self {
+        if node.is_some() {
+            // A node's memory is not the cluster's: a consumer kept here would be lost with the
+            // node and unknown to the others.
+            self.consumers = Consumers::unsupported(Arc::new(SystemClock));
+        }
         self.cluster = node;
         self
     }
@@ -335,7 +369,13 @@ impl StoryService for Service {
         let request = request.into_inner();
         let heartbeat = validate::subscribe(&request).map_err(status)?;
         self.log.check_log_id(&request.log_id).map_err(status)?;
+        // The consumer's reader lock lives as long as the stream: one reader at a time.
+        let attached = match request.consumer.as_str() {
+            "" => None,
+            _ => Some(self.attach_consumer(&request, caller.as_ref()).await?),
+        };
         let start = match request.from_sequence {
+            _ if attached.is_some() => Start::From(attached.as_ref().map_or(0, |a| a.from)),
             _ if request.snapshot => Start::Snapshot,
             None => Start::Live,
             Some(from) => {
@@ -350,7 +390,10 @@ impl StoryService for Service {
                 Start::From(from)
             }
         };
-        let filter = Filter::new(&request.story_ids, &request.tags);
+        let filter = match &attached {
+            Some(attached) => attached.filter.clone(),
+            None => Filter::new(&request.story_ids, &request.tags),
+        };
         let subscription = Subscription::new(
             self.log.clone(),
             filter,
@@ -361,10 +404,10 @@ impl StoryService for Service {
         // The slot lives as long as the stream, and so does its count in the metrics.
         let open = self.metrics().subscriber_opened(transport);
         let items = stream::unfold(
-            (subscription, slot, open),
-            |(mut subscription, slot, open)| async move {
+            (subscription, slot, open, attached),
+            |(mut subscription, slot, open, attached)| async move {
                 let item = subscription.next().await?;
-                Some((item.map_err(status), (subscription, slot, open)))
+                Some((item.map_err(status), (subscription, slot, open, attached)))
             },
         );
         Ok(Response::new(until_revoked(items, caller)))
@@ -426,6 +469,41 @@ impl StoryService for Service {
             log_id: self.log.log_id().to_owned(),
             first_retained_sequence: batch.end.first_retained,
         }))
+    }
+
+    async fn create_consumer(
+        &self,
+        request: Request<pb::CreateConsumerRequest>,
+    ) -> Result<Response<pb::CreateConsumerResponse>, Status> {
+        self.create_consumer_rpc(request).await
+    }
+
+    async fn get_consumer(
+        &self,
+        request: Request<pb::GetConsumerRequest>,
+    ) -> Result<Response<pb::GetConsumerResponse>, Status> {
+        self.get_consumer_rpc(request)
+    }
+
+    async fn list_consumers(
+        &self,
+        _request: Request<pb::ListConsumersRequest>,
+    ) -> Result<Response<pb::ListConsumersResponse>, Status> {
+        self.list_consumers_rpc()
+    }
+
+    async fn delete_consumer(
+        &self,
+        request: Request<pb::DeleteConsumerRequest>,
+    ) -> Result<Response<pb::DeleteConsumerResponse>, Status> {
+        self.delete_consumer_rpc(request).await
+    }
+
+    async fn ack(
+        &self,
+        request: Request<pb::AckRequest>,
+    ) -> Result<Response<pb::AckResponse>, Status> {
+        self.ack_rpc(request).await
     }
 }
 
