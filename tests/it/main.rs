@@ -18,6 +18,7 @@ mod cluster;
 mod cluster_faults;
 mod compose;
 mod concurrency;
+mod consumers;
 mod dockerfile;
 mod durability;
 mod edge;

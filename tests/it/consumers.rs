@@ -1,0 +1,431 @@
+//! Named consumers: the server keeps a pipeline's filter and position, so that it resumes with
+//! only the name after a disconnect or a `kill -9` of a `--data-dir` server, gets exactly what it
+//! had not acknowledged, and never skips an event, even with a second reader waiting.
+
+use std::{path::Path, sync::Arc};
+
+use storywire::{
+    auth::Tokens,
+    clock::SystemClock,
+    consumers::Consumers,
+    log::EventLog,
+    pb::{self, story_service_client::StoryServiceClient, subscribe_response::Item},
+    server::ServerOptions,
+    wal::{FsyncMode, WalConfig},
+};
+use tonic::{Code, Streaming, transport::Channel};
+
+use crate::process::{self, Running};
+use crate::support::*;
+
+/// How many events the resumption tests publish, and how often their reader acknowledges.
+const EVENTS: u64 = 500;
+const ACK_EVERY: u64 = 50;
+/// Where the reader is cut off: in the middle of the sixth batch, so that 251..=275 were read and
+/// not acknowledged.
+const CUT_AT: u64 = 275;
+
+/// Publishes a story and `EVENTS - 1` notes to it: sequences 1..=EVENTS.
+async fn publish_events(client: &mut StoryServiceClient<Channel>) {
+    let mut requests = vec![open("story", &["desk"])];
+    requests.extend((2..=EVENTS).map(|n| note("story", &format!("Update {n}"))));
+    assert_eq!(publish_all(client, requests).await as u64, EVENTS);
+}
+
+fn create(name: &str, from_sequence: Option<u64>) -> pb::CreateConsumerRequest {
+    pb::CreateConsumerRequest {
+        name: name.to_owned(),
+        from_sequence,
+        ..Default::default()
+    }
+}
+
+/// A Subscribe that reads consumer `name` and gives nothing else.
+fn reading(name: &str) -> pb::SubscribeRequest {
+    pb::SubscribeRequest {
+        consumer: name.to_owned(),
+        ..Default::default()
+    }
+}
+
+async fn ack(client: &mut StoryServiceClient<Channel>, name: &str, sequence: u64) -> pb::Consumer {
+    let request = pb::AckRequest {
+        consumer: name.to_owned(),
+        sequence,
+        log_id: String::new(),
+    };
+    within("ack", client.ack(request))
+        .await
+        .expect("ack accepted")
+        .into_inner()
+        .consumer
+        .expect("consumer set")
+}
+
+async fn get(client: &mut StoryServiceClient<Channel>, name: &str) -> pb::Consumer {
+    let request = pb::GetConsumerRequest {
+        name: name.to_owned(),
+    };
+    within("get_consumer", client.get_consumer(request))
+        .await
+        .expect("get_consumer")
+        .into_inner()
+        .consumer
+        .expect("consumer set")
+}
+
+/// Reads consumer "pipeline" from the start, acknowledging every `ACK_EVERY` events, and is cut
+/// off (drops its stream) after reading `CUT_AT`, mid-batch.
+async fn read_and_cut_off(client: &mut StoryServiceClient<Channel>) {
+    let mut stream = subscribe(client, reading("pipeline")).await;
+    for expected in 1..=CUT_AT {
+        let event = next_event(&mut stream).await;
+        assert_eq!(event.sequence, expected);
+        if expected % ACK_EVERY == 0 {
+            let consumer = ack(client, "pipeline", expected).await;
+            assert_eq!(consumer.acknowledged_sequence, expected);
+        }
+    }
+    drop(stream);
+}
+
+/// Resumes consumer "pipeline" with only its name and expects exactly the unacknowledged tail,
+/// 251..=EVENTS, then caught_up.
+async fn expect_the_unacknowledged_tail(client: &mut StoryServiceClient<Channel>) {
+    let mut stream = subscribe(client, reading("pipeline")).await;
+    let (events, caught_up) = until_caught_up(&mut stream).await;
+    let resumed_from = CUT_AT / ACK_EVERY * ACK_EVERY + 1;
+    assert_eq!(
+        sequences(&events),
+        (resumed_from..=EVENTS).collect::<Vec<_>>()
+    );
+    assert_eq!(caught_up.head_sequence, EVENTS);
+}
+
+#[tokio::test]
+async fn a_consumer_cut_off_mid_batch_resumes_with_its_name_alone_from_the_unacknowledged_tail() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    publish_events(&mut client).await;
+    within(
+        "create",
+        client.create_consumer(create("pipeline", Some(1))),
+    )
+    .await
+    .expect("created");
+
+    read_and_cut_off(&mut client).await;
+    let consumer = get(&mut client, "pipeline").await;
+    assert_eq!(consumer.acknowledged_sequence, 250);
+    assert_eq!(consumer.lag, EVENTS - 250);
+    assert!(consumer.last_acknowledged_at.is_some());
+
+    expect_the_unacknowledged_tail(&mut client).await;
+    server.stop().await;
+}
+
+/// `storywire serve` on `dir`, fsync always, and its URL.
+async fn serve_on(dir: &Path) -> (Running, String) {
+    let mut command = process::storywire(&["serve", "--listen", "127.0.0.1:0", "--data-dir"]);
+    command.arg(dir).args(["--fsync", "always"]);
+    let mut serve = Running::spawn(command);
+    let (address, _) = serve.listening_address().await;
+    (serve, format!("http://{address}"))
+}
+
+#[tokio::test]
+async fn a_consumer_of_a_data_dir_server_resumes_exactly_after_kill_9() {
+    let dir = TempDir::new("consumer-kill9");
+    let (mut serve, url) = serve_on(&dir.0).await;
+    let mut client = client_at(&url).await;
+    publish_events(&mut client).await;
+    within(
+        "create",
+        client.create_consumer(create("pipeline", Some(1))),
+    )
+    .await
+    .expect("created");
+    read_and_cut_off(&mut client).await;
+    serve.kill().await;
+
+    let (mut serve, url) = serve_on(&dir.0).await;
+    let mut client = client_at(&url).await;
+    let consumer = get(&mut client, "pipeline").await;
+    assert_eq!(consumer.acknowledged_sequence, 250);
+    expect_the_unacknowledged_tail(&mut client).await;
+    serve.stop_cleanly().await;
+}
+
+#[tokio::test]
+async fn a_second_reader_waits_for_the_first_and_starts_after_what_it_acknowledged() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    publish_events(&mut client).await;
+    within(
+        "create",
+        client.create_consumer(create("pipeline", Some(1))),
+    )
+    .await
+    .expect("created");
+    let mut first = subscribe(&mut client, reading("pipeline")).await;
+    for _ in 1..=100 {
+        next_event(&mut first).await;
+    }
+
+    let mut second_client = server.client().await;
+    let second = tokio::spawn(async move {
+        let stream = subscribe(&mut second_client, reading("pipeline")).await;
+        (second_client, stream)
+    });
+    // The first reader goes on undisturbed while the second waits for its turn.
+    for expected in 101..=120 {
+        assert_eq!(next_event(&mut first).await.sequence, expected);
+    }
+    ack(&mut client, "pipeline", 120).await;
+    assert!(get(&mut client, "pipeline").await.reading);
+    assert!(
+        !second.is_finished(),
+        "the second reader must wait its turn"
+    );
+    drop(first);
+
+    let (_second_client, mut stream): (_, Streaming<pb::SubscribeResponse>) =
+        within("the second reader's turn", second)
+            .await
+            .expect("task");
+    let (events, _) = until_caught_up(&mut stream).await;
+    assert_eq!(sequences(&events), (121..=EVENTS).collect::<Vec<_>>());
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn consumer_requests_are_refused_with_the_field_the_name_or_the_sequence_at_fault() {
+    let server = TestServer::with_retention(100).await;
+    let mut client = server.client().await;
+    publish_events(&mut client).await;
+
+    let bad_name = client.create_consumer(create("Not A Name", None)).await;
+    expect_status(bad_name, Code::InvalidArgument, &["name"]);
+    let mut bad_filter = create("tagged", None);
+    bad_filter.tags = vec!["Bad Tag".to_owned()];
+    let bad_filter = client.create_consumer(bad_filter).await;
+    expect_status(bad_filter, Code::InvalidArgument, &["tags"]);
+    let evicted = client.create_consumer(create("old", Some(1))).await;
+    expect_status(
+        evicted,
+        Code::OutOfRange,
+        &["first retained sequence is 401"],
+    );
+
+    // Created from the head when no start is given; again with the same filter, unchanged.
+    let created = client
+        .create_consumer(create("live", None))
+        .await
+        .expect("created");
+    let created = created.into_inner();
+    assert!(created.created);
+    assert_eq!(
+        created.consumer.as_ref().map(|c| c.acknowledged_sequence),
+        Some(EVENTS)
+    );
+    let again = client
+        .create_consumer(create("live", Some(450)))
+        .await
+        .expect("idempotent");
+    assert!(!again.get_ref().created);
+    assert_eq!(again.into_inner().consumer, created.consumer);
+    let mut other_filter = create("live", None);
+    other_filter.story_ids = vec!["story".to_owned()];
+    let taken = client.create_consumer(other_filter).await;
+    expect_status(taken, Code::AlreadyExists, &["live", "another filter"]);
+
+    let unknown = client
+        .get_consumer(pb::GetConsumerRequest {
+            name: "nobody".into(),
+        })
+        .await;
+    expect_status(unknown, Code::NotFound, &["nobody"]);
+    let unknown = client.subscribe(reading("nobody")).await;
+    expect_status(unknown, Code::NotFound, &["nobody"]);
+    let mut with_filter = reading("live");
+    with_filter.from_sequence = Some(1);
+    expect_status(
+        client.subscribe(with_filter).await,
+        Code::InvalidArgument,
+        &["from_sequence"],
+    );
+    let beyond = client
+        .ack(pb::AckRequest {
+            consumer: "live".into(),
+            sequence: EVENTS + 1,
+            log_id: String::new(),
+        })
+        .await;
+    expect_status(beyond, Code::OutOfRange, &["beyond the head"]);
+    let zero = client
+        .ack(pb::AckRequest {
+            consumer: "live".into(),
+            sequence: 0,
+            log_id: String::new(),
+        })
+        .await;
+    expect_status(zero, Code::InvalidArgument, &["sequence"]);
+    let other_log = client
+        .ack(pb::AckRequest {
+            consumer: "live".into(),
+            sequence: 1,
+            log_id: "another".into(),
+        })
+        .await;
+    expect_status(other_log, Code::FailedPrecondition, &["another"]);
+    // Acknowledgements are cumulative: a lower one leaves the position where it is.
+    assert_eq!(
+        ack(&mut client, "live", 10).await.acknowledged_sequence,
+        EVENTS
+    );
+
+    // A consumer left behind by retention: OUT_OF_RANGE naming the first retained sequence.
+    let behind = client
+        .create_consumer(create("behind", Some(401)))
+        .await
+        .expect("created");
+    assert_eq!(
+        behind
+            .into_inner()
+            .consumer
+            .map(|c| c.acknowledged_sequence),
+        Some(400)
+    );
+    let more = (1..=50).map(|n| note("story", &format!("More {n}")));
+    publish_all(&mut client, more).await;
+    let fell_behind = client.subscribe(reading("behind")).await;
+    expect_status(
+        fell_behind,
+        Code::OutOfRange,
+        &["first retained sequence is 451"],
+    );
+
+    let names = client
+        .list_consumers(pb::ListConsumersRequest {})
+        .await
+        .expect("list");
+    let names: Vec<_> = names
+        .into_inner()
+        .consumers
+        .into_iter()
+        .map(|c| c.name)
+        .collect();
+    assert_eq!(names, ["behind", "live"]);
+    client
+        .delete_consumer(pb::DeleteConsumerRequest {
+            name: "behind".into(),
+        })
+        .await
+        .expect("deleted");
+    let gone = client
+        .delete_consumer(pb::DeleteConsumerRequest {
+            name: "behind".into(),
+        })
+        .await;
+    expect_status(gone, Code::NotFound, &["behind"]);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_consumer_kept_for_another_log_id_is_refused_as_a_failed_precondition() {
+    let dir = TempDir::new("consumer-other-log");
+    let config = WalConfig::new(&dir.0, FsyncMode::Always);
+    let log = EventLog::open(1_000, Arc::new(SystemClock), &config).expect("open");
+    let consumers = Consumers::open(&dir.0, Arc::new(SystemClock)).expect("consumers");
+    let options = ServerOptions {
+        consumers: Some(consumers),
+        ..Default::default()
+    };
+    let server = TestServer::over_with(log, options).await;
+    let mut client = server.client().await;
+    publish(&mut client, open("story", &[])).await;
+    within(
+        "create",
+        client.create_consumer(create("pipeline", Some(1))),
+    )
+    .await
+    .expect("created");
+    server.stop().await;
+
+    // The same consumers beside a log of another id, as after a repair that cut below the
+    // snapshot: their positions mean nothing there.
+    let log = Arc::new(EventLog::new(1_000, Arc::new(SystemClock)));
+    let consumers = Consumers::open(&dir.0, Arc::new(SystemClock)).expect("consumers");
+    let options = ServerOptions {
+        consumers: Some(consumers),
+        ..Default::default()
+    };
+    let server = TestServer::over_with(log, options).await;
+    let mut client = server.client().await;
+    publish(&mut client, open("story", &[])).await;
+    let refused = client.subscribe(reading("pipeline")).await;
+    expect_status(
+        refused,
+        Code::FailedPrecondition,
+        &["pipeline", "delete it"],
+    );
+    let request = pb::AckRequest {
+        consumer: "pipeline".into(),
+        sequence: 1,
+        log_id: String::new(),
+    };
+    expect_status(
+        client.ack(request).await,
+        Code::FailedPrecondition,
+        &["pipeline"],
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn consumers_need_the_consume_role() {
+    let tokens = Tokens::parse(
+        "reader subscribe reader-token-0123456789\npipeline subscribe,consume pipeline-token-0123456789\n",
+    )
+    .expect("tokens");
+    let options = ServerOptions {
+        tokens: Some(Arc::new(tokens)),
+        ..Default::default()
+    };
+    let server = TestServer::with_options(options).await;
+    let with = |token: &str| {
+        let value: tonic::metadata::MetadataValue<_> =
+            format!("Bearer {token}").parse().expect("header");
+        move |mut request: tonic::Request<()>| {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+            Ok(request)
+        }
+    };
+    let channel = server.channel().await;
+    let mut reader =
+        StoryServiceClient::with_interceptor(channel.clone(), with("reader-token-0123456789"));
+    let mut pipeline =
+        StoryServiceClient::with_interceptor(channel, with("pipeline-token-0123456789"));
+
+    let refused = reader.create_consumer(create("pipeline", None)).await;
+    expect_status(refused, Code::PermissionDenied, &["consume"]);
+    pipeline
+        .create_consumer(create("pipeline", None))
+        .await
+        .expect("created");
+    let refused = reader.subscribe(reading("pipeline")).await;
+    expect_status(refused, Code::PermissionDenied, &["consume"]);
+    let mut stream = pipeline
+        .subscribe(reading("pipeline"))
+        .await
+        .expect("subscribed")
+        .into_inner();
+    let first = within("started", stream.message())
+        .await
+        .expect("item")
+        .expect("open");
+    assert!(matches!(first.item, Some(Item::Started(_))));
+    server.stop().await;
+}
