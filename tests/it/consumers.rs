@@ -24,6 +24,9 @@ const ACK_EVERY: u64 = 50;
 /// Where the reader is cut off: in the middle of the sixth batch, so that 251..=275 were read and
 /// not acknowledged.
 const CUT_AT: u64 = 275;
+/// How long a reader must go on waiting to show that it waits: far longer than a Subscribe on
+/// loopback takes to answer.
+const NOTHING_HAPPENS: std::time::Duration = std::time::Duration::from_millis(300);
 
 /// Publishes a story and `EVENTS - 1` notes to it: sequences 1..=EVENTS.
 async fn publish_events(client: &mut StoryServiceClient<Channel>) {
@@ -173,7 +176,7 @@ async fn a_second_reader_waits_for_the_first_and_starts_after_what_it_acknowledg
     }
 
     let mut second_client = server.client().await;
-    let second = tokio::spawn(async move {
+    let mut second = tokio::spawn(async move {
         let stream = subscribe(&mut second_client, reading("pipeline")).await;
         (second_client, stream)
     });
@@ -183,10 +186,10 @@ async fn a_second_reader_waits_for_the_first_and_starts_after_what_it_acknowledg
     }
     ack(&mut client, "pipeline", 120).await;
     assert!(get(&mut client, "pipeline").await.reading);
-    assert!(
-        !second.is_finished(),
-        "the second reader must wait its turn"
-    );
+    // A check that nothing happens, so bounded by a time: the second reader must still be
+    // waiting well after the first has read and acknowledged 20 more events.
+    let waited = tokio::time::timeout(NOTHING_HAPPENS, &mut second).await;
+    assert!(waited.is_err(), "the second reader must wait its turn");
     drop(first);
 
     let (_second_client, mut stream): (_, Streaming<pb::SubscribeResponse>) =
