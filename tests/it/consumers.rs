@@ -35,6 +35,17 @@ async fn publish_events(client: &mut StoryServiceClient<Channel>) {
     assert_eq!(publish_all(client, requests).await as u64, EVENTS);
 }
 
+/// Publishes sequences 1..=EVENTS and creates consumer "pipeline" to read them from the start.
+async fn publish_events_for_a_pipeline(client: &mut StoryServiceClient<Channel>) {
+    publish_events(client).await;
+    let created = within(
+        "create",
+        client.create_consumer(create("pipeline", Some(1))),
+    )
+    .await;
+    created.expect("created");
+}
+
 fn create(name: &str, from_sequence: Option<u64>) -> pb::CreateConsumerRequest {
     pb::CreateConsumerRequest {
         name: name.to_owned(),
@@ -51,13 +62,16 @@ fn reading(name: &str) -> pb::SubscribeRequest {
     }
 }
 
-async fn ack(client: &mut StoryServiceClient<Channel>, name: &str, sequence: u64) -> pb::Consumer {
-    let request = pb::AckRequest {
+fn ack_request(name: &str, sequence: u64, log_id: &str) -> pb::AckRequest {
+    pb::AckRequest {
         consumer: name.to_owned(),
         sequence,
-        log_id: String::new(),
-    };
-    within("ack", client.ack(request))
+        log_id: log_id.to_owned(),
+    }
+}
+
+async fn ack(client: &mut StoryServiceClient<Channel>, name: &str, sequence: u64) -> pb::Consumer {
+    within("ack", client.ack(ack_request(name, sequence, "")))
         .await
         .expect("ack accepted")
         .into_inner()
@@ -109,13 +123,7 @@ async fn expect_the_unacknowledged_tail(client: &mut StoryServiceClient<Channel>
 async fn a_consumer_cut_off_mid_batch_resumes_with_its_name_alone_from_the_unacknowledged_tail() {
     let server = TestServer::start().await;
     let mut client = server.client().await;
-    publish_events(&mut client).await;
-    within(
-        "create",
-        client.create_consumer(create("pipeline", Some(1))),
-    )
-    .await
-    .expect("created");
+    publish_events_for_a_pipeline(&mut client).await;
 
     read_and_cut_off(&mut client).await;
     let consumer = get(&mut client, "pipeline").await;
@@ -141,13 +149,7 @@ async fn a_consumer_of_a_data_dir_server_resumes_exactly_after_kill_9() {
     let dir = TempDir::new("consumer-kill9");
     let (mut serve, url) = serve_on(&dir.0).await;
     let mut client = client_at(&url).await;
-    publish_events(&mut client).await;
-    within(
-        "create",
-        client.create_consumer(create("pipeline", Some(1))),
-    )
-    .await
-    .expect("created");
+    publish_events_for_a_pipeline(&mut client).await;
     read_and_cut_off(&mut client).await;
     serve.kill().await;
 
@@ -163,13 +165,7 @@ async fn a_consumer_of_a_data_dir_server_resumes_exactly_after_kill_9() {
 async fn a_second_reader_waits_for_the_first_and_starts_after_what_it_acknowledged() {
     let server = TestServer::start().await;
     let mut client = server.client().await;
-    publish_events(&mut client).await;
-    within(
-        "create",
-        client.create_consumer(create("pipeline", Some(1))),
-    )
-    .await
-    .expect("created");
+    publish_events_for_a_pipeline(&mut client).await;
     let mut first = subscribe(&mut client, reading("pipeline")).await;
     for _ in 1..=100 {
         next_event(&mut first).await;
@@ -257,29 +253,11 @@ async fn consumer_requests_are_refused_with_the_field_the_name_or_the_sequence_a
         Code::InvalidArgument,
         &["from_sequence"],
     );
-    let beyond = client
-        .ack(pb::AckRequest {
-            consumer: "live".into(),
-            sequence: EVENTS + 1,
-            log_id: String::new(),
-        })
-        .await;
+    let beyond = client.ack(ack_request("live", EVENTS + 1, "")).await;
     expect_status(beyond, Code::OutOfRange, &["beyond the head"]);
-    let zero = client
-        .ack(pb::AckRequest {
-            consumer: "live".into(),
-            sequence: 0,
-            log_id: String::new(),
-        })
-        .await;
+    let zero = client.ack(ack_request("live", 0, "")).await;
     expect_status(zero, Code::InvalidArgument, &["sequence"]);
-    let other_log = client
-        .ack(pb::AckRequest {
-            consumer: "live".into(),
-            sequence: 1,
-            log_id: "another".into(),
-        })
-        .await;
+    let other_log = client.ack(ack_request("live", 1, "another")).await;
     expect_status(other_log, Code::FailedPrecondition, &["another"]);
     // Acknowledgements are cumulative: a lower one leaves the position where it is.
     assert_eq!(
@@ -334,12 +312,12 @@ async fn consumer_requests_are_refused_with_the_field_the_name_or_the_sequence_a
     server.stop().await;
 }
 
-#[tokio::test]
-async fn a_consumer_kept_for_another_log_id_is_refused_as_a_failed_precondition() {
-    let dir = TempDir::new("consumer-other-log");
-    let config = WalConfig::new(&dir.0, FsyncMode::Always);
-    let log = EventLog::open(1_000, Arc::new(SystemClock), &config).expect("open");
-    let consumers = Consumers::open(&dir.0, Arc::new(SystemClock)).expect("consumers");
+/// A server over `log` keeping its consumers in `dir`, with a story published, and a client.
+async fn serve_with_consumers_of(
+    dir: &Path,
+    log: Arc<EventLog>,
+) -> (TestServer, StoryServiceClient<Channel>) {
+    let consumers = Consumers::open(dir, Arc::new(SystemClock)).expect("consumers");
     let options = ServerOptions {
         consumers: Some(consumers),
         ..Default::default()
@@ -347,6 +325,15 @@ async fn a_consumer_kept_for_another_log_id_is_refused_as_a_failed_precondition(
     let server = TestServer::over_with(log, options).await;
     let mut client = server.client().await;
     publish(&mut client, open("story", &[])).await;
+    (server, client)
+}
+
+#[tokio::test]
+async fn a_consumer_kept_for_another_log_id_is_refused_as_a_failed_precondition() {
+    let dir = TempDir::new("consumer-other-log");
+    let config = WalConfig::new(&dir.0, FsyncMode::Always);
+    let log = EventLog::open(1_000, Arc::new(SystemClock), &config).expect("open");
+    let (server, mut client) = serve_with_consumers_of(&dir.0, log).await;
     within(
         "create",
         client.create_consumer(create("pipeline", Some(1))),
@@ -358,25 +345,14 @@ async fn a_consumer_kept_for_another_log_id_is_refused_as_a_failed_precondition(
     // The same consumers beside a log of another id, as after a repair that cut below the
     // snapshot: their positions mean nothing there.
     let log = Arc::new(EventLog::new(1_000, Arc::new(SystemClock)));
-    let consumers = Consumers::open(&dir.0, Arc::new(SystemClock)).expect("consumers");
-    let options = ServerOptions {
-        consumers: Some(consumers),
-        ..Default::default()
-    };
-    let server = TestServer::over_with(log, options).await;
-    let mut client = server.client().await;
-    publish(&mut client, open("story", &[])).await;
+    let (server, mut client) = serve_with_consumers_of(&dir.0, log).await;
     let refused = client.subscribe(reading("pipeline")).await;
     expect_status(
         refused,
         Code::FailedPrecondition,
         &["pipeline", "delete it"],
     );
-    let request = pb::AckRequest {
-        consumer: "pipeline".into(),
-        sequence: 1,
-        log_id: String::new(),
-    };
+    let request = ack_request("pipeline", 1, "");
     expect_status(
         client.ack(request).await,
         Code::FailedPrecondition,
