@@ -6,54 +6,60 @@ use std::process::ExitCode;
 use super::{CliError, Connect, describe, print_json};
 use crate::pb;
 
-/// Arguments of `storywire consumers`.
+/// Arguments of `storywire consumers`: flat (an action, a name, flags anywhere), so that
+/// `--server` and `--json` go where a person types them.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     #[command(flatten)]
     connect: Connect,
-    /// What to do; `list` when absent.
-    #[command(subcommand)]
-    action: Option<Action>,
+    /// What to do.
+    #[arg(value_enum, default_value_t = Action::List)]
+    action: Action,
+    /// The consumer's name (for get, create and delete): lowercase letters, digits and '-'.
+    name: Option<String>,
+    /// With create: only this story (repeat for several).
+    #[arg(long = "story", value_name = "ID")]
+    stories: Vec<String>,
+    /// With create: only stories with this tag (repeat for several).
+    #[arg(long = "tag", value_name = "TAG")]
+    tags: Vec<String>,
+    /// With create: deliver from this sequence (0: the oldest retained) instead of only new
+    /// events.
+    #[arg(long, value_name = "N")]
+    from: Option<u64>,
     /// Print each consumer as proto3 JSON, one a line.
-    #[arg(long, global = true)]
+    #[arg(long)]
     json: bool,
 }
 
 /// What `storywire consumers` does.
-#[derive(Debug, clap::Subcommand)]
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum Action {
     /// Every consumer: name, position, lag, filter.
     List,
     /// One consumer.
-    Get {
-        /// The consumer's name.
-        name: String,
-    },
+    Get,
     /// Create a consumer (creating it again with the same filter changes nothing).
-    Create {
-        /// The consumer's name: lowercase letters, digits and '-'.
-        name: String,
-        /// Only this story (repeat for several).
-        #[arg(long = "story", value_name = "ID")]
-        stories: Vec<String>,
-        /// Only stories with this tag (repeat for several).
-        #[arg(long = "tag", value_name = "TAG")]
-        tags: Vec<String>,
-        /// Deliver from this sequence (0: the oldest retained) instead of only new events.
-        #[arg(long, value_name = "N")]
-        from: Option<u64>,
-    },
+    Create,
     /// Delete a consumer and its position.
-    Delete {
-        /// The consumer's name.
-        name: String,
-    },
+    Delete,
 }
 
 /// Runs one action against the server.
 pub async fn run(args: Args) -> Result<ExitCode, CliError> {
     let mut client = args.connect.client()?;
-    let shown = match args.action.unwrap_or(Action::List) {
+    let named = || {
+        args.name.clone().ok_or_else(|| {
+            let action = format!("{:?}", args.action).to_lowercase();
+            format!("consumers {action} needs the consumer's NAME")
+        })
+    };
+    if !matches!(args.action, Action::Create)
+        && (!args.stories.is_empty() || !args.tags.is_empty() || args.from.is_some())
+    {
+        return Err("--story, --tag and --from go with create".into());
+    }
+    let shown = match args.action {
         Action::List => {
             client
                 .list_consumers(pb::ListConsumersRequest {})
@@ -62,24 +68,19 @@ pub async fn run(args: Args) -> Result<ExitCode, CliError> {
                 .into_inner()
                 .consumers
         }
-        Action::Get { name } => {
+        Action::Get => {
             let response = client
-                .get_consumer(pb::GetConsumerRequest { name })
+                .get_consumer(pb::GetConsumerRequest { name: named()? })
                 .await
                 .map_err(|status| describe(&status))?;
             response.into_inner().consumer.into_iter().collect()
         }
-        Action::Create {
-            name,
-            stories,
-            tags,
-            from,
-        } => {
+        Action::Create => {
             let request = pb::CreateConsumerRequest {
-                name,
-                story_ids: stories,
-                tags,
-                from_sequence: from,
+                name: named()?,
+                story_ids: args.stories.clone(),
+                tags: args.tags.clone(),
+                from_sequence: args.from,
             };
             let response = client
                 .create_consumer(request)
@@ -91,7 +92,8 @@ pub async fn run(args: Args) -> Result<ExitCode, CliError> {
             }
             response.consumer.into_iter().collect()
         }
-        Action::Delete { name } => {
+        Action::Delete => {
+            let name = named()?;
             client
                 .delete_consumer(pb::DeleteConsumerRequest { name: name.clone() })
                 .await
