@@ -15,7 +15,7 @@ use storywire::{
 };
 use tonic::{Code, Streaming, transport::Channel};
 
-use crate::process::{self, Running};
+use crate::process::{self, Pipe, Running};
 use crate::support::*;
 
 /// How many events the resumption tests publish, and how often their reader acknowledges.
@@ -406,5 +406,59 @@ async fn consumers_need_the_consume_role() {
         .expect("item")
         .expect("open");
     assert!(matches!(first.item, Some(Item::Started(_))));
+    server.stop().await;
+}
+
+/// Waits until consumer `name` has acknowledged `sequence`. The acknowledging client is another
+/// process, and the server offers nothing to wait on, so this polls, every 10 ms, within the
+/// usual bound.
+async fn until_acknowledged(client: &mut StoryServiceClient<Channel>, name: &str, sequence: u64) {
+    within("the acknowledgement", async {
+        while get(client, name).await.acknowledged_sequence < sequence {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+}
+
+/// The sequences of the event lines `storywire subscribe` printed (`#12    2019-01-03 ...`).
+fn printed_sequences(lines: &[String]) -> Vec<u64> {
+    lines
+        .iter()
+        .filter_map(|line| {
+            line.strip_prefix('#')?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn the_cli_acknowledges_what_it_printed_so_a_rerun_after_kill_9_goes_on_after_it() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    let mut requests = vec![open("story", &[])];
+    requests.extend((2..=20).map(|n| note("story", &format!("Update {n}"))));
+    publish_all(&mut client, requests).await;
+    let created = client.create_consumer(create("cli", Some(1))).await;
+    created.expect("created");
+    let url = server.url();
+    let subscribe = || process::storywire(&["subscribe", "--consumer", "cli", "--server", &url]);
+
+    let mut first = Running::spawn(subscribe());
+    let lines = first.read_until(Pipe::Stdout, "caught up at #20").await;
+    assert_eq!(printed_sequences(&lines), (1..=20).collect::<Vec<_>>());
+    until_acknowledged(&mut client, "cli", 20).await;
+    first.kill().await;
+
+    let more = (21..=25).map(|n| note("story", &format!("Update {n}")));
+    publish_all(&mut client, more).await;
+    let mut second = Running::spawn(subscribe());
+    let lines = second.read_until(Pipe::Stdout, "caught up at #25").await;
+    assert_eq!(printed_sequences(&lines), (21..=25).collect::<Vec<_>>());
+    until_acknowledged(&mut client, "cli", 25).await;
+    second.kill().await;
     server.stop().await;
 }
