@@ -325,10 +325,12 @@ impl Consumers {
             let now = self.clock.timestamp();
             let entry = found_mut(&mut table, name)?;
             same_log(log, &entry.stored)?;
-            entry.stored.last_acknowledged_at = Some(now);
             let moved = sequence > entry.stored.acknowledged;
-            entry.stored.acknowledged = entry.stored.acknowledged.max(sequence);
+            // Only a moving position is written, so only it is timed: what is shown is what a
+            // restart keeps.
             if moved {
+                entry.stored.acknowledged = sequence;
+                entry.stored.last_acknowledged_at = Some(now);
                 table.version += 1;
             }
             moved.then_some(table.version)

@@ -5,13 +5,18 @@ use std::{path::Path, sync::Arc};
 
 use storywire::{
     clock::SystemClock,
+    consumers::Consumers,
     log::EventLog,
     pb,
+    server::ServerOptions,
     wal::{FsyncMode, WalConfig},
 };
 
-use crate::support::{TempDir, TestServer, all_events, get_story, within};
+use crate::support::{TempDir, TestServer, all_events, get_story, next_event, subscribe, within};
 
+/// The fixture with named consumers: the same log, and a `consumers` file.
+const FIXTURE_V2: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/datadir-v2");
+const CONSUMERS_V2: &str = include_str!("../fixtures/datadir-v2.consumers.json");
 /// The fixture written before named consumers added state to the data directory.
 const FIXTURE_V1: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/datadir-v1");
 /// What the fixture's server answered, read by the release that wrote it.
@@ -117,5 +122,45 @@ async fn a_data_directory_from_the_release_before_consumers_recovers_exactly() {
         .into_inner();
     assert!(receipt.duplicate && receipt.sequence == 11, "{receipt:?}");
     assert_eq!(server.log.head(), HEAD_V1, "nothing new was appended");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_data_directory_with_consumers_recovers_the_log_and_every_consumer_exactly() {
+    let dir = copy_fixture(FIXTURE_V2);
+    let options = ServerOptions {
+        consumers: Some(Consumers::open(&dir.0, Arc::new(SystemClock)).expect("consumers open")),
+        ..Default::default()
+    };
+    let server = TestServer::over_with(open_v1(&dir.0), options).await;
+    let mut client = server.client().await;
+    assert_eq!(server.log.log_id(), LOG_ID_V1);
+    assert_eq!(server.log.head(), HEAD_V1);
+    assert_eq!(server.log.first_retained(), FIRST_RETAINED_V1);
+    let events = all_events(&mut client, LOG_ID_V1).await;
+    assert_eq!(events.len(), json_lines(EVENTS_V1).len());
+
+    let listed = within(
+        "list_consumers",
+        client.list_consumers(pb::ListConsumersRequest {}),
+    )
+    .await
+    .expect("list")
+    .into_inner()
+    .consumers;
+    let listed: Vec<serde_json::Value> = listed
+        .iter()
+        .map(|consumer| serde_json::to_value(consumer).expect("consumer as JSON"))
+        .collect();
+    assert_eq!(listed, json_lines(CONSUMERS_V2));
+
+    // And the position is one to read from: `archive` goes on after #9.
+    let request = pb::SubscribeRequest {
+        consumer: "archive".to_owned(),
+        ..Default::default()
+    };
+    let mut stream = subscribe(&mut client, request).await;
+    assert_eq!(next_event(&mut stream).await.sequence, 10);
+    drop(stream);
     server.stop().await;
 }
