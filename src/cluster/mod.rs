@@ -197,6 +197,13 @@ impl Node {
         }))
     }
 
+    /// JetStream, the stream's name and its number of replicas: for what a node keeps beside
+    /// the stream (the named consumers' bucket).
+    pub(crate) fn jetstream(&self) -> (&jetstream::Context, &str, usize) {
+        let replicas = self.stream.cached_info().config.num_replicas;
+        (&self.context, &self.stream_name, replicas)
+    }
+
     /// The node's replica of the log.
     pub fn log(&self) -> &Arc<EventLog> {
         &self.log

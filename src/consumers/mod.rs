@@ -35,8 +35,10 @@ use crate::{
     wal::WalError,
 };
 
+mod shared;
 mod store;
 
+use shared::Shared;
 pub use store::{CONSUMERS_FILE, CONSUMERS_MAGIC};
 use store::{Store, StoredConsumer};
 
@@ -126,8 +128,11 @@ pub struct Consumers {
     store: Store,
     /// Where `created_at` and `last_acknowledged_at` come from.
     clock: Arc<dyn Clock>,
-    /// Whether this server keeps consumers at all (a cluster node does not yet).
+    /// Whether this server keeps consumers at all.
     supported: bool,
+    /// On a cluster node: the bucket every node keeps the consumers in. `table` is then this
+    /// node's copy, read again from the bucket before each use, and holds the reader locks.
+    shared: Option<Shared>,
 }
 
 impl std::fmt::Debug for Consumers {
@@ -146,7 +151,9 @@ pub struct Attached {
     pub name: String,
     /// Its filter.
     pub filter: Filter,
-    /// The first sequence to deliver: its acknowledged sequence + 1 when it was attached.
+    /// The first sequence to deliver: its acknowledged sequence + 1 when it was attached. At
+    /// most the log's head + 1, except on a cluster node whose replica is behind the stream
+    /// (wait for it).
     pub from: u64,
     /// The consumer's reader lock; dropping it lets the next reader in.
     _reader: OwnedMutexGuard<()>,
@@ -156,6 +163,20 @@ impl Consumers {
     /// An empty table kept in memory only.
     pub fn in_memory(clock: Arc<dyn Clock>) -> Arc<Self> {
         Arc::new(Self::with(Vec::new(), Store::Memory, clock, true))
+    }
+
+    /// The consumers of a cluster node, kept in a JetStream key-value bucket beside `stream`
+    /// (created with `replicas` replicas if missing), which every node of the cluster shares.
+    pub async fn shared(
+        context: &async_nats::jetstream::Context,
+        stream: &str,
+        replicas: usize,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Arc<Self>, String> {
+        let shared = Shared::open(context, stream, replicas).await?;
+        let mut consumers = Self::with(Vec::new(), Store::Memory, clock, true);
+        consumers.shared = Some(shared);
+        Ok(Arc::new(consumers))
     }
 
     /// A table for a server that cannot keep consumers: every request is refused with
@@ -198,7 +219,41 @@ impl Consumers {
             store,
             clock,
             supported,
+            shared: None,
         }
+    }
+
+    /// On a cluster node, brings this node's copy of consumer `name` up to date with the bucket
+    /// (keeping its reader lock); elsewhere, nothing to do.
+    async fn refresh(&self, name: &str) -> Result<(), ConsumerError> {
+        let Some(shared) = &self.shared else {
+            return Ok(());
+        };
+        let stored = shared.read(name).await?;
+        let mut table = self.table()?;
+        match stored {
+            Some(stored) => mirror(&mut table, stored),
+            None => {
+                table.consumers.remove(name);
+            }
+        }
+        Ok(())
+    }
+
+    /// On a cluster node, brings this node's copy of every consumer up to date with the bucket.
+    async fn refresh_all(&self) -> Result<(), ConsumerError> {
+        let Some(shared) = &self.shared else {
+            return Ok(());
+        };
+        let all = shared.read_all().await?;
+        let mut table = self.table()?;
+        let names: std::collections::HashSet<String> =
+            all.iter().map(|stored| stored.name.clone()).collect();
+        table.consumers.retain(|name, _| names.contains(name));
+        for stored in all {
+            mirror(&mut table, stored);
+        }
+        Ok(())
     }
 
     fn table(&self) -> Result<MutexGuard<'_, Table>, ConsumerError> {
@@ -228,6 +283,29 @@ impl Consumers {
                 from - 1
             }
         };
+        if let Some(shared) = &self.shared {
+            let stored = StoredConsumer {
+                name: request.name.clone(),
+                story_ids,
+                tags,
+                acknowledged,
+                log_id: log.log_id().to_owned(),
+                created_at: Some(self.clock.timestamp()),
+                last_acknowledged_at: None,
+            };
+            let existing = shared.create(&stored).await?;
+            let created = existing.is_none();
+            let kept = existing.unwrap_or(stored.clone());
+            if kept.story_ids != stored.story_ids || kept.tags != stored.tags {
+                return Err(ConsumerError::FilterTaken {
+                    name: request.name,
+                    story_ids: kept.story_ids.join(", "),
+                    tags: kept.tags.join(", "),
+                });
+            }
+            mirror(&mut *self.table()?, kept);
+            return Ok((self.get(log, &request.name).await?, created));
+        }
         let version = {
             let mut table = self.table()?;
             if let Some(entry) = table.consumers.get(&request.name) {
@@ -263,19 +341,21 @@ impl Consumers {
             table.version
         };
         self.persist(version).await?;
-        Ok((self.get(log, &request.name)?, true))
+        Ok((self.get(log, &request.name).await?, true))
     }
 
     /// Consumer `name` as it stands.
-    pub fn get(&self, log: &EventLog, name: &str) -> Result<pb::Consumer, ConsumerError> {
+    pub async fn get(&self, log: &EventLog, name: &str) -> Result<pb::Consumer, ConsumerError> {
         validate::id("name", name)?;
+        self.refresh(name).await?;
         let table = self.table()?;
         let entry = found(&table, name)?;
         Ok(view(log, entry))
     }
 
     /// Every consumer, in name order.
-    pub fn list(&self, log: &EventLog) -> Result<Vec<pb::Consumer>, ConsumerError> {
+    pub async fn list(&self, log: &EventLog) -> Result<Vec<pb::Consumer>, ConsumerError> {
+        self.refresh_all().await?;
         let table = self.table()?;
         Ok(table.consumers.values().map(|e| view(log, e)).collect())
     }
@@ -284,6 +364,15 @@ impl Consumers {
     /// acknowledgements find no consumer.
     pub async fn delete(self: &Arc<Self>, name: &str) -> Result<(), ConsumerError> {
         validate::id("name", name)?;
+        if let Some(shared) = &self.shared {
+            if !shared.delete(name).await? {
+                return Err(ConsumerError::NotFound {
+                    name: name.to_owned(),
+                });
+            }
+            self.table()?.consumers.remove(name);
+            return Ok(());
+        }
         let version = {
             let mut table = self.table()?;
             found(&table, name)?;
@@ -320,6 +409,17 @@ impl Consumers {
             }
             .into());
         }
+        if let Some(shared) = &self.shared {
+            let now = self.clock.timestamp();
+            let stored = shared
+                .ack(name, sequence, now, |stored| same_log(log, stored))
+                .await?
+                .ok_or_else(|| ConsumerError::NotFound {
+                    name: name.to_owned(),
+                })?;
+            mirror(&mut *self.table()?, stored);
+            return self.get(log, name).await;
+        }
         let moved = {
             let mut table = self.table()?;
             let now = self.clock.timestamp();
@@ -338,7 +438,7 @@ impl Consumers {
         if let Some(version) = moved {
             self.persist(version).await?;
         }
-        self.get(log, name)
+        self.get(log, name).await
     }
 
     /// Takes consumer `name` for reading, waiting while another reader has it, and says where
@@ -347,8 +447,11 @@ impl Consumers {
     /// consumer belongs to another log.
     pub async fn attach(&self, log: &EventLog, name: &str) -> Result<Attached, ConsumerError> {
         validate::id("consumer", name)?;
+        self.refresh(name).await?;
         let reader = found(&*self.table()?, name)?.reader.clone();
         let guard = reader.clone().lock_owned().await;
+        // On a cluster node, where the previous reader may have been on another node.
+        self.refresh(name).await?;
         let table = self.table()?;
         // Deleted (and perhaps created again) while this reader waited: not the one it asked
         // for.
@@ -360,7 +463,12 @@ impl Consumers {
         }
         same_log(log, &entry.stored)?;
         let from = entry.stored.acknowledged + 1;
-        log.check_position(from)?;
+        match log.check_position(from) {
+            // A cluster node's replica behind the stream (the previous reader acknowledged
+            // through another node): the reader waits for the replica to get there.
+            Err(LogError::BeyondHead { .. }) => {}
+            checked => checked?,
+        }
         Ok(Attached {
             name: name.to_owned(),
             filter: Filter::new(&entry.stored.story_ids, &entry.stored.tags),
@@ -390,6 +498,20 @@ impl Consumers {
                 Err(ConsumerError::Storage(error.to_string()))
             }
             Err(join) => Err(ConsumerError::Storage(join.to_string())),
+        }
+    }
+}
+
+/// Puts `stored` in `table`, keeping the reader lock of the row it replaces.
+fn mirror(table: &mut Table, stored: StoredConsumer) {
+    match table.consumers.get_mut(&stored.name) {
+        Some(entry) => entry.stored = stored,
+        None => {
+            let entry = Entry {
+                stored,
+                reader: Arc::default(),
+            };
+            table.consumers.insert(entry.stored.name.clone(), entry);
         }
     }
 }

@@ -32,13 +32,14 @@ impl Service {
     }
 
     /// GetConsumer.
-    pub(super) fn get_consumer_rpc(
+    pub(super) async fn get_consumer_rpc(
         &self,
         request: Request<pb::GetConsumerRequest>,
     ) -> Result<Response<pb::GetConsumerResponse>, Status> {
         let consumer = self
             .consumers
             .get(&self.log, &request.into_inner().name)
+            .await
             .map_err(status)?;
         Ok(Response::new(pb::GetConsumerResponse {
             consumer: Some(consumer),
@@ -46,8 +47,10 @@ impl Service {
     }
 
     /// ListConsumers.
-    pub(super) fn list_consumers_rpc(&self) -> Result<Response<pb::ListConsumersResponse>, Status> {
-        let consumers = self.consumers.list(&self.log).map_err(status)?;
+    pub(super) async fn list_consumers_rpc(
+        &self,
+    ) -> Result<Response<pb::ListConsumersResponse>, Status> {
+        let consumers = self.consumers.list(&self.log).await.map_err(status)?;
         Ok(Response::new(pb::ListConsumersResponse { consumers }))
     }
 

@@ -374,17 +374,20 @@ impl StoryService for Service {
             "" => None,
             _ => Some(self.attach_consumer(&request, caller.as_ref()).await?),
         };
-        let start = match request.from_sequence {
-            _ if attached.is_some() => Start::From(attached.as_ref().map_or(0, |a| a.from)),
+        // A consumer starts after its position, which belongs to its log.
+        let (from, named_log) = match &attached {
+            Some(attached) => (Some(attached.from), true),
+            None => (request.from_sequence, !request.log_id.is_empty()),
+        };
+        let start = match from {
             _ if request.snapshot => Start::Snapshot,
             None => Start::Live,
             Some(from) => {
                 match (self.log.check_position(from), &self.cluster) {
                     // A replica behind the stream: the position may be on the stream already.
-                    (Err(LogError::BeyondHead { .. }), Some(node)) => node
-                        .reach(from, !request.log_id.is_empty())
-                        .await
-                        .map_err(status)?,
+                    (Err(LogError::BeyondHead { .. }), Some(node)) => {
+                        node.reach(from, named_log).await.map_err(status)?
+                    }
                     (checked, _) => checked.map_err(status)?,
                 }
                 Start::From(from)
@@ -482,14 +485,14 @@ impl StoryService for Service {
         &self,
         request: Request<pb::GetConsumerRequest>,
     ) -> Result<Response<pb::GetConsumerResponse>, Status> {
-        self.get_consumer_rpc(request)
+        self.get_consumer_rpc(request).await
     }
 
     async fn list_consumers(
         &self,
         _request: Request<pb::ListConsumersRequest>,
     ) -> Result<Response<pb::ListConsumersResponse>, Status> {
-        self.list_consumers_rpc()
+        self.list_consumers_rpc().await
     }
 
     async fn delete_consumer(

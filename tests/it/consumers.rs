@@ -1,5 +1,6 @@
 //! Named consumers: the server keeps a pipeline's filter and position, so that it resumes with
-//! only the name after a disconnect or a `kill -9` of a `--data-dir` server, gets exactly what it
+//! only the name after a disconnect, a `kill -9` of a `--data-dir` server or of the cluster node
+//! it read through, gets exactly what it
 //! had not acknowledged, and never skips an event, even with a second reader waiting.
 
 use std::{path::Path, sync::Arc};
@@ -461,4 +462,21 @@ async fn the_cli_acknowledges_what_it_printed_so_a_rerun_after_kill_9_goes_on_af
     until_acknowledged(&mut client, "cli", 25).await;
     second.kill().await;
     server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_resumes_through_another_node_after_kill_9_of_the_first() {
+    let cluster = crate::jetstream::Cluster::start(3).await;
+    let urls = cluster.urls();
+    let mut first = crate::node::Node::serving(&urls, "CONSUMERS", &[]).await;
+    let second = crate::node::Node::serving(&urls, "CONSUMERS", &[]).await;
+    let mut client = first.client().await;
+    publish_events_for_a_pipeline(&mut client).await;
+    read_and_cut_off(&mut client).await;
+    first.process.kill().await;
+
+    let mut client = second.client().await;
+    let consumer = get(&mut client, "pipeline").await;
+    assert_eq!(consumer.acknowledged_sequence, 250);
+    expect_the_unacknowledged_tail(&mut client).await;
 }
