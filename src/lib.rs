@@ -20,7 +20,8 @@
 //! - `encoded`: each event encoded once, its bytes shared by every subscriber.
 //! - `subscription`: a cursor into the log plus a filter: catch-up, live, checkpoints, the end.
 //! - [`consumers`]: named consumers, a filter and a position the server keeps for a pipeline
-//!   (in memory, or in the data directory), read one reader at a time and acknowledged.
+//!   (in memory, in the data directory, or in the cluster's JetStream), read one reader at a
+//!   time and acknowledged.
 //! - [`service`]: the StoryService, and the one mapping from domain errors to gRPC status codes.
 //! - [`http`]: the read side as proto3 JSON over HTTP, and Subscribe as Server-Sent Events
 //!   (`serve --http`), through the same service.

@@ -59,8 +59,8 @@ pub struct ServerOptions {
     pub lifecycle: Lifecycle,
     /// TLS already loaded (so that SIGHUP can reload it); without it, `tls` is loaded at start.
     pub tls_config: Option<Arc<ServerTls>>,
-    /// Where named consumers are kept (with `--data-dir`, the data directory); `None`: in
-    /// memory, or refused on a cluster node.
+    /// Where named consumers are kept (with `--data-dir`, the data directory; with `--nats`,
+    /// the cluster's bucket); `None`: in memory, or refused on a cluster node.
     pub consumers: Option<Arc<crate::consumers::Consumers>>,
 }
 

@@ -95,9 +95,10 @@ pub enum ConsumerError {
     /// The position could not be kept on disk; it may be delivered again.
     #[error("the consumer could not be kept on disk: {0}")]
     Storage(String),
-    /// This server cannot keep consumers (a cluster node).
+    /// This server has nowhere to keep consumers: a cluster node's service built without the
+    /// cluster's bucket ([`Consumers::shared`]), whose own memory would lose them with it.
     #[error(
-        "named consumers are not kept by a cluster (serve --nats) yet; keep the position in the client and resume with SubscribeRequest.from_sequence and log_id"
+        "this server keeps no named consumers; keep the position in the client and resume with SubscribeRequest.from_sequence and log_id"
     )]
     Unsupported,
 }
@@ -283,60 +284,33 @@ impl Consumers {
                 from - 1
             }
         };
+        let stored = StoredConsumer {
+            name: request.name.clone(),
+            story_ids,
+            tags,
+            acknowledged,
+            log_id: log.log_id().to_owned(),
+            created_at: Some(self.clock.timestamp()),
+            last_acknowledged_at: None,
+        };
         if let Some(shared) = &self.shared {
-            let stored = StoredConsumer {
-                name: request.name.clone(),
-                story_ids,
-                tags,
-                acknowledged,
-                log_id: log.log_id().to_owned(),
-                created_at: Some(self.clock.timestamp()),
-                last_acknowledged_at: None,
-            };
             let existing = shared.create(&stored).await?;
             let created = existing.is_none();
             let kept = existing.unwrap_or(stored.clone());
-            if kept.story_ids != stored.story_ids || kept.tags != stored.tags {
-                return Err(ConsumerError::FilterTaken {
-                    name: request.name,
-                    story_ids: kept.story_ids.join(", "),
-                    tags: kept.tags.join(", "),
-                });
-            }
+            same_filter(&kept, &stored)?;
             mirror(&mut *self.table()?, kept);
             return Ok((self.get(log, &request.name).await?, created));
         }
         let version = {
             let mut table = self.table()?;
             if let Some(entry) = table.consumers.get(&request.name) {
-                let same = entry.stored.story_ids == story_ids && entry.stored.tags == tags;
-                return if same {
-                    Ok((view(log, entry), false))
-                } else {
-                    Err(ConsumerError::FilterTaken {
-                        name: request.name,
-                        story_ids: entry.stored.story_ids.join(", "),
-                        tags: entry.stored.tags.join(", "),
-                    })
-                };
+                same_filter(&entry.stored, &stored)?;
+                return Ok((view(log, entry), false));
             }
             if table.consumers.len() >= MAX_CONSUMERS {
                 return Err(ConsumerError::TooMany { max: MAX_CONSUMERS });
             }
-            let stored = StoredConsumer {
-                name: request.name.clone(),
-                story_ids,
-                tags,
-                acknowledged,
-                log_id: log.log_id().to_owned(),
-                created_at: Some(self.clock.timestamp()),
-                last_acknowledged_at: None,
-            };
-            let entry = Entry {
-                stored,
-                reader: Arc::default(),
-            };
-            table.consumers.insert(request.name.clone(), entry);
+            mirror(&mut table, stored);
             table.version += 1;
             table.version
         };
@@ -499,6 +473,20 @@ impl Consumers {
             }
             Err(join) => Err(ConsumerError::Storage(join.to_string())),
         }
+    }
+}
+
+/// Fails with [`ConsumerError::FilterTaken`] unless `wanted` has the filter of `existing`, the
+/// consumer that already holds its name.
+fn same_filter(existing: &StoredConsumer, wanted: &StoredConsumer) -> Result<(), ConsumerError> {
+    if existing.story_ids == wanted.story_ids && existing.tags == wanted.tags {
+        Ok(())
+    } else {
+        Err(ConsumerError::FilterTaken {
+            name: existing.name.clone(),
+            story_ids: existing.story_ids.join(", "),
+            tags: existing.tags.join(", "),
+        })
     }
 }
 

@@ -192,7 +192,8 @@ impl Service {
     }
 
     /// The service keeping named consumers in `consumers` (with `--data-dir`, the data
-    /// directory's); `None` keeps them in memory, or, on a cluster node, refuses them.
+    /// directory's; with `--nats`, the cluster's bucket); `None` keeps them in memory, or, on a
+    /// cluster node, refuses them.
     pub fn with_consumers(mut self, consumers: Option<Arc<Consumers>>) -> Self {
         if let Some(consumers) = consumers {
             self.consumers = consumers;
@@ -236,7 +237,7 @@ impl Service {
     pub fn through(mut self, node: Option<Arc<Node>>) -> Self {
         if node.is_some() {
             // A node's memory is not the cluster's: a consumer kept here would be lost with the
-            // node and unknown to the others.
+            // node and unknown to the others. `with_consumers` gives it the cluster's bucket.
             self.consumers = Consumers::unsupported(Arc::new(SystemClock));
         }
         self.cluster = node;

@@ -1,7 +1,7 @@
 //! Named consumers: the server keeps a pipeline's filter and position, so that it resumes with
 //! only the name after a disconnect, a `kill -9` of a `--data-dir` server or of the cluster node
-//! it read through, gets exactly what it
-//! had not acknowledged, and never skips an event, even with a second reader waiting.
+//! it read through, gets exactly what it had not acknowledged, and never skips an event, even
+//! with a second reader waiting.
 
 use std::{path::Path, sync::Arc};
 
