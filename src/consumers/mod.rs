@@ -294,12 +294,18 @@ impl Consumers {
             last_acknowledged_at: None,
         };
         if let Some(shared) = &self.shared {
+            // Counted before, not with, the create: nodes creating at once may pass the limit by
+            // a few, which bounds the table all the same.
+            if shared.read(&stored.name).await?.is_none() && shared.count().await? >= MAX_CONSUMERS
+            {
+                return Err(ConsumerError::TooMany { max: MAX_CONSUMERS });
+            }
             let existing = shared.create(&stored).await?;
             let created = existing.is_none();
             let kept = existing.unwrap_or(stored.clone());
             same_filter(&kept, &stored)?;
             mirror(&mut *self.table()?, kept);
-            return Ok((self.get(log, &request.name).await?, created));
+            return Ok((self.this_nodes(log, &request.name)?, created));
         }
         let version = {
             let mut table = self.table()?;
@@ -322,6 +328,12 @@ impl Consumers {
     pub async fn get(&self, log: &EventLog, name: &str) -> Result<pb::Consumer, ConsumerError> {
         validate::id("name", name)?;
         self.refresh(name).await?;
+        self.this_nodes(log, name)
+    }
+
+    /// Consumer `name` as this node's table has it, without reading the bucket again: right
+    /// after this node wrote it, that is what it is.
+    fn this_nodes(&self, log: &EventLog, name: &str) -> Result<pb::Consumer, ConsumerError> {
         let table = self.table()?;
         let entry = found(&table, name)?;
         Ok(view(log, entry))
@@ -392,7 +404,7 @@ impl Consumers {
                     name: name.to_owned(),
                 })?;
             mirror(&mut *self.table()?, stored);
-            return self.get(log, name).await;
+            return self.this_nodes(log, name);
         }
         let moved = {
             let mut table = self.table()?;

@@ -36,19 +36,59 @@ fn unreachable(error: impl std::fmt::Display) -> ConsumerError {
 }
 
 impl Shared {
-    /// The bucket of `stream`'s consumers, created with `replicas` replicas if missing.
+    /// The bucket of `stream`'s consumers, created with `replicas` replicas if missing, and
+    /// read only through its leader.
     pub async fn open(
         context: &jetstream::Context,
         stream: &str,
         replicas: usize,
     ) -> Result<Self, String> {
         let bucket = format!("{stream}-consumers");
-        if let Ok(kv) = context.get_key_value(&bucket).await {
+        let kv = Self::bucket(context, &bucket, stream, replicas).await?;
+        // A bucket answers reads from any replica by default ("direct get"), and a follower
+        // may not have the last Ack yet: a reader resuming through another node would start
+        // before it, and an Ack read back could go backwards. Reads through the leader see every
+        // write JetStream has acknowledged.
+        let backing = format!("KV_{bucket}");
+        let info = context
+            .get_stream(&backing)
+            .await
+            .map_err(|e| format!("the consumers bucket {bucket}: {e}"))?
+            .info()
+            .await
+            .map_err(|e| format!("the consumers bucket {bucket}: {e}"))?
+            .config
+            .clone();
+        if !info.allow_direct {
             return Ok(Self { kv });
+        }
+        let config = jetstream::stream::Config {
+            allow_direct: false,
+            ..info
+        };
+        context.update_stream(&config).await.map_err(|e| {
+            format!("cannot make the consumers bucket {bucket} read through its leader: {e}")
+        })?;
+        let kv = context
+            .get_key_value(&bucket)
+            .await
+            .map_err(|e| format!("the consumers bucket {bucket}: {e}"))?;
+        Ok(Self { kv })
+    }
+
+    /// The bucket, created if missing.
+    async fn bucket(
+        context: &jetstream::Context,
+        bucket: &str,
+        stream: &str,
+        replicas: usize,
+    ) -> Result<kv::Store, String> {
+        if let Ok(kv) = context.get_key_value(bucket).await {
+            return Ok(kv);
         }
         let created = context
             .create_key_value(kv::Config {
-                bucket: bucket.clone(),
+                bucket: bucket.to_owned(),
                 description: format!("storywire: the named consumers of stream {stream}"),
                 history: 1,
                 storage: StorageType::File,
@@ -57,12 +97,11 @@ impl Shared {
             })
             .await;
         match created {
-            Ok(kv) => Ok(Self { kv }),
+            Ok(kv) => Ok(kv),
             // Another node created it first.
             Err(error) => context
-                .get_key_value(&bucket)
+                .get_key_value(bucket)
                 .await
-                .map(|kv| Self { kv })
                 .map_err(|_| format!("cannot create the consumers bucket {bucket}: {error}")),
         }
     }
@@ -107,12 +146,18 @@ impl Shared {
         Ok(self.entry(name).await?.map(|(stored, _)| stored))
     }
 
+    /// How many consumers there are.
+    pub async fn count(&self) -> Result<usize, ConsumerError> {
+        let keys = self.kv.keys().await.map_err(unreachable)?;
+        keys.try_fold(0, |n, _| async move { Ok(n + 1) })
+            .await
+            .map_err(unreachable)
+    }
+
     /// Every consumer.
     pub async fn read_all(&self) -> Result<Vec<StoredConsumer>, ConsumerError> {
-        let names: Vec<String> = match self.kv.keys().await {
-            Ok(keys) => keys.try_collect().await.map_err(unreachable)?,
-            Err(error) => return Err(unreachable(error)),
-        };
+        let keys = self.kv.keys().await.map_err(unreachable)?;
+        let names: Vec<String> = keys.try_collect().await.map_err(unreachable)?;
         let mut all = Vec::with_capacity(names.len());
         for name in names {
             all.extend(self.read(&name).await?);
