@@ -167,17 +167,17 @@ impl Consumers {
     }
 
     /// The consumers of a cluster node, kept in a JetStream key-value bucket beside `stream`
-    /// (created with `replicas` replicas if missing), which every node of the cluster shares.
-    pub async fn shared(
+    /// (created with `replicas` replicas by the first consumer call, if missing), which every
+    /// node of the cluster shares.
+    pub fn shared(
         context: &async_nats::jetstream::Context,
         stream: &str,
         replicas: usize,
         clock: Arc<dyn Clock>,
-    ) -> Result<Arc<Self>, String> {
-        let shared = Shared::open(context, stream, replicas).await?;
+    ) -> Arc<Self> {
         let mut consumers = Self::with(Vec::new(), Store::Memory, clock, true);
-        consumers.shared = Some(shared);
-        Ok(Arc::new(consumers))
+        consumers.shared = Some(Shared::new(context.clone(), stream, replicas));
+        Arc::new(consumers)
     }
 
     /// A table for a server that cannot keep consumers: every request is refused with

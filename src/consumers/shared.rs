@@ -23,11 +23,18 @@ use prost::Message;
 
 use super::{ConsumerError, store::StoredConsumer};
 
-/// The bucket of the consumers of a stream.
-#[derive(Debug, Clone)]
+/// The bucket of the consumers of a stream, opened (and created if missing) by the first
+/// consumer call, so that a cluster whose pipelines never name a consumer has no bucket to keep.
+#[derive(Debug)]
 pub struct Shared {
-    /// The bucket.
-    kv: kv::Store,
+    /// JetStream, to open the bucket.
+    context: jetstream::Context,
+    /// The stream whose consumers these are.
+    stream: String,
+    /// How many replicas a bucket this node creates has: the stream's.
+    replicas: usize,
+    /// The bucket, once opened.
+    kv: tokio::sync::OnceCell<kv::Store>,
 }
 
 /// A failure to reach the bucket: the consumer change may or may not have been made.
@@ -36,13 +43,31 @@ fn unreachable(error: impl std::fmt::Display) -> ConsumerError {
 }
 
 impl Shared {
+    /// The consumers of `stream`, whose bucket is to have `replicas` replicas.
+    pub fn new(context: jetstream::Context, stream: &str, replicas: usize) -> Self {
+        Self {
+            context,
+            stream: stream.to_owned(),
+            replicas,
+            kv: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    /// The bucket, opened (or created) on first use.
+    async fn kv(&self) -> Result<&kv::Store, ConsumerError> {
+        self.kv
+            .get_or_try_init(|| Self::open(&self.context, &self.stream, self.replicas))
+            .await
+            .map_err(unreachable)
+    }
+
     /// The bucket of `stream`'s consumers, created with `replicas` replicas if missing, and
     /// read only through its leader.
-    pub async fn open(
+    async fn open(
         context: &jetstream::Context,
         stream: &str,
         replicas: usize,
-    ) -> Result<Self, String> {
+    ) -> Result<kv::Store, String> {
         let bucket = format!("{stream}-consumers");
         let kv = Self::bucket(context, &bucket, stream, replicas).await?;
         // A bucket answers reads from any replica by default ("direct get"), and a follower
@@ -60,7 +85,7 @@ impl Shared {
             .config
             .clone();
         if !info.allow_direct {
-            return Ok(Self { kv });
+            return Ok(kv);
         }
         let config = jetstream::stream::Config {
             allow_direct: false,
@@ -69,11 +94,10 @@ impl Shared {
         context.update_stream(&config).await.map_err(|e| {
             format!("cannot make the consumers bucket {bucket} read through its leader: {e}")
         })?;
-        let kv = context
+        context
             .get_key_value(&bucket)
             .await
-            .map_err(|e| format!("the consumers bucket {bucket}: {e}"))?;
-        Ok(Self { kv })
+            .map_err(|e| format!("the consumers bucket {bucket}: {e}"))
     }
 
     /// The bucket, created if missing.
@@ -111,11 +135,8 @@ impl Shared {
         &self,
         stored: &StoredConsumer,
     ) -> Result<Option<StoredConsumer>, ConsumerError> {
-        match self
-            .kv
-            .create(&stored.name, stored.encode_to_vec().into())
-            .await
-        {
+        let value = stored.encode_to_vec().into();
+        match self.kv().await?.create(&stored.name, value).await {
             Ok(_) => Ok(None),
             Err(error) if error.kind() == CreateErrorKind::AlreadyExists => {
                 match self.read(&stored.name).await? {
@@ -130,7 +151,7 @@ impl Shared {
 
     /// Consumer `name` and its key's revision, if it exists.
     async fn entry(&self, name: &str) -> Result<Option<(StoredConsumer, u64)>, ConsumerError> {
-        let Some(entry) = self.kv.entry(name).await.map_err(unreachable)? else {
+        let Some(entry) = self.kv().await?.entry(name).await.map_err(unreachable)? else {
             return Ok(None);
         };
         if entry.operation != Operation::Put {
@@ -148,7 +169,7 @@ impl Shared {
 
     /// How many consumers there are.
     pub async fn count(&self) -> Result<usize, ConsumerError> {
-        let keys = self.kv.keys().await.map_err(unreachable)?;
+        let keys = self.kv().await?.keys().await.map_err(unreachable)?;
         keys.try_fold(0, |n, _| async move { Ok(n + 1) })
             .await
             .map_err(unreachable)
@@ -156,7 +177,7 @@ impl Shared {
 
     /// Every consumer.
     pub async fn read_all(&self) -> Result<Vec<StoredConsumer>, ConsumerError> {
-        let keys = self.kv.keys().await.map_err(unreachable)?;
+        let keys = self.kv().await?.keys().await.map_err(unreachable)?;
         let names: Vec<String> = keys.try_collect().await.map_err(unreachable)?;
         let mut all = Vec::with_capacity(names.len());
         for name in names {
@@ -170,7 +191,7 @@ impl Shared {
         if self.read(name).await?.is_none() {
             return Ok(false);
         }
-        self.kv.delete(name).await.map_err(unreachable)?;
+        self.kv().await?.delete(name).await.map_err(unreachable)?;
         Ok(true)
     }
 
@@ -194,7 +215,7 @@ impl Shared {
             stored.acknowledged = sequence;
             stored.last_acknowledged_at = Some(now);
             let value = stored.encode_to_vec().into();
-            match self.kv.update(name, value, revision).await {
+            match self.kv().await?.update(name, value, revision).await {
                 Ok(_) => return Ok(Some(stored)),
                 // Another node wrote it in between: read it again.
                 Err(error) if error.kind() == UpdateErrorKind::WrongLastRevision => {}

@@ -193,9 +193,7 @@ pub async fn run(args: Args) -> Result<ExitCode, CliError> {
             let log = node.log().clone();
             // Every node serves every consumer: they are kept in the cluster, beside the stream.
             let (context, stream, replicas) = node.jetstream();
-            let consumers = Consumers::shared(context, stream, replicas, Arc::new(SystemClock))
-                .await
-                .map_err(|e| format!("--nats: {e}"))?;
+            let consumers = Consumers::shared(context, stream, replicas, Arc::new(SystemClock));
             options.consumers = Some(consumers);
             options.cluster = Some(node);
             log
