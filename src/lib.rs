@@ -8,6 +8,8 @@
 //! - [`log`]: the event log, the only truth: `state` (retained events, retention), `dedupe`
 //!   (idempotency), `query` (reads), and the [`log::Journal`] seam through which events become
 //!   durable and visible: `memory` and `write_ahead`.
+//! - `publisher`: where an update goes, decided once at start: the [`log`] itself (`Local`), or a
+//!   cluster node's stream; the faces and health call it without knowing which.
 //! - `cluster`: a node of a cluster (`serve --nats`): the log kept in a NATS JetStream stream,
 //!   each node's log a replica of it (`log::replicated`), publishes appended by JetStream only if
 //!   the story has not changed since they were decided.
@@ -46,8 +48,9 @@
 //! What is `pub` is the API the binary, the integration tests and the bench build on: the wire
 //! types, the log and its journals, the server and its options, the HTTP face's options, tokens,
 //! TLS, the limits, the connection rules, the clock and the demo. The modules shown without a
-//! link are internal (`pub(crate)`): the cluster node, the metrics, the encoding cache, the
-//! subscription loop, the wasted-stream throttle, the code names and the narration.
+//! link are internal (`pub(crate)`): the publisher seam, the cluster node, the metrics, the
+//! encoding cache, the subscription loop, the wasted-stream throttle, the code names and the
+//! narration.
 
 #![warn(missing_docs)]
 
@@ -71,6 +74,7 @@ pub(crate) mod metrics;
 pub(crate) mod narration;
 pub mod ninjs;
 pub mod pb;
+pub(crate) mod publisher;
 pub mod server;
 pub mod service;
 pub mod story;

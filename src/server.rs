@@ -17,6 +17,7 @@ use crate::{
     auth::{Authorized, Tokens},
     cluster::Node,
     connections::{self, Connections, Face, FaceConfig, Lifecycle},
+    consumers::Consumers,
     cors::Origins,
     deadline::Deadline,
     http::HttpOptions,
@@ -24,6 +25,7 @@ use crate::{
     listen::Accepting,
     log::EventLog,
     pb::{self, server::story_service_server::StoryServiceServer},
+    publisher::{Local, Publisher},
     service::Service,
     throttle::{ConnectionBudgets, WasteLayer},
     tls::{ServerTls, TlsFiles},
@@ -49,8 +51,10 @@ pub struct ServerOptions {
     pub tls: Option<TlsFiles>,
     /// What one client may take.
     pub limits: Limits,
-    /// On a cluster node: the node whose replica `log` is. Publishes go through its stream,
-    /// and health follows it (NOT_SERVING while it cannot reach JetStream or is catching up).
+    /// On a cluster node: the node whose replica `log` is, and the server's publisher
+    /// ([`crate::publisher`]): publishes go through its stream, and health follows it
+    /// (NOT_SERVING while it cannot reach JetStream or is catching up). `None`: the server
+    /// publishes to `log` itself.
     pub cluster: Option<Arc<Node>>,
     /// The origins whose pages may call over gRPC-Web ([`crate::cors`]).
     pub cors: Origins,
@@ -61,7 +65,7 @@ pub struct ServerOptions {
     pub tls_config: Option<Arc<ServerTls>>,
     /// Where named consumers are kept (with `--data-dir`, the data directory; with `--nats`,
     /// the cluster's bucket); `None`: in memory, or refused on a cluster node.
-    pub consumers: Option<Arc<crate::consumers::Consumers>>,
+    pub consumers: Option<Arc<Consumers>>,
 }
 
 /// Serves `log` on `listener` until `shutdown` completes.
@@ -93,10 +97,16 @@ pub async fn run_with_http(
     let (health, health_service) = tonic_health::server::health_reporter();
     let story_service_name = <StoryServiceServer<Service> as NamedService>::NAME;
     let (stopping_tx, stopping_rx) = watch::channel(false);
-    let serving = match &options.cluster {
-        Some(node) => node.serving(),
-        None => watch::channel(true).1,
+    // The one place that decides where updates go; everything after calls the publisher.
+    let publisher: Arc<dyn Publisher> = match options.cluster.clone() {
+        Some(node) => node,
+        None => Arc::new(Local::new(log.clone())),
     };
+    debug_assert!(
+        Arc::ptr_eq(publisher.log(), &log),
+        "a cluster node serves its own replica"
+    );
+    let serving = publisher.serving();
     let status = if *serving.borrow() {
         tonic_health::ServingStatus::Serving
     } else {
@@ -120,9 +130,17 @@ pub async fn run_with_http(
     let accept_failures = log.metrics().accept_failures();
     let connections = Connections::new(options.lifecycle.clone(), log.metrics().connections());
     let slots = SubscriberSlots::new(&limits);
-    let service = Service::new(log.clone(), stopping_rx.clone(), slots)
-        .through(options.cluster.clone())
-        .with_consumers(options.consumers.clone());
+    // Named consumers are kept where the caller says (the data directory, the cluster's
+    // bucket); otherwise in memory, except on a cluster node: its memory is not the cluster's,
+    // and a consumer kept there would be lost with it and unknown to the other nodes.
+    let consumers = options.consumers.clone().unwrap_or_else(|| {
+        let clock = Arc::new(crate::clock::SystemClock);
+        match options.cluster {
+            Some(_) => Consumers::unsupported(clock),
+            None => Consumers::in_memory(clock),
+        }
+    });
+    let service = Service::new(publisher, stopping_rx.clone(), slots).with_consumers(consumers);
     let tls = match (options.tls_config.clone(), &options.tls) {
         (Some(tls), _) => Some(tls),
         (None, Some(files)) => Some(ServerTls::load(files.clone())?),
@@ -196,7 +214,7 @@ pub async fn run_with_http(
         () = shutdown => {}
     }
     tracing::info!("shutting down: flushing open streams");
-    // First, so that the health task stops following the cluster node; then every face stops
+    // First, so that the health task stops following the publisher; then every face stops
     // accepting and asks its connections to finish, and every subscription sends what is left.
     stopping_tx.send_replace(true);
     for name in ["", story_service_name] {

@@ -45,14 +45,18 @@ enum Probe {
 }
 
 /// Follows whether the node reaches a quorum of the stream and its replica keeps up with it;
-/// `reachable` turns false within about four seconds of losing the quorum, and true again once the
-/// quorum answers and the replica has applied what the stream held when it did. Ends when every
-/// receiver of `reachable` is gone.
+/// `reachable` turns false within about four seconds of losing the quorum (or [`LAG_LIMIT`] after
+/// the replica stalled), and true again once the quorum answers and the replica has applied what
+/// the stream held at the probe before: a target that moves with the stream, one probe behind,
+/// so that a replica stalled since it turned false is not called SERVING for reaching an old
+/// head. Ends when every receiver of `reachable` is gone.
 pub async fn watch(mut stream: stream::Stream, log: Arc<EventLog>, reachable: watch::Sender<bool>) {
     // Stream last sequences probed and not yet applied by the replica, oldest first.
     let mut unapplied: VecDeque<(Instant, u64)> = VecDeque::new();
-    // After a loss: the stream's last sequence when the quorum answered again.
+    // While not reachable: what the replica must hold to be SERVING again.
     let mut returning_to: Option<u64> = None;
+    // The stream's last sequence at the previous probe that reached a quorum.
+    let mut previous: Option<u64> = None;
     let mut ticks = tokio::time::interval(PROBE_INTERVAL);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -69,12 +73,14 @@ pub async fn watch(mut stream: stream::Stream, log: Arc<EventLog>, reachable: wa
                 }
                 unapplied.clear();
                 returning_to = None;
+                previous = None;
                 false
             }
             Probe::Quorum(last) => {
-                if !*reachable.borrow() && returning_to.is_none() {
-                    returning_to = Some(last);
+                if !*reachable.borrow() {
+                    returning_to = Some(previous.unwrap_or(last));
                 }
+                previous = Some(last);
                 unapplied.push_back((now, last));
                 while unapplied.front().is_some_and(|(_, last)| *last <= head) {
                     unapplied.pop_front();

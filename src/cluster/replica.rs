@@ -1,27 +1,21 @@
 //! The node's replica of the stream: a task that reads the stream in order from where the replica
-//! stands and applies each message to the in-memory log, and writes story snapshots to the
-//! stream's object store so that a node starting after retention evicted events can begin.
+//! stands and applies each message to the in-memory log, reading from the stream's leader while
+//! its consumer is silent, and starting again from a snapshot (`snapshots`) when retention
+//! overtook it.
 
 use std::{sync::Arc, time::Duration};
 
 use async_nats::jetstream::{
     self,
     consumer::{AckPolicy, DeliverPolicy, pull},
-    object_store::{self, ObjectStore},
-    stream::StorageType,
+    object_store::ObjectStore,
 };
 use futures_util::StreamExt as _;
 use prost::Message as _;
-use tokio::{io::AsyncReadExt as _, sync::watch};
+use tokio::sync::watch;
 
-use super::ClusterError;
-use crate::{
-    log::{EventLog, replicated::Proposal},
-    wal::{self, Snapshot},
-};
-
-/// The one object in the snapshot bucket: every story as of the sequence it names.
-const SNAPSHOT_OBJECT: &str = "stories";
+use super::snapshots;
+use crate::log::{EventLog, replicated::Proposal};
 
 /// How many messages one pull asks for.
 const PULL_BATCH: usize = 1_000;
@@ -33,9 +27,10 @@ const PULL_EXPIRES: Duration = Duration::from_secs(1);
 /// before it gives up: the server it reaches may have been down, and be catching up itself.
 const REBUILD_ATTEMPTS: u32 = 50;
 
-/// When a pull's answer is due: the server answers at [`PULL_EXPIRES`] even with nothing to
-/// deliver, so a pull still unanswered half a second later went to a consumer leader that is cut
-/// off or paused, and the replica reads from the stream's leader until the consumer answers.
+/// When a pull's end is due: the server ends it at [`PULL_EXPIRES`] even with nothing to
+/// deliver, so a pull still unended half a second later went to a consumer leader that is cut off
+/// or paused (perhaps after delivering some of it), and the replica reads from the stream's leader
+/// until the consumer answers.
 const PULL_ANSWER: Duration = Duration::from_millis(1_500);
 
 /// How many messages the replica asks the stream's leader for at once while the consumer is
@@ -57,64 +52,6 @@ const RETRY_DELAY: Duration = Duration::from_millis(200);
 /// for it right now: the server's 404 or 409 "Consumer Deleted".
 fn consumer_gone(error: &str) -> bool {
     error.contains("Consumer Deleted") || error.contains("404")
-}
-
-/// The object store bucket that keeps a stream's story snapshots.
-pub fn bucket(stream: &str) -> String {
-    format!("{stream}_snapshots")
-}
-
-/// The snapshot bucket, created if missing with the stream's replicas.
-pub async fn snapshots(
-    context: &jetstream::Context,
-    stream: &str,
-    replicas: usize,
-) -> Result<ObjectStore, ClusterError> {
-    let name = bucket(stream);
-    if let Ok(store) = context.get_object_store(&name).await {
-        return Ok(store);
-    }
-    let created = context
-        .create_object_store(object_store::Config {
-            bucket: name.clone(),
-            description: Some("storywire: story snapshots of the stream of the same name".into()),
-            storage: StorageType::File,
-            num_replicas: replicas,
-            ..Default::default()
-        })
-        .await;
-    match created {
-        Ok(store) => Ok(store),
-        // Another node created it first.
-        Err(error) => context.get_object_store(&name).await.map_err(|_| {
-            ClusterError::Stream(format!("cannot create the snapshot bucket {name}: {error}"))
-        }),
-    }
-}
-
-/// The newest snapshot of the log `log_id`, if there is one. A snapshot of an earlier stream of
-/// the same name (another log_id) is ignored.
-pub async fn load_snapshot(
-    store: &ObjectStore,
-    log_id: &str,
-) -> Result<Option<Snapshot>, ClusterError> {
-    let mut object = match store.get(SNAPSHOT_OBJECT).await {
-        Ok(object) => object,
-        Err(error) if error.kind() == object_store::GetErrorKind::NotFound => return Ok(None),
-        Err(error) => {
-            return Err(ClusterError::Unreachable(format!(
-                "reading the snapshot: {error}"
-            )));
-        }
-    };
-    let mut bytes = Vec::new();
-    object
-        .read_to_end(&mut bytes)
-        .await
-        .map_err(|e| ClusterError::Unreachable(format!("reading the snapshot: {e}")))?;
-    let snapshot = Snapshot::decode(bytes.as_slice())
-        .map_err(|e| ClusterError::Stream(format!("the snapshot cannot be decoded: {e}")))?;
-    Ok((snapshot.log_id == log_id).then_some(snapshot))
 }
 
 /// Why following the stream stopped.
@@ -283,9 +220,12 @@ impl Replica {
                 let next = tokio::select! {
                     next = batch.next() => next,
                     () = async { answer_due.as_mut().expect("armed").await }, if answer_due.is_some() => {
+                        // Unended past its expiry, whether or not some messages came first: a
+                        // consumer leader cut off mid-pull leaves it to the client's own timer,
+                        // seconds later, and nothing would be read meanwhile.
                         answer_due = None;
-                        if !answered && !direct {
-                            tracing::warn!(next = self.next, "replica: the consumer is silent; reading from the stream's leader meanwhile");
+                        if !direct {
+                            tracing::warn!(next = self.next, answered, "replica: the consumer's pull has not ended; reading from the stream's leader meanwhile");
                             direct = true;
                         }
                         continue;
@@ -466,7 +406,7 @@ impl Replica {
         self.next = sequence + 1;
         self.log.show(sequence);
         if sequence.is_multiple_of(self.snapshot_every) && sequence > self.snapshot_head {
-            self.write_snapshot();
+            snapshots::write(&self.log, &self.snapshots, &self.written);
         }
         Ok(())
     }
@@ -474,7 +414,7 @@ impl Replica {
     /// Starts the replica again from the newest snapshot, which must reach `first`, the stream's
     /// oldest message now. On failure the replica stops.
     async fn rebuild(&mut self, first: u64) -> Result<(), Stop> {
-        let snapshot = load_snapshot(&self.snapshots, self.log.log_id())
+        let snapshot = snapshots::load(&self.snapshots, self.log.log_id())
             .await
             .map_err(|error| Stop::Transient(error.to_string()))?;
         let head = snapshot.as_ref().map_or(0, |snapshot| snapshot.head);
@@ -495,34 +435,5 @@ impl Replica {
         self.snapshot_head = head;
         self.next = first;
         Ok(())
-    }
-
-    /// Writes every story as of now to the snapshot bucket, in the background.
-    fn write_snapshot(&self) {
-        // Shared stories: encoding them (large for a large log) happens off the replica's task.
-        let (stories, head) = self.log.snapshot();
-        let log_id = self.log.log_id().to_owned();
-        let store = self.snapshots.clone();
-        let written = self.written.clone();
-        tokio::spawn(async move {
-            let mut written = written.lock().await;
-            if *written >= head {
-                return;
-            }
-            let encoded =
-                tokio::task::spawn_blocking(move || wal::encode_snapshot(&log_id, head, &stories))
-                    .await;
-            let Ok(bytes) = encoded else {
-                return;
-            };
-            let mut reader = bytes.as_slice();
-            match store.put(SNAPSHOT_OBJECT, &mut reader).await {
-                Ok(_) => {
-                    *written = head;
-                    tracing::debug!(head, "replica: wrote a snapshot");
-                }
-                Err(error) => tracing::warn!(%error, head, "replica: cannot write a snapshot"),
-            }
-        });
     }
 }

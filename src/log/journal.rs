@@ -1,18 +1,19 @@
 //! The journal seam: the one way an event the log accepted becomes durable, then visible.
 //!
-//! The log decides *what* is appended: deduplication, `expected_version`, the story rules and the
-//! event itself, atomically under its write lock. A [`Journal`] decides *where it goes* (its
-//! sequence) and *when readers may see it*: only a journal moves the [`Heads`]. Each journal is
-//! one file:
+//! The log decides *what* is appended and at which sequence (the next one: retained events are
+//! indexed by sequence without gaps): deduplication, `expected_version`, the story rules and the
+//! event itself, atomically under its write lock. A [`Journal`] decides *when it is durable* and
+//! *when readers may see it*: only a journal moves the [`Heads`]. Each journal is one file:
 //!
 //! - [`super::memory::Memory`]: nothing to keep, so an event is visible as soon as it is appended.
 //! - [`super::write_ahead::WriteAhead`]: `serve --data-dir`, a thread that writes and fsyncs
 //!   segments, and moves the heads as the fsync mode says.
 //!
 //! A replicated stream (NATS JetStream, `serve --nats`) orders events before the log sees them,
-//! so it does not go through this trait: a cluster node publishes beside [`super::EventLog::append`]
-//! and applies what the stream delivers with [`super::EventLog::replicate`], over the memory
-//! journal (see [`super::replicated`] and [`crate::cluster`]).
+//! so it does not go through this trait: the seam a cluster node plugs into is the publisher
+//! (`src/publisher/`), one level up. The node publishes beside [`super::EventLog::append`] and
+//! applies what the stream delivers with [`super::EventLog::replicate`], at the stream's
+//! sequences, over the memory journal (see [`super::replicated`] and `src/cluster/`).
 
 use std::{
     fmt,
@@ -39,12 +40,6 @@ pub struct Accepted<'a> {
 /// Where the log's accepted events become durable and visible. Implementations are `Send + Sync`:
 /// the log calls them from any task, and some own a thread of their own.
 pub trait Journal: Send + Sync + fmt::Debug {
-    /// The sequence the next accepted event takes, `appended` being the newest one accepted so
-    /// far. Called under the log's write lock. It must be `appended + 1`: the log indexes its
-    /// retained events by sequence without gaps, and sequences are what subscribers resume from.
-    /// A stream journal decides it by the stream's own next sequence, which is gapless too.
-    fn next_sequence(&self, appended: u64) -> u64;
-
     /// Takes one accepted event, in sequence order, under the log's write lock. Whatever it
     /// does here holds up every publisher, so it only takes note; the work follows in
     /// [`Self::flush`].

@@ -20,10 +20,6 @@ impl Memory {
 }
 
 impl Journal for Memory {
-    fn next_sequence(&self, appended: u64) -> u64 {
-        appended + 1
-    }
-
     fn record(&self, _accepted: Accepted<'_>) {}
 
     fn flush(&self, newest: u64) {

@@ -2,8 +2,8 @@
 //! subscriptions and pages of events are all read from it.
 //!
 //! One `RwLock` guards the log and the projection together (`state`), so deduplication
-//! (`dedupe`), the story rules and the event are decided atomically for each append. A
-//! [`Journal`] then gives the event its sequence and makes it durable and, only then, visible:
+//! (`dedupe`), the story rules, the event and its sequence are decided atomically for each
+//! append. A [`Journal`] then makes the event durable and, only then, visible:
 //! [`memory`] at once, [`write_ahead`] once on disk. Readers (`query`) see only the visible
 //! head, and hold the lock only to clone `Arc`s.
 
@@ -359,9 +359,9 @@ impl EventLog {
     ///
     /// Under the write lock: a retained `event_id` answers with the original receipt (or
     /// `EventIdReused`), `expected_version` is checked, the story rules are applied, and only then
-    /// does the journal give the event its sequence, so a rejected request leaves no trace. The
-    /// event is visible once the journal says so; wait with [`Self::acknowledged`] before
-    /// answering its publisher.
+    /// does the event take the next sequence and go to the journal, so a rejected request leaves
+    /// no trace. The event is visible once the journal says so; wait with [`Self::acknowledged`]
+    /// before answering its publisher.
     pub fn append(
         &self,
         request: pb::PublishRequest,

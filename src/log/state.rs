@@ -1,6 +1,6 @@
 //! The in-memory log itself: the retained events, retention, the event_id index and the
 //! projection, guarded together by the log's lock. Appending decides everything about an event
-//! here; the journal ([`super::journal`]) gives its sequence and makes it durable and visible.
+//! here, its sequence too; the journal ([`super::journal`]) makes it durable and visible.
 
 use std::{collections::VecDeque, sync::Arc};
 
@@ -100,7 +100,9 @@ impl LogState {
         if let Some(original) = self.check(log_id, &request)? {
             return Ok(original);
         }
-        let sequence = journal.next_sequence(self.appended);
+        // The next sequence: retained events are indexed by sequence without gaps, and
+        // sequences are what subscribers resume from.
+        let sequence = self.appended + 1;
         let expected_version = request.expected_version;
         let occurred_at_given = request.occurred_at;
         let limits = self.story_limits.clone();

@@ -44,10 +44,6 @@ pub struct WriteAhead {
 }
 
 impl Journal for WriteAhead {
-    fn next_sequence(&self, appended: u64) -> u64 {
-        appended + 1
-    }
-
     fn record(&self, accepted: Accepted<'_>) {
         let entry = accepted.entry;
         let record = wal::Record {

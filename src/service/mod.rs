@@ -13,7 +13,6 @@ use tonic_types::{ErrorDetails, StatusExt};
 use crate::{
     auth::{ANONYMOUS, Caller},
     clock::SystemClock,
-    cluster::{Node, Refused},
     connections::ClientAddress,
     consumers::{ConsumerError, Consumers},
     encoded::EncodedResponse,
@@ -21,6 +20,7 @@ use crate::{
     log::{EventLog, Filter, LogError},
     metrics::{Format, Metrics, Rpc, SseStalls, Transport},
     pb::{self, server::story_service_server::StoryService},
+    publisher::{Publisher, Refused},
     story::StoryError,
     subscription::{End, Start, Subscription},
     validate::{self, FieldError},
@@ -53,9 +53,11 @@ pub enum Error {
     /// A limit on what one client may take.
     #[error(transparent)]
     Limit(#[from] LimitError),
-    /// A cluster node could not publish through its stream.
+    /// The publisher refused a publish, or a position to resume from, for a reason of its own
+    /// (a cluster node's stream could not take it, or its replica did not reach it); the log's
+    /// refusals are [`Error::Log`].
     #[error(transparent)]
-    Cluster(#[from] Refused),
+    Refused(Refused),
     /// A named consumer's request was refused (see `consumers.rs` for the conversion).
     #[error(transparent)]
     Consumer(ConsumerError),
@@ -76,6 +78,17 @@ impl Error {
     }
 }
 
+impl From<Refused> for Error {
+    /// The log's refusals as the log's own, so that a refusal reads the same whichever the
+    /// publisher: a request's own fault still names its field.
+    fn from(refused: Refused) -> Self {
+        match refused {
+            Refused::Log(log) => Self::Log(log),
+            other => Self::Refused(other),
+        }
+    }
+}
+
 impl From<StoryError> for Error {
     fn from(error: StoryError) -> Self {
         Self::Log(error.into())
@@ -87,7 +100,7 @@ impl From<StoryError> for Error {
 pub fn status(error: impl Into<Error>) -> Status {
     // A subscription that ends on a log error reports it like any other log error.
     let error = match error.into() {
-        Error::End(End::Log(log)) | Error::Cluster(Refused::Log(log)) => Error::Log(log),
+        Error::End(End::Log(log)) | Error::Refused(Refused::Log(log)) => Error::Log(log),
         other => other,
     };
     let message = error.to_string();
@@ -130,11 +143,11 @@ pub fn status(error: impl Into<Error>) -> Status {
         },
         Error::End(End::ShuttingDown) => Code::Unavailable,
         Error::Limit(_) => Code::ResourceExhausted,
-        Error::Cluster(Refused::Unavailable(_)) => Code::Unavailable,
-        Error::Cluster(Refused::Contended(_)) => Code::Aborted,
+        Error::Refused(Refused::Unavailable(_)) => Code::Unavailable,
+        Error::Refused(Refused::Contended(_)) => Code::Aborted,
         // As tonic refuses a request over --max-request-bytes.
-        Error::Cluster(Refused::TooLarge(_)) => Code::OutOfRange,
-        Error::End(End::Log(_)) | Error::Cluster(Refused::Log(_)) => {
+        Error::Refused(Refused::TooLarge(_)) => Code::OutOfRange,
+        Error::End(End::Log(_)) | Error::Refused(Refused::Log(_)) => {
             unreachable!("flattened above")
         }
         Error::Consumer(consumer) => match consumer {
@@ -161,43 +174,41 @@ pub use publish_stream::{PUBLISH_BURST, PublishResponseStream};
 /// The StoryService over one shared log.
 #[derive(Debug, Clone)]
 pub struct Service {
-    /// The log every RPC reads or appends to.
+    /// Where publishes go, and whether a position to resume from is in reach: the log itself,
+    /// or a cluster node's stream ([`crate::publisher`]). The service does not know which.
+    publisher: Arc<dyn Publisher>,
+    /// The log every RPC reads from: the publisher's.
     log: Arc<EventLog>,
     /// Becomes true when the server starts shutting down; each subscription watches it to flush
     /// and end. The sender belongs to the server.
     shutdown: watch::Receiver<bool>,
     /// Open subscriptions against their limits; each stream holds a slot until it ends.
     slots: Arc<SubscriberSlots>,
-    /// On a cluster node: where publishes go (the log is its replica of the stream).
-    cluster: Option<Arc<Node>>,
     /// The named consumers, kept as the log is: in memory unless [`Self::with_consumers`] says.
     consumers: Arc<Consumers>,
 }
 
 impl Service {
-    /// A service over `log` whose streams end when `shutdown` turns true, holding at most what
-    /// `slots` allows.
-    pub fn new(
-        log: Arc<EventLog>,
+    /// A service publishing through `publisher` and reading its log, whose streams end when
+    /// `shutdown` turns true, holding at most what `slots` allows.
+    pub(crate) fn new(
+        publisher: Arc<dyn Publisher>,
         shutdown: watch::Receiver<bool>,
         slots: Arc<SubscriberSlots>,
     ) -> Self {
         Self {
-            log,
+            log: publisher.log().clone(),
+            publisher,
             shutdown,
             slots,
-            cluster: None,
             consumers: Consumers::in_memory(Arc::new(SystemClock)),
         }
     }
 
     /// The service keeping named consumers in `consumers` (with `--data-dir`, the data
-    /// directory's; with `--nats`, the cluster's bucket); `None` keeps them in memory, or, on a
-    /// cluster node, refuses them.
-    pub fn with_consumers(mut self, consumers: Option<Arc<Consumers>>) -> Self {
-        if let Some(consumers) = consumers {
-            self.consumers = consumers;
-        }
+    /// directory's; with `--nats`, the cluster's bucket) instead of its own memory.
+    pub fn with_consumers(mut self, consumers: Arc<Consumers>) -> Self {
+        self.consumers = consumers;
         self
     }
 
@@ -232,38 +243,24 @@ impl Service {
         self.log.metrics()
     }
 
-    /// The service of a cluster node: publishes go through `node`'s stream, and everything is
-    /// read from its replica.
-    pub fn through(mut self, node: Option<Arc<Node>>) -> Self {
-        if node.is_some() {
-            // A node's memory is not the cluster's: a consumer kept here would be lost with the
-            // node and unknown to the others. `with_consumers` gives it the cluster's bucket.
-            self.consumers = Consumers::unsupported(Arc::new(SystemClock));
-        }
-        self.cluster = node;
-        self
-    }
-
-    /// Publishes one request as `published_by`: through the cluster node's stream, or appended
-    /// to the log and answered once acknowledged.
+    /// Publishes one request as `published_by`: validated, then through the publisher, and
+    /// answered once acknowledged.
     async fn publish_one(
         &self,
         request: pb::PublishRequest,
         published_by: &str,
     ) -> Result<pb::PublishResponse, Status> {
-        if let Some(node) = &self.cluster {
-            validate::publish(&request).map_err(status)?;
-            return node.publish(request, published_by).await.map_err(status);
-        }
-        let receipt = publish(&self.log, request, published_by).map_err(status)?;
-        // With a data directory, acknowledged means written as the fsync mode says.
-        self.log.acknowledged(receipt.sequence).await;
-        Ok(receipt)
+        validate::publish(&request).map_err(status)?;
+        self.publisher
+            .publish(request, published_by)
+            .await
+            .map_err(status)
     }
 }
 
-/// Publishes one request, as `published_by` (a token's name), the way the Publish RPC does:
-/// validate, then append.
+/// Publishes one request to `log`, as `published_by` (a token's name), the way the Publish RPC
+/// does on a server whose log is its own: validate, then append; without waiting for the
+/// journal's acknowledgement (for the demo, and tests that build a log before serving it).
 pub fn publish(
     log: &EventLog,
     request: pb::PublishRequest,
@@ -344,8 +341,7 @@ impl StoryService for Service {
             publisher(&request),
             request.extensions().get::<Caller>().cloned(),
             request.into_inner(),
-            self.log.clone(),
-            self.cluster.clone(),
+            self.publisher.clone(),
             self.shutdown.clone(),
         );
         Ok(Response::new(session.responses()))
@@ -384,13 +380,10 @@ impl StoryService for Service {
             _ if request.snapshot => Start::Snapshot,
             None => Start::Live,
             Some(from) => {
-                match (self.log.check_position(from), &self.cluster) {
-                    // A replica behind the stream: the position may be on the stream already.
-                    (Err(LogError::BeyondHead { .. }), Some(node)) => {
-                        node.reach(from, named_log).await.map_err(status)?
-                    }
-                    (checked, _) => checked.map_err(status)?,
-                }
+                self.publisher
+                    .reach(from, named_log)
+                    .await
+                    .map_err(status)?;
                 Start::From(from)
             }
         };

@@ -1,5 +1,6 @@
 //! PublishStream: a session that reads the client's messages in bursts, publishes each burst
-//! (appended under one lock, or through a cluster node's stream) and answers in request order.
+//! through the publisher ([`Publisher::publish_all`]: on a server of its own, appended under one
+//! lock) and answers in request order.
 
 use std::{collections::VecDeque, pin::Pin, sync::Arc};
 
@@ -10,10 +11,9 @@ use tonic::{Code, Status, Streaming};
 use super::{Error, status};
 use crate::{
     auth::Caller,
-    cluster::Node,
-    log::EventLog,
     metrics::Rpc,
     pb,
+    publisher::Publisher,
     subscription::End,
     validate::{self, FieldError},
 };
@@ -68,46 +68,20 @@ fn burst_responses(
         .collect()
 }
 
-/// Publishes a burst of PublishStream messages in order, each accepted or rejected on its own.
-fn publish_burst(
-    log: &EventLog,
+/// Publishes a burst of PublishStream messages in order, each accepted or rejected on its own,
+/// and answers once the publisher has acknowledged them.
+async fn publish_burst(
+    publisher: &dyn Publisher,
     messages: Vec<pb::PublishStreamRequest>,
     published_by: &str,
 ) -> VecDeque<pb::PublishStreamResponse> {
     let (checked, valid) = check_burst(messages);
-    let outcomes = log
-        .append_all(valid, published_by)
+    let outcomes = publisher
+        .publish_all(valid, published_by)
+        .await
         .into_iter()
         .map(|outcome| outcome.map_err(Error::from))
         .collect();
-    burst_responses(checked, outcomes)
-}
-
-/// Publishes a burst through a cluster node's stream: requests to different stories are sent in
-/// order and in flight together (each story's condition in the stream is independent of the
-/// others'); a request to a story already in flight waits for it. Answered in request order.
-async fn publish_burst_through(
-    node: &Node,
-    messages: Vec<pb::PublishStreamRequest>,
-    published_by: &str,
-) -> VecDeque<pb::PublishStreamResponse> {
-    let (checked, valid) = check_burst(messages);
-    let mut outcomes = Vec::with_capacity(valid.len());
-    let mut requests = valid.into_iter().peekable();
-    while requests.peek().is_some() {
-        let mut stories = std::collections::HashSet::new();
-        let mut run = Vec::new();
-        while let Some(request) = requests.next_if(|r| !stories.contains(&r.story_id)) {
-            stories.insert(request.story_id.clone());
-            run.push(request);
-        }
-        let published = node.publish_in_order(run, published_by).await;
-        outcomes.extend(
-            published
-                .into_iter()
-                .map(|outcome| outcome.map_err(Error::from)),
-        );
-    }
     burst_responses(checked, outcomes)
 }
 
@@ -140,10 +114,8 @@ pub(super) struct PublishSession {
     published_by: Arc<str>,
     /// The client's messages.
     requests: Streaming<pb::PublishStreamRequest>,
-    /// The log they are published to.
-    log: Arc<EventLog>,
-    /// On a cluster node: the stream they are published through instead.
-    cluster: Option<Arc<Node>>,
+    /// Where they are published.
+    publisher: Arc<dyn Publisher>,
     /// Becomes true when the server starts shutting down. The sender belongs to the server.
     shutdown: watch::Receiver<bool>,
     /// Completes once a reload of the tokens file takes away the client's token (or its
@@ -157,15 +129,13 @@ pub(super) struct PublishSession {
 }
 
 impl PublishSession {
-    /// A session publishing `requests` as `published_by` to `log` (through `cluster` on a
-    /// cluster node), which stops taking messages when `shutdown` turns true, or when `caller`'s
-    /// token is revoked.
+    /// A session publishing `requests` as `published_by` through `publisher`, which stops taking
+    /// messages when `shutdown` turns true, or when `caller`'s token is revoked.
     pub(super) fn new(
         published_by: Arc<str>,
         caller: Option<Caller>,
         requests: Streaming<pb::PublishStreamRequest>,
-        log: Arc<EventLog>,
-        cluster: Option<Arc<Node>>,
+        publisher: Arc<dyn Publisher>,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
         let revoked: Pin<Box<dyn Future<Output = Status> + Send>> = match caller {
@@ -175,8 +145,7 @@ impl PublishSession {
         Self {
             published_by,
             requests,
-            log,
-            cluster,
+            publisher,
             shutdown,
             revoked,
             answered: VecDeque::new(),
@@ -238,27 +207,7 @@ impl PublishSession {
                     None => break,
                 }
             }
-            if let Some(node) = &self.cluster {
-                // Answered once acknowledged by JetStream and applied here.
-                self.answered = publish_burst_through(node, burst, &self.published_by).await;
-                self.count_answered();
-                continue;
-            }
-            self.answered = publish_burst(&self.log, burst, &self.published_by);
-            // With a data directory, acknowledged means written as the fsync mode says: wait
-            // for the burst's newest.
-            let newest = self
-                .answered
-                .iter()
-                .filter_map(|response| match &response.result {
-                    Some(pb::publish_stream_response::Result::Accepted(receipt)) => {
-                        Some(receipt.sequence)
-                    }
-                    _ => None,
-                });
-            if let Some(newest) = newest.max() {
-                self.log.acknowledged(newest).await;
-            }
+            self.answered = publish_burst(&*self.publisher, burst, &self.published_by).await;
             self.count_answered();
         }
     }
@@ -266,7 +215,7 @@ impl PublishSession {
     /// Counts each answer to a burst in the metrics, as Publish counts its one.
     fn count_answered(&self) {
         use pb::publish_stream_response::Result as Outcome;
-        let metrics = self.log.metrics();
+        let metrics = self.publisher.log().metrics();
         for response in &self.answered {
             let (code, duplicate) = match &response.result {
                 Some(Outcome::Accepted(receipt)) => (Code::Ok, receipt.duplicate),

@@ -18,6 +18,7 @@ use crate::{
     limits::StoryLimits,
     listen,
     log::EventLog,
+    publisher::Publisher as _,
     server::{self, ServerOptions},
     tls::{ServerTls, TlsFiles},
     wal::{self, FsyncMode, WalConfig},
