@@ -29,7 +29,7 @@ use tokio::sync::OwnedMutexGuard;
 
 use crate::{
     clock::Clock,
-    log::{EventLog, Filter, LogError},
+    log::{Batch, EventLog, Filter, LogError, SCAN_PER_LOCK},
     pb,
     validate::{self, FieldError},
     wal::WalError,
@@ -152,12 +152,35 @@ pub struct Attached {
     pub name: String,
     /// Its filter.
     pub filter: Filter,
-    /// The first sequence to deliver: its acknowledged sequence + 1 when it was attached. At
-    /// most the log's head + 1, except on a cluster node whose replica is behind the stream
-    /// (wait for it).
+    /// The next sequence this reader reads: its acknowledged sequence + 1 when it was attached,
+    /// then moved on by [`Self::next_batch`]. At most the log's head + 1, except on a cluster
+    /// node whose replica is behind the stream (wait for it).
     pub from: u64,
     /// The consumer's reader lock; dropping it lets the next reader in.
     _reader: OwnedMutexGuard<()>,
+}
+
+impl Attached {
+    /// The consumer's next matching events from where this reader stands, at most `max`,
+    /// waiting while the log has none: for a deliverer inside the server (a webhook sender),
+    /// which then hands them on and acknowledges them with [`Consumers::ack`]. Moves the
+    /// reader past them, not the consumer's position: what is not acknowledged is read again by
+    /// the next reader. OUT_OF_RANGE once retention passes the reader.
+    pub async fn next_batch(&mut self, log: &EventLog, max: usize) -> Result<Batch, LogError> {
+        let mut head = log.watch_head();
+        loop {
+            if self.from <= log.head() {
+                let batch = log.read_from(self.from, &self.filter, max, SCAN_PER_LOCK)?;
+                self.from = batch.end.next;
+                if !batch.events.is_empty() {
+                    return Ok(batch);
+                }
+                continue;
+            }
+            // The log's own head sender lives as long as the log, which the caller holds.
+            let _ = head.wait_for(|head| *head >= self.from).await;
+        }
+    }
 }
 
 impl Consumers {

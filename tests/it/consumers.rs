@@ -480,3 +480,57 @@ async fn a_consumer_resumes_through_another_node_after_kill_9_of_the_first() {
     assert_eq!(consumer.acknowledged_sequence, 250);
     expect_the_unacknowledged_tail(&mut client).await;
 }
+
+#[tokio::test]
+async fn a_deliverer_inside_the_server_reads_and_acknowledges_through_the_rust_api() {
+    // What a webhook sender in the server would do: the same consumers the gRPC face serves.
+    let consumers = Consumers::in_memory(Arc::new(SystemClock));
+    let options = ServerOptions {
+        consumers: Some(consumers.clone()),
+        ..Default::default()
+    };
+    let server = TestServer::with_options(options).await;
+    let mut client = server.client().await;
+    publish_events_for_a_pipeline(&mut client).await;
+    let log = server.log.clone();
+
+    let mut attached = consumers.attach(&log, "pipeline").await.expect("attached");
+    let batch = attached.next_batch(&log, 100).await.expect("a batch");
+    let read: Vec<u64> = batch.events.iter().map(|event| event.sequence).collect();
+    assert_eq!(read, (1..=100).collect::<Vec<_>>());
+    let consumer = consumers.ack(&log, "pipeline", 60).await.expect("ack");
+    assert_eq!(consumer.acknowledged_sequence, 60);
+    // While this reader holds the consumer, a gRPC reader waits for it.
+    assert!(get(&mut client, "pipeline").await.reading);
+    drop(attached);
+
+    // The next reader, here a gRPC one, goes on after what was acknowledged.
+    let mut stream = subscribe(&mut client, reading("pipeline")).await;
+    assert_eq!(next_event(&mut stream).await.sequence, 61);
+    drop(stream);
+
+    // A reader at the head waits for the next event, and gets it once published.
+    let mut attached = consumers.attach(&log, "pipeline").await.expect("attached");
+    within("reading to the head", async {
+        let mut last = 0;
+        while last < EVENTS {
+            let batch = attached.next_batch(&log, 1_000).await.expect("a batch");
+            last = batch.events.last().expect("an event").sequence;
+        }
+    })
+    .await;
+    let waiting = tokio::spawn(async move {
+        let batch = attached.next_batch(&log, 10).await.expect("a batch");
+        batch
+            .events
+            .iter()
+            .map(|event| event.sequence)
+            .collect::<Vec<_>>()
+    });
+    publish(&mut client, note("story", "After the head")).await;
+    assert_eq!(
+        within("the next batch", waiting).await.expect("task"),
+        [EVENTS + 1]
+    );
+    server.stop().await;
+}
