@@ -534,3 +534,14 @@ async fn a_deliverer_inside_the_server_reads_and_acknowledges_through_the_rust_a
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_consumers_file_this_build_cannot_read_stops_start_up_naming_it() {
+    let dir = TempDir::new("consumers-unknown");
+    let file = dir.0.join(storywire::consumers::CONSUMERS_FILE);
+    std::fs::write(&file, b"SWCN9999 a later format").expect("write");
+    let refused = Consumers::open(&dir.0, Arc::new(SystemClock)).expect_err("refused");
+    let said = refused.to_string();
+    assert!(said.contains(&file.display().to_string()), "{said}");
+    assert!(said.contains("SWCN0001"), "{said}");
+}
