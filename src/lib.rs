@@ -48,9 +48,9 @@
 //! What is `pub` is the API the binary, the integration tests and the bench build on: the wire
 //! types, the log and its journals, the named consumers, the server and its options, the HTTP
 //! face's options, tokens, TLS, the limits, the connection rules, the clock and the demo. The
-//! modules shown without a link are internal (`pub(crate)`): the publisher seam, the cluster node, the metrics, the
-//! encoding cache, the subscription loop, the wasted-stream throttle, the code names and the
-//! narration.
+//! modules shown without a link are internal (`pub(crate)`): the publisher seam, the cluster
+//! node, the metrics, the encoding cache, the subscription loop, the wasted-stream throttle, the
+//! code names and the narration.
 
 #![warn(missing_docs)]
 
