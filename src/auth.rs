@@ -41,6 +41,10 @@ pub enum Role {
     Publish,
     /// Subscribe, GetStory, ListStories and ListEvents.
     Subscribe,
+    /// Named consumers: CreateConsumer, GetConsumer, ListConsumers, DeleteConsumer, Ack, and
+    /// Subscribe with `consumer` (which needs `subscribe` too). A pipeline's token:
+    /// `subscribe,consume`.
+    Consume,
     /// `GET /metrics` on the HTTP face, and nothing else: a scraper's token, which cannot read
     /// or publish stories.
     Metrics,
@@ -53,6 +57,7 @@ impl Role {
         match name {
             "publish" => Some(Self::Publish),
             "subscribe" => Some(Self::Subscribe),
+            "consume" => Some(Self::Consume),
             "metrics" => Some(Self::Metrics),
             "admin" => Some(Self::Admin),
             _ => None,
@@ -63,6 +68,7 @@ impl Role {
         match self {
             Self::Publish => "publish",
             Self::Subscribe => "subscribe",
+            Self::Consume => "consume",
             Self::Metrics => "metrics",
             Self::Admin => "admin",
         }
@@ -182,7 +188,7 @@ impl Tokens {
                 .map(|role| {
                     Role::parse(role).ok_or_else(|| {
                         error(format!(
-                            "unknown role {role:?}: use publish, subscribe, metrics or admin"
+                            "unknown role {role:?}: use publish, subscribe, consume, metrics or admin"
                         ))
                     })
                 })
@@ -340,6 +346,15 @@ impl std::fmt::Debug for Caller {
 }
 
 impl Caller {
+    /// Whether the caller's token also allows `role` (or is admin), for a call whose request
+    /// asks for more than its method does (`what` names it in the PERMISSION_DENIED message).
+    pub fn allows(&self, role: Role, what: &str) -> Result<(), Status> {
+        self.tokens
+            .admit(&self.digest, role, what)
+            .map(|_| ())
+            .map_err(Refused::status)
+    }
+
     /// Completes once a reload of the tokens file has taken the caller's token away
     /// (UNAUTHENTICATED) or the role its call needed (PERMISSION_DENIED), with the status a
     /// stream it opened ends with. Pending for as long as the token still allows the call.
@@ -383,6 +398,9 @@ pub fn required_role(path: &str) -> Option<Role> {
     Some(match method {
         "Publish" | "PublishStream" => Role::Publish,
         "Subscribe" | "GetStory" | "ListStories" | "ListEvents" => Role::Subscribe,
+        "CreateConsumer" | "GetConsumer" | "ListConsumers" | "DeleteConsumer" | "Ack" => {
+            Role::Consume
+        }
         _ => Role::Admin,
     })
 }

@@ -21,6 +21,9 @@
 //! - [`ninjs`]: a story as an IPTC ninjs 2.1 news item (`story --ninjs`), a pure function of it.
 //! - `encoded`: each event encoded once, its bytes shared by every subscriber.
 //! - `subscription`: a cursor into the log plus a filter: catch-up, live, checkpoints, the end.
+//! - [`consumers`]: named consumers, a filter and a position the server keeps for a pipeline
+//!   (in memory, in the data directory, or in the cluster's JetStream), read one reader at a
+//!   time and acknowledged.
 //! - [`service`]: the StoryService, and the one mapping from domain errors to gRPC status codes.
 //! - [`http`]: the read side as proto3 JSON over HTTP, and Subscribe as Server-Sent Events
 //!   (`serve --http`), through the same service.
@@ -43,11 +46,11 @@
 //! - [`cli`]: the `storywire` command: `serve` and the client subcommands.
 //!
 //! What is `pub` is the API the binary, the integration tests and the bench build on: the wire
-//! types, the log and its journals, the server and its options, the HTTP face's options, tokens,
-//! TLS, the limits, the connection rules, the clock and the demo. The modules shown without a
-//! link are internal (`pub(crate)`): the publisher seam, the cluster node, the metrics, the
-//! encoding cache, the subscription loop, the wasted-stream throttle, the code names and the
-//! narration.
+//! types, the log and its journals, the named consumers, the server and its options, the HTTP
+//! face's options, tokens, TLS, the limits, the connection rules, the clock and the demo. The
+//! modules shown without a link are internal (`pub(crate)`): the publisher seam, the cluster
+//! node, the metrics, the encoding cache, the subscription loop, the wasted-stream throttle, the
+//! code names and the narration.
 
 #![warn(missing_docs)]
 
@@ -57,6 +60,7 @@ pub mod clock;
 pub(crate) mod cluster;
 pub(crate) mod codes;
 pub mod connections;
+pub mod consumers;
 pub mod cors;
 mod deadline;
 pub mod demo;

@@ -17,6 +17,7 @@ use crate::{
     auth::{Authorized, Tokens},
     cluster::Node,
     connections::{self, Connections, Face, FaceConfig, Lifecycle},
+    consumers::Consumers,
     cors::Origins,
     deadline::Deadline,
     http::HttpOptions,
@@ -62,6 +63,9 @@ pub struct ServerOptions {
     pub lifecycle: Lifecycle,
     /// TLS already loaded (so that SIGHUP can reload it); without it, `tls` is loaded at start.
     pub tls_config: Option<Arc<ServerTls>>,
+    /// Where named consumers are kept (with `--data-dir`, the data directory; with `--nats`,
+    /// the cluster's bucket); `None`: in memory, or refused on a cluster node.
+    pub consumers: Option<Arc<Consumers>>,
 }
 
 /// Serves `log` on `listener` until `shutdown` completes.
@@ -126,7 +130,17 @@ pub async fn run_with_http(
     let accept_failures = log.metrics().accept_failures();
     let connections = Connections::new(options.lifecycle.clone(), log.metrics().connections());
     let slots = SubscriberSlots::new(&limits);
-    let service = Service::new(publisher, stopping_rx.clone(), slots);
+    // Named consumers are kept where the caller says (the data directory, the cluster's
+    // bucket); otherwise in memory, except on a cluster node: its memory is not the cluster's,
+    // and a consumer kept there would be lost with it and unknown to the other nodes.
+    let consumers = options.consumers.clone().unwrap_or_else(|| {
+        let clock = Arc::new(crate::clock::SystemClock);
+        match options.cluster {
+            Some(_) => Consumers::unsupported(clock),
+            None => Consumers::in_memory(clock),
+        }
+    });
+    let service = Service::new(publisher, stopping_rx.clone(), slots).with_consumers(consumers);
     let tls = match (options.tls_config.clone(), &options.tls) {
         (Some(tls), _) => Some(tls),
         (None, Some(files)) => Some(ServerTls::load(files.clone())?),

@@ -120,6 +120,38 @@ impl StoryService for Bare {
     ) -> Result<Response<pb::ListEventsResponse>, Status> {
         Err(Status::unimplemented("the bare server only streams"))
     }
+
+    async fn create_consumer(
+        &self,
+        _: Request<pb::CreateConsumerRequest>,
+    ) -> Result<Response<pb::CreateConsumerResponse>, Status> {
+        Err(Status::unimplemented("the bare server only streams"))
+    }
+
+    async fn get_consumer(
+        &self,
+        _: Request<pb::GetConsumerRequest>,
+    ) -> Result<Response<pb::GetConsumerResponse>, Status> {
+        Err(Status::unimplemented("the bare server only streams"))
+    }
+
+    async fn list_consumers(
+        &self,
+        _: Request<pb::ListConsumersRequest>,
+    ) -> Result<Response<pb::ListConsumersResponse>, Status> {
+        Err(Status::unimplemented("the bare server only streams"))
+    }
+
+    async fn delete_consumer(
+        &self,
+        _: Request<pb::DeleteConsumerRequest>,
+    ) -> Result<Response<pb::DeleteConsumerResponse>, Status> {
+        Err(Status::unimplemented("the bare server only streams"))
+    }
+
+    async fn ack(&self, _: Request<pb::AckRequest>) -> Result<Response<pb::AckResponse>, Status> {
+        Err(Status::unimplemented("the bare server only streams"))
+    }
 }
 
 /// Runs the baseline on `listen` until the process is stopped, announcing its address on stderr

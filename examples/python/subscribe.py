@@ -19,6 +19,17 @@ rescan what the server already scanned.
 
     python subscribe.py --state desk.state [--story ID]... [--tag T]... [--server HOST:PORT]
 
+Or let the server keep the place, with no state file at all: a named consumer.
+
+    python subscribe.py --consumer desk [--story ID]... [--tag T]... [--server HOST:PORT]
+
+creates consumer `desk` with that filter if it does not exist yet (reading from the oldest
+retained event; the same filter again changes nothing), then reads it: the server delivers from
+the consumer's acknowledged position, and each event is acknowledged (Ack) once printed. A crash
+between the print and the Ack prints that one event again; nothing is ever skipped. A consumer
+kept for another log (its server's data directory was cut and took a new log_id) exits 3: delete
+it (`storywire consumers delete desk`) to start over.
+
 Prints one line per event: sequence, story id and headline, separated by tabs. When the server is
 unreachable or restarts, it retries from the saved state until stopped.
 """
@@ -56,6 +67,9 @@ def main():
     # SIGTERM ends the process as Ctrl-C does: the state file is already up to date.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     metadata = [("authorization", f"Bearer {args.token}")] if args.token else []
+    if args.consumer:
+        follow_consumer(args, metadata)
+        return
     state = read_state(args.state)
     delay = FIRST_RETRY_DELAY
 
@@ -93,6 +107,62 @@ def main():
                 log(f"{code.name}: {err.details()}; retrying in {delay:.1f} s")
                 time.sleep(delay)
                 delay = min(delay * 2, LAST_RETRY_DELAY)
+
+
+def follow_consumer(args, metadata):
+    """Reads named consumer args.consumer, acknowledging each event once printed."""
+    delay = FIRST_RETRY_DELAY
+    with grpc.insecure_channel(
+        target(args.server), options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]
+    ) as channel:
+        stub = pb_grpc.StoryServiceStub(channel)
+        created = False
+        while True:
+            try:
+                if not created:
+                    # Idempotent: the same filter again returns the consumer as it stands.
+                    stub.CreateConsumer(
+                        pb.CreateConsumerRequest(
+                            name=args.consumer, story_ids=args.story, tags=args.tag,
+                            from_sequence=0,
+                        ),
+                        metadata=metadata,
+                    )
+                    created = True
+                log(f"reading consumer {args.consumer}")
+                request = pb.SubscribeRequest(consumer=args.consumer)
+                for item in stub.Subscribe(request, metadata=metadata):
+                    done = handled(item)
+                    if done:
+                        stub.Ack(pb.AckRequest(consumer=args.consumer, sequence=done),
+                                 metadata=metadata)
+                    delay = FIRST_RETRY_DELAY
+            except grpc.RpcError as err:
+                code = err.code()
+                if code == grpc.StatusCode.FAILED_PRECONDITION:
+                    log(f"consumer {args.consumer} belongs to another log ({err.details()})")
+                    sys.exit(EXIT_OTHER_LOG)
+                if code != grpc.StatusCode.UNAVAILABLE:
+                    sys.exit(f"subscribe: {code.name}: {err.details()}")
+                log(f"{code.name}: {err.details()}; retrying in {delay:.1f} s")
+                time.sleep(delay)
+                delay = min(delay * 2, LAST_RETRY_DELAY)
+
+
+def handled(item):
+    """Prints an event; returns the sequence up to which everything is done once `item` is
+    (an event's, or what a checkpoint or caught_up says was scanned), or 0 for nothing new."""
+    kind = item.WhichOneof("item")
+    if kind == "event":
+        event = item.event
+        print(f"{event.sequence}\t{event.story_id}\t{event.headline}", flush=True)
+        return event.sequence
+    if kind == "checkpoint":
+        return item.checkpoint.sequence
+    if kind == "caught_up":
+        log(f"caught up at sequence {item.caught_up.head_sequence}; now live")
+        return item.caught_up.head_sequence
+    return 0
 
 
 def handle(item, state, path):
@@ -161,6 +231,10 @@ def parse_args():
         "--state",
         default="subscribe-state.json",
         help="where the position is kept (default subscribe-state.json)",
+    )
+    parser.add_argument(
+        "--consumer",
+        help="read this named consumer, which the server keeps the position of (no state file)",
     )
     parser.add_argument("--story", action="append", default=[], help="only this story (repeatable)")
     parser.add_argument("--tag", action="append", default=[], help="only stories with this tag")

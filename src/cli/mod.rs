@@ -13,6 +13,7 @@ macro_rules! say {
     }};
 }
 
+mod consumers;
 mod health;
 mod progress;
 mod publish;
@@ -74,6 +75,8 @@ pub enum Command {
     Stories(stories::ListArgs),
     /// Check that the server is serving: exit 0 when it is.
     Health(health::Args),
+    /// List, show, create or delete the named consumers the server keeps for pipelines.
+    Consumers(consumers::Args),
 }
 
 /// Where a client subcommand connects, and as whom.
@@ -232,6 +235,7 @@ pub async fn main() -> ExitCode {
         Command::Story(args) => stories::run_story(args).await,
         Command::Stories(args) => stories::run_list(args).await,
         Command::Health(args) => health::run(args).await,
+        Command::Consumers(args) => consumers::run(args).await,
     };
     outcome.unwrap_or_else(|error| {
         let closed_stdout = error

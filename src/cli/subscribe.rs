@@ -1,12 +1,16 @@
 //! `storywire subscribe`: print updates as they arrive, and resume after a dropped connection
 //! from the last sequence printed, with the log_id seen, so nothing is missed or printed twice.
 //! On a terminal, `--from N` shows how far it has caught up until the caught_up marker.
+//! With `--consumer NAME` the server keeps the position instead: each event printed is
+//! acknowledged on the consumer, and a new run (or a resumed stream) starts after the last one
+//! acknowledged.
 
 use std::{process::ExitCode, time::Duration};
 
+use tokio::sync::watch;
 use tonic::{Code, Status};
 
-use super::{CliError, Connect, describe, print_json, progress::Progress};
+use super::{CliError, Connect, StoryClient, describe, print_json, progress::Progress};
 use crate::narration::Narrator;
 use crate::pb::{self, subscribe_response::Item};
 
@@ -35,6 +39,10 @@ pub struct Args {
     /// Print each item as proto3 JSON (a SubscribeResponse), one a line.
     #[arg(long)]
     json: bool,
+    /// Read the named consumer (see `storywire consumers`), with its filter, from its
+    /// position, acknowledging each event once printed.
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["stories", "tags", "from", "snapshot"])]
+    consumer: Option<String>,
 }
 
 /// Where to pick up after a dropped connection.
@@ -104,14 +112,20 @@ pub async fn run(args: Args) -> Result<ExitCode, CliError> {
     };
     let mut connected_once = false;
     let mut retry = FIRST_RETRY;
+    let printed = args
+        .consumer
+        .as_ref()
+        .map(|name| acknowledging(client.clone(), name.clone()));
     loop {
         let request = pb::SubscribeRequest {
             story_ids: args.stories.clone(),
             tags: args.tags.clone(),
-            from_sequence: position.from,
+            // A consumer starts where the server says it is.
+            from_sequence: position.from.filter(|_| args.consumer.is_none()),
             snapshot: position.snapshot,
             log_id: position.log_id.clone(),
             heartbeat_interval: None,
+            consumer: args.consumer.clone().unwrap_or_default(),
         };
         let lost = match client.subscribe(request).await {
             Ok(response) => {
@@ -121,7 +135,16 @@ pub async fn run(args: Args) -> Result<ExitCode, CliError> {
                     match stream.message().await {
                         Ok(Some(item)) => {
                             retry = FIRST_RETRY;
+                            let done = handled(&item);
                             show(item, &mut position, &mut narrator, &mut catch_up, args.json)?;
+                            if let (Some(printed), Some(done)) = (&printed, done) {
+                                // The acknowledging task takes the newest.
+                                printed.send_if_modified(|newest| {
+                                    let moved = done > *newest;
+                                    *newest = (*newest).max(done);
+                                    moved
+                                });
+                            }
                         }
                         Ok(None) => break Status::unavailable("the server ended the stream"),
                         Err(status) => break status,
@@ -142,6 +165,40 @@ pub async fn run(args: Args) -> Result<ExitCode, CliError> {
         ));
         tokio::time::sleep(retry).await;
         retry = (retry * 2).min(MAX_RETRY);
+    }
+}
+
+/// Starts the task that acknowledges on consumer `name` what has been printed, and returns where
+/// to tell it the newest sequence printed. While an Ack is in flight the newer sequences printed
+/// meanwhile coalesce into the next one, so acknowledging never holds up printing. What was
+/// printed but not yet acknowledged when the process ends is printed again by the next run.
+fn acknowledging(mut client: StoryClient, name: String) -> watch::Sender<u64> {
+    let (printed, mut newest) = watch::channel(0);
+    tokio::spawn(async move {
+        while newest.changed().await.is_ok() {
+            let sequence = *newest.borrow_and_update();
+            let request = pb::AckRequest {
+                consumer: name.clone(),
+                sequence,
+                log_id: String::new(),
+            };
+            if let Err(status) = client.ack(request).await {
+                eprintln!("acknowledging #{sequence} on {name}: {}", describe(&status));
+            }
+        }
+    });
+    printed
+}
+
+/// The sequence up to which everything is handled once `item` is printed: an event's own, or
+/// the sequence a checkpoint or caught_up says the stream has scanned. Not `started`'s head:
+/// nothing of it is printed yet.
+fn handled(item: &pb::SubscribeResponse) -> Option<u64> {
+    match item.item.as_ref()? {
+        Item::Event(event) => Some(event.sequence),
+        Item::Checkpoint(checkpoint) => Some(checkpoint.sequence),
+        Item::CaughtUp(caught_up) => Some(caught_up.head_sequence),
+        Item::Started(_) | Item::Story(_) => None,
     }
 }
 

@@ -159,6 +159,13 @@ impl Node {
             serving,
         }))
     }
+
+    /// JetStream, the stream's name and its number of replicas: for what a node keeps beside
+    /// the stream (the named consumers' bucket).
+    pub(crate) fn jetstream(&self) -> (&jetstream::Context, &str, usize) {
+        let replicas = self.stream.cached_info().config.num_replicas;
+        (&self.context, &self.stream_name, replicas)
+    }
 }
 
 /// A watch of whether the node may be called SERVING, kept up to date by a task of its own: every

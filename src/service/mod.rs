@@ -12,7 +12,9 @@ use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::{
     auth::{ANONYMOUS, Caller},
+    clock::SystemClock,
     connections::ClientAddress,
+    consumers::{ConsumerError, Consumers},
     encoded::EncodedResponse,
     limits::{LimitError, SubscriberSlots},
     log::{EventLog, Filter, LogError},
@@ -56,6 +58,9 @@ pub enum Error {
     /// refusals are [`Error::Log`].
     #[error(transparent)]
     Refused(Refused),
+    /// A named consumer's request was refused (see `consumers.rs` for the conversion).
+    #[error(transparent)]
+    Consumer(ConsumerError),
 }
 
 impl Error {
@@ -145,10 +150,22 @@ pub fn status(error: impl Into<Error>) -> Status {
         Error::End(End::Log(_)) | Error::Refused(Refused::Log(_)) => {
             unreachable!("flattened above")
         }
+        Error::Consumer(consumer) => match consumer {
+            ConsumerError::NotFound { .. } => Code::NotFound,
+            ConsumerError::FilterTaken { .. } => Code::AlreadyExists,
+            ConsumerError::OtherLog { .. } => Code::FailedPrecondition,
+            ConsumerError::TooMany { .. } => Code::ResourceExhausted,
+            ConsumerError::Storage(_) => Code::Unavailable,
+            ConsumerError::Unsupported => Code::Unimplemented,
+            ConsumerError::Invalid(_) | ConsumerError::Log(_) => {
+                unreachable!("converted to Invalid and Log")
+            }
+        },
     };
     Status::new(code, message)
 }
 
+mod consumers;
 mod publish_stream;
 
 use publish_stream::PublishSession;
@@ -167,6 +184,8 @@ pub struct Service {
     shutdown: watch::Receiver<bool>,
     /// Open subscriptions against their limits; each stream holds a slot until it ends.
     slots: Arc<SubscriberSlots>,
+    /// The named consumers, kept as the log is: in memory unless [`Self::with_consumers`] says.
+    consumers: Arc<Consumers>,
 }
 
 impl Service {
@@ -182,7 +201,15 @@ impl Service {
             publisher,
             shutdown,
             slots,
+            consumers: Consumers::in_memory(Arc::new(SystemClock)),
         }
+    }
+
+    /// The service keeping named consumers in `consumers` (with `--data-dir`, the data
+    /// directory's; with `--nats`, the cluster's bucket) instead of its own memory.
+    pub fn with_consumers(mut self, consumers: Arc<Consumers>) -> Self {
+        self.consumers = consumers;
+        self
     }
 
     /// The id of the log the service serves.
@@ -339,18 +366,31 @@ impl StoryService for Service {
         let request = request.into_inner();
         let heartbeat = validate::subscribe(&request).map_err(status)?;
         self.log.check_log_id(&request.log_id).map_err(status)?;
-        let start = match request.from_sequence {
+        // The consumer's reader lock lives as long as the stream: one reader at a time.
+        let attached = match request.consumer.as_str() {
+            "" => None,
+            _ => Some(self.attach_consumer(&request, caller.as_ref()).await?),
+        };
+        // A consumer starts after its position, which belongs to its log.
+        let (from, named_log) = match &attached {
+            Some(attached) => (Some(attached.from), true),
+            None => (request.from_sequence, !request.log_id.is_empty()),
+        };
+        let start = match from {
             _ if request.snapshot => Start::Snapshot,
             None => Start::Live,
             Some(from) => {
                 self.publisher
-                    .reach(from, !request.log_id.is_empty())
+                    .reach(from, named_log)
                     .await
                     .map_err(status)?;
                 Start::From(from)
             }
         };
-        let filter = Filter::new(&request.story_ids, &request.tags);
+        let filter = match &attached {
+            Some(attached) => attached.filter.clone(),
+            None => Filter::new(&request.story_ids, &request.tags),
+        };
         let subscription = Subscription::new(
             self.log.clone(),
             filter,
@@ -361,10 +401,10 @@ impl StoryService for Service {
         // The slot lives as long as the stream, and so does its count in the metrics.
         let open = self.metrics().subscriber_opened(transport);
         let items = stream::unfold(
-            (subscription, slot, open),
-            |(mut subscription, slot, open)| async move {
+            (subscription, slot, open, attached),
+            |(mut subscription, slot, open, attached)| async move {
                 let item = subscription.next().await?;
-                Some((item.map_err(status), (subscription, slot, open)))
+                Some((item.map_err(status), (subscription, slot, open, attached)))
             },
         );
         Ok(Response::new(until_revoked(items, caller)))
@@ -426,6 +466,41 @@ impl StoryService for Service {
             log_id: self.log.log_id().to_owned(),
             first_retained_sequence: batch.end.first_retained,
         }))
+    }
+
+    async fn create_consumer(
+        &self,
+        request: Request<pb::CreateConsumerRequest>,
+    ) -> Result<Response<pb::CreateConsumerResponse>, Status> {
+        self.create_consumer_rpc(request).await
+    }
+
+    async fn get_consumer(
+        &self,
+        request: Request<pb::GetConsumerRequest>,
+    ) -> Result<Response<pb::GetConsumerResponse>, Status> {
+        self.get_consumer_rpc(request).await
+    }
+
+    async fn list_consumers(
+        &self,
+        _request: Request<pb::ListConsumersRequest>,
+    ) -> Result<Response<pb::ListConsumersResponse>, Status> {
+        self.list_consumers_rpc().await
+    }
+
+    async fn delete_consumer(
+        &self,
+        request: Request<pb::DeleteConsumerRequest>,
+    ) -> Result<Response<pb::DeleteConsumerResponse>, Status> {
+        self.delete_consumer_rpc(request).await
+    }
+
+    async fn ack(
+        &self,
+        request: Request<pb::AckRequest>,
+    ) -> Result<Response<pb::AckResponse>, Status> {
+        self.ack_rpc(request).await
     }
 }
 

@@ -211,7 +211,7 @@ pub fn frame(record: &Record) -> Vec<u8> {
 
 /// Writes `contents` to `dir/name` so that a crash leaves either the old file or the new one:
 /// write a temporary file, fsync it, rename it over, fsync the directory.
-fn write_atomically(dir: &Path, name: &str, contents: &[u8]) -> Result<(), WalError> {
+pub(crate) fn write_atomically(dir: &Path, name: &str, contents: &[u8]) -> Result<(), WalError> {
     let path = dir.join(name);
     let temporary = dir.join(format!("{name}.tmp"));
     let mut file = File::create(&temporary).map_err(io_error(&temporary))?;

@@ -11,6 +11,7 @@ use crate::{
     auth::Tokens,
     clock::SystemClock,
     cluster::{NatsConfig, Node},
+    consumers::Consumers,
     cors::{self, Origins},
     demo,
     http::HttpOptions,
@@ -173,6 +174,7 @@ pub async fn run(args: Args) -> Result<ExitCode, CliError> {
         tls_config,
         limits: args.limits.into(),
         cluster: None,
+        consumers: None,
         cors,
         lifecycle: Default::default(),
     };
@@ -190,6 +192,10 @@ pub async fn run(args: Args) -> Result<ExitCode, CliError> {
                 .await
                 .map_err(|e| format!("--nats: {e}"))?;
             let log = node.log().clone();
+            // Every node serves every consumer: they are kept in the cluster, beside the stream.
+            let (context, stream, replicas) = node.jetstream();
+            let consumers = Consumers::shared(context, stream, replicas, Arc::new(SystemClock));
+            options.consumers = Some(consumers);
             options.cluster = Some(node);
             log
         }
@@ -201,8 +207,13 @@ pub async fn run(args: Args) -> Result<ExitCode, CliError> {
                 segment_bytes: args.segment_bytes,
                 repair: args.repair,
             };
-            EventLog::open(retain, Arc::new(SystemClock), &config)
-                .map_err(|e| format!("cannot open the log in {}: {e}", dir.display()))?
+            let log = EventLog::open(retain, Arc::new(SystemClock), &config)
+                .map_err(|e| format!("cannot open the log in {}: {e}", dir.display()))?;
+            // The consumers' positions are kept beside the log, and as durably.
+            let consumers = Consumers::open(dir, Arc::new(SystemClock))
+                .map_err(|e| format!("cannot open the consumers in {}: {e}", dir.display()))?;
+            options.consumers = Some(consumers);
+            log
         }
         (None, None) => {
             if args.repair {
