@@ -466,7 +466,7 @@ async fn the_cli_acknowledges_what_it_printed_so_a_rerun_after_kill_9_goes_on_af
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consumer_resumes_through_another_node_after_kill_9_of_the_first() {
-    let cluster = crate::jetstream::Cluster::start(3).await;
+    let cluster = storywire_testkit::nats::Cluster::start(3).await;
     let urls = cluster.urls();
     let mut first = crate::node::Node::serving(&urls, "CONSUMERS", &[]).await;
     let second = crate::node::Node::serving(&urls, "CONSUMERS", &[]).await;
