@@ -20,7 +20,6 @@
 //! [`Attached::from`] with [`Attached::filter`], then [`Consumers::ack`]).
 
 use std::{
-    collections::BTreeMap,
     path::Path,
     sync::{Arc, Mutex, MutexGuard},
 };
@@ -35,91 +34,21 @@ use crate::{
     wal::WalError,
 };
 
+mod error;
 mod shared;
 mod store;
+mod table;
 
+pub use error::ConsumerError;
 use shared::Shared;
 pub use store::{CONSUMERS_FILE, CONSUMERS_MAGIC};
 use store::{Store, StoredConsumer};
+use table::{Entry, Table, found, found_mut, mirror, normalized, same_filter, same_log, view};
 
 /// The most consumers one server keeps: each is a row rewritten with every change to the table
 /// (see `store`), so the table stays small enough to rewrite in well under a millisecond; far
 /// more than the pipelines of a newsroom.
 pub const MAX_CONSUMERS: usize = 1_000;
-
-/// Why a consumer request was refused. The service maps each variant to one gRPC status code.
-#[derive(Debug, thiserror::Error)]
-pub enum ConsumerError {
-    /// The request is malformed.
-    #[error(transparent)]
-    Invalid(#[from] FieldError),
-    /// No consumer has the name.
-    #[error("consumer {name} does not exist; create it with CreateConsumer")]
-    NotFound {
-        /// The name asked for.
-        name: String,
-    },
-    /// The name is taken by a consumer with another filter.
-    #[error(
-        "consumer {name} already exists with another filter (story_ids [{story_ids}], tags [{tags}]); choose another name, or delete it first"
-    )]
-    FilterTaken {
-        /// The name.
-        name: String,
-        /// The existing consumer's stories.
-        story_ids: String,
-        /// The existing consumer's tags.
-        tags: String,
-    },
-    /// The consumer's position belongs to another incarnation of the log.
-    #[error(
-        "consumer {name} belongs to log {log_id}, not this server's log {actual}: its position means nothing here; delete it and create it again"
-    )]
-    OtherLog {
-        /// The consumer.
-        name: String,
-        /// The log it was created in.
-        log_id: String,
-        /// This server's log.
-        actual: String,
-    },
-    /// The log refused a position (outside the retained log, or another log_id).
-    #[error(transparent)]
-    Log(#[from] LogError),
-    /// The table is full.
-    #[error("this server keeps at most {max} consumers; delete one first")]
-    TooMany {
-        /// The limit.
-        max: usize,
-    },
-    /// The position could not be kept on disk; it may be delivered again.
-    #[error("the consumer could not be kept on disk: {0}")]
-    Storage(String),
-    /// This server has nowhere to keep consumers: a cluster node's service built without the
-    /// cluster's bucket ([`Consumers::shared`]), whose own memory would lose them with it.
-    #[error(
-        "this server keeps no named consumers; keep the position in the client and resume with SubscribeRequest.from_sequence and log_id"
-    )]
-    Unsupported,
-}
-
-/// One consumer in the table, with its reader lock.
-#[derive(Debug)]
-struct Entry {
-    /// What is kept.
-    stored: StoredConsumer,
-    /// Held by the one reader of the consumer ([`Attached`]); a second reader waits on it.
-    reader: Arc<tokio::sync::Mutex<()>>,
-}
-
-/// The table, and how many changes it has seen (for the store's group commit).
-#[derive(Debug, Default)]
-struct Table {
-    /// Every consumer, by name.
-    consumers: BTreeMap<String, Entry>,
-    /// Counts the changes to `consumers`.
-    version: u64,
-}
 
 /// Every named consumer of one server. Shared by `Arc`; every method is safe from any task.
 pub struct Consumers {
@@ -508,88 +437,5 @@ impl Consumers {
             }
             Err(join) => Err(ConsumerError::Storage(join.to_string())),
         }
-    }
-}
-
-/// Fails with [`ConsumerError::FilterTaken`] unless `wanted` has the filter of `existing`, the
-/// consumer that already holds its name.
-fn same_filter(existing: &StoredConsumer, wanted: &StoredConsumer) -> Result<(), ConsumerError> {
-    if existing.story_ids == wanted.story_ids && existing.tags == wanted.tags {
-        Ok(())
-    } else {
-        Err(ConsumerError::FilterTaken {
-            name: existing.name.clone(),
-            story_ids: existing.story_ids.join(", "),
-            tags: existing.tags.join(", "),
-        })
-    }
-}
-
-/// Puts `stored` in `table`, keeping the reader lock of the row it replaces.
-fn mirror(table: &mut Table, stored: StoredConsumer) {
-    match table.consumers.get_mut(&stored.name) {
-        Some(entry) => entry.stored = stored,
-        None => {
-            let entry = Entry {
-                stored,
-                reader: Arc::default(),
-            };
-            table.consumers.insert(entry.stored.name.clone(), entry);
-        }
-    }
-}
-
-fn found<'t>(table: &'t Table, name: &str) -> Result<&'t Entry, ConsumerError> {
-    table
-        .consumers
-        .get(name)
-        .ok_or_else(|| ConsumerError::NotFound {
-            name: name.to_owned(),
-        })
-}
-
-fn found_mut<'t>(table: &'t mut Table, name: &str) -> Result<&'t mut Entry, ConsumerError> {
-    table
-        .consumers
-        .get_mut(name)
-        .ok_or_else(|| ConsumerError::NotFound {
-            name: name.to_owned(),
-        })
-}
-
-/// Fails when `stored` was created in another incarnation of `log`.
-fn same_log(log: &EventLog, stored: &StoredConsumer) -> Result<(), ConsumerError> {
-    if stored.log_id == log.log_id() {
-        Ok(())
-    } else {
-        Err(ConsumerError::OtherLog {
-            name: stored.name.clone(),
-            log_id: stored.log_id.clone(),
-            actual: log.log_id().to_owned(),
-        })
-    }
-}
-
-/// A filter list sorted and without repeats, so that the same filter compares equal however it
-/// was written.
-fn normalized(mut values: Vec<String>) -> Vec<String> {
-    values.sort();
-    values.dedup();
-    values
-}
-
-/// A consumer as the wire shows it, with its lag against `log`'s head.
-fn view(log: &EventLog, entry: &Entry) -> pb::Consumer {
-    let stored = &entry.stored;
-    pb::Consumer {
-        name: stored.name.clone(),
-        story_ids: stored.story_ids.clone(),
-        tags: stored.tags.clone(),
-        acknowledged_sequence: stored.acknowledged,
-        lag: log.head().saturating_sub(stored.acknowledged),
-        last_acknowledged_at: stored.last_acknowledged_at,
-        created_at: stored.created_at,
-        log_id: stored.log_id.clone(),
-        reading: entry.reader.try_lock().is_err(),
     }
 }
