@@ -14,6 +14,8 @@
 //! - [`matrix`]: the standard cases: fan-out, publish paths, durability, catch-up, idle memory.
 //! - [`abuse`]: misbehaving clients, and history rebuilt by GetStory (`--lock`), against a
 //!   server while a well-behaved client measures.
+//! - [`consumers`]: named consumers acknowledging as they read, against plain subscribers,
+//!   in memory and with `--data-dir`.
 //! - [`readers`]: connections per reader: each subscriber on a connection of its own.
 //! - [`storm`]: the reconnect storm: a durable server restarts under every reader, and all of
 //!   them come back at once and resume 1,000 events back while a desk publishes.
@@ -39,6 +41,7 @@ mod anchor;
 mod bare;
 mod burst;
 mod cluster;
+mod consumers;
 mod crowd;
 mod error;
 mod flood;
@@ -138,6 +141,8 @@ struct Args {
     #[command(flatten)]
     cluster: cluster::Args,
     #[command(flatten)]
+    consumers: consumers::Args,
+    #[command(flatten)]
     readers: readers::Args,
     #[command(flatten)]
     sse: sse::Args,
@@ -203,6 +208,9 @@ async fn run(args: Args) -> Result<()> {
         if let Err(error) = &nats {
             println!("\n(No NATS column: {error}.)");
         }
+    }
+    if args.consumers.consumers {
+        consumers::run(&args.consumers, runs).await?;
     }
     if args.readers.readers {
         readers::run(&args.readers, &targets, runs).await?;
