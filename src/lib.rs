@@ -35,6 +35,7 @@
 //! - [`tls`]: the server's TLS and mutual TLS from PEM files.
 //! - [`limits`]: what one client may take and one story may hold, and the subscriber slots.
 //! - `throttle`: each connection's budget of wasted streams; past it, its reads pause.
+//! - `write_through`: writes handed straight to the IO under a wrapper that watches reads.
 //! - [`connections`]: every connection's lifecycle: timeouts, per-address limits, shedding.
 //! - [`descriptors`]: the open-files limit, raised to the hard one, and the descriptors open.
 //! - [`listen`]: the listen backlog, and accepting without spinning.
@@ -83,3 +84,4 @@ pub(crate) mod throttle;
 pub mod tls;
 pub mod validate;
 pub mod wal;
+mod write_through;
