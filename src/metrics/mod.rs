@@ -30,9 +30,11 @@ use tonic::Code;
 use crate::codes::code_name;
 
 mod histogram;
+mod webhooks;
 
 pub use histogram::Histogram;
 use histogram::nanos;
+pub use webhooks::{EndpointMetrics, WebhookMetrics, WebhookState};
 
 /// The prefix of every metric's name.
 const PREFIX: &str = "storywire";
@@ -262,6 +264,8 @@ pub struct Metrics {
     connections: ConnectionMetrics,
     /// Event streams cut off because their reader stopped taking its bytes.
     sse_stalls: SseStalls,
+    /// The webhook endpoints' state (`serve --webhooks`); exists once their deliverers do.
+    webhooks: OnceLock<WebhookMetrics>,
 }
 
 /// What the connections' lifecycle records ([`crate::connections`]): open connections by face
@@ -429,6 +433,7 @@ impl Metrics {
             accept_failures: AcceptFailures::default(),
             connections: ConnectionMetrics::default(),
             sse_stalls: SseStalls::default(),
+            webhooks: OnceLock::new(),
         }
     }
 
@@ -491,6 +496,12 @@ impl Metrics {
             lag_events: Gauge::default(),
             apply_delay: Histogram::seconds(),
         })
+    }
+
+    /// The webhook endpoints' handles, for endpoints named `names` on the first call (the
+    /// deliverers' start), exposed from then on.
+    pub fn webhooks(&self, names: &[String]) -> &WebhookMetrics {
+        self.webhooks.get_or_init(|| WebhookMetrics::new(names))
     }
 
     /// Every metric as text in `format`, with the log's `head` sequence and its `retained`
@@ -601,6 +612,9 @@ impl Metrics {
                 Unit::Seconds,
                 replica.apply_delay.clone(),
             );
+        }
+        if let Some(webhooks) = self.webhooks.get() {
+            webhooks.register(&mut registry);
         }
         if let Some(count) = crate::descriptors::open_files() {
             registry.register(

@@ -21,6 +21,7 @@ use crate::{
     server::{self, ServerOptions},
     tls::{ServerTls, TlsFiles},
     wal::{self, FsyncMode, WalConfig},
+    webhooks::{self, Webhooks},
 };
 
 mod flags;
@@ -116,6 +117,16 @@ pub struct Args {
     /// rest is kept in .broken files) instead of refusing to start.
     #[arg(long)]
     repair: bool,
+    /// POST every event matching each endpoint in this JSON file to its URL, signed as Standard
+    /// Webhooks says, in order, at least once; each endpoint keeps its position as a named
+    /// consumer of its name (docs/configuration.md has the format).
+    #[arg(
+        long,
+        env = "STORYWIRE_WEBHOOKS",
+        value_name = "FILE",
+        conflicts_with = "nats"
+    )]
+    webhooks: Option<PathBuf>,
     /// Seconds between the demo's live updates.
     #[arg(long, default_value_t = demo::DEFAULT_INTERVAL.as_secs_f64(), requires = "demo")]
     demo_interval: f64,
@@ -145,6 +156,13 @@ pub async fn run(args: Args) -> Result<ExitCode, CliError> {
         None => None,
     };
     check_exposure(args.listen, tokens.is_some(), args.allow_anonymous)?;
+    // Checked before anything starts, so that a mistake in it stops the server at once.
+    let endpoints = args
+        .webhooks
+        .as_deref()
+        .map(webhooks::load)
+        .transpose()
+        .map_err(|e| e.to_string())?;
     let http_address = args.http.or(args
         .demo
         .then(|| SocketAddr::from(([127, 0, 0, 1], DEMO_HTTP_PORT))));
@@ -220,6 +238,8 @@ pub async fn run(args: Args) -> Result<ExitCode, CliError> {
             if args.repair {
                 return Err("--repair needs --data-dir".into());
             }
+            // Named here (the service would make the same) so that the webhooks share it.
+            options.consumers = Some(Consumers::in_memory(Arc::new(SystemClock)));
             Arc::new(EventLog::new(retain, Arc::new(SystemClock)))
         }
     };
@@ -243,6 +263,14 @@ pub async fn run(args: Args) -> Result<ExitCode, CliError> {
         max_connections_per_ip = options.lifecycle.max_connections_per_ip,
         "storywire listening"
     );
+
+    // Kept until the server has stopped; dropping it stops every deliverer.
+    let webhooks = match (endpoints, &options.consumers) {
+        (Some(endpoints), Some(consumers)) => {
+            Some(Webhooks::start(endpoints, log.clone(), consumers.clone()).await?)
+        }
+        _ => None,
+    };
 
     let replay = if args.demo {
         demo::publish_seed(&log)?;
@@ -302,6 +330,7 @@ pub async fn run(args: Args) -> Result<ExitCode, CliError> {
         None => None,
     };
     server::run_with_http(listener, http, log.clone(), options, shutdown).await?;
+    drop(webhooks);
     // With a data directory: write and sync what is left before exiting.
     log.close();
     if let Some(replay) = replay {
