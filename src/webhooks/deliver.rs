@@ -18,6 +18,7 @@ use super::{
     State,
     client::{Client, Failure},
     config::Endpoint,
+    lease::{Leases, RENEW_EVERY},
     sign,
 };
 use crate::{
@@ -72,27 +73,72 @@ pub struct Deliverer {
     pub state: Arc<State>,
     /// Its kept connection.
     pub client: Client,
+    /// On a cluster: the leases, of which this deliverer must hold its endpoint's to deliver.
+    pub leases: Option<Leases>,
 }
 
 impl Deliverer {
     /// Delivers until the task is aborted: each time the consumer is given up (deleted, behind
-    /// retention, another log), says why and attaches it again after the longest backoff.
+    /// retention, another log), says why and attaches it again after the longest backoff. On a
+    /// cluster, delivers only while this node holds the endpoint's lease, and tries to take it
+    /// every [`RENEW_EVERY`] while another node does.
     pub async fn run(mut self) {
         loop {
-            let stopped = match self.consumers.attach(&self.log, &self.endpoint.name).await {
-                Ok(attached) => self.deliver_from(attached).await,
-                Err(error) => error,
+            let Some(leases) = self.leases.clone() else {
+                let stopped = self.attach_and_deliver().await;
+                self.stopped(stopped).await;
+                continue;
             };
-            self.metrics.failed("consumer", None);
-            self.show(WebhookState::Stopped, None);
-            self.state.failed(format!("consumer: {stopped}"));
-            tracing::error!(
-                endpoint = %self.endpoint.name,
-                error = %stopped,
-                "webhook: cannot read the endpoint's consumer; trying again later"
-            );
-            tokio::time::sleep(self.endpoint.backoff_max).await;
+            let name = self.endpoint.name.clone();
+            let held = match leases.take(&name).await {
+                Ok(Some(held)) => held,
+                Ok(None) => {
+                    self.show(WebhookState::Stopped, None);
+                    tokio::time::sleep(RENEW_EVERY).await;
+                    continue;
+                }
+                Err(error) => {
+                    self.show(WebhookState::Stopped, None);
+                    self.state.failed(format!("lease: {error}"));
+                    tracing::warn!(endpoint = %name, %error, "webhook: cannot reach the leases bucket");
+                    tokio::time::sleep(RENEW_EVERY).await;
+                    continue;
+                }
+            };
+            tracing::info!(endpoint = %name, "webhook: this node delivers the endpoint (it holds the lease)");
+            let outcome = tokio::select! {
+                stopped = self.attach_and_deliver() => Err(stopped),
+                lost = leases.keep(&name, held) => Ok(lost),
+            };
+            match outcome {
+                Err(stopped) => self.stopped(stopped).await,
+                Ok(lost) => {
+                    self.show(WebhookState::Stopped, None);
+                    tracing::warn!(endpoint = %name, reason = %lost, "webhook: this node stopped delivering the endpoint");
+                }
+            }
         }
+    }
+
+    /// Attaches the endpoint's consumer and delivers from it; returns why it stopped.
+    async fn attach_and_deliver(&mut self) -> ConsumerError {
+        match self.consumers.attach(&self.log, &self.endpoint.name).await {
+            Ok(attached) => self.deliver_from(attached).await,
+            Err(error) => error,
+        }
+    }
+
+    /// Shows that the consumer could not be read, and waits the longest backoff.
+    async fn stopped(&mut self, stopped: ConsumerError) {
+        self.metrics.failed("consumer", None);
+        self.show(WebhookState::Stopped, None);
+        self.state.failed(format!("consumer: {stopped}"));
+        tracing::error!(
+            endpoint = %self.endpoint.name,
+            error = %stopped,
+            "webhook: cannot read the endpoint's consumer; trying again later"
+        );
+        tokio::time::sleep(self.endpoint.backoff_max).await;
     }
 
     /// Delivers the consumer's events from its position on, waiting at the head for more;

@@ -23,12 +23,14 @@ use crate::{consumers::Consumers, log::EventLog, metrics::WebhookState, pb};
 mod client;
 mod config;
 mod deliver;
+mod lease;
 mod sign;
 
 pub use config::{ConfigError, Endpoint, MAX_ENDPOINTS, SECRET_PREFIX, Secret, load, parse};
 pub use deliver::{
     DEFAULT_BACKOFF_MAX, DEFAULT_BACKOFF_MIN, DEFAULT_REQUEST_TIMEOUT, MAX_BACKOFF, MAX_TIMEOUT,
 };
+pub use lease::{HOLD_FOR, LEASE_TTL, Leases, RENEW_EVERY};
 
 /// Where one endpoint's delivery stands, as its task last said.
 #[derive(Debug)]
@@ -88,10 +90,12 @@ impl Webhooks {
     /// Creates each endpoint's consumer where `consumers` keeps them (from the head, when it is
     /// new: an endpoint receives what is published after it was configured) and starts its
     /// deliverer. Fails, naming the endpoint, when its name is a consumer with another filter.
+    /// On a cluster, `leases` decides which node delivers each endpoint ([`Leases`]).
     pub async fn start(
         endpoints: Vec<Endpoint>,
         log: Arc<EventLog>,
         consumers: Arc<Consumers>,
+        leases: Option<Leases>,
     ) -> Result<Self, String> {
         let names: Vec<String> = endpoints.iter().map(|e| e.name.clone()).collect();
         let metrics = log.metrics().webhooks(&names).clone();
@@ -128,6 +132,7 @@ impl Webhooks {
                 state: state.clone(),
                 log: log.clone(),
                 consumers: consumers.clone(),
+                leases: leases.clone(),
                 endpoint,
             };
             started

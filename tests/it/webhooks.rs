@@ -446,3 +446,50 @@ async fn a_bad_webhooks_file_stops_serve_naming_the_entry_and_the_field() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_cluster_one_node_delivers_and_another_takes_over_after_kill_9_with_no_gap() {
+    // As for the data directory: event 100 is in flight when the delivering node dies.
+    const IN_FLIGHT: u64 = 100;
+    let killed = Arc::new(Notify::new());
+    let held = killed.clone();
+    let first_try = Arc::new(Mutex::new(true));
+    let answer: Answer = Arc::new(move |sequence, _| {
+        let held = held.clone();
+        let first_try = first_try.clone();
+        Box::pin(async move {
+            let hold = sequence == IN_FLIGHT && std::mem::take(&mut *first_try.lock().unwrap());
+            if hold {
+                held.notified().await;
+            }
+            StatusCode::OK
+        })
+    });
+    let mut receiver = Receiver::start(answer).await;
+    let config = TempDir::new("webhooks-cluster");
+    let file = webhooks_file(&config.0, &receiver.url(), 30.0);
+    let file = file.to_str().unwrap();
+    let cluster = crate::jetstream::Cluster::start(3).await;
+    let urls = cluster.urls();
+    let delivers = "this node delivers the endpoint";
+    let mut first = crate::node::Node::serving(&urls, "WEBHOOKS", &["--webhooks", file]).await;
+    first.process.read_until(Pipe::Stderr, delivers).await;
+    let mut second = crate::node::Node::serving(&urls, "WEBHOOKS", &["--webhooks", file]).await;
+    let mut client = second.client().await;
+    let expected = publish_desk_and_sport(&mut client, 200).await;
+    receiver.until_attempt(IN_FLIGHT, 1).await;
+    // Only the lease holder delivers: every try so far came while the second node waited.
+    first.process.kill().await;
+    killed.notify_one();
+
+    // The second takes the lease once it expires, and goes on from the first's position.
+    second.process.read_until(Pipe::Stderr, delivers).await;
+    let deliveries = receiver.until_received(&expected).await;
+    assert_eq!(without_repeats(&deliveries), expected);
+    let tries = tries(&deliveries);
+    assert_eq!(tries[&IN_FLIGHT], 2, "{tries:?}");
+    assert!(
+        tries.iter().all(|(&s, &n)| s == IN_FLIGHT || n == 1),
+        "{tries:?}"
+    );
+}

@@ -21,7 +21,7 @@ use crate::{
     server::{self, ServerOptions},
     tls::{ServerTls, TlsFiles},
     wal::{self, FsyncMode, WalConfig},
-    webhooks::{self, Webhooks},
+    webhooks::{self, Leases, Webhooks},
 };
 
 mod flags;
@@ -120,12 +120,7 @@ pub struct Args {
     /// POST every event matching each endpoint in this JSON file to its URL, signed as Standard
     /// Webhooks says, in order, at least once; each endpoint keeps its position as a named
     /// consumer of its name (docs/configuration.md has the format).
-    #[arg(
-        long,
-        env = "STORYWIRE_WEBHOOKS",
-        value_name = "FILE",
-        conflicts_with = "nats"
-    )]
+    #[arg(long, env = "STORYWIRE_WEBHOOKS", value_name = "FILE")]
     webhooks: Option<PathBuf>,
     /// Seconds between the demo's live updates.
     #[arg(long, default_value_t = demo::DEFAULT_INTERVAL.as_secs_f64(), requires = "demo")]
@@ -200,6 +195,8 @@ pub async fn run(args: Args) -> Result<ExitCode, CliError> {
     let interval = Duration::try_from_secs_f64(args.demo_interval)
         .map_err(|e| format!("--demo-interval {}: {e}", args.demo_interval))?;
     let retain = args.retain_events;
+    // On a cluster: which node delivers each webhook endpoint.
+    let mut leases = None;
     let log = match (&args.data_dir, args.nats.config()) {
         (_, Some(nats)) => {
             if args.demo {
@@ -215,6 +212,13 @@ pub async fn run(args: Args) -> Result<ExitCode, CliError> {
                 .await
                 .map_err(|e| format!("--nats: {e}"))?;
             options.consumers = Some(consumers);
+            if endpoints.is_some() {
+                leases = Some(
+                    Leases::open(context, stream, replicas)
+                        .await
+                        .map_err(|e| format!("--nats: {e}"))?,
+                );
+            }
             options.cluster = Some(node);
             log
         }
@@ -267,7 +271,7 @@ pub async fn run(args: Args) -> Result<ExitCode, CliError> {
     // Kept until the server has stopped; dropping it stops every deliverer.
     let webhooks = match (endpoints, &options.consumers) {
         (Some(endpoints), Some(consumers)) => {
-            Some(Webhooks::start(endpoints, log.clone(), consumers.clone()).await?)
+            Some(Webhooks::start(endpoints, log.clone(), consumers.clone(), leases).await?)
         }
         _ => None,
     };
