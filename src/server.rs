@@ -62,6 +62,8 @@ pub struct ServerOptions {
     /// Where named consumers are kept (with `--data-dir`, the data directory; with `--nats`,
     /// the cluster's bucket); `None`: in memory, or refused on a cluster node.
     pub consumers: Option<Arc<crate::consumers::Consumers>>,
+    /// The webhook endpoints' states (`serve --webhooks`), shown on their consumers.
+    pub webhooks: Option<Arc<crate::webhooks::WebhookStates>>,
 }
 
 /// Serves `log` on `listener` until `shutdown` completes.
@@ -122,7 +124,8 @@ pub async fn run_with_http(
     let slots = SubscriberSlots::new(&limits);
     let service = Service::new(log.clone(), stopping_rx.clone(), slots)
         .through(options.cluster.clone())
-        .with_consumers(options.consumers.clone());
+        .with_consumers(options.consumers.clone())
+        .with_webhooks(options.webhooks.clone());
     let tls = match (options.tls_config.clone(), &options.tls) {
         (Some(tls), _) => Some(tls),
         (None, Some(files)) => Some(ServerTls::load(files.clone())?),

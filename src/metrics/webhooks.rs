@@ -20,14 +20,22 @@ pub enum WebhookState {
     Delivering,
     /// The next event failed at least once; trying it again after a backoff, never skipping it.
     Retrying,
-    /// Not delivering: another reader holds the endpoint's consumer (on a cluster, another node),
-    /// or the consumer cannot be read (deleted, behind retention, another log).
+    /// Not delivering: the consumer cannot be read (deleted, behind retention, another log), or
+    /// a Subscribe stream holds it.
     Stopped,
+    /// On a cluster: another node holds the endpoint's lease and delivers it.
+    Standby,
 }
 
 impl WebhookState {
     /// Every state, in the order of their numbers.
-    pub const ALL: [Self; 4] = [Self::Idle, Self::Delivering, Self::Retrying, Self::Stopped];
+    pub const ALL: [Self; 5] = [
+        Self::Idle,
+        Self::Delivering,
+        Self::Retrying,
+        Self::Stopped,
+        Self::Standby,
+    ];
 
     /// The metrics label.
     pub fn label(self) -> &'static str {
@@ -36,7 +44,7 @@ impl WebhookState {
 }
 
 /// The states' labels, indexed like [`WebhookState::ALL`].
-const STATE_LABELS: [&str; 4] = ["idle", "delivering", "retrying", "stopped"];
+const STATE_LABELS: [&str; 5] = ["idle", "delivering", "retrying", "stopped", "standby"];
 
 /// The kinds of failure, the `kind` label of `storywire_webhook_last_error`.
 pub const ERROR_KINDS: [&str; 6] = ["status", "timeout", "connect", "tls", "io", "consumer"];
@@ -164,7 +172,7 @@ impl WebhookMetrics {
         };
         registry.register(
             "webhook_state",
-            "Where each webhook endpoint's delivery stands, 1 for its state: idle (every matching event delivered), delivering, retrying (the next event failed and is tried again, never skipped), stopped (another node delivers it, or its consumer cannot be read)",
+            "Where each webhook endpoint's delivery stands, 1 for its state: idle (every matching event delivered), delivering, retrying (the next event failed and is tried again, never skipped), stopped (its consumer cannot be read, or a Subscribe stream holds it), standby (on a cluster, another node delivers it)",
             by("state", &STATE_LABELS, |e, i| e.state[i].clone()),
         );
         registry.register(

@@ -93,7 +93,7 @@ impl Deliverer {
             let held = match leases.take(&name).await {
                 Ok(Some(held)) => held,
                 Ok(None) => {
-                    self.show(WebhookState::Stopped, None);
+                    self.show(WebhookState::Standby, None);
                     tokio::time::sleep(RENEW_EVERY).await;
                     continue;
                 }
@@ -122,6 +122,8 @@ impl Deliverer {
 
     /// Attaches the endpoint's consumer and delivers from it; returns why it stopped.
     async fn attach_and_deliver(&mut self) -> ConsumerError {
+        // Until attached: a Subscribe stream reading the consumer holds it meanwhile.
+        self.show(WebhookState::Stopped, None);
         match self.consumers.attach(&self.log, &self.endpoint.name).await {
             Ok(attached) => self.deliver_from(attached).await,
             Err(error) => error,

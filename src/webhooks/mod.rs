@@ -76,12 +76,48 @@ impl State {
     }
 }
 
+/// Every endpoint's state, by name, for the consumers RPC (`Consumer.webhook`).
+#[derive(Debug, Default)]
+pub struct WebhookStates(Vec<(String, Arc<State>)>);
+
+impl WebhookStates {
+    /// Endpoint `name`'s state, if it is one.
+    pub fn state(&self, name: &str) -> Option<StateView> {
+        self.0
+            .iter()
+            .find(|(each, _)| each == name)
+            .map(|(_, state)| state.view())
+    }
+
+    /// `consumer` with its endpoint's state, when it is an endpoint's consumer.
+    pub fn fill(&self, consumer: &mut pb::Consumer) {
+        let Some(view) = self.state(&consumer.name) else {
+            return;
+        };
+        let state = match view.state {
+            WebhookState::Idle => pb::WebhookState::Idle,
+            WebhookState::Delivering => pb::WebhookState::Delivering,
+            WebhookState::Retrying => pb::WebhookState::Retrying,
+            WebhookState::Stopped => pb::WebhookState::Stopped,
+            WebhookState::Standby => pb::WebhookState::Standby,
+        };
+        consumer.webhook = Some(pb::WebhookStatus {
+            state: state.into(),
+            retrying_since: view.retrying_since.map(|seconds| pbjson_types::Timestamp {
+                seconds: i64::try_from(seconds).unwrap_or(i64::MAX),
+                nanos: 0,
+            }),
+            last_error: view.last_error.unwrap_or_default(),
+        });
+    }
+}
+
 /// The running deliverers, one task per endpoint; dropping this stops them (an event in flight
 /// is sent again by the next start, which is what at least once allows).
 #[derive(Debug)]
 pub struct Webhooks {
-    /// Each endpoint's name and state.
-    states: Vec<(String, Arc<State>)>,
+    /// Each endpoint's state.
+    states: Arc<WebhookStates>,
     /// The deliverers' tasks.
     tasks: Vec<JoinHandle<()>>,
 }
@@ -99,10 +135,8 @@ impl Webhooks {
     ) -> Result<Self, String> {
         let names: Vec<String> = endpoints.iter().map(|e| e.name.clone()).collect();
         let metrics = log.metrics().webhooks(&names).clone();
-        let mut started = Self {
-            states: Vec::new(),
-            tasks: Vec::new(),
-        };
+        let mut states = Vec::new();
+        let mut tasks = Vec::new();
         for endpoint in endpoints {
             let request = pb::CreateConsumerRequest {
                 name: endpoint.name.clone(),
@@ -135,20 +169,18 @@ impl Webhooks {
                 leases: leases.clone(),
                 endpoint,
             };
-            started
-                .states
-                .push((deliverer.endpoint.name.clone(), state));
-            started.tasks.push(tokio::spawn(deliverer.run()));
+            states.push((deliverer.endpoint.name.clone(), state));
+            tasks.push(tokio::spawn(deliverer.run()));
         }
-        Ok(started)
+        Ok(Self {
+            states: Arc::new(WebhookStates(states)),
+            tasks,
+        })
     }
 
-    /// Endpoint `name`'s state, if it is one.
-    pub fn state(&self, name: &str) -> Option<StateView> {
-        self.states
-            .iter()
-            .find(|(each, _)| each == name)
-            .map(|(_, state)| state.view())
+    /// Every endpoint's state, for the consumers RPC.
+    pub fn states(&self) -> Arc<WebhookStates> {
+        self.states.clone()
     }
 }
 

@@ -294,6 +294,19 @@ async fn a_failing_then_slow_receiver_gets_every_event_in_order_signed_with_repe
     );
     assert_eq!(consumer.acknowledged_sequence, FAILING - 1);
     assert_eq!(consumer.tags, ["desk"]);
+    let webhook = consumer
+        .webhook
+        .expect("the endpoint's state on its consumer");
+    assert_eq!(webhook.state(), storywire::pb::WebhookState::Retrying);
+    assert!(webhook.last_error.contains("HTTP 500"), "{webhook:?}");
+    assert_eq!(
+        webhook
+            .retrying_since
+            .expect("retrying_since")
+            .seconds
+            .to_string(),
+        since
+    );
     scraped.notify_one();
 
     let deliveries = receiver.until_received(&expected).await;

@@ -187,6 +187,7 @@ pub async fn run(args: Args) -> Result<ExitCode, CliError> {
         limits: args.limits.into(),
         cluster: None,
         consumers: None,
+        webhooks: None,
         cors,
         lifecycle: Default::default(),
     };
@@ -275,6 +276,7 @@ pub async fn run(args: Args) -> Result<ExitCode, CliError> {
         }
         _ => None,
     };
+    options.webhooks = webhooks.as_ref().map(Webhooks::states);
 
     let replay = if args.demo {
         demo::publish_seed(&log)?;
