@@ -110,6 +110,47 @@ impl Receiver {
         }
     }
 
+    /// The same receiver serving HTTPS with `certificates`' server certificate (for localhost,
+    /// signed by their CA), over HTTP/1.1.
+    async fn start_tls(answer: Answer, certificates: &crate::tls::Certificates) -> Self {
+        let tls = storywire::tls::ServerTls::load(certificates.server_files(None))
+            .expect("the test certificates");
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        let (sender, deliveries) = watch::channel(Vec::new());
+        let recording = Recording {
+            deliveries: Arc::new(sender),
+            answer,
+        };
+        let app = Router::new()
+            .route("/hook", post(record))
+            .with_state(recording);
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                let acceptor = acceptor.clone();
+                let app = app.clone();
+                tokio::spawn(async move {
+                    let Ok(stream) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let service = hyper_util::service::TowerToHyperService::new(app);
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Self {
+            address,
+            deliveries,
+            _task: task,
+        }
+    }
+
     fn url(&self) -> String {
         format!("http://{}/hook", self.address)
     }
@@ -505,4 +546,28 @@ async fn on_a_cluster_one_node_delivers_and_another_takes_over_after_kill_9_with
         tries.iter().all(|(&s, &n)| s == IN_FLIGHT || n == 1),
         "{tries:?}"
     );
+}
+
+#[tokio::test]
+async fn an_https_endpoint_is_delivered_over_tls_checked_against_the_system_roots() {
+    let certificates = crate::tls::Certificates::new();
+    let answer: Answer = Arc::new(|_, _| Box::pin(async { StatusCode::OK }));
+    let mut receiver = Receiver::start_tls(answer, &certificates).await;
+    let dir = TempDir::new("webhooks-https");
+    let url = format!("https://localhost:{}/hook", receiver.address.port());
+    let file = webhooks_file(&dir.0, &url, 10.0);
+    // The system's roots, as rustls-native-certs reads them, are the test CA alone.
+    let mut command = process::storywire(&["serve", "--listen", "127.0.0.1:0", "--webhooks"]);
+    command
+        .arg(&file)
+        .env("SSL_CERT_FILE", certificates.path("ca.pem"));
+    let mut serve = Running::spawn(command);
+    let (address, _) = serve.listening_address().await;
+    let mut client = client_at(&format!("http://{address}")).await;
+    let expected = publish_desk_and_sport(&mut client, 3).await;
+    let deliveries = receiver.until_received(&expected).await;
+    assert_eq!(without_repeats(&deliveries), expected);
+    let (code, output) = verify_with_standardwebhooks(SECRET, &deliveries).await;
+    assert_eq!(code, 0, "{output}");
+    serve.stop_cleanly().await;
 }
