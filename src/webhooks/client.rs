@@ -109,10 +109,33 @@ impl Client {
         headers: &[(&'static str, String)],
         body: Bytes,
     ) -> Result<u16, Failure> {
-        let mut connection = match self.connection.take() {
-            Some(connection) if !connection.is_closed() => connection,
-            _ => self.connect().await?,
-        };
+        match self.connection.take() {
+            Some(kept) if !kept.is_closed() => {
+                match self.send(kept, headers, body.clone()).await {
+                    // The receiver closed the kept connection as the request went out (its
+                    // keep-alive ran out): once more, on a new one, rather than a backoff. At
+                    // least once allows the repeat, had it arrived.
+                    Err(Failure::Io(_)) => {
+                        let fresh = self.connect().await?;
+                        self.send(fresh, headers, body).await
+                    }
+                    sent => sent,
+                }
+            }
+            _ => {
+                let fresh = self.connect().await?;
+                self.send(fresh, headers, body).await
+            }
+        }
+    }
+
+    /// Sends one request on `connection`, keeping the connection if the answer was read whole.
+    async fn send(
+        &mut self,
+        mut connection: SendRequest<Full<Bytes>>,
+        headers: &[(&'static str, String)],
+        body: Bytes,
+    ) -> Result<u16, Failure> {
         connection
             .ready()
             .await
