@@ -142,16 +142,18 @@ impl WebhookMetrics {
             .cloned()
     }
 
+    /// One series of `pick`'s metric per endpoint, labelled with its name.
+    fn per_endpoint<M>(&self, pick: fn(&EndpointMetrics) -> M) -> Owned<M> {
+        Owned(
+            self.endpoints
+                .iter()
+                .map(|e| (vec![("endpoint".to_owned(), e.name.to_string())], pick(e)))
+                .collect(),
+        )
+    }
+
     /// Adds every series to `registry`.
     pub(super) fn register(&self, registry: &mut Registry) {
-        let per_endpoint = |pick: fn(&EndpointMetrics) -> Gauge| {
-            Owned(
-                self.endpoints
-                    .iter()
-                    .map(|e| (vec![("endpoint".to_owned(), e.name.to_string())], pick(e)))
-                    .collect(),
-            )
-        };
         let by = |label: &'static str,
                   values: &'static [&'static str],
                   pick: fn(&EndpointMetrics, usize) -> Gauge| {
@@ -178,7 +180,7 @@ impl WebhookMetrics {
         registry.register(
             "webhook_retrying_since_seconds",
             "Unix time of the first failed try of the event an endpoint is retrying; 0 when it is not retrying",
-            per_endpoint(|e| e.retrying_since.clone()),
+            self.per_endpoint(|e| e.retrying_since.clone()),
         );
         registry.register(
             "webhook_last_error",
@@ -188,38 +190,23 @@ impl WebhookMetrics {
         registry.register(
             "webhook_last_error_status",
             "The HTTP status of an endpoint's last failed try that got an answer; 0 before any",
-            per_endpoint(|e| e.last_error_status.clone()),
+            self.per_endpoint(|e| e.last_error_status.clone()),
         );
         registry.register(
             "webhook_acknowledged_sequence",
             "The position of an endpoint's consumer: every matching event up to it was acknowledged by a 2xx",
-            per_endpoint(|e| e.acknowledged.clone()),
+            self.per_endpoint(|e| e.acknowledged.clone()),
         );
         registry.register_with_unit(
             "webhook_delivered",
             "Events an endpoint acknowledged with a 2xx",
             Unit::Other("events".to_owned()),
-            Owned(
-                self.endpoints
-                    .iter()
-                    .map(|e| {
-                        (
-                            vec![("endpoint".to_owned(), e.name.to_string())],
-                            e.delivered.clone(),
-                        )
-                    })
-                    .collect(),
-            ),
+            self.per_endpoint(|e| e.delivered.clone()),
         );
         registry.register(
             "webhook_failed_attempts",
             "Tries to deliver to an endpoint that failed: a non-2xx answer, a timeout, a refused or broken connection",
-            Owned(
-                self.endpoints
-                    .iter()
-                    .map(|e| (vec![("endpoint".to_owned(), e.name.to_string())], e.failed.clone()))
-                    .collect(),
-            ),
+            self.per_endpoint(|e| e.failed.clone()),
         );
     }
 }

@@ -9,7 +9,7 @@ use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
     pin::Pin,
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::Duration,
 };
 
@@ -88,18 +88,25 @@ async fn record(State(recording): State<Recording>, headers: HeaderMap, body: By
     (recording.answer)(sequence, attempt).await
 }
 
+/// The receiver's routes: `POST /hook` recorded, then answered as `answer` says; and every
+/// request so far.
+fn recording(answer: Answer) -> (Router, watch::Receiver<Vec<Delivery>>) {
+    let (sender, deliveries) = watch::channel(Vec::new());
+    let recording = Recording {
+        deliveries: Arc::new(sender),
+        answer,
+    };
+    let app = Router::new()
+        .route("/hook", post(record))
+        .with_state(recording);
+    (app, deliveries)
+}
+
 impl Receiver {
     async fn start(answer: Answer) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let address = listener.local_addr().expect("address");
-        let (sender, deliveries) = watch::channel(Vec::new());
-        let recording = Recording {
-            deliveries: Arc::new(sender),
-            answer,
-        };
-        let app = Router::new()
-            .route("/hook", post(record))
-            .with_state(recording);
+        let (app, deliveries) = recording(answer);
         let task = tokio::spawn(async move {
             axum::serve(listener, app).await.expect("receiver");
         });
@@ -118,14 +125,7 @@ impl Receiver {
         let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let address = listener.local_addr().expect("address");
-        let (sender, deliveries) = watch::channel(Vec::new());
-        let recording = Recording {
-            deliveries: Arc::new(sender),
-            answer,
-        };
-        let app = Router::new()
-            .route("/hook", post(record))
-            .with_state(recording);
+        let (app, deliveries) = recording(answer);
         let task = tokio::spawn(async move {
             loop {
                 let Ok((tcp, _)) = listener.accept().await else {
@@ -393,6 +393,39 @@ async fn a_failing_then_slow_receiver_gets_every_event_in_order_signed_with_repe
     );
 }
 
+/// The event in flight when the server (or the delivering node) is killed.
+const IN_FLIGHT: u64 = 100;
+
+/// An answer that takes every event at once, except the first try of `sequence`, which it holds
+/// until the returned `Notify` is notified (the test kills the server meanwhile, so that the
+/// kill lands with that event in flight), then takes too.
+fn holding_the_first_try_of(sequence: u64) -> (Answer, Arc<Notify>) {
+    let killed = Arc::new(Notify::new());
+    let held = killed.clone();
+    let answer: Answer = Arc::new(move |each, attempt| {
+        let held = held.clone();
+        Box::pin(async move {
+            if each == sequence && attempt == 1 {
+                held.notified().await;
+            }
+            StatusCode::OK
+        })
+    });
+    (answer, killed)
+}
+
+/// Every expected event arrived, in order; the one in flight at the kill twice, every other once
+/// (nothing acknowledged before the kill was sent again).
+fn assert_every_event_once_but_the_one_in_flight(deliveries: &[Delivery], expected: &[u64]) {
+    assert_eq!(without_repeats(deliveries), expected);
+    let tries = tries(deliveries);
+    assert_eq!(tries[&IN_FLIGHT], 2, "{tries:?}");
+    assert!(
+        tries.iter().all(|(&s, &n)| s == IN_FLIGHT || n == 1),
+        "{tries:?}"
+    );
+}
+
 /// `storywire serve --data-dir DIR --webhooks FILE`, fsync always.
 async fn serve_with_webhooks(dir: &Path, file: &Path) -> (Running, String) {
     let mut command = process::storywire(&["serve", "--listen", "127.0.0.1:0", "--data-dir"]);
@@ -410,21 +443,7 @@ async fn after_kill_9_during_delivery_a_data_dir_server_delivers_every_event_in_
 {
     // The receiver holds its answer to event 100 until the server is dead: the kill lands with
     // that event in flight, and 1..=99 acknowledged.
-    const IN_FLIGHT: u64 = 100;
-    let killed = Arc::new(Notify::new());
-    let held = killed.clone();
-    let first_try = Arc::new(Mutex::new(true));
-    let answer: Answer = Arc::new(move |sequence, _| {
-        let held = held.clone();
-        let first_try = first_try.clone();
-        Box::pin(async move {
-            let hold = sequence == IN_FLIGHT && std::mem::take(&mut *first_try.lock().unwrap());
-            if hold {
-                held.notified().await;
-            }
-            StatusCode::OK
-        })
-    });
+    let (answer, killed) = holding_the_first_try_of(IN_FLIGHT);
     let mut receiver = Receiver::start(answer).await;
     let data = TempDir::new("webhooks-kill9");
     let config = TempDir::new("webhooks-kill9-config");
@@ -439,14 +458,7 @@ async fn after_kill_9_during_delivery_a_data_dir_server_delivers_every_event_in_
 
     let (mut serve, _) = serve_with_webhooks(&data.0, &file).await;
     let deliveries = receiver.until_received(&expected).await;
-    assert_eq!(without_repeats(&deliveries), expected);
-    let tries = tries(&deliveries);
-    // The event in flight at the kill is sent again; nothing acknowledged before it is.
-    assert_eq!(tries[&IN_FLIGHT], 2, "{tries:?}");
-    assert!(
-        tries.iter().all(|(&s, &n)| s == IN_FLIGHT || n == 1),
-        "{tries:?}"
-    );
+    assert_every_event_once_but_the_one_in_flight(&deliveries, &expected);
     serve.stop_cleanly().await;
 }
 
@@ -504,21 +516,7 @@ async fn a_bad_webhooks_file_stops_serve_naming_the_entry_and_the_field() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_a_cluster_one_node_delivers_and_another_takes_over_after_kill_9_with_no_gap() {
     // As for the data directory: event 100 is in flight when the delivering node dies.
-    const IN_FLIGHT: u64 = 100;
-    let killed = Arc::new(Notify::new());
-    let held = killed.clone();
-    let first_try = Arc::new(Mutex::new(true));
-    let answer: Answer = Arc::new(move |sequence, _| {
-        let held = held.clone();
-        let first_try = first_try.clone();
-        Box::pin(async move {
-            let hold = sequence == IN_FLIGHT && std::mem::take(&mut *first_try.lock().unwrap());
-            if hold {
-                held.notified().await;
-            }
-            StatusCode::OK
-        })
-    });
+    let (answer, killed) = holding_the_first_try_of(IN_FLIGHT);
     let mut receiver = Receiver::start(answer).await;
     let config = TempDir::new("webhooks-cluster");
     let file = webhooks_file(&config.0, &receiver.url(), 30.0);
@@ -539,13 +537,7 @@ async fn on_a_cluster_one_node_delivers_and_another_takes_over_after_kill_9_with
     // The second takes the lease once it expires, and goes on from the first's position.
     second.process.read_until(Pipe::Stderr, delivers).await;
     let deliveries = receiver.until_received(&expected).await;
-    assert_eq!(without_repeats(&deliveries), expected);
-    let tries = tries(&deliveries);
-    assert_eq!(tries[&IN_FLIGHT], 2, "{tries:?}");
-    assert!(
-        tries.iter().all(|(&s, &n)| s == IN_FLIGHT || n == 1),
-        "{tries:?}"
-    );
+    assert_every_event_once_but_the_one_in_flight(&deliveries, &expected);
 }
 
 #[tokio::test]
