@@ -93,6 +93,9 @@ impl Deliverer {
             let held = match leases.take(&name).await {
                 Ok(Some(held)) => held,
                 Ok(None) => {
+                    if self.state.view().state != WebhookState::Standby {
+                        tracing::info!(endpoint = %name, "webhook: another node delivers the endpoint; this one stands by");
+                    }
                     self.show(WebhookState::Standby, None);
                     tokio::time::sleep(RENEW_EVERY).await;
                     continue;

@@ -318,6 +318,8 @@ async fn a_failing_then_slow_receiver_gets_every_event_in_order_signed_with_repe
         !metrics.body.contains(&SECRET[6..]),
         "no secret in /metrics"
     );
+    // The webhook families pass the parsers and promtool's rules, as every other does.
+    crate::metrics::check("prometheus", &metrics.body);
     let consumer = within(
         "get_consumer",
         client.get_consumer(storywire::pb::GetConsumerRequest {
@@ -527,7 +529,24 @@ async fn on_a_cluster_one_node_delivers_and_another_takes_over_after_kill_9_with
     let mut first = crate::node::Node::serving(&urls, "WEBHOOKS", &["--webhooks", file]).await;
     first.process.read_until(Pipe::Stderr, delivers).await;
     let mut second = crate::node::Node::serving(&urls, "WEBHOOKS", &["--webhooks", file]).await;
+    second
+        .process
+        .read_until(Pipe::Stderr, "another node delivers the endpoint")
+        .await;
     let mut client = second.client().await;
+    let standing_by = within(
+        "get_consumer",
+        client.get_consumer(storywire::pb::GetConsumerRequest {
+            name: "alerts".to_owned(),
+        }),
+    )
+    .await
+    .expect("the endpoint's consumer")
+    .into_inner()
+    .consumer
+    .and_then(|consumer| consumer.webhook)
+    .expect("the endpoint's state");
+    assert_eq!(standing_by.state(), storywire::pb::WebhookState::Standby);
     let expected = publish_desk_and_sport(&mut client, 200).await;
     receiver.until_attempt(IN_FLIGHT, 1).await;
     // Only the lease holder delivers: every try so far came while the second node waited.
