@@ -13,6 +13,7 @@ use std::{
 };
 
 use bytes::Bytes;
+use tokio::sync::watch;
 
 use super::{
     State,
@@ -75,18 +76,25 @@ pub struct Deliverer {
     pub client: Client,
     /// On a cluster: the leases, of which this deliverer must hold its endpoint's to deliver.
     pub leases: Option<Leases>,
+    /// Turns true when the server stops ([`super::Webhooks::stop`]): the deliverer ends, and
+    /// gives its lease back so that another node takes over at once.
+    pub stopping: watch::Receiver<bool>,
 }
 
 impl Deliverer {
-    /// Delivers until the task is aborted: each time the consumer is given up (deleted, behind
+    /// Delivers until the server stops: each time the consumer is given up (deleted, behind
     /// retention, another log), says why and attaches it again after the longest backoff. On a
     /// cluster, delivers only while this node holds the endpoint's lease, and tries to take it
     /// every [`RENEW_EVERY`] while another node does.
     pub async fn run(mut self) {
-        loop {
+        let mut stopping = self.stopping.clone();
+        // Until the server stops, or the handle that would say so is gone.
+        while !*stopping.borrow() && stopping.has_changed().is_ok() {
             let Some(leases) = self.leases.clone() else {
-                let stopped = self.attach_and_deliver().await;
-                self.stopped(stopped).await;
+                tokio::select! {
+                    stopped = self.attach_and_deliver() => self.stopped(stopped).await,
+                    _ = until_stopping(&mut stopping) => return,
+                }
                 continue;
             };
             let name = self.endpoint.name.clone();
@@ -97,21 +105,21 @@ impl Deliverer {
                         tracing::info!(endpoint = %name, "webhook: another node delivers the endpoint; this one stands by");
                     }
                     self.show(WebhookState::Standby, None);
-                    tokio::time::sleep(RENEW_EVERY).await;
+                    let _ = tokio::time::timeout(RENEW_EVERY, until_stopping(&mut stopping)).await;
                     continue;
                 }
                 Err(error) => {
                     self.show(WebhookState::Stopped, None);
                     self.state.failed(format!("lease: {error}"));
                     tracing::warn!(endpoint = %name, %error, "webhook: cannot reach the leases bucket");
-                    tokio::time::sleep(RENEW_EVERY).await;
+                    let _ = tokio::time::timeout(RENEW_EVERY, until_stopping(&mut stopping)).await;
                     continue;
                 }
             };
             tracing::info!(endpoint = %name, "webhook: this node delivers the endpoint (it holds the lease)");
             let outcome = tokio::select! {
                 stopped = self.attach_and_deliver() => Err(stopped),
-                lost = leases.keep(&name, held) => Ok(lost),
+                lost = leases.keep(&name, held, &mut stopping) => Ok(lost),
             };
             match outcome {
                 Err(stopped) => self.stopped(stopped).await,
@@ -288,6 +296,12 @@ impl Deliverer {
         self.metrics.set_state(state, retrying_since);
         self.state.set(state, retrying_since);
     }
+}
+
+/// Returns once `stopping` is true (or its sender is gone).
+async fn until_stopping(stopping: &mut watch::Receiver<bool>) {
+    // The guard `wait_for` returns is dropped here, not held across the caller's awaits.
+    let _ = stopping.wait_for(|stopping| *stopping).await;
 }
 
 /// Seconds since the Unix epoch.

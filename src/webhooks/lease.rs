@@ -127,10 +127,29 @@ impl Leases {
     }
 
     /// Renews `held` every [`RENEW_EVERY`]; returns, saying why, as soon as this node may no
-    /// longer deliver: another node wrote the key, or no renewal was accepted for [`HOLD_FOR`].
-    pub async fn keep(&self, name: &str, mut held: Held) -> String {
+    /// longer deliver: another node wrote the key, or no renewal was accepted for [`HOLD_FOR`],
+    /// or `stopping` turned true (the server stops: the lease is then given back, so that
+    /// another node takes the endpoint over at once instead of after [`LEASE_TTL`]).
+    pub async fn keep(
+        &self,
+        name: &str,
+        mut held: Held,
+        stopping: &mut tokio::sync::watch::Receiver<bool>,
+    ) -> String {
         loop {
-            tokio::time::sleep(RENEW_EVERY).await;
+            // Ends early when the server stops, or the handle that would say so is gone.
+            let stop = tokio::time::timeout(RENEW_EVERY, stopping.wait_for(|s| *s)).await;
+            if stop.map(drop).is_ok() {
+                // Only if still this node's: a delete at the revision it last wrote.
+                let given_back = self
+                    .kv
+                    .delete_expect_revision(name, Some(held.revision))
+                    .await;
+                if let Err(error) = given_back {
+                    tracing::warn!(endpoint = name, %error, "webhook: cannot give the lease back; it expires by itself");
+                }
+                return "the server is stopping; the lease is given back".to_owned();
+            }
             let sent = Instant::now();
             let left = HOLD_FOR.saturating_sub(sent - held.renewed_at);
             let renewed = tokio::time::timeout(

@@ -14,9 +14,12 @@
 //! - `client`: one kept HTTP/1.1 connection per endpoint, plain or TLS.
 //! - `deliver`: the loop, its timeout and its backoff bounds.
 
-use std::sync::{Arc, Mutex};
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
-use tokio::task::JoinHandle;
+use tokio::{sync::watch, task::JoinHandle};
 
 use crate::{consumers::Consumers, log::EventLog, metrics::WebhookState, pb};
 
@@ -76,6 +79,10 @@ impl State {
     }
 }
 
+/// How long stopping waits for the deliverers to give their leases back: one request to
+/// JetStream each, which answers in milliseconds; a lease not given back expires by itself.
+pub const STOP_GRACE: Duration = Duration::from_secs(2);
+
 /// Every endpoint's state, by name, for the consumers RPC (`Consumer.webhook`).
 #[derive(Debug, Default)]
 pub struct WebhookStates(Vec<(String, Arc<State>)>);
@@ -120,6 +127,8 @@ pub struct Webhooks {
     states: Arc<WebhookStates>,
     /// The deliverers' tasks.
     tasks: Vec<JoinHandle<()>>,
+    /// Tells every deliverer that the server stops.
+    stopping: watch::Sender<bool>,
 }
 
 impl Webhooks {
@@ -137,6 +146,7 @@ impl Webhooks {
         let metrics = log.metrics().webhooks(&names).clone();
         let mut states = Vec::new();
         let mut tasks = Vec::new();
+        let (stopping, stopping_rx) = watch::channel(false);
         for endpoint in endpoints {
             let request = pb::CreateConsumerRequest {
                 name: endpoint.name.clone(),
@@ -167,6 +177,7 @@ impl Webhooks {
                 log: log.clone(),
                 consumers: consumers.clone(),
                 leases: leases.clone(),
+                stopping: stopping_rx.clone(),
                 endpoint,
             };
             states.push((deliverer.endpoint.name.clone(), state));
@@ -175,7 +186,21 @@ impl Webhooks {
         Ok(Self {
             states: Arc::new(WebhookStates(states)),
             tasks,
+            stopping,
         })
+    }
+
+    /// Stops every deliverer (an event in flight is sent again by the next holder or start) and
+    /// waits, at most [`STOP_GRACE`], for those holding a lease to give it back.
+    pub async fn stop(mut self) {
+        self.stopping.send_replace(true);
+        let tasks = std::mem::take(&mut self.tasks);
+        let all = futures_util::future::join_all(tasks);
+        if tokio::time::timeout(STOP_GRACE, all).await.is_err() {
+            tracing::warn!(
+                "webhooks: not every lease was given back in time; they expire by themselves"
+            );
+        }
     }
 
     /// Every endpoint's state, for the consumers RPC.

@@ -516,7 +516,8 @@ async fn a_bad_webhooks_file_stops_serve_naming_the_entry_and_the_field() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn on_a_cluster_one_node_delivers_and_another_takes_over_after_kill_9_with_no_gap() {
+async fn on_a_cluster_one_node_delivers_another_takes_over_after_kill_9_with_no_gap_and_a_clean_stop_gives_the_lease_back()
+ {
     // As for the data directory: event 100 is in flight when the delivering node dies.
     let (answer, killed) = holding_the_first_try_of(IN_FLIGHT);
     let mut receiver = Receiver::start(answer).await;
@@ -557,6 +558,27 @@ async fn on_a_cluster_one_node_delivers_and_another_takes_over_after_kill_9_with
     second.process.read_until(Pipe::Stderr, delivers).await;
     let deliveries = receiver.until_received(&expected).await;
     assert_every_event_once_but_the_one_in_flight(&deliveries, &expected);
+
+    // Stopped cleanly, a node gives its lease back at once rather than letting it expire.
+    second.process.stop_cleanly().await;
+    let nats = within("a NATS connection", async_nats::connect(cluster.url(0)))
+        .await
+        .expect("connect");
+    let leases = within(
+        "the leases bucket",
+        async_nats::jetstream::new(nats).get_key_value("WEBHOOKS-webhooks"),
+    )
+    .await
+    .expect("the leases bucket");
+    let lease = within("the lease", leases.entry("alerts"))
+        .await
+        .expect("read the lease");
+    assert!(
+        lease
+            .as_ref()
+            .is_none_or(|entry| entry.operation != async_nats::jetstream::kv::Operation::Put),
+        "the lease is given back: {lease:?}"
+    );
 }
 
 #[tokio::test]

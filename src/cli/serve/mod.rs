@@ -336,7 +336,9 @@ pub async fn run(args: Args) -> Result<ExitCode, CliError> {
         None => None,
     };
     server::run_with_http(listener, http, log.clone(), options, shutdown).await?;
-    drop(webhooks);
+    if let Some(webhooks) = webhooks {
+        webhooks.stop().await;
+    }
     // With a data directory: write and sync what is left before exiting.
     log.close();
     if let Some(replay) = replay {
