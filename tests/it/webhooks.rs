@@ -465,6 +465,28 @@ async fn after_kill_9_during_delivery_a_data_dir_server_delivers_every_event_in_
 }
 
 #[tokio::test]
+async fn an_endpoint_whose_consumer_exists_with_another_filter_stops_serve_naming_it() {
+    let data = TempDir::new("webhooks-filter-taken");
+    let config = TempDir::new("webhooks-filter-taken-config");
+    let file = webhooks_file(&config.0, "http://127.0.0.1:9/hook", 1.0);
+    let (mut serve, _) = serve_with_webhooks(&data.0, &file).await;
+    serve.stop_cleanly().await;
+    // The same endpoint, now for another tag: its kept position means another stream of events.
+    let text = std::fs::read_to_string(&file).expect("read");
+    std::fs::write(&file, text.replace(r#"["desk"]"#, r#"["sport"]"#)).expect("write");
+    let mut command = process::storywire(&["serve", "--listen", "127.0.0.1:0", "--data-dir"]);
+    command.arg(&data.0).args(["--webhooks"]).arg(&file);
+    let finished = process::run(command).await;
+    assert!(!finished.status.success(), "{finished}");
+    assert!(
+        finished
+            .stderr
+            .contains(r#"--webhooks: endpoint "alerts": its consumer: consumer alerts already exists with another filter"#),
+        "{finished}"
+    );
+}
+
+#[tokio::test]
 async fn a_bad_webhooks_file_stops_serve_naming_the_entry_and_the_field() {
     let dir = TempDir::new("webhooks-bad");
     let good =
