@@ -27,6 +27,8 @@
 //! - [`service`]: the StoryService, and the one mapping from domain errors to gRPC status codes.
 //! - [`http`]: the read side as proto3 JSON over HTTP, and Subscribe as Server-Sent Events
 //!   (`serve --http`), through the same service.
+//! - [`webhooks`]: each endpoint of `serve --webhooks` a named consumer whose events are POSTed,
+//!   signed, in order, at least once.
 //! - `metrics`: what the server measures (appends, publishes by code, subscribers, lag,
 //!   delivery latency, fsync time, replica lag, failed accepts and descriptors), recorded without
 //!   locks, for `GET /metrics`.
@@ -84,4 +86,5 @@ pub(crate) mod throttle;
 pub mod tls;
 pub mod validate;
 pub mod wal;
+pub mod webhooks;
 mod write_through;
