@@ -27,6 +27,8 @@
 //! - [`service`]: the StoryService, and the one mapping from domain errors to gRPC status codes.
 //! - [`http`]: the read side as proto3 JSON over HTTP, and Subscribe as Server-Sent Events
 //!   (`serve --http`), through the same service.
+//! - [`webhooks`]: each endpoint of `serve --webhooks` a named consumer whose events are POSTed,
+//!   signed, in order, at least once.
 //! - `metrics`: what the server measures (appends, publishes by code, subscribers, lag,
 //!   delivery latency, fsync time, replica lag, failed accepts and descriptors), recorded without
 //!   locks, for `GET /metrics`.
@@ -35,6 +37,7 @@
 //! - [`tls`]: the server's TLS and mutual TLS from PEM files.
 //! - [`limits`]: what one client may take and one story may hold, and the subscriber slots.
 //! - `throttle`: each connection's budget of wasted streams; past it, its reads pause.
+//! - `write_through`: writes handed straight to the IO under a wrapper that watches reads.
 //! - [`connections`]: every connection's lifecycle: timeouts, per-address limits, shedding.
 //! - [`descriptors`]: the open-files limit, raised to the hard one, and the descriptors open.
 //! - [`listen`]: the listen backlog, and accepting without spinning.
@@ -83,3 +86,5 @@ pub(crate) mod throttle;
 pub mod tls;
 pub mod validate;
 pub mod wal;
+pub mod webhooks;
+mod write_through;

@@ -66,6 +66,8 @@ pub struct ServerOptions {
     /// Where named consumers are kept (with `--data-dir`, the data directory; with `--nats`,
     /// the cluster's bucket); `None`: in memory, or refused on a cluster node.
     pub consumers: Option<Arc<Consumers>>,
+    /// The webhook endpoints' states (`serve --webhooks`), shown on their consumers.
+    pub webhooks: Option<Arc<crate::webhooks::WebhookStates>>,
 }
 
 /// Serves `log` on `listener` until `shutdown` completes.
@@ -140,7 +142,9 @@ pub async fn run_with_http(
             None => Consumers::in_memory(clock),
         }
     });
-    let service = Service::new(publisher, stopping_rx.clone(), slots).with_consumers(consumers);
+    let service = Service::new(publisher, stopping_rx.clone(), slots)
+        .with_consumers(consumers)
+        .with_webhooks(options.webhooks.clone());
     let tls = match (options.tls_config.clone(), &options.tls) {
         (Some(tls), _) => Some(tls),
         (None, Some(files)) => Some(ServerTls::load(files.clone())?),

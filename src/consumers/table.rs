@@ -110,5 +110,7 @@ pub(super) fn view(log: &EventLog, entry: &Entry) -> pb::Consumer {
         created_at: stored.created_at,
         log_id: stored.log_id.clone(),
         reading: entry.reader.try_lock().is_err(),
+        // Filled in by the service for a webhook endpoint's consumer (`crate::webhooks`).
+        webhook: None,
     }
 }

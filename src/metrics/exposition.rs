@@ -158,6 +158,9 @@ impl Metrics {
                 replica.apply_delay.clone(),
             );
         }
+        if let Some(webhooks) = self.webhooks.get() {
+            webhooks.register(&mut registry);
+        }
         if let Some(count) = crate::descriptors::open_files() {
             registry.register(
                 "open_files",

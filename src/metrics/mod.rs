@@ -24,12 +24,14 @@ use crate::codes::code_name;
 mod connections;
 mod exposition;
 mod histogram;
+mod webhooks;
 
 pub use connections::{CloseReason, ConnectionMetrics, Face, State};
 pub use exposition::Format;
 use exposition::Labeled;
 pub use histogram::Histogram;
 use histogram::nanos;
+pub use webhooks::{EndpointMetrics, WebhookMetrics, WebhookState};
 
 /// The RPCs a publish arrives by, the `rpc` label of `storywire_publishes_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,6 +129,8 @@ pub struct Metrics {
     connections: ConnectionMetrics,
     /// Event streams cut off because their reader stopped taking its bytes.
     sse_stalls: SseStalls,
+    /// The webhook endpoints' state (`serve --webhooks`); exists once their deliverers do.
+    webhooks: OnceLock<WebhookMetrics>,
 }
 
 /// Counts the Server-Sent Event readers cut off because they stopped taking their bytes, for
@@ -224,6 +228,7 @@ impl Metrics {
             accept_failures: AcceptFailures::default(),
             connections: ConnectionMetrics::default(),
             sse_stalls: SseStalls::default(),
+            webhooks: OnceLock::new(),
         }
     }
 
@@ -286,6 +291,12 @@ impl Metrics {
             lag_events: Gauge::default(),
             apply_delay: Histogram::seconds(),
         })
+    }
+
+    /// The webhook endpoints' handles, for endpoints named `names` on the first call (the
+    /// deliverers' start), exposed from then on.
+    pub fn webhooks(&self, names: &[String]) -> &WebhookMetrics {
+        self.webhooks.get_or_init(|| WebhookMetrics::new(names))
     }
 }
 

@@ -42,7 +42,7 @@ impl Service {
             .await
             .map_err(status)?;
         Ok(Response::new(pb::GetConsumerResponse {
-            consumer: Some(consumer),
+            consumer: Some(self.with_webhook(consumer)),
         }))
     }
 
@@ -51,6 +51,10 @@ impl Service {
         &self,
     ) -> Result<Response<pb::ListConsumersResponse>, Status> {
         let consumers = self.consumers.list(&self.log).await.map_err(status)?;
+        let consumers = consumers
+            .into_iter()
+            .map(|c| self.with_webhook(c))
+            .collect();
         Ok(Response::new(pb::ListConsumersResponse { consumers }))
     }
 

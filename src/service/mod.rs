@@ -59,6 +59,8 @@ pub struct Service {
     slots: Arc<SubscriberSlots>,
     /// The named consumers, kept as the log is: in memory unless [`Self::with_consumers`] says.
     consumers: Arc<Consumers>,
+    /// The webhook endpoints' states, shown on their consumers (`serve --webhooks`).
+    webhooks: Option<Arc<crate::webhooks::WebhookStates>>,
 }
 
 impl Service {
@@ -75,7 +77,22 @@ impl Service {
             shutdown,
             slots,
             consumers: Consumers::in_memory(Arc::new(SystemClock)),
+            webhooks: None,
         }
+    }
+
+    /// The service showing each webhook endpoint's state on its consumer.
+    pub fn with_webhooks(mut self, webhooks: Option<Arc<crate::webhooks::WebhookStates>>) -> Self {
+        self.webhooks = webhooks;
+        self
+    }
+
+    /// `consumer` with its webhook endpoint's state, if it is an endpoint's.
+    fn with_webhook(&self, mut consumer: pb::Consumer) -> pb::Consumer {
+        if let Some(webhooks) = &self.webhooks {
+            webhooks.fill(&mut consumer);
+        }
+        consumer
     }
 
     /// The service keeping named consumers in `consumers` (with `--data-dir`, the data

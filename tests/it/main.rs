@@ -47,3 +47,4 @@ mod subscribe;
 mod subscribers_per_address;
 mod tls;
 mod upgrade;
+mod webhooks;

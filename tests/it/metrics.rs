@@ -131,7 +131,8 @@ async fn scrape_as(http: SocketAddr, accept: Option<&str>, headers: &[(&str, &st
 }
 
 /// Runs [`CHECKER`] over `text` in `format`; its JSON on success, a failed test otherwise.
-fn check(format: &str, text: &str) -> Value {
+/// tests/it/webhooks.rs checks its scrapes with it too.
+pub(crate) fn check(format: &str, text: &str) -> Value {
     let dir = TempDir::new("metrics-scrape");
     let path = dir.0.join("scrape.txt");
     std::fs::write(&path, text).expect("write the scrape");

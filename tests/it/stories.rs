@@ -153,15 +153,7 @@ async fn get_story_as_of_a_version_is_rebuilt_while_publishes_to_the_story_go_on
     let server = TestServer::start().await;
     storywire::service::publish(&server.log, open("long", &[]), "test").expect("open");
     for i in 1..HISTORY {
-        let revise = request(
-            "long",
-            "",
-            "Revised",
-            Kind::StoryRevised(pb::StoryRevised {
-                summary: Some(format!("Summary {i:06}")),
-                ..Default::default()
-            }),
-        );
+        let revise = summary_revised("long", format!("Summary {i:06}"));
         storywire::service::publish(&server.log, revise, "test").expect("revise");
     }
 
@@ -172,16 +164,11 @@ async fn get_story_as_of_a_version_is_rebuilt_while_publishes_to_the_story_go_on
         tokio::spawn(async move {
             let mut published = 0;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let revise = request(
-                    "long",
-                    "",
-                    "Revised again",
-                    Kind::StoryRevised(pb::StoryRevised {
-                        summary: Some(format!("Later {published}")),
-                        ..Default::default()
-                    }),
-                );
-                publish(&mut client, revise).await;
+                publish(
+                    &mut client,
+                    summary_revised("long", format!("Later {published}")),
+                )
+                .await;
                 published += 1;
             }
             published
@@ -199,4 +186,17 @@ async fn get_story_as_of_a_version_is_rebuilt_while_publishes_to_the_story_go_on
         .expect("publisher task");
     let now = get_story(&mut reader, "long", None).await;
     assert_eq!(now.version, HISTORY + published);
+}
+
+/// A publish that revises `story_id`'s summary to `summary`.
+fn summary_revised(story_id: &str, summary: String) -> pb::PublishRequest {
+    request(
+        story_id,
+        "",
+        "Revised",
+        Kind::StoryRevised(pb::StoryRevised {
+            summary: Some(summary),
+            ..Default::default()
+        }),
+    )
 }

@@ -35,14 +35,16 @@ use tonic::{
 /// - `client.pem`, `client.key`: a client identity signed by the CA.
 /// - `stranger-ca.pem`, `stranger.pem`, `stranger.key`: another CA, and a client identity it
 ///   signed, which the server has never heard of.
-struct Certificates {
+///
+/// tests/it/webhooks.rs uses them for an https receiver.
+pub(crate) struct Certificates {
     dir: PathBuf,
 }
 
 impl Certificates {
     /// Makes the certificates in a new directory under the system's temp directory, named for
     /// this process (unique among running processes) and a count of the directories it has made.
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         static MADE: AtomicUsize = AtomicUsize::new(0);
         let dir = std::env::temp_dir().join(format!(
             "storywire-tls-{}-{}",
@@ -71,7 +73,7 @@ impl Certificates {
     }
 
     /// The path of one of the files.
-    fn path(&self, name: &str) -> PathBuf {
+    pub(crate) fn path(&self, name: &str) -> PathBuf {
         self.dir.join(name)
     }
 
@@ -86,7 +88,7 @@ impl Certificates {
     }
 
     /// The server's files, requiring client certificates from `client_ca` when it is given.
-    fn server_files(&self, client_ca: Option<&str>) -> TlsFiles {
+    pub(crate) fn server_files(&self, client_ca: Option<&str>) -> TlsFiles {
         TlsFiles {
             cert: self.path("server.pem"),
             key: self.path("server.key"),

@@ -22,6 +22,7 @@ use crate::{
     server::{self, ServerOptions},
     tls::{ServerTls, TlsFiles},
     wal::{self, FsyncMode, WalConfig},
+    webhooks::{self, Leases, Webhooks},
 };
 
 mod flags;
@@ -117,6 +118,11 @@ pub struct Args {
     /// rest is kept in .broken files) instead of refusing to start.
     #[arg(long)]
     repair: bool,
+    /// POST every event matching each endpoint in this JSON file to its URL, signed as Standard
+    /// Webhooks says, in order, at least once; each endpoint keeps its position as a named
+    /// consumer of its name (docs/configuration.md has the format).
+    #[arg(long, env = "STORYWIRE_WEBHOOKS", value_name = "FILE")]
+    webhooks: Option<PathBuf>,
     /// Seconds between the demo's live updates.
     #[arg(long, default_value_t = demo::DEFAULT_INTERVAL.as_secs_f64(), requires = "demo")]
     demo_interval: f64,
@@ -146,6 +152,13 @@ pub async fn run(args: Args) -> Result<ExitCode, CliError> {
         None => None,
     };
     check_exposure(args.listen, tokens.is_some(), args.allow_anonymous)?;
+    // Checked before anything starts, so that a mistake in it stops the server at once.
+    let endpoints = args
+        .webhooks
+        .as_deref()
+        .map(webhooks::load)
+        .transpose()
+        .map_err(|e| e.to_string())?;
     let http_address = args.http.or(args
         .demo
         .then(|| SocketAddr::from(([127, 0, 0, 1], DEMO_HTTP_PORT))));
@@ -175,6 +188,7 @@ pub async fn run(args: Args) -> Result<ExitCode, CliError> {
         limits: args.limits.into(),
         cluster: None,
         consumers: None,
+        webhooks: None,
         cors,
         lifecycle: Default::default(),
     };
@@ -183,6 +197,8 @@ pub async fn run(args: Args) -> Result<ExitCode, CliError> {
     let interval = Duration::try_from_secs_f64(args.demo_interval)
         .map_err(|e| format!("--demo-interval {}: {e}", args.demo_interval))?;
     let retain = args.retain_events;
+    // On a cluster: which node delivers each webhook endpoint.
+    let mut leases = None;
     let log = match (&args.data_dir, args.nats.config()) {
         (_, Some(nats)) => {
             if args.demo {
@@ -196,6 +212,13 @@ pub async fn run(args: Args) -> Result<ExitCode, CliError> {
             let (context, stream, replicas) = node.jetstream();
             let consumers = Consumers::shared(context, stream, replicas, Arc::new(SystemClock));
             options.consumers = Some(consumers);
+            if endpoints.is_some() {
+                leases = Some(
+                    Leases::open(context, stream, replicas)
+                        .await
+                        .map_err(|e| format!("--nats: {e}"))?,
+                );
+            }
             options.cluster = Some(node);
             log
         }
@@ -219,6 +242,8 @@ pub async fn run(args: Args) -> Result<ExitCode, CliError> {
             if args.repair {
                 return Err("--repair needs --data-dir".into());
             }
+            // Named here (the service would make the same) so that the webhooks share it.
+            options.consumers = Some(Consumers::in_memory(Arc::new(SystemClock)));
             Arc::new(EventLog::new(retain, Arc::new(SystemClock)))
         }
     };
@@ -242,6 +267,15 @@ pub async fn run(args: Args) -> Result<ExitCode, CliError> {
         max_connections_per_ip = options.lifecycle.max_connections_per_ip,
         "storywire listening"
     );
+
+    // Kept until the server has stopped; dropping it stops every deliverer.
+    let webhooks = match (endpoints, &options.consumers) {
+        (Some(endpoints), Some(consumers)) => {
+            Some(Webhooks::start(endpoints, log.clone(), consumers.clone(), leases).await?)
+        }
+        _ => None,
+    };
+    options.webhooks = webhooks.as_ref().map(Webhooks::states);
 
     let replay = if args.demo {
         demo::publish_seed(&log)?;
@@ -301,6 +335,9 @@ pub async fn run(args: Args) -> Result<ExitCode, CliError> {
         None => None,
     };
     server::run_with_http(listener, http, log.clone(), options, shutdown).await?;
+    if let Some(webhooks) = webhooks {
+        webhooks.stop().await;
+    }
     // With a data directory: write and sync what is left before exiting.
     log.close();
     if let Some(replay) = replay {
