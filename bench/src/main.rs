@@ -16,6 +16,7 @@
 //!   server while a well-behaved client measures.
 //! - [`consumers`]: named consumers acknowledging as they read, against plain subscribers,
 //!   in memory and with `--data-dir`.
+//! - [`webhooks`]: `serve --webhooks` to local HTTP receivers: latency, and one endpoint's rate.
 //! - [`readers`]: connections per reader: each subscriber on a connection of its own.
 //! - [`storm`]: the reconnect storm: a durable server restarts under every reader, and all of
 //!   them come back at once and resume 1,000 events back while a desk publishes.
@@ -54,6 +55,7 @@ mod report;
 mod sse;
 mod storm;
 mod tally;
+mod webhooks;
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
@@ -143,6 +145,8 @@ struct Args {
     #[command(flatten)]
     consumers: consumers::Args,
     #[command(flatten)]
+    webhooks: webhooks::Args,
+    #[command(flatten)]
     readers: readers::Args,
     #[command(flatten)]
     sse: sse::Args,
@@ -211,6 +215,9 @@ async fn run(args: Args) -> Result<()> {
     }
     if args.consumers.consumers {
         consumers::run(&args.consumers, runs).await?;
+    }
+    if args.webhooks.webhooks {
+        webhooks::run(&args.webhooks, runs).await?;
     }
     if args.readers.readers {
         readers::run(&args.readers, &targets, runs).await?;
