@@ -16,7 +16,10 @@ use std::{
 };
 
 use storywire::pb::{self, story_service_client::StoryServiceClient, subscribe_response::Item};
-use tokio::{task::JoinHandle, time::Instant};
+use tokio::{
+    task::JoinHandle,
+    time::{Instant, timeout, timeout_at},
+};
 use tonic::transport::Channel;
 
 use crate::{
@@ -36,6 +39,9 @@ const ACK_EVERY: u64 = 100;
 const CONNECTIONS: usize = 4;
 /// How long past the last event the readers wait for stragglers.
 const GRACE: Duration = Duration::from_secs(30);
+/// How long CreateConsumer and Subscribe may take to answer; an Ack may take until the run's
+/// deadline. A server that stops answering fails the run rather than holding the bench.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Consumers a server keeps at most (docs/api.md); a run creates two sets.
 const MAX_CONSUMERS: usize = 1_000;
 
@@ -263,15 +269,21 @@ async fn consume(
         from_sequence: Some(first),
         ..Default::default()
     };
-    client.create_consumer(create).await?;
+    let answered = |call| format!("{call} of {name} did not answer within {CALL_TIMEOUT:?}");
+    timeout(CALL_TIMEOUT, client.create_consumer(create))
+        .await
+        .map_err(|_| answered("CreateConsumer"))??;
     let request = pb::SubscribeRequest {
         consumer: name.clone(),
         ..Default::default()
     };
-    let mut stream = client.subscribe(request).await?.into_inner();
+    let mut stream = timeout(CALL_TIMEOUT, client.subscribe(request))
+        .await
+        .map_err(|_| answered("Subscribe"))??
+        .into_inner();
     Ok(tokio::spawn(async move {
         let mut tally = Tally::new(first, last);
-        while let Ok(message) = tokio::time::timeout_at(deadline, stream.message()).await {
+        while let Ok(message) = timeout_at(deadline, stream.message()).await {
             let Some(message) = message? else {
                 break;
             };
@@ -285,7 +297,10 @@ async fn consume(
                     sequence: event.sequence,
                     ..Default::default()
                 };
-                client.ack(ack).await?;
+                let sequence = event.sequence;
+                timeout_at(deadline, client.ack(ack)).await.map_err(|_| {
+                    format!("Ack of {name} at {sequence} had no answer by the run's deadline")
+                })??;
             }
             if done {
                 break;
