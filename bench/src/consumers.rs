@@ -3,8 +3,8 @@
 //! For a memory-only server and a `--data-dir` one (where every Ack is written and synced before
 //! it is answered): a fresh server; [`ACK_EVERY`]-acknowledging readers of named consumers
 //! (CreateConsumer, then Subscribe with `consumer`) and as many plain subscribers (Subscribe with
-//! `from_sequence`) over a few HTTP/2 connections; a publisher at [`RATE`] events a second for
-//! the case's duration. A run has three phases on the same server, each with consumers of its
+//! `from_sequence`) over a few HTTP/2 connections, the Acks over a few others; a publisher at
+//! [`RATE`] events a second for the case's duration. A run has three phases on the same server, each with consumers of its
 //! own: both kinds together, which gives each kind's delivery latency under the same load; then
 //! each kind alone (which first swaps every run), which gives the server CPU per delivery that
 //! kind costs (one process's CPU cannot be split between two kinds of reader reading at once).
@@ -161,11 +161,30 @@ static RUNS: AtomicUsize = AtomicUsize::new(0);
 async fn phases(server: &ServerProcess, count: usize, events: u64) -> Result<[Kind; 2]> {
     let url = server.url();
     let channels = connect(&url, CONNECTIONS).await?;
+    // Acks go on connections of their own. On the streams' connections, a reader waiting for
+    // its Ack does not read, its stream's events fill the connection's HTTP/2 window, and the
+    // Ack's answer waits behind them for good: a run at f71fd84 stalled so on a slow fsync.
+    let acks = connect(&url, CONNECTIONS).await?;
     let publisher = Publisher::connect(Target::Storywire, &url).await?;
-    let both = phase(server, &channels, &publisher, (count, count), 1, events).await?;
+    let both = phase(
+        server,
+        (&channels, &acks),
+        &publisher,
+        (count, count),
+        1,
+        events,
+    )
+    .await?;
     let alone = |readers, nth: u64| {
         let first = nth * events + 1;
-        phase(server, &channels, &publisher, readers, first, events)
+        phase(
+            server,
+            (&channels, &acks),
+            &publisher,
+            readers,
+            first,
+            events,
+        )
     };
     let (consumers, plain) = if RUNS.fetch_add(1, Ordering::Relaxed).is_multiple_of(2) {
         let consumers = alone((count, 0), 1).await?;
@@ -210,7 +229,7 @@ struct Phase {
 /// from `first`, then `events` bench events from the `first`th at [`RATE`].
 async fn phase(
     server: &ServerProcess,
-    channels: &[Channel],
+    (channels, acks): (&[Channel], &[Channel]),
     publisher: &Publisher,
     (consumers, plain): (usize, usize),
     first: u64,
@@ -221,8 +240,9 @@ async fn phase(
     let mut named = Vec::with_capacity(consumers);
     for i in 0..consumers {
         let channel = channels[i % channels.len()].clone();
+        let ack = acks[i % acks.len()].clone();
         let name = format!("bench-{first}-{i}");
-        named.push(consume(channel, name, first, last, deadline).await?);
+        named.push(consume((channel, ack), name, first, last, deadline).await?);
     }
     let request = pb::SubscribeRequest {
         from_sequence: Some(first),
@@ -255,15 +275,16 @@ async fn phase(
 
 /// Creates the consumer `name` from `first`, subscribes with it, and returns the task that reads
 /// its events up to `last` (or until `deadline`), acknowledging every [`ACK_EVERY`]th and the
-/// last, each Ack awaited before it reads on.
+/// last, each Ack sent on `ack_channel` and awaited before it reads on.
 async fn consume(
-    channel: Channel,
+    (channel, ack_channel): (Channel, Channel),
     name: String,
     first: u64,
     last: u64,
     deadline: Instant,
 ) -> Result<JoinHandle<Result<Received>>> {
     let mut client = StoryServiceClient::new(channel);
+    let mut acks = StoryServiceClient::new(ack_channel);
     let create = pb::CreateConsumerRequest {
         name: name.clone(),
         from_sequence: Some(first),
@@ -298,7 +319,7 @@ async fn consume(
                     ..Default::default()
                 };
                 let sequence = event.sequence;
-                timeout_at(deadline, client.ack(ack)).await.map_err(|_| {
+                timeout_at(deadline, acks.ack(ack)).await.map_err(|_| {
                     format!("Ack of {name} at {sequence} had no answer by the run's deadline")
                 })??;
             }
