@@ -112,10 +112,16 @@ def main():
 def follow_consumer(args, metadata):
     """Reads named consumer args.consumer, acknowledging each event once printed."""
     delay = FIRST_RETRY_DELAY
+    # Acks go over a connection of their own (a local subchannel pool keeps gRPC from sharing
+    # the stream's): while this loop waits for an Ack it reads nothing, and events left unread
+    # on a shared connection fill its HTTP/2 window until the Ack's answer cannot come through.
     with grpc.insecure_channel(
         target(args.server), options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]
-    ) as channel:
+    ) as channel, grpc.insecure_channel(
+        target(args.server), options=[("grpc.use_local_subchannel_pool", 1)]
+    ) as ack_channel:
         stub = pb_grpc.StoryServiceStub(channel)
+        acks = pb_grpc.StoryServiceStub(ack_channel)
         created = False
         while True:
             try:
@@ -134,7 +140,7 @@ def follow_consumer(args, metadata):
                 for item in stub.Subscribe(request, metadata=metadata):
                     done = handled(item)
                     if done:
-                        stub.Ack(pb.AckRequest(consumer=args.consumer, sequence=done),
+                        acks.Ack(pb.AckRequest(consumer=args.consumer, sequence=done),
                                  metadata=metadata)
                     delay = FIRST_RETRY_DELAY
             except grpc.RpcError as err:
