@@ -80,7 +80,8 @@ async fn ack(client: &mut StoryServiceClient<Channel>, name: &str, sequence: u64
         .expect("consumer set")
 }
 
-async fn get(client: &mut StoryServiceClient<Channel>, name: &str) -> pb::Consumer {
+/// Consumer `name` as GetConsumer answers it.
+pub(crate) async fn get(client: &mut StoryServiceClient<Channel>, name: &str) -> pb::Consumer {
     let request = pb::GetConsumerRequest {
         name: name.to_owned(),
     };

@@ -320,17 +320,7 @@ async fn a_failing_then_slow_receiver_gets_every_event_in_order_signed_with_repe
     );
     // The webhook families pass the parsers and promtool's rules, as every other does.
     crate::metrics::check("prometheus", &metrics.body);
-    let consumer = within(
-        "get_consumer",
-        client.get_consumer(storywire::pb::GetConsumerRequest {
-            name: "alerts".to_owned(),
-        }),
-    )
-    .await
-    .expect("the endpoint's consumer")
-    .into_inner()
-    .consumer
-    .expect("consumer");
+    let consumer = crate::consumers::get(&mut client, "alerts").await;
     assert!(
         consumer.reading,
         "the deliverer reads the endpoint's consumer"
@@ -557,18 +547,10 @@ async fn on_a_cluster_one_node_delivers_another_takes_over_after_kill_9_with_no_
         .read_until(Pipe::Stderr, "another node delivers the endpoint")
         .await;
     let mut client = second.client().await;
-    let standing_by = within(
-        "get_consumer",
-        client.get_consumer(storywire::pb::GetConsumerRequest {
-            name: "alerts".to_owned(),
-        }),
-    )
-    .await
-    .expect("the endpoint's consumer")
-    .into_inner()
-    .consumer
-    .and_then(|consumer| consumer.webhook)
-    .expect("the endpoint's state");
+    let standing_by = crate::consumers::get(&mut client, "alerts")
+        .await
+        .webhook
+        .expect("the endpoint's state");
     assert_eq!(standing_by.state(), storywire::pb::WebhookState::Standby);
     let expected = publish_desk_and_sport(&mut client, 200).await;
     receiver.until_attempt(IN_FLIGHT, 1).await;
