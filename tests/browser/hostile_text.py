@@ -21,7 +21,6 @@ Usage: python tests/browser/hostile_text.py path/to/storywire
 
 import json
 import os
-import shutil
 import signal
 import sys
 import tempfile
@@ -30,8 +29,8 @@ import urllib.request
 from pathlib import Path
 
 from live_page import (
-    START_DEADLINE, UPDATE_DEADLINE, CheckFailed, JsonLdScript, Server, check, css, normalise,
-    start_browser, wait_for, wait_for_state,
+    START_DEADLINE, UPDATE_DEADLINE, CheckFailed, JsonLdScript, Server, check, checker, clean_up,
+    css, normalise, report, start_browser, wait_for, wait_for_state,
 )
 
 STORY_ID = "hostile-text"
@@ -128,15 +127,7 @@ def run(binary):
     driver = None
     results = []
 
-    def step(name, function):
-        try:
-            function()
-            results.append(True)
-            print(f"ok: {name}", flush=True)
-        except Exception as error:  # a broken check must not hide the ones after it
-            results.append(False)
-            detail = str(error) if isinstance(error, CheckFailed) else traceback.format_exc()
-            print(f"FAILED: {name}: {detail}", flush=True)
+    step = checker(results)
 
     try:
         server.start()
@@ -205,20 +196,8 @@ def run(binary):
         results.append(False)
         print(f"FAILED: setting up: {traceback.format_exc()}", flush=True)
     finally:
-        if driver is not None:
-            driver.quit()
-        try:
-            server.stop()
-        except CheckFailed as error:
-            results.append(False)
-            print(f"FAILED: stopping the server: {error}")
-        if not all(results):
-            print(f"--- server log ({server.log_path})\n{server.log()}", file=sys.stderr)
-        shutil.rmtree(work, ignore_errors=True)
-
-    passed, failed = results.count(True), results.count(False)
-    print(f"hostile text: {passed} passed, {failed} failed")
-    return 0 if failed == 0 else 1
+        clean_up(results, driver, server, work)
+    return report("hostile text", results)
 
 
 if __name__ == "__main__":

@@ -400,6 +400,44 @@ CONCLUSION = {
 }
 
 
+def checker(results):
+    """A `step(name, function)` that runs one check, prints ok or FAILED with why, and appends
+    the outcome to `results`: a broken check must not hide the ones after it."""
+    def step(name, function):
+        try:
+            function()
+            results.append(True)
+            print(f"ok: {name}", flush=True)
+        except Exception as error:
+            results.append(False)
+            detail = str(error) if isinstance(error, CheckFailed) else traceback.format_exc()
+            print(f"FAILED: {name}: {detail}", flush=True)
+    return step
+
+
+def clean_up(results, driver, server, work):
+    """Stops the browser and the server by their PIDs and removes `work`, however the run ended;
+    a server that does not stop cleanly is a failure, and any failure prints the server's log."""
+    if driver is not None:
+        driver.quit()
+    try:
+        server.stop()
+    except CheckFailed as error:
+        results.append(False)
+        print(f"FAILED: stopping the server: {error}")
+    if not all(results):
+        print(f"--- server log ({server.log_path})\n{server.log()}", file=sys.stderr)
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def report(label, results):
+    """Prints `label: N passed, M failed` (the line scripts/browser-test and CI read) and returns
+    the exit status."""
+    passed, failed = results.count(True), results.count(False)
+    print(f"{label}: {passed} passed, {failed} failed")
+    return 0 if failed == 0 else 1
+
+
 # --- the checks, in the order a reader meets them ---------------------------------------------
 
 
@@ -410,15 +448,7 @@ def run(binary):
     results = []
     seen = {}  # what earlier checks learnt, for later ones
 
-    def step(name, function):
-        try:
-            function()
-            results.append(True)
-            print(f"ok: {name}", flush=True)
-        except Exception as error:  # a broken check must not hide the ones after it
-            results.append(False)
-            detail = str(error) if isinstance(error, CheckFailed) else traceback.format_exc()
-            print(f"FAILED: {name}: {detail}", flush=True)
+    step = checker(results)
 
     try:
         server.start()
@@ -580,20 +610,8 @@ def run(binary):
         results.append(False)
         print(f"FAILED: setting up: {traceback.format_exc()}", flush=True)
     finally:
-        if driver is not None:
-            driver.quit()
-        try:
-            server.stop()
-        except CheckFailed as error:
-            results.append(False)
-            print(f"FAILED: stopping the server: {error}")
-        if not all(results):
-            print(f"--- server log ({server.log_path})\n{server.log()}", file=sys.stderr)
-        shutil.rmtree(work, ignore_errors=True)
-
-    passed, failed = results.count(True), results.count(False)
-    print(f"browser: {passed} passed, {failed} failed")
-    return 0 if failed == 0 else 1
+        clean_up(results, driver, server, work)
+    return report("browser", results)
 
 
 if __name__ == "__main__":
