@@ -449,30 +449,15 @@ async fn race(testbed: &Testbed, prefix: &str) -> Vec<[Outcome; 2]> {
 /// Every event node `node` holds, as (sequence, event_id, encoded event).
 async fn read_log(testbed: &Testbed, node: usize) -> Vec<history::Entry> {
     let mut client = testbed.client(node);
-    let mut entries = Vec::new();
-    let mut from = 0;
-    loop {
-        let page = within(
-            "a page of events",
-            client.list_events(pb::ListEventsRequest {
-                from_sequence: from,
-                page_size: 1_000,
-                ..Default::default()
-            }),
-        )
-        .await
-        .expect("ListEvents")
-        .into_inner();
-        for event in &page.events {
-            entries.push((
+    let (events, _, _) = within("the node's log", crate::node::every_event(&mut client)).await;
+    events
+        .iter()
+        .map(|event| {
+            (
                 event.sequence,
                 event.event_id.clone(),
                 event.encode_to_vec(),
-            ));
-        }
-        if page.next_sequence > page.head_sequence || from == page.next_sequence {
-            return entries;
-        }
-        from = page.next_sequence;
-    }
+            )
+        })
+        .collect()
 }

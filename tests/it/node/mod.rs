@@ -160,7 +160,14 @@ pub async fn publish_until_acknowledged(
 
 /// Every event a node holds, from its first retained sequence, paging through ListEvents.
 pub async fn all_events(node: &Node) -> (Vec<pb::UpdateEvent>, u64, String) {
-    let mut client = node.client().await;
+    every_event(&mut node.client().await).await
+}
+
+/// Every event the server behind `client` holds, from its first retained sequence, paging
+/// through ListEvents; with the first retained sequence and the log_id.
+pub async fn every_event(
+    client: &mut StoryServiceClient<Channel>,
+) -> (Vec<pb::UpdateEvent>, u64, String) {
     let mut events = Vec::new();
     let mut from = 0;
     loop {
