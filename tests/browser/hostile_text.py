@@ -25,12 +25,11 @@ import signal
 import sys
 import tempfile
 import traceback
-import urllib.request
 from pathlib import Path
 
 from live_page import (
-    START_DEADLINE, UPDATE_DEADLINE, CheckFailed, JsonLdScript, Server, check, checker, clean_up,
-    css, normalise, report, start_browser, wait_for, wait_for_state,
+    START_DEADLINE, UPDATE_DEADLINE, JsonLdScript, Server, check, checker, clean_up, css,
+    normalise, report, start_browser, wait_for, wait_for_state,
 )
 
 STORY_ID = "hostile-text"
@@ -88,27 +87,6 @@ LIVE_UPDATE = {
 }
 
 
-def story_events(server):
-    """The story's events from the event stream, read up to `caught_up`."""
-    path = f"/v1/events?story={STORY_ID}&from_sequence=1"
-    events = []
-    with urllib.request.urlopen(server.url(path), timeout=10) as response:
-        name, data = None, []
-        for raw in response:
-            line = raw.decode("utf-8").rstrip("\r\n")
-            if line.startswith("event:"):
-                name = line[len("event:"):].strip()
-            elif line.startswith("data:"):
-                data.append(line[len("data:"):].strip())
-            elif line == "":
-                if name == "caught_up":
-                    return events
-                if name is None and data:
-                    events.append(json.loads("\n".join(data)))
-                name, data = None, []
-    raise CheckFailed("the event stream ended before caught_up")
-
-
 def check_posting(posting, story, events, where):
     """The LiveBlogPosting equals the API's story and events."""
     for key, expected in (("headline", story["headline"]), ("description", story["summary"]),
@@ -157,7 +135,7 @@ def run(binary):
             check(text, "the page has no script#jsonld")
             posting = driver.execute_script("return JSON.parse(arguments[0]);", text)
             check_posting(posting, server.get_json(f"/v1/stories/{STORY_ID}")["story"],
-                          story_events(server), "in the browser")
+                          server.story_events(STORY_ID), "in the browser")
 
         def jsonld_as_sent_equals_the_story():
             parser = JsonLdScript()
@@ -167,7 +145,7 @@ def run(binary):
                   f"script#jsonld carries raw markup characters: {parser.text[:200]!r}")
             check_posting(json.loads(parser.text),
                           server.get_json(f"/v1/stories/{STORY_ID}")["story"],
-                          story_events(server), "as sent")
+                          server.story_events(STORY_ID), "as sent")
 
         def live_feed_shows_a_hostile_update():
             driver.execute_script("window.__storywireMarker = 1;")

@@ -167,9 +167,9 @@ class Server:
     def story(self):
         return self.get_json(f"/v1/stories/{STORY_ID}")["story"]
 
-    def story_events(self):
+    def story_events(self, story_id=STORY_ID):
         """Every event of the story so far, from the event stream read up to `caught_up`."""
-        path = f"/v1/events?story={STORY_ID}&from_sequence=1"
+        path = f"/v1/events?story={story_id}&from_sequence=1"
         events = []
         with urllib.request.urlopen(self.url(path), timeout=10) as response:
             name, data = None, []
