@@ -113,7 +113,11 @@ async fn subscribers_joining_at_random_moments_see_gapless_duplicate_free_runs()
                     Item::Started(s) => panic!("started is sent once, first: {s:?}"),
                 }
                 // The 100 ms heartbeat brings this check round even when the stream is quiet.
-                if matches!(*target.borrow(), Some(t) if scanned >= t) {
+                // A subscriber that joined late replays up to the target before its caught_up
+                // comes: it reads on until that arrives too.
+                if seen.caught_up_at.is_some()
+                    && matches!(*target.borrow(), Some(t) if scanned >= t)
+                {
                     return (mode, seen);
                 }
             }
