@@ -149,10 +149,7 @@ impl Publisher {
     /// acknowledgement (NATS: the flush after the last publish).
     pub async fn publish(&self, first: u64, events: u64, rate: Rate) -> Result<Duration> {
         match self {
-            Self::Grpc(channel) => {
-                let published = load::publish_from(channel.clone(), first, events, rate).await?;
-                Ok(published.elapsed)
-            }
+            Self::Grpc(channel) => load::publish_from(channel.clone(), first, events, rate).await,
             Self::Nats(client) => anchor::publish(client, first, events, rate).await,
         }
     }

@@ -9,7 +9,6 @@ use std::{
 };
 
 use futures_util::StreamExt;
-use hdrhistogram::Histogram;
 use prost::Message;
 use storywire::{
     clock::to_timestamp,
@@ -31,7 +30,6 @@ use tonic::{
 
 use crate::{
     error::{Result, failed},
-    report::{histogram, record},
     tally::{Received, Tally},
 };
 
@@ -99,7 +97,7 @@ fn bench_request(n: u64) -> pb::PublishRequest {
 
 /// The `n`th update of `story_id`, a story already open: a new summary, so that every bench event
 /// is about the same size whichever story it goes to.
-pub fn revision(story_id: String, n: u64) -> pb::PublishRequest {
+fn revision(story_id: String, n: u64) -> pb::PublishRequest {
     let revised = pb::StoryRevised {
         summary: Some(format!("Summary {n:>10}: {SUMMARY}")),
         ..Default::default()
@@ -110,32 +108,6 @@ pub fn revision(story_id: String, n: u64) -> pb::PublishRequest {
         occurred_at: Some(to_timestamp(SystemTime::now())),
         change: Some(pb::Change {
             kind: Some(Kind::StoryRevised(revised)),
-        }),
-        ..Default::default()
-    }
-}
-
-/// The id of the `n`th (from 1) of the other stories [`open_stories`] opens.
-pub fn story_id(n: u64) -> String {
-    format!("{STORY}-{n:010}")
-}
-
-/// The `n`th of the other stories [`open_stories`] opens: one event of about the size of a bench
-/// event, so that each story's state is about one summary long.
-fn story_opening(n: u64) -> pb::PublishRequest {
-    let headline = format!("Bench story {n:>10}, one line long");
-    let opened = pb::StoryOpened {
-        headline: headline.clone(),
-        summary: format!("Story {n:>10}: {SUMMARY}"),
-        tags: vec!["bench".into()],
-        language: String::new(),
-    };
-    pb::PublishRequest {
-        story_id: story_id(n),
-        headline,
-        occurred_at: Some(to_timestamp(SystemTime::now())),
-        change: Some(pb::Change {
-            kind: Some(Kind::StoryOpened(opened)),
         }),
         ..Default::default()
     }
@@ -164,52 +136,20 @@ pub fn update_event(n: u64, sequence: u64) -> pb::UpdateEvent {
     }
 }
 
-/// What a publisher saw.
-pub struct Published {
-    /// From the first send to the last acknowledgement.
-    pub elapsed: Duration,
-    /// On PublishStream at a fixed rate, each event's latency in microseconds from its tick to
-    /// its acknowledgement; empty at full speed, where it would be only queueing (and recording
-    /// it would take the publisher's time). Counting from the tick rather than the send keeps a
-    /// stall in view: the events due during it are late too, not merely sent late. With unary
-    /// Publish, each call's, from its send to its answer.
-    pub latency: Histogram<u64>,
-}
-
 /// Publishes `events` bench events at `rate` on one PublishStream, the first opening the story,
 /// and returns how long it took from the first send to the last acknowledgement.
 pub async fn publish(channel: Channel, events: u64, rate: Rate) -> Result<Duration> {
-    Ok(publish_from(channel, 1, events, rate).await?.elapsed)
+    publish_from(channel, 1, events, rate).await
 }
 
-/// Like [`publish`], starting with the `first`th bench event (1 opens the story), with each
-/// event's latency.
+/// Like [`publish`], starting with the `first`th bench event (1 opens the story).
 pub async fn publish_from(
     channel: Channel,
     first: u64,
     events: u64,
     rate: Rate,
-) -> Result<Published> {
+) -> Result<Duration> {
     stream_requests(channel, events, rate, move |i| bench_request(first + i)).await
-}
-
-/// Opens `count` stories besides the bench story, at full speed on one PublishStream.
-pub async fn open_stories(channel: Channel, count: u64) -> Result<Duration> {
-    let published = stream_requests(channel, count, Rate::Max, |i| story_opening(i + 1)).await?;
-    Ok(published.elapsed)
-}
-
-/// Publishes `events` updates at full speed on one PublishStream, spread round-robin over the
-/// first `stories` of the stories [`open_stories`] opened, and returns how long it took from the
-/// first send to the last acknowledgement. Consecutive requests go to different stories, which a
-/// cluster node publishes concurrently.
-pub async fn publish_spread(channel: Channel, events: u64, stories: u64) -> Result<Duration> {
-    let stories = stories.max(1);
-    let published = stream_requests(channel, events, Rate::Max, move |i| {
-        revision(story_id(i % stories + 1), i / stories + 2)
-    })
-    .await?;
-    Ok(published.elapsed)
 }
 
 /// Sends `request(0)` to `request(events - 1)` at `rate` on one PublishStream, each made when it
@@ -219,12 +159,9 @@ async fn stream_requests(
     events: u64,
     rate: Rate,
     request: impl Fn(u64) -> pb::PublishRequest + Send + 'static,
-) -> Result<Published> {
+) -> Result<Duration> {
     let mut client = StoryServiceClient::new(channel);
     let (sender, receiver) = mpsc::channel(PUBLISH_QUEUE);
-    // At a fixed rate, when each message was due, in the order sent: acknowledgements come in
-    // the same order.
-    let (due_sender, mut due) = mpsc::unbounded_channel();
     let start = Instant::now();
     let sending = tokio::spawn(async move {
         let mut ticks = match rate {
@@ -235,7 +172,7 @@ async fn stream_requests(
         };
         for i in 0..events {
             if let Some(ticks) = ticks.as_mut() {
-                let _ = due_sender.send(ticks.tick().await);
+                ticks.tick().await;
             }
             let message = pb::PublishStreamRequest {
                 request: Some(request(i)),
@@ -249,7 +186,6 @@ async fn stream_requests(
         .publish_stream(ReceiverStream::new(receiver))
         .await?
         .into_inner();
-    let mut latency = histogram();
     for _ in 0..events {
         match responses.message().await {
             Ok(Some(pb::PublishStreamResponse {
@@ -257,31 +193,21 @@ async fn stream_requests(
             })) => {}
             other => return failed!("publish failed: {other:?}"),
         }
-        if rate != Rate::Max {
-            let due: Instant = due.recv().await.ok_or("the publisher ended early")?;
-            record(&mut latency, due.elapsed());
-        }
     }
     let elapsed = start.elapsed();
     sending.abort();
-    Ok(Published { elapsed, latency })
+    Ok(elapsed)
 }
 
 /// Publishes bench events `first` to `first + events - 1` with unary Publish, each call awaited
-/// before the next, with each call's latency from its send to its answer.
-pub async fn publish_unary(channel: Channel, first: u64, events: u64) -> Result<Published> {
+/// before the next, and returns how long it took.
+pub async fn publish_unary(channel: Channel, first: u64, events: u64) -> Result<Duration> {
     let mut client = StoryServiceClient::new(channel);
-    let mut latency = histogram();
     let start = Instant::now();
     for n in first..first + events {
-        let sent = Instant::now();
         client.publish(bench_request(n)).await?;
-        record(&mut latency, sent.elapsed());
     }
-    Ok(Published {
-        elapsed: start.elapsed(),
-        latency,
-    })
+    Ok(start.elapsed())
 }
 
 /// Every subscriber's tally, in order, once each has finished (or given up at its deadline).

@@ -9,18 +9,11 @@
 //!
 //! The modules, from the cases down to the sockets; each imports only from modules below it:
 //!
-//! - [`cluster`]: the JetStream journal of `serve --nats` beside the others: publishing,
-//!   replication lag, a new node's catch-up, fan-out on one node (with [`matrix`]'s fan-out).
 //! - [`matrix`]: the standard cases: fan-out, publish paths, durability, catch-up, idle memory.
-//! - [`abuse`]: misbehaving clients, and history rebuilt by GetStory (`--lock`), against a
-//!   server while a well-behaved client measures.
 //! - [`consumers`]: named consumers acknowledging as they read, against plain subscribers,
 //!   in memory and with `--data-dir`.
 //! - [`webhooks`]: `serve --webhooks` to local HTTP receivers: latency, and one endpoint's rate.
 //! - [`readers`]: connections per reader: each subscriber on a connection of its own.
-//! - [`storm`]: the reconnect storm: a durable server restarts under every reader, and all of
-//!   them come back at once and resume 1,000 events back while a desk publishes.
-//! - [`burst`]: one PublishStream of updates to every reader on a connection of its own.
 //! - [`flood`]: one address floods the HTTP face while readers from other addresses read.
 //! - [`sse`]: Server-Sent Event readers, each on a connection of its own, against nginx+nchan.
 //! - [`crowd`]: a run's readers and its publisher on any of the three servers.
@@ -37,11 +30,8 @@
 //! A new case is a module of its own above [`crowd`]: its flags as a `clap::Args` flattened into
 //! [`Args`], a `run` that prints its tables with [`report`], and a line in [`run`] below.
 
-mod abuse;
 mod anchor;
 mod bare;
-mod burst;
-mod cluster;
 mod consumers;
 mod crowd;
 mod error;
@@ -53,7 +43,6 @@ mod process;
 mod readers;
 mod report;
 mod sse;
-mod storm;
 mod tally;
 mod webhooks;
 
@@ -110,7 +99,7 @@ struct Args {
     /// Runs of each case; the report gives the median and the spread.
     #[arg(long, default_value_t = 3)]
     runs: usize,
-    /// The servers the fan-out, connections-per-reader and burst cases measure
+    /// The servers the fan-out and connections-per-reader cases measure
     /// (comma-separated) [default: all three, NATS where a nats-server is at hand]. Ratios are
     /// to storywire, so a profile of one server can run alone.
     #[arg(long, value_delimiter = ',', value_enum)]
@@ -129,19 +118,10 @@ struct Args {
     /// replayed at start-up (0 skips it).
     #[arg(long, default_value_t = 100_000)]
     durability_events: u64,
-    /// Also run the abuse phases: misbehaving clients against a server while a well-behaved one
-    /// measures its p99.
-    #[arg(long)]
-    abuse: bool,
-    /// Also run the lock case: 16 clients looping GetStory with as_of_version on a
-    /// story of --lock-story-events events, against a publisher's p99.
-    #[arg(long)]
-    lock: bool,
-    /// Events of the story the lock case rebuilds on every GetStory.
-    #[arg(long, default_value_t = 100_000)]
-    lock_story_events: u64,
-    #[command(flatten)]
-    cluster: cluster::Args,
+    /// The nats-server binary (2.12 or newer) for the NATS anchor [default:
+    /// target/tools/nats/bin/nats-server in the workspace, where scripts/test installs it].
+    #[arg(long, value_name = "PATH", env = "STORYWIRE_NATS_SERVER")]
+    nats_server: Option<PathBuf>,
     #[command(flatten)]
     consumers: consumers::Args,
     #[command(flatten)]
@@ -150,10 +130,6 @@ struct Args {
     readers: readers::Args,
     #[command(flatten)]
     sse: sse::Args,
-    #[command(flatten)]
-    storm: storm::Args,
-    #[command(flatten)]
-    burst: burst::Args,
     #[command(flatten)]
     flood: flood::Args,
 }
@@ -192,7 +168,7 @@ async fn run(args: Args) -> Result<()> {
     let runs = args.runs.max(1);
     // The NATS anchor runs beside the others when there is a nats-server to run; without one the
     // report says so and goes on with the two gRPC servers.
-    let nats = storywire_testkit::nats::find_nats_server(args.cluster.nats_server.clone())
+    let nats = storywire_testkit::nats::find_nats_server(args.nats_server.clone())
         .map_err(error::Error::from)
         .and_then(process::use_nats_binary);
     let mut targets = vec![Target::Storywire, Target::Bare];
@@ -225,12 +201,6 @@ async fn run(args: Args) -> Result<()> {
     if args.sse.sse_readers {
         sse::run(&args.sse, runs).await?;
     }
-    if args.storm.storm {
-        storm::run(&args.storm, runs).await?;
-    }
-    if args.burst.burst {
-        burst::run(&args.burst, &targets, runs).await?;
-    }
     if args.flood.flood {
         flood::run(&args.flood, runs).await?;
     }
@@ -240,20 +210,11 @@ async fn run(args: Args) -> Result<()> {
             matrix::publish_paths(args.unary_events, runs).await?
         );
     }
-    if args.abuse {
-        abuse::run(runs).await?;
-    }
-    if args.lock {
-        abuse::history_readers(args.lock_story_events, runs).await?;
-    }
     if args.durability_events > 0 {
         println!(
             "\n{}",
             matrix::durability(args.durability_events, runs).await?
         );
-    }
-    if args.cluster.cluster {
-        cluster::run(&args.cluster, args.connections, runs).await?;
     }
     if args.catch_up_events > 0 {
         println!("\n{}", matrix::catch_up(args.catch_up_events, runs).await?);

@@ -198,7 +198,7 @@ pub async fn publish_paths(unary_events: u64, runs: usize) -> Result<Table> {
     for _ in 0..runs {
         let server = ServerProcess::start(Target::Storywire, 1_000_000).await?;
         let channel = connect_one(&server.url()).await?;
-        let elapsed = publish_unary(channel, 1, unary_events).await?.elapsed;
+        let elapsed = publish_unary(channel, 1, unary_events).await?;
         unary.push(unary_events as f64 / elapsed.as_secs_f64());
         server.stop().await;
 
@@ -247,7 +247,7 @@ pub async fn durability(events: u64, runs: usize) -> Result<Table> {
             let server = ServerProcess::start_with(Target::Storywire, 10_000_000, &extra).await?;
             let channel = connect_one(&server.url()).await?;
             let first = publish_unary(channel.clone(), 1, DURABILITY_UNARY_EVENTS).await?;
-            one.push(DURABILITY_UNARY_EVENTS as f64 / first.elapsed.as_secs_f64());
+            one.push(DURABILITY_UNARY_EVENTS as f64 / first.as_secs_f64());
             let start = Instant::now();
             let clients: Vec<_> = (0..DURABILITY_CLIENTS)
                 .map(|_| tokio::spawn(publish_unary(channel.clone(), 2, DURABILITY_UNARY_EVENTS)))
@@ -257,9 +257,7 @@ pub async fn durability(events: u64, runs: usize) -> Result<Table> {
             }
             let all = DURABILITY_CLIENTS * DURABILITY_UNARY_EVENTS;
             many.push(all as f64 / start.elapsed().as_secs_f64());
-            let elapsed = load::publish_from(channel, 2, events, Rate::Max)
-                .await?
-                .elapsed;
+            let elapsed = load::publish_from(channel, 2, events, Rate::Max).await?;
             streamed.push(events as f64 / elapsed.as_secs_f64());
             server.stop().await;
             if mode.is_some() {

@@ -233,34 +233,13 @@ impl ServerProcess {
         memory_of(self.pid, "VmRSS:")
     }
 
-    /// The most the server's resident set has been, in bytes.
-    pub fn peak_rss_bytes(&self) -> u64 {
-        memory_of(self.pid, "VmHWM:")
-    }
-
     /// Stops the server.
     pub async fn stop(mut self) {
         let _ = self.child.kill().await;
     }
-
-    /// Asks the server to stop as an operator would, with SIGTERM, and waits up to `timeout`
-    /// for it to exit; kills it past that, and says so. A storywire server drains first: every
-    /// subscription gets the events up to the head, then ends.
-    pub async fn terminate(mut self, timeout: Duration) -> Result<()> {
-        storywire_testkit::process::signal(self.pid, libc::SIGTERM)?;
-        match tokio::time::timeout(timeout, self.child.wait()).await {
-            Ok(Ok(status)) if status.success() => Ok(()),
-            Ok(Ok(status)) => failed!("the server exited with {status} after SIGTERM"),
-            Ok(Err(error)) => failed!("waiting for the server: {error}"),
-            Err(_) => {
-                let _ = self.child.kill().await;
-                failed!("the server was still running {timeout:?} after SIGTERM")
-            }
-        }
-    }
 }
 
-/// The resident set (`VmRSS:`) or its peak (`VmHWM:`) of process `pid` in bytes; 0 once it is
+/// The resident set (`VmRSS:`) of process `pid` in bytes; 0 once it is
 /// gone, as a server stopped under a figure has no more to add to it.
 pub fn memory_of(pid: u32, field: &str) -> u64 {
     storywire_testkit::process::status_bytes(pid, field).unwrap_or(0)

@@ -158,19 +158,6 @@ pub fn ratio_within_runs(ours: &[f64], theirs: &[f64]) -> String {
     }
 }
 
-/// The `q` quantile (0 to 1) of `values` by nearest rank: the smallest value with at least that
-/// share of the values at or below it; 0 for none. For per-subscriber figures, where each
-/// subscriber gives one value and a histogram's rounding would only blur them.
-pub fn quantile(values: &[f64], q: f64) -> f64 {
-    if values.is_empty() {
-        return 0.0;
-    }
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let rank = (q * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
 /// A figure of a table: its name, how to read it from one run, and its decimals.
 pub type Figure<T> = (&'static str, fn(&T) -> f64, usize);
 
@@ -240,17 +227,7 @@ pub fn by_server<K: Display, T>(
 
 #[cfg(test)]
 mod tests {
-    use super::{Runs, by_server, quantile, ratio_within_runs};
-
-    #[test]
-    fn quantiles_are_by_nearest_rank() {
-        let values: Vec<f64> = (1..=100).rev().map(f64::from).collect();
-        assert_eq!(quantile(&values, 0.5), 50.0);
-        assert_eq!(quantile(&values, 0.99), 99.0);
-        assert_eq!(quantile(&values, 1.0), 100.0);
-        assert_eq!(quantile(&[7.0], 0.99), 7.0);
-        assert_eq!(quantile(&[], 0.5), 0.0);
-    }
+    use super::{Runs, by_server, ratio_within_runs};
 
     #[test]
     fn a_table_by_server_has_a_column_per_server_and_a_ratio_per_other() {

@@ -144,8 +144,8 @@ async fn list_events_pages_through_the_log_with_the_subscribe_filters() {
 /// A story as of a version is rebuilt from its history while publishes to the same story go on:
 /// each rebuild shows the story at that version, every publish lands, and neither waits for the
 /// other to fail. How long a publish waits behind rebuilds (they run outside the log's lock, on
-/// a thread of their own) is a figure, measured by `storywire-bench --lock` (docs/benchmarks.md),
-/// not a test's to time.
+/// a thread of their own) is a figure, not a test's to time: it is in
+/// docs/benchmarks/2026-11-30-heavy-reads.md.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn get_story_as_of_a_version_is_rebuilt_while_publishes_to_the_story_go_on() {
     const HISTORY: u64 = 20_000;
