@@ -21,6 +21,11 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/storywire_descriptor.bin"));
 
 impl UpdateEvent {
+    /// The event as proto3 JSON: the `data:` of its Server-Sent Event, and a webhook's body.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
     /// What the event changed, if its `change` says anything.
     pub fn kind(&self) -> Option<&change::Kind> {
         self.change.as_ref().and_then(|change| change.kind.as_ref())

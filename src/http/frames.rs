@@ -106,7 +106,7 @@ fn frame(item: Option<Item>) -> Bytes {
     match item {
         Some(Item::Event(update)) => {
             let id = update.sequence.to_string();
-            let data = event_json(&update);
+            let data = update.to_json();
             let mut frame = BytesMut::with_capacity(id.len() + data.len() + 12);
             field(&mut frame, "id", &id);
             field(&mut frame, "data", &data);
@@ -145,11 +145,6 @@ fn field(frame: &mut BytesMut, name: &str, value: &str) {
     frame.put_slice(b": ");
     frame.put_slice(value.as_bytes());
     frame.put_u8(b'\n');
-}
-
-/// An event as proto3 JSON, as an event's `data:` carries it (and a webhook's body).
-pub fn event_json(update: &pb::UpdateEvent) -> String {
-    json(update)
 }
 
 /// A message as proto3 JSON, for an event's `data:`.

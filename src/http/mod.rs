@@ -45,8 +45,6 @@ mod metrics;
 mod page;
 mod sse;
 
-pub(crate) use frames::event_json;
-
 /// Who may read over HTTP.
 #[derive(Debug, Clone, Default)]
 pub struct HttpOptions {

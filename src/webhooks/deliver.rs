@@ -196,7 +196,7 @@ impl Deliverer {
     /// Sends `event` until the receiver answers 2xx, then acknowledges it on the consumer.
     async fn deliver(&mut self, event: &LoggedEvent) -> Result<(), ConsumerError> {
         let update = event.event();
-        let body = Bytes::from(crate::http::event_json(&update));
+        let body = Bytes::from(update.to_json());
         let sequence = event.sequence.to_string();
         let mut failures = 0u32;
         let mut since = None;
