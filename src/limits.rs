@@ -56,7 +56,7 @@ pub struct Limits {
     pub max_response_bytes: usize,
     /// Streams one HTTP/2 connection may hold open at once.
     pub max_streams_per_connection: u32,
-    /// Open subscriptions in total: about 7 KiB each while idle and about 25 KiB for one whose
+    /// Open subscriptions in total: about 3.5 KiB each while idle and about 25 KiB for one whose
     /// reader has stopped (docs/benchmarks.md, "Catch-up and memory", and
     /// docs/benchmarks/2026-11-30-abuse.md), so the default holds at most about 1.2 GiB.
     pub max_subscribers: usize,

@@ -387,8 +387,7 @@ pub(super) struct Rebuilder {
 /// adds (Linux keeps it per thread). At 19, the least, it yields to any other thread that wants
 /// its core, yet runs at full speed on a core nobody else wants: measured with 16 clients looping
 /// on a 100,000-event history, the publisher's p99 was 1.85x quiet at 19 and 2.1-2.4x at 10,
-/// with as many rebuilds done (docs/benchmarks/2026-11-30-heavy-reads.md; docs/benchmarks.md,
-/// "Heavy reads").
+/// with as many rebuilds done (docs/benchmarks/2026-11-30-heavy-reads.md).
 const REBUILD_NICENESS: libc::c_int = 19;
 
 impl Rebuilder {

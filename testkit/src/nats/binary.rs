@@ -10,8 +10,9 @@ use std::{
 pub const PINNED_VERSION: &str = "2.15.1";
 
 /// The oldest nats-server the tests accept, wherever it is found: 2.12 is the first release line
-/// whose `Nats-Expected-Last-Subject-Sequence` behaves as cluster mode relies on (nats-server
-/// issue 7361 was found in 2.12.0 and fixed in its patch releases); Debian's 2.9 is far older.
+/// whose `Nats-Expected-Last-Subject-Sequence` behaves as cluster mode relies on
+/// (github.com/nats-io/nats-server/issues/7361, found in 2.12.0 and fixed in its patch
+/// releases); Debian's 2.9 is far older.
 pub(super) const OLDEST_USABLE: (u64, u64) = (2, 12);
 
 /// Where `scripts/test` installs the pinned server (`pip install --target target/tools/nats`
