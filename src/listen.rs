@@ -51,7 +51,7 @@ pub fn granted_backlog() -> u32 {
         .map_or(LISTEN_BACKLOG, |most| most.min(LISTEN_BACKLOG))
 }
 
-/// A listener's connections as the server takes them: each configured by [`configure_socket`],
+/// A listener's connections as the server takes them: each configured by `configure_socket`,
 /// and no failure to accept ever returned.
 ///
 /// A failure that belongs to one connection (reset or aborted before it was accepted) is skipped.

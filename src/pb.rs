@@ -9,7 +9,7 @@ tonic::include_proto!("storywire.v1");
 include!(concat!(env!("OUT_DIR"), "/storywire.v1.serde.rs"));
 
 /// The server side of StoryService as storywire serves it: the same service, except that Subscribe
-/// streams [`crate::encoded::EncodedResponse`], so that each event is encoded once for all
+/// streams `crate::encoded::EncodedResponse`, so that each event is encoded once for all
 /// subscribers. Clients use [`story_service_client`] and see the same wire format.
 pub mod server {
     include!(concat!(env!("OUT_DIR"), "/encoded/storywire.v1.rs"));

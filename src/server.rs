@@ -52,7 +52,7 @@ pub struct ServerOptions {
     /// What one client may take.
     pub limits: Limits,
     /// On a cluster node: the node whose replica `log` is, and the server's publisher
-    /// ([`crate::publisher`]): publishes go through its stream, and health follows it
+    /// (`crate::publisher`): publishes go through its stream, and health follows it
     /// (NOT_SERVING while it cannot reach JetStream or is catching up). `None`: the server
     /// publishes to `log` itself.
     pub cluster: Option<Arc<Node>>,

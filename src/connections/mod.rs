@@ -7,7 +7,7 @@
 //! `ReadHeaderTimeout` and `IdleTimeout`, and Envoy's overload manager, which sheds the
 //! connections that cost least to lose as a resource nears its limit.
 //!
-//! - Every connection is registered in [`Connections`] when accepted ([`serve`] runs the accept
+//! - Every connection is registered in [`Connections`] when accepted (`serve` runs the accept
 //!   loop and each connection's task for both faces) and counted against its client's address.
 //! - A connection that has not completed a request head within `--header-timeout` of being
 //!   accepted (or, on HTTP/1.1, of starting its next request head) is closed; so is one with

@@ -147,7 +147,7 @@ fn field(frame: &mut BytesMut, name: &str, value: &str) {
     frame.put_u8(b'\n');
 }
 
-/// A message as proto3 JSON, for an event's `data:`.
+/// A message as proto3 JSON, for a frame's `data:` (an event has [`pb::UpdateEvent::to_json`]).
 fn json<T: serde::Serialize>(message: &T) -> String {
     serde_json::to_string(message).unwrap_or_default()
 }

@@ -3,15 +3,15 @@
 //!
 //! Every endpoint calls the same [`Service`] the gRPC server runs, in process, so validation,
 //! limits and error messages are the gRPC ones; an error is JSON with the gRPC code's name and
-//! message, under the matching HTTP status ([`error`]).
+//! message, under the matching HTTP status (`error`).
 //!
 //! - `GET /v1/stories?tag=&status=&page_size=&page_token=`: ListStories.
 //! - `GET /v1/stories/{id}?as_of_version=`: GetStory.
 //! - `GET /v1/stories/{id}/ninjs?as_of_version=`: the story as an IPTC ninjs item
 //!   ([`crate::ninjs`]).
-//! - `GET /v1/events?from_sequence=&story=&tag=&log_id=`: Subscribe as SSE ([`events`]).
-//! - `GET /` and `GET /stories/{id}`: the live page ([`page`]).
-//! - `GET /metrics`: what the server measures, for Prometheus ([`metrics`]).
+//! - `GET /v1/events?from_sequence=&story=&tag=&log_id=`: Subscribe as SSE (`events`).
+//! - `GET /` and `GET /stories/{id}`: the live page (`page`).
+//! - `GET /metrics`: what the server measures, for Prometheus (`metrics`).
 //!
 //! Responses are gzipped for a client that asks (`Accept-Encoding: gzip`), except the event
 //! streams, and pages on the origins [`crate::cors`] allows may read them from a browser.

@@ -252,7 +252,7 @@ impl EventLog {
     ///
     /// The lock is held only to find the events (reference counts); decoding and folding them,
     /// which for a long story takes a while, happens after it is released, on the log's
-    /// [`Rebuilder`] thread.
+    /// `Rebuilder` thread.
     pub async fn story(
         &self,
         story_id: &str,

@@ -1,5 +1,5 @@
 //! The log as a replica of a stream that other nodes append to too (`serve --nats`,
-//! [`crate::cluster`]).
+//! `crate::cluster`).
 //!
 //! Here the stream orders events, not this log: a publish is decided against the replica
 //! ([`EventLog::plan`]) and sent to the stream as a [`Proposal`]; every node then applies the

@@ -73,7 +73,7 @@ impl Stories {
     /// A change the story rules refuse is refused for that reason, not for a limit. The story's
     /// content (facts, attributions, notes, wording) is held to `limits.max_story_bytes`. The
     /// history a correction or status change leaves is held to the limit and a reserve of a
-    /// quarter more ([`with_history_reserve`]), so that a story full of facts can still be
+    /// quarter more (`with_history_reserve`), so that a story full of facts can still be
     /// corrected and concluded; a withdrawal, which happens once and ends the story, is never
     /// refused.
     pub fn apply_within(

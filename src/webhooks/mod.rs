@@ -6,7 +6,7 @@
 //! inside the server exactly as a Subscribe with `consumer` reads it: attach (one reader at a
 //! time), read the log from the consumer's position with its filter, acknowledge. A 2xx answer
 //! acknowledges the event; anything else is tried again after a backoff, never skipping to a
-//! later one ([`deliver`]). The position therefore lives where the consumers live: in memory, in
+//! later one (`deliver`). The position therefore lives where the consumers live: in memory, in
 //! the data directory (surviving `kill -9`), or in the cluster's bucket.
 //!
 //! - `config`: the file, checked at start, and the [`Secret`] that never shows.

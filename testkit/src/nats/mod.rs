@@ -123,7 +123,7 @@ pub enum Error {
         log: String,
         tail: String,
     },
-    /// A server found one of its ports taken by another process, [`START_ATTEMPTS`] times.
+    /// A server found one of its ports taken by another process, `START_ATTEMPTS` times.
     #[error("nats-server found a port taken {START_ATTEMPTS} times in a row")]
     PortsTaken,
     /// The cluster had not formed within the time given.
