@@ -22,7 +22,7 @@ use tokio::{
 };
 
 use crate::error::{Result, failed};
-use crate::process::{cpu_seconds_of, memory_of};
+use crate::process::{cpu_seconds_of, rss_of};
 
 /// The nginx binary Debian's `nginx-light` installs.
 const NGINX: &str = "/usr/sbin/nginx";
@@ -159,10 +159,7 @@ http {{
 
     /// The resident set sizes of the master and its workers, summed, in bytes.
     pub fn rss_bytes(&self) -> u64 {
-        self.pids()
-            .into_iter()
-            .map(|pid| memory_of(pid, "VmRSS:"))
-            .sum()
+        self.pids().into_iter().map(rss_of).sum()
     }
 
     /// Stops nginx by its master's PID (SIGQUIT: workers finish, then exit), killing it if it

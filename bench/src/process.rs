@@ -230,7 +230,7 @@ impl ServerProcess {
 
     /// The server's resident set size in bytes.
     pub fn rss_bytes(&self) -> u64 {
-        memory_of(self.pid, "VmRSS:")
+        rss_of(self.pid)
     }
 
     /// Stops the server.
@@ -239,10 +239,10 @@ impl ServerProcess {
     }
 }
 
-/// The resident set (`VmRSS:`) of process `pid` in bytes; 0 once it is
-/// gone, as a server stopped under a figure has no more to add to it.
-pub fn memory_of(pid: u32, field: &str) -> u64 {
-    storywire_testkit::process::status_bytes(pid, field).unwrap_or(0)
+/// The resident set (`VmRSS:`) of process `pid` in bytes; 0 once it is gone, as a server stopped
+/// under a figure has no more to add to it.
+pub fn rss_of(pid: u32) -> u64 {
+    storywire_testkit::process::status_bytes(pid, "VmRSS:").unwrap_or(0)
 }
 
 /// User plus system CPU seconds process `pid` has used so far; 0 once it is gone.
