@@ -12,8 +12,11 @@
 //! event) is the log's, not a subject filter JetStream could apply; what needs keeping is only a
 //! name, a filter and a sequence.
 
+use std::time::Duration;
+
 use async_nats::jetstream::{
     self,
+    context::{PublishError, PublishErrorKind},
     kv::{self, CreateErrorKind, Operation, UpdateErrorKind},
     stream::StorageType,
 };
@@ -35,6 +38,44 @@ pub struct Shared {
     replicas: usize,
     /// The bucket, once opened.
     kv: tokio::sync::OnceCell<kv::Store>,
+}
+
+/// How long a write that no JetStream server took is sent again. A bucket's stream does not
+/// listen on its subjects for a moment after its config changes, as it does when [`Shared::open`]
+/// makes a new bucket read through its leader: on a cluster that has just formed, a write in that
+/// moment is answered "no responders" for up to about half a second. Unretried, that failed the
+/// first CreateConsumer on 1 of 40 fresh clusters, and `serve --webhooks` at start in CI.
+const UNHEARD_FOR: Duration = Duration::from_secs(5);
+
+/// Whether `error` says that no server took the write ("no responders"): nothing was stored, so
+/// sending it again cannot write twice.
+fn nobody_took(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(error) = cause {
+        if let Some(publish) = error.downcast_ref::<PublishError>() {
+            return publish.kind() == PublishErrorKind::StreamNotFound;
+        }
+        cause = error.source();
+    }
+    false
+}
+
+/// `write`, sent again while no server takes it, for at most [`UNHEARD_FOR`].
+async fn until_taken<T, E: std::error::Error + 'static, F: Future<Output = Result<T, E>>>(
+    mut write: impl FnMut() -> F,
+) -> Result<T, E> {
+    let deadline = tokio::time::Instant::now() + UNHEARD_FOR;
+    let mut pause = Duration::from_millis(20);
+    loop {
+        match write().await {
+            Err(error) if nobody_took(&error) && tokio::time::Instant::now() + pause < deadline => {
+                tracing::info!(%error, "NATS: no server took a write to the consumers bucket yet; sending it again");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(500));
+            }
+            result => return result,
+        }
+    }
 }
 
 /// A failure to reach the bucket: the consumer change may or may not have been made.
@@ -135,8 +176,9 @@ impl Shared {
         &self,
         stored: &StoredConsumer,
     ) -> Result<Option<StoredConsumer>, ConsumerError> {
-        let value = stored.encode_to_vec().into();
-        match self.kv().await?.create(&stored.name, value).await {
+        let value: bytes::Bytes = stored.encode_to_vec().into();
+        let kv = self.kv().await?;
+        match until_taken(|| kv.create(&stored.name, value.clone())).await {
             Ok(_) => Ok(None),
             Err(error) if error.kind() == CreateErrorKind::AlreadyExists => {
                 match self.read(&stored.name).await? {
@@ -191,7 +233,8 @@ impl Shared {
         if self.read(name).await?.is_none() {
             return Ok(false);
         }
-        self.kv().await?.delete(name).await.map_err(unreachable)?;
+        let kv = self.kv().await?;
+        until_taken(|| kv.delete(name)).await.map_err(unreachable)?;
         Ok(true)
     }
 
@@ -214,13 +257,77 @@ impl Shared {
             }
             stored.acknowledged = sequence;
             stored.last_acknowledged_at = Some(now);
-            let value = stored.encode_to_vec().into();
-            match self.kv().await?.update(name, value, revision).await {
+            let value: bytes::Bytes = stored.encode_to_vec().into();
+            let kv = self.kv().await?;
+            match until_taken(|| kv.update(name, value.clone(), revision)).await {
                 Ok(_) => return Ok(Some(stored)),
                 // Another node wrote it in between: read it again.
                 Err(error) if error.kind() == UpdateErrorKind::WrongLastRevision => {}
                 Err(error) => return Err(unreachable(error)),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use async_nats::jetstream::kv::{CreateError, UpdateError};
+
+    use super::*;
+
+    /// What `Store::create` returns when no server took its write: the publish's "no responders"
+    /// under the update it tried first.
+    fn nobody_took_it() -> CreateError {
+        let publish = PublishError::new(PublishErrorKind::StreamNotFound);
+        let update = UpdateError::with_source(UpdateErrorKind::Other, publish);
+        CreateError::with_source(CreateErrorKind::Other, update)
+    }
+
+    #[tokio::test]
+    async fn a_write_no_server_took_is_sent_again_until_one_does() {
+        let mut tries = 0;
+        let taken = until_taken(|| {
+            tries += 1;
+            let this = tries;
+            async move {
+                if this < 3 {
+                    Err(nobody_took_it())
+                } else {
+                    Ok(this)
+                }
+            }
+        })
+        .await;
+        assert_eq!(taken.expect("taken at the third try"), 3);
+    }
+
+    #[tokio::test]
+    async fn a_write_that_may_have_been_stored_is_not_sent_again() {
+        let mut tries = 0;
+        let timed_out = until_taken(|| {
+            tries += 1;
+            async {
+                let update = UpdateError::new(UpdateErrorKind::TimedOut);
+                Err::<(), _>(CreateError::with_source(CreateErrorKind::Publish, update))
+            }
+        })
+        .await;
+        assert_eq!(timed_out.unwrap_err().kind(), CreateErrorKind::Publish);
+        assert_eq!(tries, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_no_server_ever_takes_fails_within_the_bound() {
+        let mut tries = 0;
+        let unheard = until_taken(|| {
+            tries += 1;
+            async { Err::<(), _>(nobody_took_it()) }
+        });
+        // In paused time: the clock moves only by the retry's own pauses.
+        let unheard = tokio::time::timeout(UNHEARD_FOR, unheard)
+            .await
+            .expect("given up within UNHEARD_FOR");
+        assert!(nobody_took(&unheard.unwrap_err()));
+        assert!(tries > 1, "sent again: {tries} tries");
     }
 }
